@@ -1,0 +1,306 @@
+"""The CARP election of one virtual host, with no I/O.
+
+A :class:`VirtualHost` is fed packets, link events, operator requests and ``now`` (seconds on a
+monotonic clock) and answers with a list of actions for the I/O shell to carry out.  It never
+reads a clock, opens a socket or sleeps; :meth:`VirtualHost.next_deadline` tells the shell when
+to call :meth:`VirtualHost.handle_timer` next.  Names follow OpenBSD's ``ip_carp.c``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+
+from carpd import wire
+
+TICKS_PER_SECOND = 256
+
+
+class State(enum.Enum):
+    """Where a virtual host stands in the election."""
+
+    INIT = "INIT"
+    """Not started, or the link is down: sends nothing, holds nothing."""
+    BACKUP = "BACKUP"
+    """Listens; takes over when the master-down timer expires or the master bows out."""
+    MASTER = "MASTER"
+    """Holds the VIP and advertises every interval."""
+
+
+class Script(enum.Enum):
+    UP = "up"
+    DOWN = "down"
+
+
+@dataclass(frozen=True)
+class SendAdvert:
+    advert: wire.Advert
+
+
+@dataclass(frozen=True)
+class SendGratuitousArp:
+    """Announce the VIP (and the addresses the up action added) from our MAC."""
+
+
+@dataclass(frozen=True)
+class RunScript:
+    script: Script
+
+
+@dataclass(frozen=True)
+class Transition:
+    old: State
+    new: State
+    reason: str
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """A packet failed a receive check; the shell logs it at a rate limit."""
+
+    reason: wire.Reject
+    source: IPv4Address | None
+
+
+Action = SendAdvert | SendGratuitousArp | RunScript | Transition | Dropped
+
+
+@dataclass(frozen=True)
+class Params:
+    """The settings of one virtual host (already validated by :mod:`carpd.config`)."""
+
+    vhid: int
+    key: bytes
+    vip: IPv4Address
+    source: IPv4Address
+    advbase: int = 1
+    advskew: int = 0
+    deadratio: int = 3
+    preempt: bool = False
+    neutral: bool = False
+    group: IPv4Address = wire.DEFAULT_GROUP
+
+    @property
+    def interval_ticks(self) -> int:
+        return self.advbase * TICKS_PER_SECOND + self.advskew
+
+    @property
+    def advert_interval(self) -> float:
+        return self.interval_ticks / TICKS_PER_SECOND
+
+    @property
+    def master_down_ticks(self) -> int:
+        return self.advbase * self.deadratio * TICKS_PER_SECOND + self.advskew
+
+    @property
+    def master_down_interval(self) -> float:
+        return self.master_down_ticks / TICKS_PER_SECOND
+
+
+def tie_break_key(address: IPv4Address) -> int:
+    """ucarp compares addresses as host-order integers: on little-endian CPUs the last octet counts
+    most.  Lower wins.  Comparing numerically would disagree with ucarp and make masters flap."""
+    return int.from_bytes(address.packed, "little")
+
+
+@dataclass
+class Peer:
+    """The master we hear, for status reports."""
+
+    address: IPv4Address
+    advbase: int
+    advskew: int
+    since: float
+
+
+@dataclass
+class VirtualHost:
+    """One vhid on one interface."""
+
+    params: Params
+    random_counter: Callable[[], int]
+    state: State = State.INIT
+    since: float = 0.0
+    link_up: bool = True
+    demoted_until: float | None = None
+    """While set, never take over: ``inf`` until promoted, a time for a temporary step-down."""
+    master: Peer | None = None
+    accepted: int = 0
+    rejected: Counter[wire.Reject] = field(default_factory=Counter)
+    sent: int = 0
+    _counter: int | None = None
+    _master_down_at: float | None = None
+    _advert_at: float | None = None
+    _garp_at_advert: int | None = None
+    _expect: wire.Expect = field(init=False)
+
+    def __post_init__(self) -> None:
+        p = self.params
+        self._expect = wire.Expect(p.vhid, p.key, p.vip, p.source, p.group)
+
+    # ---- inputs ---------------------------------------------------------------------------
+
+    def start(self, now: float) -> list[Action]:
+        """Every node starts as BACKUP, preempt or not."""
+        actions = self._set_state(State.BACKUP, "started", now)
+        if not self.params.neutral:
+            actions.append(RunScript(Script.DOWN))
+        return actions
+
+    def receive(self, packet: bytes, now: float) -> list[Action]:
+        """An IPv4 packet from the interface."""
+        result = wire.inspect(packet, self._expect)
+        if isinstance(result, wire.Reject):
+            return self._drop(result, packet)
+        self.accepted += 1
+        if self.state is State.INIT:
+            return []
+        self._counter = result.advert.counter
+        self._note_master(result, now)
+        if self.state is State.BACKUP:
+            return self._backup_hears(result, now)
+        return self._master_hears(result, now)
+
+    def handle_timer(self, now: float) -> list[Action]:
+        actions: list[Action] = []
+        if self._master_down_at is not None and now >= self._master_down_at:
+            actions += self._master_down(now)
+        if self._advert_at is not None and now >= self._advert_at:
+            actions += self._send_ad(now)
+        return actions
+
+    def next_deadline(self) -> float | None:
+        deadlines = [t for t in (self._master_down_at, self._advert_at) if t is not None]
+        return min(deadlines, default=None)
+
+    def link_changed(self, up: bool, now: float) -> list[Action]:
+        """Carrier lost: stop at once (down script if MASTER).  Carrier back: rejoin as BACKUP."""
+        if up == self.link_up:
+            return []
+        self.link_up = up
+        if not up:
+            return self._set_state(State.INIT, "carrier lost", now)
+        return self._set_state(State.BACKUP, "carrier back", now)
+
+    def demote(self, now: float, until: float = float("inf")) -> list[Action]:
+        """Step down with a bow-out advert so a peer takes over at once; stay BACKUP until
+        ``until`` (for ever by default: until :meth:`promote`)."""
+        self.demoted_until = until
+        actions: list[Action] = []
+        if self.state is State.MASTER:
+            actions.append(self._advert(wire.BOW_OUT, wire.BOW_OUT))
+            actions += self._set_state(State.BACKUP, "demoted: bowing out", now)
+        return actions
+
+    def promote(self, now: float) -> list[Action]:
+        """End a demotion: the election runs normally again."""
+        self.demoted_until = None
+        if self.state is State.BACKUP:
+            self._arm_master_down(now)
+        return []
+
+    def stop(self, now: float) -> list[Action]:
+        """Shutting down: bow out if MASTER so a peer takes over at once, then release."""
+        if self.state is State.MASTER:
+            bow_out: list[Action] = [self._advert(wire.BOW_OUT, wire.BOW_OUT)]
+            return bow_out + self._set_state(State.INIT, "shutting down: bowed out", now)
+        return self._set_state(State.INIT, "shutting down", now)
+
+    # ---- the election ---------------------------------------------------------------------
+
+    def _backup_hears(self, received: wire.Received, now: float) -> list[Action]:
+        theirs = received.advert.interval_ticks
+        if self.params.preempt and self.params.interval_ticks < theirs and not self._demoted(now):
+            return self._take_over(f"preempting slower master {received.source}", now)
+        if theirs > self.params.master_down_ticks and not self._demoted(now):
+            return self._take_over(f"master {received.source} is bowing out", now)
+        self._arm_master_down(now)
+        return []
+
+    def _master_hears(self, received: wire.Received, now: float) -> list[Action]:
+        theirs = received.advert.interval_ticks
+        ours = self.params.interval_ticks
+        if theirs < ours or (theirs == ours and self._loses_tie_to(received.source)):
+            actions: list[Action] = [self._advert(self.params.advbase, self.params.advskew)]
+            reason = f"preferred master {received.source} advertised"
+            return actions + self._set_state(State.BACKUP, reason, now)
+        self._garp_at_advert = self.sent + 2
+        return [SendGratuitousArp()]
+
+    def _loses_tie_to(self, other: IPv4Address) -> bool:
+        return tie_break_key(other) < tie_break_key(self.params.source)
+
+    def _master_down(self, now: float) -> list[Action]:
+        self._master_down_at = None
+        if self._demoted(now):
+            self._arm_master_down(now)
+            return []
+        self.demoted_until = None
+        return self._take_over("master down timer expired", now)
+
+    def _take_over(self, reason: str, now: float) -> list[Action]:
+        self.master = None
+        actions = self._set_state(State.MASTER, reason, now)
+        return actions + [SendGratuitousArp()] + self._send_ad(now)
+
+    def _send_ad(self, now: float) -> list[Action]:
+        actions: list[Action] = [self._advert(self.params.advbase, self.params.advskew)]
+        self._advert_at = now + self.params.advert_interval
+        if self._garp_at_advert is not None and self.sent >= self._garp_at_advert:
+            self._garp_at_advert = None
+            actions.append(SendGratuitousArp())
+        return actions
+
+    def _advert(self, advbase: int, advskew: int) -> SendAdvert:
+        self.sent += 1
+        return SendAdvert(wire.Advert(self.params.vhid, advbase, advskew, self._next_counter()))
+
+    def _next_counter(self) -> int:
+        """ucarp's counter: random until a peer's advert was accepted, then theirs + 1, + 2, ..."""
+        if self._counter is None:
+            return self.random_counter() & 0xFFFF_FFFF_FFFF_FFFF
+        self._counter = (self._counter + 1) & 0xFFFF_FFFF_FFFF_FFFF
+        return self._counter
+
+    # ---- state and timers -----------------------------------------------------------------
+
+    def _set_state(self, new: State, reason: str, now: float) -> list[Action]:
+        """The one place that changes state, arms its timers and runs the scripts."""
+        old = self.state
+        self.state = new
+        self.since = now
+        self._advert_at = None
+        self._master_down_at = None
+        if new is State.BACKUP:
+            self._arm_master_down(now)
+        if new is State.MASTER:
+            self._garp_at_advert = self.sent + 3
+        actions: list[Action] = [Transition(old, new, reason)]
+        if new is State.MASTER:
+            actions.append(RunScript(Script.UP))
+        elif old is State.MASTER:
+            actions.append(RunScript(Script.DOWN))
+        return actions
+
+    def _arm_master_down(self, now: float) -> None:
+        self._master_down_at = now + self.params.master_down_interval
+
+    def _demoted(self, now: float) -> bool:
+        return self.demoted_until is not None and now < self.demoted_until
+
+    def _note_master(self, received: wire.Received, now: float) -> None:
+        advert = received.advert
+        if self.master is None or self.master.address != received.source:
+            self.master = Peer(received.source, advert.advbase, advert.advskew, now)
+        else:
+            self.master.advbase, self.master.advskew = advert.advbase, advert.advskew
+
+    def _drop(self, reason: wire.Reject, packet: bytes) -> list[Action]:
+        self.rejected[reason] += 1
+        if reason in (wire.Reject.OWN, wire.Reject.NOT_CARP, wire.Reject.OTHER_VHID):
+            return []
+        source = IPv4Address(packet[12:16]) if len(packet) >= 16 else None
+        return [Dropped(reason, source)]
