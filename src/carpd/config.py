@@ -6,6 +6,7 @@ Errors name the option, the value and what is allowed, and are raised before any
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 from ipaddress import IPv4Address
@@ -145,56 +146,87 @@ def read_passfile(path: str) -> bytes:
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # argparse exits 2 with its own message
+    def error(self, message: str) -> Any:  # argparse would exit 2 with a usage dump
         raise ConfigError(message)
 
 
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="carpd", description="CARP virtual-IP failover, a drop-in for ucarp.",
-                add_help=True)
+                argument_default=argparse.SUPPRESS)
     a = p.add_argument
-    a("-i", "--interface", required=True, help="network interface to run on")
+    flag = "store_true"
+    a("-i", "--interface", help="network interface to run on (required)")
     a("-s", "--srcip", help="our own address on it (default: its primary IPv4 address)")
-    a("-v", "--vhid", type=str, default="1", help="virtual host id, 1..255 (default 1)")
+    a("-v", "--vhid", help="virtual host id, 1..255 (default 1)")
     a("-p", "--pass", dest="password", help="password (visible in ps: prefer --passfile)")
     a("-o", "--passfile", help="file whose first line is the password")
-    a("-P", "--preempt", action="store_true", help="take over from a slower master")
-    a("-n", "--neutral", action="store_true", help="do not run the down script at start")
-    a("-a", "--addr", required=True, help="the virtual IP address")
-    a("-b", "--advbase", type=str, default="1", help="advert base interval, s (default 1)")
-    a("-k", "--advskew", type=str, default="0", help="advert skew, 1/256 s (default 0)")
+    a("-P", "--preempt", action=flag, help="take over from a slower master")
+    a("-n", "--neutral", action=flag, help="do not run the down script at start")
+    a("-a", "--addr", help="the virtual IP address (required)")
+    a("-b", "--advbase", help="advert base interval in seconds, 0..255 (default 1)")
+    a("-k", "--advskew", help="advert skew in 1/256 s, 0..255 (default 0)")
     a("-x", "--xparam", help="extra argument for the scripts")
     a("-u", "--upscript", help="run as SCRIPT IFACE VIP [XPARAM] on becoming MASTER")
     a("-d", "--downscript", help="run as SCRIPT IFACE VIP [XPARAM] on leaving MASTER")
-    a("-D", "--debug", action="store_true", help="log debug messages")
-    a("-r", "--deadratio", type=str, default="3", help="master-down ratio (default 3)")
-    a("-z", "--shutdown", action="store_true",
+    a("-D", "--debug", action=flag, help="log debug messages")
+    a("-r", "--deadratio", help="master-down ratio, 1..255 (default 3)")
+    a("-z", "--shutdown", action=flag,
       help="accepted for ucarp: carpd always runs the down script when it exits as MASTER")
-    a("-B", "--daemonize", action="store_true", help="run in the background (writes a pidfile)")
-    a("-f", "--facility", default="daemon", help="syslog facility, or 'none' (default daemon)")
-    a("-S", "--ignoreifstate", action="store_true", help="ignore carrier changes")
-    a("-M", "--nomcast", action="store_true", help="send adverts to Ethernet broadcast")
-    a("-m", "--mcast", default=str(wire.DEFAULT_GROUP), help="multicast group (224.0.0.18)")
-    a("--pidfile", help="pidfile (default /run/carpd/IFACE-VHID.pid with -B)")
-    a("--ucarp-mac", action="store_true",
+    a("-B", "--daemonize", action=flag, help="run in the background (writes a pidfile)")
+    a("-f", "--facility", help="syslog facility, or 'none' (default daemon)")
+    a("-S", "--ignoreifstate", action=flag, help="ignore carrier changes")
+    a("-M", "--nomcast", action=flag, help="send adverts to Ethernet broadcast")
+    a("-m", "--mcast", help=f"multicast group (default {wire.DEFAULT_GROUP})")
+    a("--config", help="JSON file of options (root-only readable; may hold the password)")
+    a("--pidfile", help="pidfile with -B (default STATE_DIR/IFACE.VHID.pid)")
+    a("--ucarp-mac", action=flag,
       help="send adverts from ucarp's 00:00:5e:00:00:VHID instead of the NIC's MAC")
-    a("--script-timeout", type=str, default="30", help="seconds a script may run (default 30)")
-    a("--state-dir", default="/run/carpd", help="runtime folder (default /run/carpd)")
+    a("--script-timeout", help="seconds a script may run (default 30)")
+    a("--state-dir", help="runtime folder (default /run/carpd)")
     return p
 
 
-def from_command_line(argv: list[str]) -> Options:
-    """Parse ucarp's command line into validated :class:`Options`."""
-    args = vars(parser().parse_args(argv))
-    passfile = args.pop("passfile")
-    if passfile is not None and args["password"] is not None:
+def read_config_file(path: str) -> dict[str, Any]:
+    """A JSON object of option names; refused if others can read it (it may hold the password)."""
+    try:
+        st = os.stat(path)
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as error:
+        raise ConfigError(f"--config: {path!r}: cannot be read: {error.strerror}") from None
+    except ValueError as error:
+        raise ConfigError(f"--config: {path!r}: not valid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config: {path!r}: must hold a JSON object")
+    if st.st_mode & 0o077:
+        raise ConfigError(f"--config: {path!r}: mode {st.st_mode & 0o777:o} lets others read "
+                          "it: allowed is 0600 or stricter")
+    return data
+
+
+def _password(args: dict[str, Any]) -> None:
+    """Turn --pass/--passfile into the model's bytes ``password``."""
+    passfile = args.pop("passfile", None)
+    if passfile is not None and args.get("password") is not None:
         raise ConfigError("-p/--pass and -o/--passfile: give one of them, not both")
     if passfile is not None:
-        args["password"] = read_passfile(passfile)
-        args["password_on_command_line"] = False
-    elif args["password"] is not None:
+        args["password"] = read_passfile(str(passfile))
+    elif isinstance(args.get("password"), str):
         args["password"] = os.fsencode(args["password"])
-        args["password_on_command_line"] = True
-    else:
+
+
+def from_command_line(argv: list[str]) -> Options:
+    """Parse ucarp's command line (plus ``--config``) into validated :class:`Options`."""
+    given = vars(parser().parse_args(argv))
+    config_file = given.pop("config", None)
+    merged = read_config_file(config_file) if config_file else {}
+    if "password" in given and "passfile" in merged:
+        del merged["passfile"]
+    if "passfile" in given and "password" in merged:
+        del merged["password"]
+    merged.update(given)
+    merged["password_on_command_line"] = "password" in given
+    _password(merged)
+    if "password" not in merged:
         raise ConfigError("-p/--pass or -o/--passfile: a password is required")
-    return build({k: v for k, v in args.items() if v is not None})
+    return build(merged)

@@ -1,0 +1,5 @@
+import sys
+
+from carpd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,106 @@
+"""The ``carpd`` command: ucarp's command line, validated before anything starts."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from ipaddress import IPv4Address
+from pathlib import Path
+
+from carpd import control, netlink
+from carpd.config import ConfigError, Options, from_command_line
+from carpd.daemon import Engine
+from carpd.logs import setup as setup_logging
+
+log = logging.getLogger("carpd")
+
+EXIT_USAGE = 2
+EXIT_RUNTIME = 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:
+        argv = ["--help"]
+    try:
+        options = from_command_line(argv)
+        source = _source_address(options)
+        _refuse_second_engine(options)
+    except ConfigError as error:
+        print(f"carpd: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    setup_logging(options.facility, foreground=not options.daemonize, debug=options.debug,
+                  tag=f"carpd[{options.interface}/{options.vhid}]")
+    if options.password_on_command_line:
+        log.warning("the password was given with -p/--pass: anyone can read it with ps; "
+                    "use -o/--passfile")
+    if options.daemonize:
+        _daemonize()
+    pidfile = _write_pidfile(options) if options.daemonize else None
+    try:
+        return _run(options, source)
+    finally:
+        if pidfile is not None:
+            with contextlib.suppress(FileNotFoundError):
+                pidfile.unlink()
+
+
+def _run(options: Options, source: IPv4Address) -> int:
+    try:
+        engine = Engine(options, source)
+    except (OSError, LookupError) as error:
+        log.error("cannot start on %s: %s", options.interface, error)
+        return EXIT_RUNTIME
+    log.info("vhid %d on %s from %s, VIP %s: interval %.3f s, master down after %.3f s",
+             options.vhid, options.interface, source, options.addr,
+             engine.host.params.advert_interval, engine.host.params.master_down_interval)
+    return engine.run()
+
+
+def _source_address(options: Options) -> IPv4Address:
+    if options.srcip is not None:
+        return options.srcip
+    try:
+        primary = netlink.interface_info(options.interface).primary_address()
+    except LookupError:
+        primary = None
+    if primary is None:
+        raise ConfigError(f"-s/--srcip: not given, and {options.interface} has no IPv4 address "
+                          "to use instead")
+    return primary
+
+
+def _refuse_second_engine(options: Options) -> None:
+    path = control.socket_path(options.state_dir, options.interface, options.vhid)
+    try:
+        reply = control.request(path, {"cmd": "status"}, timeout=2.0)
+    except (OSError, ValueError):
+        return
+    raise ConfigError(f"vhid {options.vhid} on {options.interface}: already run by carpd "
+                      f"pid {reply.get('pid')}")
+
+
+def _daemonize() -> None:
+    if os.fork() > 0:
+        os._exit(0)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    os.chdir("/")
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+def _write_pidfile(options: Options) -> Path:
+    path = options.pidfile or options.state_dir / f"{options.interface}.{options.vhid}.pid"
+    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    path.write_text(f"{os.getpid()}\n")
+    return path
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,277 @@
+"""The I/O shell: one loop that waits for the earliest deadline or input, feeds the election core
+and carries out what it answers.
+
+Inputs: frames from the raw socket, netlink link events, finished scripts, control requests and
+signals (through a wakeup pipe).  Time is ``time.monotonic()``, read here and passed in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import selectors
+import signal
+import time
+from collections.abc import Callable
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any
+
+from carpd import control, election, netlink, wire
+from carpd.config import Options
+from carpd.election import Action, Script, State
+from carpd.logs import RateLimiter
+from carpd.net import Link, random_counter, random_ident
+from carpd.scripts import ScriptRunner
+
+log = logging.getLogger("carpd")
+
+EXIT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+SCRIPT_DRAIN_SLACK = 5.0
+
+
+def alias_label(ifname: str) -> str:
+    return f"{ifname}:ucarp"
+
+
+class Engine:
+    """One virtual host on one interface, wired to the real world."""
+
+    def __init__(self, options: Options, source: IPv4Address) -> None:
+        self.options = options
+        self.info = netlink.interface_info(options.interface)
+        self.host = election.VirtualHost(_params(options, source), random_counter)
+        self.link = Link(options.interface, None if options.nomcast else options.mcast)
+        self.monitor = None if options.ignoreifstate else netlink.LinkMonitor(self.info.index)
+        self.scripts = ScriptRunner(_script_argv(options), options.script_timeout)
+        self.control = control.ControlServer(
+            control.socket_path(options.state_dir, options.interface, options.vhid),
+            self._control_request)
+        self._selector = selectors.DefaultSelector()
+        self._signals: list[int] = []
+        self._stopping = False
+        self._drops = RateLimiter(time.monotonic)
+        group_mac = wire.multicast_mac(options.mcast)
+        self._dest_mac = wire.BROADCAST_MAC if options.nomcast else group_mac
+        self._src_mac = wire.ucarp_source_mac(options.vhid) if options.ucarp_mac else self.info.mac
+
+    # ---- set-up -------------------------------------------------------------------------------
+
+    @property
+    def demote_marker(self) -> Path:
+        o = self.options
+        return o.state_dir / f"{o.interface}.{o.vhid}.demoted"
+
+    def run(self) -> int:
+        wakeup_read = self._install_signals()
+        sel = self._selector
+        sel.register(self.link, selectors.EVENT_READ, self._on_frames)
+        sel.register(self.scripts, selectors.EVENT_READ, self._on_scripts)
+        sel.register(self.control, selectors.EVENT_READ, self._on_control)
+        sel.register(wakeup_read, selectors.EVENT_READ, self._on_signal_pipe)
+        if self.monitor is not None:
+            sel.register(self.monitor, selectors.EVENT_READ, self._on_link_event)
+        now = time.monotonic()
+        if self.demote_marker.exists():
+            self.host.demote(now)
+            log.info("demoted (%s exists): staying BACKUP until promoted", self.demote_marker)
+        self._carry_out(self.host.start(now))
+        if not self.info.carrier and self.monitor is not None:
+            self._carry_out(self.host.link_changed(False, now))
+        self._loop()
+        return self._shut_down()
+
+    def _install_signals(self) -> int:
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(read_fd, False)
+        os.set_blocking(write_fd, False)
+        signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        for signum in (*EXIT_SIGNALS, signal.SIGUSR1, signal.SIGUSR2):
+            signal.signal(signum, self._on_signal)
+        return read_fd
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self._signals.append(signum)
+
+    # ---- the loop -----------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._stopping:
+            deadline = self.host.next_deadline()
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            for key, _events in self._selector.select(timeout):
+                handler: Callable[[Any], None] = key.data
+                handler(key.fileobj)
+            self._handle_signals()
+            self._carry_out(self.host.handle_timer(time.monotonic()))
+
+    def _on_frames(self, _fileobj: Any) -> None:
+        for frame in self.link.receive():
+            packet = wire.strip_ethernet(frame, self.options.mcast)
+            if packet is not None:
+                self._carry_out(self.host.receive(packet, time.monotonic()))
+
+    def _on_link_event(self, _fileobj: Any) -> None:
+        assert self.monitor is not None
+        carrier = self.monitor.read()
+        if carrier is not None:
+            self._carry_out(self.host.link_changed(carrier, time.monotonic()))
+
+    def _on_scripts(self, _fileobj: Any) -> None:
+        for finished in self.scripts.finished():
+            if finished.script is Script.UP and self.host.state is State.MASTER:
+                self._announce()  # the up action may have added more addresses
+
+    def _on_control(self, _fileobj: Any) -> None:
+        conn = self.control.accept()
+        if conn is not None:
+            self._selector.register(conn, selectors.EVENT_READ, self._on_control_client)
+
+    def _on_control_client(self, conn: Any) -> None:
+        fd = conn.fileno()
+        if self.control.readable(conn):
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(fd)
+
+    def _on_signal_pipe(self, fd: Any) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.read(fd, 4096)
+
+    def _handle_signals(self) -> None:
+        while self._signals:
+            signum = self._signals.pop(0)
+            now = time.monotonic()
+            if signum == signal.SIGUSR1:
+                log.info("%s", self.status_line())
+            elif signum == signal.SIGUSR2:
+                log.info("SIGUSR2: stepping down")
+                self._carry_out(self.host.demote(now, until=now + self._hold_time()))
+            else:
+                log.info("%s: shutting down", signal.Signals(signum).name)
+                self._stopping = True
+
+    def _hold_time(self) -> float:
+        """After SIGUSR2, stay BACKUP at least this long (ucarp is deaf for 3 s)."""
+        return max(3.0, self.host.params.master_down_interval)
+
+    # ---- actions ------------------------------------------------------------------------------
+
+    def _carry_out(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, election.SendAdvert):
+                self._send_advert(action.advert)
+            elif isinstance(action, election.SendGratuitousArp):
+                self._announce()
+            elif isinstance(action, election.RunScript):
+                self.scripts.submit(action.script)
+            elif isinstance(action, election.Transition):
+                log.warning("%s -> %s: %s", action.old.value, action.new.value, action.reason)
+            elif isinstance(action, election.Dropped):
+                self._log_drop(action)
+
+    def _send_advert(self, advert: wire.Advert) -> None:
+        p = self.host.params
+        packet = wire.encode_packet(advert, p.key, p.vip, p.source, random_ident(), p.group)
+        self.link.send(wire.encode_ethernet(self._dest_mac, self._src_mac, wire.ETH_P_IP, packet))
+
+    def _announce(self) -> None:
+        """Gratuitous ARP for the VIP and every address of the IFACE:ucarp alias."""
+        addresses = [self.host.params.vip]
+        with contextlib.suppress(LookupError, OSError):
+            info = netlink.interface_info(self.options.interface)
+            addresses += [a for a in info.labelled(alias_label(self.options.interface))
+                          if a != self.host.params.vip]
+        for address in addresses:
+            self.link.send(wire.encode_gratuitous_arp(self.info.mac, address))
+
+    def _log_drop(self, dropped: election.Dropped) -> None:
+        held = self._drops.allow(dropped.reason)
+        if held is not None:
+            more = f" (and {held} more since the last report)" if held else ""
+            log.warning("dropped a packet from %s: %s%s", dropped.source, dropped.reason.value,
+                        more)
+
+    # ---- status and control -------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        h = self.host
+        wall = time.time() - time.monotonic()
+        return {
+            "interface": self.options.interface, "vhid": h.params.vhid,
+            "vip": str(h.params.vip), "srcip": str(h.params.source), "state": h.state.value,
+            "since": round(h.since + wall, 3), "demoted": h.demoted_until is not None,
+            "master": str(h.master.address) if h.master else None,
+            "master_since": round(h.master.since + wall, 3) if h.master else None,
+            "pid": _pid(), "sent": h.sent, "accepted": h.accepted,
+            "rejected": {reason.name.lower(): n for reason, n in h.rejected.items()},
+        }
+
+    def status_line(self) -> str:
+        s = self.status()
+        rejected = ", ".join(f"{k}={v}" for k, v in s["rejected"].items()) or "none"
+        return (f"state {s['state']} (master heard: {s['master'] or 'none'}); sent {s['sent']}, "
+                f"accepted {s['accepted']}, rejected: {rejected}")
+
+    def _control_request(self, request: dict[str, Any]) -> dict[str, Any]:
+        cmd = request.get("cmd")
+        now = time.monotonic()
+        if cmd == "status":
+            return {"ok": True, **self.status()}
+        if cmd == "demote":
+            self.demote_marker.touch(mode=0o644)
+            self._carry_out(self.host.demote(now))
+            return {"ok": True, **self.status()}
+        if cmd == "promote":
+            self.demote_marker.unlink(missing_ok=True)
+            self._carry_out(self.host.promote(now))
+            return {"ok": True, **self.status()}
+        return {"ok": False, "error": f"unknown command {cmd!r}: allowed: status, demote, promote"}
+
+    # ---- shutting down ------------------------------------------------------------------------
+
+    def _shut_down(self) -> int:
+        was_master = self.host.state is State.MASTER
+        self._carry_out(self.host.stop(time.monotonic()))
+        drained = self.scripts.drain(self.options.script_timeout + SCRIPT_DRAIN_SLACK)
+        if not drained:
+            log.error("scripts still running at exit")
+        self._release_vip(was_master)
+        self.control.close()
+        self.link.close()
+        if self.monitor is not None:
+            self.monitor.close()
+        return 0
+
+    def _release_vip(self, was_master: bool) -> None:
+        """No VIP may stay behind on an interface whose engine is gone."""
+        try:
+            removed = netlink.remove_address(self.options.interface, self.host.params.vip)
+        except (LookupError, OSError) as error:
+            log.debug("could not check for the VIP at exit: %s", error)
+            return
+        if removed:
+            why = "the down script left it" if was_master else "it was there without us"
+            log.warning("removed %s from %s at exit: %s", self.host.params.vip,
+                        self.options.interface, why)
+
+
+def _pid() -> int:
+    return os.getpid()
+
+
+def _params(options: Options, source: IPv4Address) -> election.Params:
+    return election.Params(
+        vhid=options.vhid, key=options.password, vip=options.addr, source=source,
+        advbase=options.advbase, advskew=options.advskew, deadratio=options.deadratio,
+        preempt=options.preempt, neutral=options.neutral, group=options.mcast,
+    )
+
+
+def _script_argv(options: Options) -> dict[Script, list[str] | None]:
+    extra = [options.xparam] if options.xparam is not None else []
+
+    def argv(path: Path | None) -> list[str] | None:
+        return [str(path), options.interface, str(options.addr), *extra] if path else None
+
+    return {Script.UP: argv(options.upscript), Script.DOWN: argv(options.downscript)}

@@ -1,0 +1,53 @@
+"""Logging: syslog with the configured facility (or none), stderr in the foreground.
+
+Rejected packets are logged at a rate limit: the first of each reason at once, then at most one
+line per reason every :data:`RATE_LIMIT_SECONDS`, saying how many were dropped in between.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import sys
+from collections.abc import Callable
+
+RATE_LIMIT_SECONDS = 10.0
+
+log = logging.getLogger("carpd")
+
+
+def setup(facility: str, foreground: bool, debug: bool, tag: str) -> None:
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    if foreground:
+        stderr = logging.StreamHandler(sys.stderr)
+        stderr.setFormatter(logging.Formatter("%(asctime)s " + tag + ": %(message)s"))
+        root.addHandler(stderr)
+    if facility != "none" and os.path.exists("/dev/log"):
+        code = logging.handlers.SysLogHandler.facility_names[facility]
+        syslog = logging.handlers.SysLogHandler("/dev/log", facility=code)
+        syslog.setFormatter(logging.Formatter(f"{tag}[{os.getpid()}]: %(message)s"))
+        root.addHandler(syslog)
+
+
+class RateLimiter:
+    """At most one message per key every ``period`` seconds, counting what it held back."""
+
+    def __init__(self, clock: Callable[[], float], period: float = RATE_LIMIT_SECONDS) -> None:
+        self._clock = clock
+        self._period = period
+        self._last: dict[object, float] = {}
+        self._held: dict[object, int] = {}
+
+    def allow(self, key: object) -> int | None:
+        """None to stay quiet; else how many were held back since the last message."""
+        now = self._clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self._period:
+            self._held[key] = self._held.get(key, 0) + 1
+            return None
+        self._last[key] = now
+        return self._held.pop(key, 0)

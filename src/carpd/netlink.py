@@ -1,0 +1,141 @@
+"""Links and addresses over netlink, through what pyroute2 0.7.7 (Debian 13) and 0.9 share.
+
+Only the synchronous ``IPRoute`` (never inside a running asyncio loop) and an ``IPRSocket``
+subscribed to link and IPv4 address events, recreated when the kernel reports ENOBUFS.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import select
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from typing import Any
+
+from pyroute2 import IPRoute, IPRSocket
+from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_LINK
+
+log = logging.getLogger(__name__)
+
+IFF_UP = 0x1
+IFF_RUNNING = 0x40
+RTM_NEWLINK = 16
+RTM_DELLINK = 17
+
+
+@dataclass(frozen=True)
+class InterfaceInfo:
+    index: int
+    mac: bytes
+    carrier: bool
+    addresses: tuple[tuple[IPv4Address, int, str], ...]
+    """(address, prefix length, label) of every IPv4 address, primary first."""
+
+    def primary_address(self) -> IPv4Address | None:
+        return self.addresses[0][0] if self.addresses else None
+
+    def labelled(self, label: str) -> list[IPv4Address]:
+        return [address for address, _prefix, lab in self.addresses if lab == label]
+
+    def has(self, address: IPv4Address) -> bool:
+        return any(a == address for a, _prefix, _label in self.addresses)
+
+
+@contextmanager
+def _ipr() -> Iterator[Any]:
+    ipr = IPRoute()
+    try:
+        yield ipr
+    finally:
+        ipr.close()
+
+
+def carrier_of(flags: int) -> bool:
+    return bool(flags & IFF_UP) and bool(flags & IFF_RUNNING)
+
+
+def interface_info(ifname: str) -> InterfaceInfo:
+    """MAC, carrier and IPv4 addresses of ``ifname`` (raises LookupError if it is gone)."""
+    with _ipr() as ipr:
+        found = ipr.link_lookup(ifname=ifname)
+        if not found:
+            raise LookupError(f"no such network interface: {ifname}")
+        index = found[0]
+        link = ipr.get_links(index)[0]
+        addresses = tuple(
+            (IPv4Address(msg.get_attr("IFA_ADDRESS")), int(msg["prefixlen"]),
+             str(msg.get_attr("IFA_LABEL") or ifname))
+            for msg in ipr.get_addr(family=socket.AF_INET, index=index)
+        )
+    mac = bytes.fromhex(str(link.get_attr("IFLA_ADDRESS")).replace(":", ""))
+    return InterfaceInfo(index, mac, carrier_of(int(link["flags"])), addresses)
+
+
+def remove_address(ifname: str, address: IPv4Address) -> bool:
+    """Delete ``address`` from ``ifname`` if it is there; True if something was removed."""
+    info = interface_info(ifname)
+    removed = False
+    with _ipr() as ipr:
+        for present, prefix, _label in info.addresses:
+            if present == address:
+                ipr.addr("del", index=info.index, address=str(address), prefixlen=prefix)
+                removed = True
+    return removed
+
+
+class LinkMonitor:
+    """Carrier changes of one interface, as they happen."""
+
+    def __init__(self, ifindex: int) -> None:
+        self.ifindex = ifindex
+        self._sock = self._open()
+
+    @staticmethod
+    def _open() -> Any:
+        sock = IPRSocket()
+        sock.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_IFADDR)
+        return sock
+
+    def fileno(self) -> int:
+        return int(self._sock.fileno())
+
+    def read(self) -> bool | None:
+        """Drain pending events; the interface's carrier if a link event named it, else None.
+
+        After ENOBUFS (events lost) the socket is recreated and the carrier read afresh."""
+        try:
+            messages = self._drain()
+        except OSError as error:
+            if error.errno != errno.ENOBUFS:
+                raise
+            log.warning("netlink events overflowed; re-reading the link state")
+            self._sock.close()
+            self._sock = self._open()
+            return self._current_carrier()
+        carrier = None
+        for msg in messages:
+            if msg.get("index") != self.ifindex:
+                continue
+            if msg["header"]["type"] == RTM_DELLINK:
+                carrier = False
+            elif msg["header"]["type"] == RTM_NEWLINK:
+                carrier = carrier_of(int(msg["flags"]))
+        return carrier
+
+    def _drain(self) -> list[Any]:
+        messages: list[Any] = []
+        while select.select([self._sock], [], [], 0)[0]:
+            messages += self._sock.get()
+        return messages
+
+    def _current_carrier(self) -> bool:
+        with _ipr() as ipr:
+            links = ipr.get_links(self.ifindex)
+        return bool(links) and carrier_of(int(links[0]["flags"]))
+
+    def close(self) -> None:
+        self._sock.close()
