@@ -29,30 +29,32 @@ def main(argv: list[str] | None = None) -> int:
         source = _source_address(options)
         _refuse_second_engine(options)
     except ConfigError as error:
-        print(f"carpd: {error}", file=sys.stderr)
+        for line in str(error).splitlines():
+            print(f"carpd: {line}", file=sys.stderr)
         return EXIT_USAGE
-    setup_logging(options.facility, foreground=not options.daemonize, debug=options.debug,
-                  tag=f"carpd[{options.interface}/{options.vhid}]")
+    tag = f"carpd[{options.interface}/{options.vhid}]"
+    setup_logging(options.facility, foreground=True, debug=options.debug, tag=tag)
     if options.password_on_command_line:
         log.warning("the password was given with -p/--pass: anyone can read it with ps; "
                     "use -o/--passfile")
+    try:
+        engine = Engine(options, source)
+    except (OSError, LookupError) as error:
+        log.error("cannot start on %s: %s", options.interface, error)
+        return EXIT_RUNTIME
     if options.daemonize:
         _daemonize()
+        setup_logging(options.facility, foreground=False, debug=options.debug, tag=tag)
     pidfile = _write_pidfile(options) if options.daemonize else None
     try:
-        return _run(options, source)
+        return _run(engine, options, source)
     finally:
         if pidfile is not None:
             with contextlib.suppress(FileNotFoundError):
                 pidfile.unlink()
 
 
-def _run(options: Options, source: IPv4Address) -> int:
-    try:
-        engine = Engine(options, source)
-    except (OSError, LookupError) as error:
-        log.error("cannot start on %s: %s", options.interface, error)
-        return EXIT_RUNTIME
+def _run(engine: Engine, options: Options, source: IPv4Address) -> int:
     log.info("vhid %d on %s from %s, VIP %s: interval %.3f s, master down after %.3f s",
              options.vhid, options.interface, source, options.addr,
              engine.host.params.advert_interval, engine.host.params.master_down_interval)

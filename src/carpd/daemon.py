@@ -64,6 +64,7 @@ class Engine:
         return o.state_dir / f"{o.interface}.{o.vhid}.demoted"
 
     def run(self) -> int:
+        self.scripts.start()
         wakeup_read = self._install_signals()
         sel = self._selector
         sel.register(self.link, selectors.EVENT_READ, self._on_frames)

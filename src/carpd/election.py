@@ -131,6 +131,7 @@ class VirtualHost:
     accepted: int = 0
     rejected: Counter[wire.Reject] = field(default_factory=Counter)
     sent: int = 0
+    _running: bool = False
     _counter: int | None = None
     _master_down_at: float | None = None
     _advert_at: float | None = None
@@ -144,8 +145,11 @@ class VirtualHost:
     # ---- inputs ---------------------------------------------------------------------------
 
     def start(self, now: float) -> list[Action]:
-        """Every node starts as BACKUP, preempt or not."""
-        actions = self._set_state(State.BACKUP, "started", now)
+        """Every node starts as BACKUP, preempt or not (INIT until carrier if the link is down)."""
+        self._running = True
+        actions: list[Action] = []
+        if self.link_up:
+            actions += self._set_state(State.BACKUP, "started", now)
         if not self.params.neutral:
             actions.append(RunScript(Script.DOWN))
         return actions
@@ -181,6 +185,8 @@ class VirtualHost:
         if up == self.link_up:
             return []
         self.link_up = up
+        if not self._running:  # before start() or after stop(): only remember the carrier
+            return []
         if not up:
             return self._set_state(State.INIT, "carrier lost", now)
         return self._set_state(State.BACKUP, "carrier back", now)
@@ -204,6 +210,7 @@ class VirtualHost:
 
     def stop(self, now: float) -> list[Action]:
         """Shutting down: bow out if MASTER so a peer takes over at once, then release."""
+        self._running = False
         if self.state is State.MASTER:
             bow_out: list[Action] = [self._advert(wire.BOW_OUT, wire.BOW_OUT)]
             return bow_out + self._set_state(State.INIT, "shutting down: bowed out", now)

@@ -38,6 +38,9 @@ class ScriptRunner:
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_read, False)
         self._thread = threading.Thread(target=self._work, name="scripts", daemon=True)
+
+    def start(self) -> None:
+        """Start the worker (after any fork: threads do not survive one)."""
         self._thread.start()
 
     def fileno(self) -> int:
@@ -57,6 +60,8 @@ class ScriptRunner:
 
     def drain(self, timeout: float) -> bool:
         """Stop after the queued scripts; True if they all ran within ``timeout``."""
+        if not self._thread.is_alive():
+            return self._jobs.empty()
         self._jobs.put(None)
         self._thread.join(timeout)
         return not self._thread.is_alive()

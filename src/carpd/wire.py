@@ -197,8 +197,6 @@ def inspect(packet: bytes, expect: Expect) -> Received | Reject:
     source = IPv4Address(packet[12:16])
     if source == expect.own_address:
         return Reject.OWN
-    if internet_checksum(packet[:ihl]) != 0:
-        return Reject.BAD_CHECKSUM
     return _check_carp(packet, ihl, source, expect)
 
 
@@ -213,7 +211,9 @@ def _check_carp(packet: bytes, ihl: int, source: IPv4Address, expect: Expect) ->
         return Reject.OTHER_VHID
     if IPv4Address(packet[16:20]) != expect.group:
         return Reject.BAD_DESTINATION
-    if internet_checksum(carp) != 0:
+    # ucarp sums the IP and CARP headers together, after the checks above: a packet of another
+    # vhid is ignored silently even when damaged.  Each header must sum to zero on its own here.
+    if internet_checksum(packet[:ihl]) != 0 or internet_checksum(carp) != 0:
         return Reject.BAD_CHECKSUM
     expected = digest(expect.key, advert.vhid, expect.vip, advert.counter)
     if not hmac.compare_digest(expected, advert.digest):
