@@ -1,0 +1,105 @@
+"""Keep the kernel from answering ARP for the VIP while a released node drains.
+
+During a drain the old MASTER keeps the VIP so that requests already in flight are served, but
+the LAN must learn the new MASTER's MAC: an nftables ``arp`` table drops ARP requests for the VIP
+coming in and ARP from the VIP going out.  The table is created with ``flags owner`` through
+libnftables' own netlink socket, which this process holds open: if carpd dies, even by SIGKILL,
+the kernel deletes the table with the socket.  So the rule never outlives the engine.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from ipaddress import IPv4Address
+
+log = logging.getLogger(__name__)
+
+
+class ArpGuardError(RuntimeError):
+    pass
+
+
+class _Nft:
+    """A libnftables context: one netlink socket for the life of this object."""
+
+    def __init__(self) -> None:
+        try:
+            lib = ctypes.CDLL("libnftables.so.1")
+        except OSError as error:
+            raise ArpGuardError(f"libnftables is not available: {error}") from None
+        lib.nft_ctx_new.restype = ctypes.c_void_p
+        lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
+        lib.nft_ctx_free.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_buffer_error.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_get_error_buffer.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_get_error_buffer.restype = ctypes.c_char_p
+        lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        self._lib = lib
+        self._ctx = lib.nft_ctx_new(0)
+        if not self._ctx:
+            raise ArpGuardError("nft_ctx_new failed")
+        lib.nft_ctx_buffer_error(self._ctx)
+
+    def run(self, command: str) -> None:
+        if self._lib.nft_run_cmd_from_buffer(self._ctx, command.encode()) != 0:
+            error = self._lib.nft_ctx_get_error_buffer(self._ctx) or b""
+            raise ArpGuardError(error.decode(errors="replace").strip())
+
+    def close(self) -> None:
+        if self._ctx:
+            self._lib.nft_ctx_free(self._ctx)
+            self._ctx = None
+
+
+def table_name(ifname: str, vhid: int) -> str:
+    safe = "".join(c if c.isalnum() else "_" for c in ifname)
+    return f"carpd_{safe}_{vhid}"
+
+
+def ruleset(table: str, ifname: str, vip: IPv4Address) -> str:
+    return (
+        f"table arp {table} {{ flags owner; "
+        f"chain input {{ type filter hook input priority 0; policy accept; "
+        f'iifname "{ifname}" arp operation request arp daddr ip {vip} drop; }}; '
+        f"chain output {{ type filter hook output priority 0; policy accept; "
+        f'oifname "{ifname}" arp saddr ip {vip} drop; }}; }}'
+    )
+
+
+class ArpGuard:
+    """While active, this host neither answers ARP for the VIP nor sends ARP from it."""
+
+    def __init__(self, ifname: str, vhid: int, vip: IPv4Address) -> None:
+        self._ifname = ifname
+        self._vip = vip
+        self._table = table_name(ifname, vhid)
+        self._nft: _Nft | None = None
+
+    @property
+    def active(self) -> bool:
+        return self._nft is not None
+
+    def engage(self) -> bool:
+        """Install the rule; False (and a log line) if nftables cannot be used here."""
+        if self._nft is not None:
+            return True
+        try:
+            nft = _Nft()
+            nft.run(ruleset(self._table, self._ifname, self._vip))
+        except ArpGuardError as error:
+            log.error("cannot stop ARP for %s during the drain: %s", self._vip, error)
+            return False
+        self._nft = nft
+        return True
+
+    def release(self) -> None:
+        """Remove the rule (closing the owning socket would too; this is immediate)."""
+        if self._nft is None:
+            return
+        try:
+            self._nft.run(f"delete table arp {self._table}")
+        except ArpGuardError as error:
+            log.warning("removing the ARP rule: %s", error)
+        self._nft.close()
+        self._nft = None
