@@ -20,7 +20,7 @@ $(VENV)/.done: requirements-ci.txt pyproject.toml
 venv: deps $(VENV)/.done
 
 lint: venv
-	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff check src tests bench demo lab
 	$(VENV)/bin/mypy
 
 unit: venv
@@ -30,7 +30,7 @@ test: venv lint
 	$(PY) -m pytest -q -ra tests
 
 demo: venv
-	$(PY) -m carpd.demo
+	$(PY) demo/run.py
 
 bench: venv
 	$(PY) bench/run.py
