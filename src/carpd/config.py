@@ -57,6 +57,8 @@ class Options(BaseModel):
     pidfile: Path | None = None
     ucarp_mac: bool = False
     script_timeout: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    drain: Annotated[float, Field(ge=0, le=300)] = 2.0
+    reannounce: Annotated[float, Field(ge=0, le=86400)] = 0.0
     state_dir: Path = Path("/run/carpd")
     password_on_command_line: bool = False
 
@@ -104,7 +106,7 @@ FLAGS: dict[str, str] = {
     "advskew": "-k/--advskew", "deadratio": "-r/--deadratio", "upscript": "-u/--upscript",
     "downscript": "-d/--downscript", "facility": "-f/--facility", "mcast": "-m/--mcast",
     "xparam": "-x/--xparam", "pidfile": "--pidfile", "script_timeout": "--script-timeout",
-    "state_dir": "--state-dir",
+    "state_dir": "--state-dir", "drain": "--drain", "reannounce": "--reannounce",
 }
 
 
@@ -183,6 +185,10 @@ def parser() -> argparse.ArgumentParser:
       help="send adverts from ucarp's 00:00:5e:00:00:VHID instead of the NIC's MAC")
     a("--script-timeout", help="seconds a script may run (default 30)")
     a("--state-dir", help="runtime folder (default /run/carpd)")
+    a("--drain", help="seconds to keep the VIP after a planned release, not answering ARP for "
+      "it, so requests in flight finish (default 2; 0 to release at once)")
+    a("--reannounce", help="while MASTER, gratuitous ARP every this many seconds (default 0: "
+      "off)")
     return p
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from carpd import control, election, netlink, wire
+from carpd.arpguard import ArpGuard
 from carpd.config import Options
 from carpd.election import Action, Script, State
 from carpd.logs import RateLimiter
@@ -54,6 +55,8 @@ class Engine:
         self._drops = RateLimiter(time.monotonic)
         group_mac = wire.multicast_mac(options.mcast)
         self._dest_mac = wire.BROADCAST_MAC if options.nomcast else group_mac
+        self.arp_guard = ArpGuard(options.interface, options.vhid, options.addr)
+        self._release_guard_after_down = False
         self._src_mac = wire.ucarp_source_mac(options.vhid) if options.ucarp_mac else self.info.mac
 
     # ---- set-up -------------------------------------------------------------------------------
@@ -99,13 +102,16 @@ class Engine:
 
     def _loop(self) -> None:
         while not self._stopping:
-            deadline = self.host.next_deadline()
-            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-            for key, _events in self._selector.select(timeout):
-                handler: Callable[[Any], None] = key.data
-                handler(key.fileobj)
+            self._loop_once()
             self._handle_signals()
-            self._carry_out(self.host.handle_timer(time.monotonic()))
+
+    def _loop_once(self) -> None:
+        deadline = self.host.next_deadline()
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        for key, _events in self._selector.select(timeout):
+            handler: Callable[[Any], None] = key.data
+            handler(key.fileobj)
+        self._carry_out(self.host.handle_timer(time.monotonic()))
 
     def _on_frames(self, _fileobj: Any) -> None:
         for frame in self.link.receive():
@@ -121,6 +127,9 @@ class Engine:
 
     def _on_scripts(self, _fileobj: Any) -> None:
         for finished in self.scripts.finished():
+            if finished.script is Script.DOWN and self._release_guard_after_down:
+                self._release_guard_after_down = False
+                self.arp_guard.release()
             if finished.script is Script.UP and self.host.state is State.MASTER:
                 self._announce()  # the up action may have added more addresses
 
@@ -170,6 +179,22 @@ class Engine:
                 log.warning("%s -> %s: %s", action.old.value, action.new.value, action.reason)
             elif isinstance(action, election.Dropped):
                 self._log_drop(action)
+            elif isinstance(action, election.StartDrain):
+                self._start_drain()
+            elif isinstance(action, election.EndDrain):
+                self._end_drain(actions)
+
+    def _start_drain(self) -> None:
+        log.info("draining for %.1f s: keeping %s without answering ARP for it",
+                 self.options.drain, self.options.addr)
+        self.arp_guard.engage()
+
+    def _end_drain(self, actions: list[Action]) -> None:
+        """Lift the ARP rule once the VIP is gone: after the down script, if one comes."""
+        if any(isinstance(a, election.RunScript) and a.script is Script.DOWN for a in actions):
+            self._release_guard_after_down = True
+        else:
+            self.arp_guard.release()
 
     def _send_advert(self, advert: wire.Advert) -> None:
         p = self.host.params
@@ -234,15 +259,26 @@ class Engine:
     def _shut_down(self) -> int:
         was_master = self.host.state is State.MASTER
         self._carry_out(self.host.stop(time.monotonic()))
+        self._drain_before_exit()
         drained = self.scripts.drain(self.options.script_timeout + SCRIPT_DRAIN_SLACK)
         if not drained:
             log.error("scripts still running at exit")
         self._release_vip(was_master)
+        self.arp_guard.release()
         self.control.close()
         self.link.close()
         if self.monitor is not None:
             self.monitor.close()
         return 0
+
+    def _drain_before_exit(self) -> None:
+        """Keep serving the control socket and the timers until the drain is over; another
+        exit signal cuts it short."""
+        self._stopping = False
+        while self.host.draining and not self._stopping:
+            self._loop_once()
+            self._handle_signals()
+        self._carry_out(self.host.end_drain(time.monotonic()))
 
     def _release_vip(self, was_master: bool) -> None:
         """No VIP may stay behind on an interface whose engine is gone."""
@@ -266,6 +302,7 @@ def _params(options: Options, source: IPv4Address) -> election.Params:
         vhid=options.vhid, key=options.password, vip=options.addr, source=source,
         advbase=options.advbase, advskew=options.advskew, deadratio=options.deadratio,
         preempt=options.preempt, neutral=options.neutral, group=options.mcast,
+        drain=options.drain, reannounce=options.reannounce,
     )
 
 

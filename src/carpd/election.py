@@ -17,6 +17,7 @@ from ipaddress import IPv4Address
 from carpd import wire
 
 TICKS_PER_SECOND = 256
+REANNOUNCE_AFTER_DRAIN_SLACK = 0.2
 
 
 class State(enum.Enum):
@@ -65,7 +66,19 @@ class Dropped:
     source: IPv4Address | None
 
 
-Action = SendAdvert | SendGratuitousArp | RunScript | Transition | Dropped
+@dataclass(frozen=True)
+class StartDrain:
+    """Released by plan: keep the VIP, but stop answering ARP for it, until :class:`EndDrain`."""
+
+
+@dataclass(frozen=True)
+class EndDrain:
+    """The drain is over (a down script, if any, comes with it): the ARP rule may go once the
+    VIP has gone."""
+
+
+Action = (SendAdvert | SendGratuitousArp | RunScript | Transition | Dropped | StartDrain
+          | EndDrain)
 
 
 @dataclass(frozen=True)
@@ -82,6 +95,10 @@ class Params:
     preempt: bool = False
     neutral: bool = False
     group: IPv4Address = wire.DEFAULT_GROUP
+    drain: float = 0.0
+    """After a planned release, keep the VIP this long (without answering ARP for it)."""
+    reannounce: float = 0.0
+    """While MASTER, gratuitous ARP every this many seconds (0: only on the usual occasions)."""
 
     @property
     def interval_ticks(self) -> int:
@@ -136,6 +153,8 @@ class VirtualHost:
     _master_down_at: float | None = None
     _advert_at: float | None = None
     _garp_at_advert: int | None = None
+    _drain_until: float | None = None
+    _garp_at: float | None = None
     _expect: wire.Expect = field(init=False)
 
     def __post_init__(self) -> None:
@@ -170,6 +189,10 @@ class VirtualHost:
 
     def handle_timer(self, now: float) -> list[Action]:
         actions: list[Action] = []
+        if self._drain_until is not None and now >= self._drain_until:
+            actions += self.end_drain(now)
+        if self._garp_at is not None and now >= self._garp_at:
+            actions += self._reannounce(now)
         if self._master_down_at is not None and now >= self._master_down_at:
             actions += self._master_down(now)
         if self._advert_at is not None and now >= self._advert_at:
@@ -177,7 +200,8 @@ class VirtualHost:
         return actions
 
     def next_deadline(self) -> float | None:
-        deadlines = [t for t in (self._master_down_at, self._advert_at) if t is not None]
+        timers = (self._master_down_at, self._advert_at, self._drain_until, self._garp_at)
+        deadlines = [t for t in timers if t is not None]
         return min(deadlines, default=None)
 
     def link_changed(self, up: bool, now: float) -> list[Action]:
@@ -188,7 +212,7 @@ class VirtualHost:
         if not self._running:  # before start() or after stop(): only remember the carrier
             return []
         if not up:
-            return self._set_state(State.INIT, "carrier lost", now)
+            return self._set_state(State.INIT, "carrier lost", now) + self.end_drain(now)
         return self._set_state(State.BACKUP, "carrier back", now)
 
     def demote(self, now: float, until: float = float("inf")) -> list[Action]:
@@ -198,7 +222,7 @@ class VirtualHost:
         actions: list[Action] = []
         if self.state is State.MASTER:
             actions.append(self._advert(wire.BOW_OUT, wire.BOW_OUT))
-            actions += self._set_state(State.BACKUP, "demoted: bowing out", now)
+            actions += self._set_state(State.BACKUP, "demoted: bowing out", now, planned=True)
         return actions
 
     def promote(self, now: float) -> list[Action]:
@@ -213,7 +237,8 @@ class VirtualHost:
         self._running = False
         if self.state is State.MASTER:
             bow_out: list[Action] = [self._advert(wire.BOW_OUT, wire.BOW_OUT)]
-            return bow_out + self._set_state(State.INIT, "shutting down: bowed out", now)
+            reason = "shutting down: bowed out"
+            return bow_out + self._set_state(State.INIT, reason, now, planned=True)
         return self._set_state(State.INIT, "shutting down", now)
 
     # ---- the election ---------------------------------------------------------------------
@@ -233,7 +258,7 @@ class VirtualHost:
         if theirs < ours or (theirs == ours and self._loses_tie_to(received.source)):
             actions: list[Action] = [self._advert(self.params.advbase, self.params.advskew)]
             reason = f"preferred master {received.source} advertised"
-            return actions + self._set_state(State.BACKUP, reason, now)
+            return actions + self._set_state(State.BACKUP, reason, now, planned=True)
         self._garp_at_advert = self.sent + 2
         return [SendGratuitousArp()]
 
@@ -250,7 +275,7 @@ class VirtualHost:
 
     def _take_over(self, reason: str, now: float) -> list[Action]:
         self.master = None
-        actions = self._set_state(State.MASTER, reason, now)
+        actions = self.end_drain(now, release=False) + self._set_state(State.MASTER, reason, now)
         return actions + [SendGratuitousArp()] + self._send_ad(now)
 
     def _send_ad(self, now: float) -> list[Action]:
@@ -274,8 +299,28 @@ class VirtualHost:
 
     # ---- state and timers -----------------------------------------------------------------
 
-    def _set_state(self, new: State, reason: str, now: float) -> list[Action]:
-        """The one place that changes state, arms its timers and runs the scripts."""
+    @property
+    def draining(self) -> bool:
+        return self._drain_until is not None
+
+    def end_drain(self, now: float, release: bool = True) -> list[Action]:
+        """Finish a drain now (its timer, a second stop signal, carrier loss, or a takeover, which
+        keeps the VIP: ``release=False``)."""
+        if self._drain_until is None:
+            return []
+        self._drain_until = None
+        down: list[Action] = [RunScript(Script.DOWN)] if release else []
+        return [*down, EndDrain()]
+
+    def _reannounce(self, now: float) -> list[Action]:
+        self._garp_at = now + self.params.reannounce if self.params.reannounce > 0 else None
+        return [SendGratuitousArp()]
+
+    def _set_state(
+        self, new: State, reason: str, now: float, planned: bool = False
+    ) -> list[Action]:
+        """The one place that changes state, arms its timers and runs the scripts.  Leaving
+        MASTER by plan (bow-out, demotion, a preferred master) drains first, if configured."""
         old = self.state
         self.state = new
         self.since = now
@@ -286,11 +331,23 @@ class VirtualHost:
         if new is State.MASTER:
             self._garp_at_advert = self.sent + 3
         actions: list[Action] = [Transition(old, new, reason)]
+        self._garp_at = None
         if new is State.MASTER:
             actions.append(RunScript(Script.UP))
+            self._schedule_reannounce(now)
+        elif old is State.MASTER and planned and self.params.drain > 0:
+            self._drain_until = now + self.params.drain
+            actions.append(StartDrain())
         elif old is State.MASTER:
             actions.append(RunScript(Script.DOWN))
         return actions
+
+    def _schedule_reannounce(self, now: float) -> None:
+        """Announce again once a draining peer has let go of the VIP, then periodically."""
+        if self.params.drain > 0:
+            self._garp_at = now + self.params.drain + REANNOUNCE_AFTER_DRAIN_SLACK
+        elif self.params.reannounce > 0:
+            self._garp_at = now + self.params.reannounce
 
     def _arm_master_down(self, now: float) -> None:
         self._master_down_at = now + self.params.master_down_interval
