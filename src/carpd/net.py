@@ -80,8 +80,9 @@ class Link:
 
     def send(self, frame: bytes) -> None:
         # carrier gone or buffer full: CARP tolerates a lost advert, the next one follows
+        ethertype = int.from_bytes(frame[12:14], "big")
         with contextlib.suppress(OSError):
-            self._packets.send(frame)
+            self._packets.sendto(frame, (self.ifname, ethertype))
 
     def close(self) -> None:
         self._packets.close()

@@ -1,0 +1,35 @@
+"""Shared fixtures: a throw-away test network (lab/netns.py), always torn down."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lab"))
+
+from netns import UCARP, Network
+
+
+@pytest.fixture
+def net(tmp_path: Path) -> Iterator[Network]:
+    """A bridge in its own namespace; ``net.add_node(address)`` plugs a node namespace in."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root for network namespaces and raw sockets (CI runs as root)")
+    if not shutil.which(UCARP):
+        pytest.skip(f"needs Debian's ucarp at {UCARP} (.ci/apt-packages installs it)")
+    network = Network(tmp_path)
+    try:
+        yield network
+    finally:
+        network.close()
+        # Shown by pytest only when the test failed: what every daemon said and did.
+        for daemon in network.daemons:
+            print(f"==== {daemon} pid {daemon.pid} exit {daemon.process.returncode}")
+            print("argv:", " ".join(daemon.argv))
+            print("events:", *(f"{e.time:.3f} {e.event}" for e in daemon.events()))
+            print(daemon.log())
