@@ -80,9 +80,9 @@ class Engine:
         if self.demote_marker.exists():
             self.host.demote(now)
             log.info("demoted (%s exists): staying BACKUP until promoted", self.demote_marker)
-        self._carry_out(self.host.start(now))
         if not self.info.carrier and self.monitor is not None:
-            self._carry_out(self.host.link_changed(False, now))
+            self.host.link_changed(False, now)  # before start: starts in INIT, waits for carrier
+        self._carry_out(self.host.start(now))
         self._loop()
         return self._shut_down()
 
