@@ -100,6 +100,15 @@ class Params:
     reannounce: float = 0.0
     """While MASTER, gratuitous ARP every this many seconds (0: only on the usual occasions)."""
 
+    def __post_init__(self) -> None:
+        # carpd.config checks these for people; here they keep the timers finite and non-zero.
+        if not (1 <= self.vhid <= 255 and 0 <= self.advbase <= 255 and 0 <= self.advskew <= 255):
+            raise ValueError("vhid must be 1..255, advbase and advskew 0..255")
+        if self.interval_ticks == 0:
+            raise ValueError("advbase and advskew cannot both be 0")
+        if self.deadratio < 1:
+            raise ValueError("deadratio must be at least 1")
+
     @property
     def interval_ticks(self) -> int:
         return self.advbase * TICKS_PER_SECOND + self.advskew
@@ -182,7 +191,6 @@ class VirtualHost:
         if self.state is State.INIT:
             return []
         self._counter = result.advert.counter
-        self._note_master(result, now)
         if self.state is State.BACKUP:
             return self._backup_hears(result, now)
         return self._master_hears(result, now)
@@ -217,8 +225,10 @@ class VirtualHost:
 
     def demote(self, now: float, until: float = float("inf")) -> list[Action]:
         """Step down with a bow-out advert so a peer takes over at once; stay BACKUP until
-        ``until`` (for ever by default: until :meth:`promote`)."""
-        self.demoted_until = until
+        ``until`` (for ever by default: until :meth:`promote`).  A demotion already running for
+        longer is kept: SIGUSR2 must not cut short an operator's demotion."""
+        if not self._demoted(now) or until > (self.demoted_until or 0.0):
+            self.demoted_until = until
         actions: list[Action] = []
         if self.state is State.MASTER:
             actions.append(self._advert(wire.BOW_OUT, wire.BOW_OUT))
@@ -227,8 +237,9 @@ class VirtualHost:
 
     def promote(self, now: float) -> list[Action]:
         """End a demotion: the election runs normally again."""
+        was_demoted = self._demoted(now)
         self.demoted_until = None
-        if self.state is State.BACKUP:
+        if was_demoted and self.state is State.BACKUP:
             self._arm_master_down(now)
         return []
 
@@ -244,6 +255,7 @@ class VirtualHost:
     # ---- the election ---------------------------------------------------------------------
 
     def _backup_hears(self, received: wire.Received, now: float) -> list[Action]:
+        self._note_master(received, now)
         theirs = received.advert.interval_ticks
         if self.params.preempt and self.params.interval_ticks < theirs and not self._demoted(now):
             return self._take_over(f"preempting slower master {received.source}", now)
@@ -256,6 +268,7 @@ class VirtualHost:
         theirs = received.advert.interval_ticks
         ours = self.params.interval_ticks
         if theirs < ours or (theirs == ours and self._loses_tie_to(received.source)):
+            self._note_master(received, now)
             actions: list[Action] = [self._advert(self.params.advbase, self.params.advskew)]
             reason = f"preferred master {received.source} advertised"
             return actions + self._set_state(State.BACKUP, reason, now, planned=True)
@@ -274,9 +287,8 @@ class VirtualHost:
         return self._take_over("master down timer expired", now)
 
     def _take_over(self, reason: str, now: float) -> list[Action]:
-        self.master = None
         actions = self.end_drain(now, release=False) + self._set_state(State.MASTER, reason, now)
-        return actions + [SendGratuitousArp()] + self._send_ad(now)
+        return [*actions, SendGratuitousArp(), *self._send_ad(now)]
 
     def _send_ad(self, now: float) -> list[Action]:
         actions: list[Action] = [self._advert(self.params.advbase, self.params.advskew)]
@@ -324,6 +336,8 @@ class VirtualHost:
         old = self.state
         self.state = new
         self.since = now
+        if new is not State.BACKUP:
+            self.master = None  # only a BACKUP has a master to report
         self._advert_at = None
         self._master_down_at = None
         if new is State.BACKUP:

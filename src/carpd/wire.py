@@ -83,7 +83,7 @@ def internet_checksum(data: bytes) -> int:
     """RFC 1071 one's-complement checksum."""
     if len(data) % 2:
         data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF
@@ -91,7 +91,8 @@ def internet_checksum(data: bytes) -> int:
 
 def hmac_input(vhid: int, vip: IPv4Address, counter: int) -> bytes:
     """The 15 bytes ucarp authenticates: version, type, vhid, VIP, counter."""
-    return bytes([CARP_VERSION, CARP_TYPE_ADVERTISEMENT, vhid]) + vip.packed + counter.to_bytes(8, "big")
+    header = bytes([CARP_VERSION, CARP_TYPE_ADVERTISEMENT, vhid])
+    return header + vip.packed + counter.to_bytes(8, "big")
 
 
 def digest(key: bytes, vhid: int, vip: IPv4Address, counter: int) -> bytes:

@@ -1,0 +1,195 @@
+"""``carpctl``: check interfaces files, and look at or steer the running engines.
+
+- ``carpctl check [FILE]``            parse FILE (default /etc/network/interfaces) as ifupdown does,
+                                      check every stanza's ucarp-* options; each problem as
+                                      ``file:line: message``; exit 1 if there is any
+- ``carpctl status [IFACE] [--json]``  what each engine says on its control socket
+- ``carpctl demote IFACE``            make IFACE's engines step back (persists across restarts)
+- ``carpctl promote IFACE``           undo ``demote``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from carpd import control
+from carpd.ifupdown import interfaces
+from carpd.ifupdown import stanza as ucarp
+from carpd.ifupdown.runtime import RUN_DIR
+
+EXIT_PROBLEMS = 1
+EXIT_NO_ENGINE = 3
+_PLACE = re.compile(r"^(.*?):(\d+): ")
+
+
+# -- check ----------------------------------------------------------------------------------
+
+def _where(iface: interfaces.Iface, option: str | None) -> interfaces.Where:
+    lines = [o.where for o in iface.options if o.name == option]
+    return lines[-1] if lines else iface.where
+
+
+def _stanza_options(iface: interfaces.Iface) -> dict[str, str]:
+    """The ucarp-* options as ifupdown would pass them (a repeated one joined by newline)."""
+    raw: dict[str, str] = {}
+    for option in iface.options:
+        if option.name.startswith(ucarp.PREFIX):
+            earlier = raw.get(option.name)
+            raw[option.name] = option.value if earlier is None else f"{earlier}\n{option.value}"
+    return raw
+
+
+def _check_iface(iface: interfaces.Iface, parsed: interfaces.Interfaces) -> list[str]:
+    raw = _stanza_options(iface)
+    addresses = [o.value for o in iface.options if o.name == "address"]
+    try:
+        options = ucarp.engine_options(raw, interface=iface.name, family=iface.family,
+                                       method=iface.method,
+                                       address=addresses[0] if addresses else None,
+                                       check_interface=False)
+    except ucarp.StanzaError as error:
+        return [f"{_where(iface, p.option)}: {iface}: {p}" for p in error.problems]
+    missing = ucarp.missing_alias(options, parsed)
+    return [f"{iface.where}: {iface}: {missing}"] if missing else []
+
+
+def check(path: Path) -> tuple[list[str], int]:
+    """Every problem of ``path`` as ``file:line: message``, and how many ucarp stanzas it has."""
+    parsed = interfaces.parse(path)
+    problems = list(parsed.errors)
+    seen: dict[str, interfaces.Iface] = {}
+    carp = [i for i in parsed.ifaces if _stanza_options(i)]
+    for iface in carp:
+        problems += _check_iface(iface, parsed)
+        first = seen.setdefault(iface.name, iface)
+        if first is not iface:
+            problems.append(f"{iface.where}: {iface}: ucarp-* options for {iface.name} again "
+                            f"(first at {first.where}): one engine runs per interface")
+    order = {name: n for n, name in enumerate(parsed.files)}
+
+    def key(message: str) -> tuple[int, int]:
+        match = _PLACE.match(message)
+        if match is None:
+            return (-1, 0)
+        return (order.get(match[1], len(order)), int(match[2]))
+
+    return sorted(problems, key=key), len(carp)
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    problems, count = check(args.file)
+    for line in problems:
+        print(line)
+    if problems:
+        print(f"{args.file}: {len(problems)} problem(s)", file=sys.stderr)
+        return EXIT_PROBLEMS
+    print(f"{args.file}: OK ({count} ucarp stanza(s))")
+    return 0
+
+
+# -- the running engines --------------------------------------------------------------------
+
+def _sockets(state_dir: Path, interface: str | None) -> list[Path]:
+    found = sorted(state_dir.glob("*.sock"))
+    if interface is not None:
+        found = [p for p in found if p.name.rsplit(".", 2)[0] == interface]
+    return found
+
+
+def _ask(path: Path, cmd: str) -> dict[str, Any]:
+    try:
+        return control.request(path, {"cmd": cmd})
+    except (OSError, ValueError) as error:
+        name = path.name.removesuffix(".sock")
+        return {"interface": name.rsplit(".", 1)[0], "error": f"no answer on {path}: {error}"}
+
+
+def _ago(since: Any, now: float) -> str:
+    if not isinstance(since, int | float):
+        return "-"
+    seconds = max(0, int(now - since))
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else (
+        f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s")
+
+
+def _table(replies: list[dict[str, Any]]) -> str:
+    now = time.time()
+    rows = [["IFACE", "VHID", "VIP", "STATE", "FOR", "MASTER", "DEMOTED", "PID"]]
+    for r in replies:
+        if "error" in r:
+            rows.append([str(r.get("interface", "?")), "-", "-", "NO ANSWER", "-", "-", "-", "-"])
+            continue
+        rows.append([str(r.get("interface")), str(r.get("vhid")), str(r.get("vip")),
+                     str(r.get("state")), _ago(r.get("since"), now), str(r.get("master") or "-"),
+                     "yes" if r.get("demoted") else "no", str(r.get("pid"))])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+                     for row in rows)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    replies = [_ask(p, "status") for p in _sockets(args.state_dir, args.interface)]
+    if args.json:
+        print(json.dumps(replies, indent=2))
+    elif replies:
+        print(_table(replies))
+    if not replies:
+        where = f" on {args.interface}" if args.interface else ""
+        print(f"carpctl: no carpd engine{where} (no control socket in {args.state_dir})",
+              file=sys.stderr)
+        return EXIT_NO_ENGINE
+    return 1 if any("error" in r for r in replies) else 0
+
+
+def _cmd_steer(args: argparse.Namespace) -> int:
+    sockets = _sockets(args.state_dir, args.interface)
+    if not sockets:
+        print(f"carpctl: no carpd engine on {args.interface} (no control socket in "
+              f"{args.state_dir})", file=sys.stderr)
+        return EXIT_NO_ENGINE
+    failed = False
+    for path in sockets:
+        reply = _ask(path, args.command)
+        if "error" in reply or reply.get("ok") is False:
+            failed = True
+            print(f"carpctl: {path.name}: {reply.get('error', reply)}", file=sys.stderr)
+        else:
+            print(f"{reply.get('interface', args.interface)} vhid {reply.get('vhid', '?')}: "
+                  f"{args.command}d, now {reply.get('state', '?')}")
+    return 1 if failed else 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="carpctl", description="Check and steer carpd.")
+    p.add_argument("--state-dir", type=Path, default=RUN_DIR,
+                   help=f"where the engines' control sockets are (default {RUN_DIR})")
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("check", help="check an interfaces file and its ucarp-* options")
+    c.add_argument("file", nargs="?", type=Path, default=interfaces.DEFAULT_FILE)
+    c.set_defaults(run=_cmd_check)
+    s = sub.add_parser("status", help="show the engines' state")
+    s.add_argument("interface", nargs="?")
+    s.add_argument("--json", action="store_true", help="print the engines' replies as JSON")
+    s.set_defaults(run=_cmd_status)
+    for name, text in (("demote", "make IFACE's engines step back to BACKUP and stay there"),
+                       ("promote", "let IFACE's engines take part in the election again")):
+        d = sub.add_parser(name, help=text)
+        d.add_argument("interface")
+        d.set_defaults(run=_cmd_steer)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    result: int = args.run(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""The ``ucarp-*`` options of one interfaces(5) stanza, turned into the engine's :class:`Options`.
+
+The options and defaults are Debian's ucarp hook's (``ucarp-master`` is *preempt*, not "start as
+master"), plus the ones its hook ignored or lacked.  Two checks, one after the other:
+:class:`UcarpStanza` knows the option names, the booleans and what must be given together; then
+:func:`carpd.config.build` checks every value's range, under the stanza's option names.  Each
+problem names the option, the value (never the password) and what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+
+from carpd import config
+from carpd.config import ConfigError, Options
+from carpd.ifupdown.interfaces import Interfaces
+from carpd.ifupdown.runtime import ALIAS
+
+PREFIX = "ucarp-"
+SHARE = Path("/usr/share/carpd")
+DEFAULT_UPSCRIPT = SHARE / "vip-up"
+DEFAULT_DOWNSCRIPT = SHARE / "vip-down"
+TRUE = ("yes", "on", "true", "1")
+FALSE = ("no", "off", "false", "0")
+ALLOWED_BOOLEANS = ", ".join(f"{t}/{f}" for t, f in zip(TRUE, FALSE, strict=True)) + " (any case)"
+
+
+@dataclass(frozen=True)
+class Problem:
+    option: str | None
+    """The ``ucarp-*`` option at fault, or None when it is the stanza as a whole."""
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class StanzaError(ValueError):
+    """The ``ucarp-*`` options of a stanza cannot run; :attr:`problems` says each reason."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("\n".join(p.message for p in problems))
+        self.problems = problems
+
+
+def _once(value: str) -> str:
+    # ifupdown joins the values of an option given twice with a newline
+    if "\n" in value:
+        raise ValueError("given more than once in the stanza: give it once")
+    return value
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = _once(str(value)).strip().lower()
+    if text in TRUE:
+        return True
+    if text in FALSE:
+        return False
+    raise ValueError(f"not a boolean: allowed: {ALLOWED_BOOLEANS}")
+
+
+Once = Annotated[str, AfterValidator(_once)]
+Flag = Annotated[bool, BeforeValidator(_flag)]
+
+
+class UcarpStanza(BaseModel):
+    """The ``ucarp-*`` options as written; values stay text until :func:`config.build`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    vid: Once = Field(alias="ucarp-vid")
+    vip: Once = Field(alias="ucarp-vip")
+    password: Once | None = Field(None, alias="ucarp-password", repr=False)
+    passfile: Once | None = Field(None, alias="ucarp-passfile")
+    upscript: Once = Field(str(DEFAULT_UPSCRIPT), alias="ucarp-upscript")
+    downscript: Once = Field(str(DEFAULT_DOWNSCRIPT), alias="ucarp-downscript")
+    master: Flag = Field(False, alias="ucarp-master")
+    advskew: Once | None = Field(None, alias="ucarp-advskew")
+    advbase: Once | None = Field(None, alias="ucarp-advbase")
+    deadratio: Once | None = Field(None, alias="ucarp-deadratio")
+    nomcast: Flag = Field(False, alias="ucarp-nomcast")
+    xparam: Once | None = Field(None, alias="ucarp-xparam")
+    facility: Once | None = Field(None, alias="ucarp-facility")
+    neutral: Flag = Field(False, alias="ucarp-neutral")
+    ignoreifstate: Flag = Field(False, alias="ucarp-ignoreifstate")
+    mcast: Once | None = Field(None, alias="ucarp-mcast")
+    debug: Flag = Field(False, alias="ucarp-debug")
+    srcip: Once | None = Field(None, alias="ucarp-srcip")
+
+    @model_validator(mode="after")
+    def _one_password(self) -> UcarpStanza:
+        if self.password is None and self.passfile is None:
+            raise ValueError("ucarp-password or ucarp-passfile: one of them is required")
+        if self.password is not None and self.passfile is not None:
+            raise ValueError("ucarp-password and ucarp-passfile: give one of them, not both")
+        return self
+
+
+BOOLEANS = frozenset({"ucarp-master", "ucarp-nomcast", "ucarp-neutral", "ucarp-ignoreifstate",
+                      "ucarp-debug"})
+KNOWN = tuple(str(f.alias) for f in UcarpStanza.model_fields.values())
+# Options field -> the stanza option a person wrote it as
+OPTION_NAMES: dict[str, str] = {
+    "vhid": "ucarp-vid", "addr": "ucarp-vip", "password": "ucarp-password",
+    "upscript": "ucarp-upscript", "downscript": "ucarp-downscript", "preempt": "ucarp-master",
+    "advskew": "ucarp-advskew", "advbase": "ucarp-advbase", "deadratio": "ucarp-deadratio",
+    "nomcast": "ucarp-nomcast", "xparam": "ucarp-xparam", "facility": "ucarp-facility",
+    "neutral": "ucarp-neutral", "ignoreifstate": "ucarp-ignoreifstate", "mcast": "ucarp-mcast",
+    "debug": "ucarp-debug", "srcip": "ucarp-srcip", "interface": "interface",
+}
+
+
+def ucarp_options(options: Mapping[str, str]) -> dict[str, str]:
+    return {name: value for name, value in options.items() if name.startswith(PREFIX)}
+
+
+def _stanza_problems(error: ValidationError, given: Mapping[str, str]) -> list[Problem]:
+    problems = []
+    for item in error.errors():
+        option = str(item["loc"][0]) if item["loc"] else None
+        message = str(item["msg"]).removeprefix("Value error, ")
+        if item["type"] == "missing":
+            text = f"{option}: missing: required with the other ucarp-* options"
+        elif item["type"] == "extra_forbidden":
+            text = f"{option}: unknown option: known are {', '.join(KNOWN)}"
+        elif option is None:
+            text = message
+            option = message.split(":", 1)[0].split()[0]
+        elif option == "ucarp-password":
+            text = f"{option}: <hidden>: {message}"
+        else:
+            text = f"{option}: {given.get(option, item.get('input'))!r}: {message}"
+        problems.append(Problem(option, text))
+    return problems
+
+
+def parse(options: Mapping[str, str]) -> UcarpStanza:
+    """The ``ucarp-*`` options of a stanza (name -> value as ifupdown hands it over)."""
+    try:
+        return UcarpStanza.model_validate(dict(options))
+    except ValidationError as error:
+        raise StanzaError(_stanza_problems(error, options)) from None
+
+
+def check_stanza(name: str, family: str) -> list[Problem]:
+    """What rules out an engine whatever the ``ucarp-*`` values are."""
+    problems = []
+    if family != "inet":
+        problems.append(Problem(None, f"ucarp-* options on an {family} stanza: carpd runs on "
+                                      "IPv4 only (IPv6 is not supported yet): put them in the "
+                                      f"inet stanza of {name}"))
+    if ":" in name:
+        problems.append(Problem(None, f"ucarp-* options on the alias {name}: put them in the "
+                                      f"stanza of the interface itself ({name.split(':')[0]})"))
+    return problems
+
+
+def source_address(method: str, address: str | None, srcip: str | None) -> str | None:
+    """ucarp-srcip, else a static stanza's own address; None lets the engine use the primary."""
+    if srcip is not None:
+        return srcip
+    if method == "static" and address:
+        return address.split()[0].split("/")[0]  # ifupdown2 keeps the prefix length
+    return None
+
+
+def _password(raw: Mapping[str, str]) -> bytes:
+    if "ucarp-password" in raw:
+        return os.fsencode(raw["ucarp-password"])
+    try:
+        return config.read_passfile(raw["ucarp-passfile"])
+    except ConfigError as error:
+        raise StanzaError([Problem("ucarp-passfile", str(error).replace(
+            "-o/--passfile", "ucarp-passfile", 1))]) from None
+
+
+def _given(raw: Mapping[str, str], reported: set[str | None]) -> dict[str, Any]:
+    """The values :func:`config.build` should check: those not reported wrong already."""
+    field_of = {option: name for name, option in OPTION_NAMES.items()}
+    given: dict[str, Any] = {"upscript": str(DEFAULT_UPSCRIPT),
+                             "downscript": str(DEFAULT_DOWNSCRIPT)}
+    for option, value in raw.items():
+        if option in reported or option not in field_of:
+            continue
+        given[field_of[option]] = _flag(value) if option in BOOLEANS else value
+    if not reported & {"ucarp-password", "ucarp-passfile"}:
+        given["password"] = _password(raw)
+    return given
+
+
+def engine_options(raw: Mapping[str, str], *, interface: str, family: str = "inet",
+                   method: str = "static", address: str | None = None,
+                   state_dir: Path | None = None, check_interface: bool = True) -> Options:
+    """The engine's validated options from a stanza's ``ucarp-*`` options (``raw``), or
+    :class:`StanzaError` naming every bad value at once.
+
+    ``address`` is the stanza's own (``IF_ADDRESS``); ``check_interface=False`` skips checking
+    that the interface exists, as it may be created only when ifupdown brings it up."""
+    problems = check_stanza(interface, family)
+    try:
+        parse(raw)
+    except StanzaError as error:
+        problems += error.problems
+    reported = {p.option for p in problems}
+    try:
+        given = _given(raw, reported)
+    except StanzaError as error:
+        problems += error.problems
+        reported |= {"ucarp-passfile", "ucarp-password"}
+        given = _given(raw, reported)
+    given["srcip"] = None if "ucarp-srcip" in reported else source_address(
+        method, address, raw.get("ucarp-srcip"))
+    # the name of an interface that always exists, to check every other value
+    given["interface"] = interface if check_interface else "lo"
+    given["state_dir"] = state_dir
+    given = {name: value for name, value in given.items() if value is not None}
+    try:
+        options = config.build(given, flags=OPTION_NAMES)
+    except ConfigError as error:
+        problems += [p for p in (Problem(line.split(":", 1)[0], line)
+                                 for line in str(error).splitlines())
+                     if p.option not in reported]
+    if problems:
+        raise StanzaError(problems)
+    return options.model_copy(update={"interface": interface})
+
+
+def missing_alias(options: Options, parsed: Interfaces) -> Problem | None:
+    """The default actions run ``ifup/ifdown IFACE:ucarp``: that stanza must exist."""
+    defaults = [name for name, script, default in (
+        ("ucarp-upscript", options.upscript, DEFAULT_UPSCRIPT),
+        ("ucarp-downscript", options.downscript, DEFAULT_DOWNSCRIPT)) if script == default]
+    alias = f"{options.interface}:{ALIAS}"
+    if not defaults or parsed.find(alias):
+        return None
+    return Problem(None, f"{' and '.join(defaults)}: the default action brings up and down the "
+                         f"stanza 'iface {alias} inet static', which is missing: add it, or "
+                         "name your own scripts")

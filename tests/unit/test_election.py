@@ -1,0 +1,735 @@
+"""The election of carpd.election.VirtualHost, on a fake clock and an in-memory link.
+
+Times are exact: every interval is a multiple of 1/256 s and every link delay a power of two, so
+the simulated clock has no rounding and "takes over at master-down" can be checked with ``==``.
+"""
+
+from __future__ import annotations
+
+import random
+from ipaddress import IPv4Address
+from typing import Any
+
+import pytest
+from cluster import KEY, VIP, Cluster, params
+from frames import FUZZ_SEED, carp_cases, fuzz_inputs
+
+from carpd import wire
+from carpd.election import (
+    Dropped,
+    EndDrain,
+    RunScript,
+    Script,
+    SendAdvert,
+    SendGratuitousArp,
+    StartDrain,
+    State,
+    Transition,
+    VirtualHost,
+    tie_break_key,
+)
+
+INF = float("inf")
+
+
+def skew(ticks: int) -> float:
+    return ticks / 256
+
+
+def packet_from(source: str, advbase: int = 1, advskew: int = 0, counter: int = 1,
+                vhid: int = 1, key: bytes = KEY) -> bytes:
+    advert = wire.Advert(vhid, advbase, advskew, counter)
+    return wire.encode_packet(advert, key, VIP, IPv4Address(source), ident=1)
+
+
+def host(source: str = "10.0.0.1", **settings: Any) -> VirtualHost:
+    counters = iter(range(1000, 2000))
+    return VirtualHost(params(source, **settings), lambda: next(counters))
+
+
+def started_master(source: str = "10.0.0.1", **settings: Any) -> VirtualHost:
+    vh = host(source, **settings)
+    vh.start(0.0)
+    deadline = vh.next_deadline()
+    assert deadline is not None
+    vh.handle_timer(deadline)
+    assert vh.state is State.MASTER
+    return vh
+
+
+# ---- elections ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("advbases", "advskews", "winner"),
+    [
+        ((1, 1), (100, 0), "n1"),
+        ((1, 1, 1), (0, 50, 100), "n0"),
+        ((1, 1, 1, 1, 1), (200, 30, 0, 90, 255), "n2"),
+        ((2, 1, 1, 3, 1), (0, 200, 100, 0, 255), "n2"),
+    ],
+    ids=["2-nodes", "3-nodes", "5-nodes", "5-nodes-mixed-advbase"],
+)
+def test_election_ends_with_exactly_one_master_the_lowest_interval(
+        advbases: tuple[int, ...], advskews: tuple[int, ...], winner: str) -> None:
+    cluster = Cluster({f"n{i}": params(f"10.0.0.{i + 1}", advbase=b, advskew=k)
+                       for i, (b, k) in enumerate(zip(advbases, advskews, strict=True))},
+                      delay=1 / 1024)
+    cluster.start()
+    cluster.run_until(60)
+    assert cluster.masters() == [winner]
+    assert all(s is State.BACKUP for n, s in cluster.states().items() if n != winner)
+    assert all(cluster.became_master_at(n) == [] for n in cluster.nodes if n != winner)
+
+
+@pytest.mark.parametrize("order", [("a", "b"), ("b", "a")])
+def test_equal_intervals_elect_by_little_endian_address(order: tuple[str, str]) -> None:
+    # Both take over at the same instant (the link delay hides each from the other), then each
+    # hears the other as MASTER: 10.9.2.1 wins because ucarp compares the last octet first.
+    addresses = {"a": "10.9.1.2", "b": "10.9.2.1"}
+    cluster = Cluster({n: params(addresses[n]) for n in order}, delay=1 / 64)
+    cluster.start()
+    cluster.run_until(20)
+    assert cluster.became_master_at("a") == cluster.became_master_at("b") == [3.0]
+    assert cluster.masters() == ["b"]
+    stepped_down = cluster.transitions("a")[-1]
+    assert stepped_down == (3.0 + 1 / 64, Transition(State.MASTER, State.BACKUP,
+                                                     "preferred master 10.9.2.1 advertised"))
+
+
+def test_numeric_address_compare_would_pick_the_other_master() -> None:
+    ucarp_winner, numeric_winner = IPv4Address("10.9.2.1"), IPv4Address("10.9.1.2")
+    assert int(numeric_winner) < int(ucarp_winner)
+    assert tie_break_key(ucarp_winner) < tie_break_key(numeric_winner)
+
+
+def test_master_steps_down_for_equal_interval_from_little_endian_lower_address() -> None:
+    master = started_master("10.9.1.2")
+    actions = master.receive(packet_from("10.9.2.1"), 5.0)
+    assert master.state is State.BACKUP
+    assert [type(a) for a in actions] == [SendAdvert, Transition, RunScript]
+
+
+def test_master_keeps_vip_for_equal_interval_from_little_endian_higher_address() -> None:
+    master = started_master("10.9.2.1")
+    assert master.receive(packet_from("10.9.1.2"), 5.0) == [SendGratuitousArp()]
+    assert master.state is State.MASTER
+
+
+# ---- master failure -----------------------------------------------------------------------------
+
+
+def test_best_backup_takes_over_exactly_at_master_down_after_the_last_advert() -> None:
+    delay = 1 / 64
+    cluster = Cluster({"m": params("10.0.0.1"), "b1": params("10.0.0.2", advskew=50),
+                       "b2": params("10.0.0.3", advskew=100)}, delay=delay)
+    cluster.start()
+    cluster.run_until(10.5)
+    last_advert = cluster.adverts("m")[-1][0]
+    assert last_advert == 10.0
+    cluster.crash("m")
+    cluster.run_until(30)
+    assert cluster.became_master_at("b1") == [last_advert + delay + 3 + skew(50)]
+    assert cluster.masters() == ["b1"]
+    assert cluster.became_master_at("b2") == []
+
+
+def test_backup_does_not_take_over_a_moment_before_master_down() -> None:
+    cluster = Cluster({"m": params("10.0.0.1"), "b": params("10.0.0.2", advskew=100)})
+    cluster.start()
+    cluster.run_until(10.5)
+    cluster.crash("m")
+    takeover = 10.0 + 3 + skew(100)
+    cluster.run_until(takeover - 1 / 1024)
+    assert cluster.states()["b"] is State.BACKUP
+    cluster.run_until(takeover)
+    assert cluster.masters() == ["b"]
+
+
+# ---- preemption ---------------------------------------------------------------------------------
+
+
+def test_preempting_backup_with_lower_interval_takes_over_at_once() -> None:
+    cluster = Cluster({"slow": params("10.0.0.1", advskew=100),
+                       "fast": params("10.0.0.2", preempt=True)})
+    cluster.start("slow")
+    cluster.run_until(10)
+    cluster.start("fast")
+    cluster.run_until(20)
+    first_heard = next(t for t, _ in cluster.adverts("slow") if t >= 10)
+    assert cluster.became_master_at("fast") == [first_heard]
+    assert cluster.masters() == ["fast"]
+    # The slow master hears the preferred one, sends one more advert and steps down.
+    assert cluster.transitions("slow")[-1][0] == first_heard
+    last_time, last_advert = cluster.adverts("slow")[-1]
+    assert last_time == first_heard
+    assert (last_advert.advbase, last_advert.advskew) == (1, 100)
+    assert cluster.scripts("slow")[-1] == (first_heard, Script.DOWN)
+
+
+def test_backup_without_preempt_leaves_a_slower_master_alone() -> None:
+    cluster = Cluster({"slow": params("10.0.0.1", advskew=100), "fast": params("10.0.0.2")})
+    cluster.start("slow")
+    cluster.run_until(10)
+    cluster.start("fast")
+    cluster.run_until(100)
+    assert cluster.masters() == ["slow"]
+    assert cluster.became_master_at("fast") == []
+
+
+def test_preempting_backup_does_not_take_over_from_an_equal_interval() -> None:
+    cluster = Cluster({"m": params("10.0.0.2"), "b": params("10.9.2.1", preempt=True)})
+    cluster.start("m")
+    cluster.run_until(10)
+    cluster.start("b")
+    cluster.run_until(60)
+    assert cluster.masters() == ["m"]
+
+
+def test_backup_takes_over_at_once_from_a_master_that_will_time_out() -> None:
+    # advbase 4 > our advbase 1 x deadratio 3 + 0/256: that master would time out between adverts.
+    backup = host(advbase=1, deadratio=3)
+    backup.start(0.0)
+    actions = backup.receive(packet_from("10.0.0.9", advbase=4), 1.0)
+    assert backup.state is State.MASTER
+    assert actions[0] == Transition(State.BACKUP, State.MASTER,
+                                    "master 10.0.0.9 is bowing out")
+
+
+def test_backup_waits_for_a_master_exactly_at_its_master_down_interval() -> None:
+    backup = host(advbase=1, advskew=10, deadratio=3)
+    backup.start(0.0)
+    assert backup.receive(packet_from("10.0.0.9", advbase=3, advskew=10), 1.0) == []
+    assert backup.state is State.BACKUP
+    assert backup.next_deadline() == 1.0 + 3 + skew(10)
+
+
+# ---- bow-out, demotion --------------------------------------------------------------------------
+
+
+def test_stopping_master_bows_out_and_backup_takes_over_at_once() -> None:
+    delay = 1 / 256
+    cluster = Cluster({"m": params("10.0.0.1"), "b": params("10.0.0.2", advskew=100)},
+                      delay=delay)
+    cluster.start()
+    cluster.run_until(10.5)
+    cluster.stop("m")
+    _, bow_out = cluster.adverts("m")[-1]
+    assert (bow_out.advbase, bow_out.advskew) == (255, 255)
+    assert cluster.scripts("m")[-1] == (10.5, Script.DOWN)
+    cluster.run_until(30)
+    assert cluster.became_master_at("b") == [10.5 + delay]
+    assert cluster.masters() == ["b"]
+
+
+def test_stopping_backup_sends_nothing_and_runs_no_script() -> None:
+    backup = host()
+    backup.start(0.0)
+    assert backup.stop(1.0) == [Transition(State.BACKUP, State.INIT, "shutting down")]
+    assert backup.next_deadline() is None
+
+
+def test_stopped_host_ignores_carrier_changes() -> None:
+    vh = host()
+    vh.start(0.0)
+    vh.stop(1.0)
+    assert vh.link_changed(False, 2.0) == []
+    assert vh.link_changed(True, 3.0) == []
+    assert vh.state is State.INIT
+    assert vh.next_deadline() is None
+
+
+def test_demoted_master_bows_out_and_stays_backup_until_promoted() -> None:
+    cluster = Cluster({"m": params("10.0.0.1", preempt=True),
+                       "b": params("10.0.0.2", advskew=100)})
+    cluster.start()
+    cluster.run_until(10.5)
+    cluster.demote("m")
+    _, bow_out = cluster.adverts("m")[-1]
+    assert (bow_out.advbase, bow_out.advskew) == (255, 255)
+    assert cluster.scripts("m")[-1] == (10.5, Script.DOWN)
+    cluster.run_until(10.5)  # the bow-out is delivered
+    assert cluster.became_master_at("b") == [10.5]
+    cluster.run_until(100)
+    assert cluster.masters() == ["b"]
+    assert cluster["m"].demoted_until == INF
+    cluster.promote("m")
+    assert cluster["m"].demoted_until is None
+    cluster.run_until(110)
+    first_heard = next(t for t, _ in cluster.adverts("b") if t > 100)
+    assert cluster.became_master_at("m")[-1] == first_heard
+    assert cluster.masters() == ["m"]
+
+
+def test_demotion_with_until_ends_by_itself() -> None:
+    cluster = Cluster({"m": params("10.0.0.1", preempt=True),
+                       "b": params("10.0.0.2", advskew=100)})
+    cluster.start()
+    cluster.run_until(10.5)
+    cluster.demote("m", until=20.5)
+    cluster.run_until(20.5)
+    assert cluster.masters() == ["b"]
+    cluster.run_until(30)
+    first_heard_after = next(t for t, _ in cluster.adverts("b") if t >= 20.5)
+    assert cluster.became_master_at("m")[-1] == first_heard_after
+    assert cluster.masters() == ["m"]
+
+
+def test_demoted_lone_node_never_takes_over_until_promoted() -> None:
+    cluster = Cluster({"n": params("10.0.0.1")})
+    cluster.start()
+    cluster.demote("n")
+    cluster.run_until(100)
+    assert cluster.masters() == []
+    cluster.promote("n")
+    cluster.run_until(200)
+    assert cluster.became_master_at("n") == [100 + 3.0]
+
+
+def test_demotion_before_start_holds_from_the_start() -> None:
+    # The engine demotes before start() when the demotion marker file survived a restart.
+    vh = host()
+    assert vh.demote(0.0) == []
+    vh.start(0.0)
+    for t in (3.0, 6.0, 9.0):
+        assert vh.handle_timer(t) == []
+    assert vh.state is State.BACKUP
+    assert vh.next_deadline() == 12.0
+
+
+def test_demoted_backup_ignores_a_bow_out() -> None:
+    backup = host(preempt=True)
+    backup.start(0.0)
+    backup.demote(0.5)
+    assert backup.receive(packet_from("10.0.0.9", advbase=255, advskew=255), 1.0) == []
+    assert backup.state is State.BACKUP
+
+
+# ---- carrier ------------------------------------------------------------------------------------
+
+
+def test_master_losing_carrier_goes_init_with_down_script() -> None:
+    cluster = Cluster({"m": params("10.0.0.1"), "b": params("10.0.0.2", advskew=100)})
+    cluster.start()
+    cluster.run_until(10.5)
+    cluster.unplug("m")
+    assert cluster.actions_between("m", 10.5, 10.5) == [
+        Transition(State.MASTER, State.INIT, "carrier lost"), RunScript(Script.DOWN)]
+    assert cluster["m"].next_deadline() is None
+    cluster.run_until(20)
+    assert cluster.actions_between("m", 10.6, 20) == []
+    assert cluster.became_master_at("b") == [10.0 + 3 + skew(100)]
+
+
+def test_carrier_back_rejoins_as_backup_with_master_down_armed() -> None:
+    cluster = Cluster({"n": params("10.0.0.1", advskew=16)})
+    cluster.start()
+    cluster.run_until(10.5)
+    cluster.unplug("n")
+    cluster.run_until(20.25)
+    cluster.plug("n")
+    assert cluster.actions_between("n", 20.25, 20.25) == [
+        Transition(State.INIT, State.BACKUP, "carrier back")]
+    assert cluster["n"].next_deadline() == 20.25 + 3 + skew(16)
+    cluster.run_until(30)
+    assert cluster.became_master_at("n")[-1] == 20.25 + 3 + skew(16)
+
+
+def test_backup_losing_carrier_runs_no_script() -> None:
+    backup = host()
+    backup.start(0.0)
+    assert backup.link_changed(False, 1.0) == [
+        Transition(State.BACKUP, State.INIT, "carrier lost")]
+    assert backup.link_changed(False, 1.5) == []
+
+
+def test_start_without_carrier_waits_in_init_for_it() -> None:
+    vh = host()
+    assert vh.link_changed(False, 0.0) == []
+    assert vh.start(0.0) == [RunScript(Script.DOWN)]
+    assert vh.state is State.INIT
+    assert vh.next_deadline() is None
+    assert vh.link_changed(True, 5.0) == [Transition(State.INIT, State.BACKUP, "carrier back")]
+    assert vh.next_deadline() == 8.0
+
+
+def test_carrier_flap_before_start_does_not_start_the_election() -> None:
+    vh = host()
+    vh.link_changed(False, 0.0)
+    vh.link_changed(True, 1.0)
+    assert vh.state is State.INIT
+    assert vh.next_deadline() is None
+
+
+# ---- timing -------------------------------------------------------------------------------------
+
+
+def test_advbase_zero_with_advskew_gives_sub_second_intervals() -> None:
+    cluster = Cluster({"n": params("10.0.0.1", advbase=0, advskew=64)})
+    cluster.start()
+    assert cluster["n"].next_deadline() == 0.25  # master-down collapses to one interval
+    cluster.run_until(2)
+    assert cluster.became_master_at("n") == [0.25]
+    assert [t for t, _ in cluster.adverts("n")] == [0.25 * k for k in range(1, 9)]
+
+
+def test_advbase_zero_backup_takes_over_one_interval_after_the_last_advert() -> None:
+    cluster = Cluster({"m": params("10.0.0.1", advbase=0, advskew=32),
+                       "b": params("10.0.0.2", advbase=0, advskew=64)})
+    cluster.start()
+    cluster.run_until(5.01)
+    cluster.crash("m")
+    cluster.run_until(10)
+    assert cluster.became_master_at("b") == [5.0 + 0.25]
+
+
+@pytest.mark.parametrize("deadratio", [1, 3, 5])
+def test_deadratio_scales_the_master_down_interval(deadratio: int) -> None:
+    cluster = Cluster({"m": params("10.0.0.1", advbase=2, deadratio=deadratio),
+                       "b": params("10.0.0.2", advbase=2, advskew=10, deadratio=deadratio)})
+    cluster.start()
+    cluster.run_until(40.5)
+    assert cluster.masters() == ["m"]
+    last = cluster.adverts("m")[-1][0]
+    cluster.crash("m")
+    cluster.run_until(100)
+    assert cluster.became_master_at("b") == [last + 2 * deadratio + skew(10)]
+
+
+def test_next_deadline_is_exactly_the_computed_time() -> None:
+    vh = host(advbase=2, advskew=50, deadratio=3)
+    vh.start(7.0)
+    master_down = 7.0 + 6 + skew(50)
+    assert vh.next_deadline() == master_down
+    assert vh.handle_timer(master_down - 1 / 1024) == []
+    assert vh.next_deadline() == master_down
+    takeover = vh.handle_timer(master_down)
+    assert takeover[0] == Transition(State.BACKUP, State.MASTER, "master down timer expired")
+    assert vh.next_deadline() == master_down + 2 + skew(50)
+    vh.receive(packet_from("10.0.0.9", advbase=3), 14.0)  # slower peer: we stay MASTER
+    assert vh.next_deadline() == master_down + 2 + skew(50)
+
+
+def test_backup_rearms_master_down_on_every_advert() -> None:
+    vh = host(advskew=1)
+    vh.start(0.0)
+    for t in (1.0, 2.0, 2.5):
+        vh.receive(packet_from("10.0.0.9"), t)
+        assert vh.next_deadline() == t + 3 + skew(1)
+
+
+def test_every_timer_fires_exactly_at_its_deadline() -> None:
+    cluster = Cluster({"a": params("10.0.0.1", advskew=7),
+                       "b": params("10.0.0.2", advbase=0, advskew=200),
+                       "c": params("10.0.0.3", advbase=2, deadratio=1)}, delay=1 / 128)
+    cluster.start()
+    cluster.run_until(30)
+    cluster.crash("b")
+    cluster.run_until(60)
+    # The cluster calls handle_timer just before each deadline (nothing may happen) and exactly
+    # at it (the timer must fire): see Cluster._step.
+    fired = [f for node in cluster.nodes.values() for f in node.timer_fired_at]
+    assert len(fired) > 50
+    assert cluster.masters() == ["c"]
+
+
+# ---- counter ------------------------------------------------------------------------------------
+
+
+def test_counter_is_fresh_random_in_every_advert_until_a_peer_is_heard() -> None:
+    vh = VirtualHost(params("10.0.0.1"), iter([11, 22, 33, 44]).__next__)
+    vh.start(0.0)
+    vh.handle_timer(3.0)
+    vh.handle_timer(4.0)
+    vh.handle_timer(5.0)
+    assert [a.advert.counter for a in vh.handle_timer(6.0) if isinstance(a, SendAdvert)] == [44]
+    assert vh.sent == 4
+
+
+def test_counter_follows_the_last_accepted_advert_plus_one() -> None:
+    master = started_master("10.0.0.1")
+    master.receive(packet_from("10.0.0.9", advskew=200, counter=500), 3.5)
+    counters = []
+    for t in (4.0, 5.0, 6.0):
+        counters += [a.advert.counter for a in master.handle_timer(t) if isinstance(a, SendAdvert)]
+    assert counters == [501, 502, 503]
+
+
+def test_counter_wraps_at_64_bits() -> None:
+    master = started_master("10.0.0.1")
+    master.receive(packet_from("10.0.0.9", advskew=200, counter=2**64 - 1), 3.5)
+    sent = [a for a in master.handle_timer(4.0) if isinstance(a, SendAdvert)]
+    assert sent[0].advert.counter == 0
+
+
+def test_rejected_advert_does_not_set_the_counter() -> None:
+    vh = VirtualHost(params("10.0.0.1"), iter([11, 22]).__next__)
+    vh.start(0.0)
+    vh.receive(packet_from("10.0.0.9", counter=500, key=b"wrong"), 1.0)
+    vh.handle_timer(3.0)
+    sent = [a.advert.counter for a in vh.handle_timer(4.0) if isinstance(a, SendAdvert)]
+    assert sent == [22]
+
+
+# ---- scripts ------------------------------------------------------------------------------------
+
+
+def test_start_runs_the_down_script() -> None:
+    assert host().start(0.0) == [Transition(State.INIT, State.BACKUP, "started"),
+                                 RunScript(Script.DOWN)]
+
+
+def test_start_with_neutral_runs_no_script() -> None:
+    assert host(neutral=True).start(0.0) == [Transition(State.INIT, State.BACKUP, "started")]
+
+
+def test_scripts_run_up_on_becoming_master_and_down_on_leaving_it() -> None:
+    cluster = Cluster({"slow": params("10.0.0.1", advskew=100),
+                       "fast": params("10.0.0.2", preempt=True, neutral=True)})
+    cluster.start("slow")
+    cluster.run_until(10)
+    cluster.start("fast")
+    cluster.run_until(20)
+    cluster.stop("fast")
+    cluster.run_until(30)
+    assert [s for _, s in cluster.scripts("slow")] == [
+        Script.DOWN, Script.UP, Script.DOWN, Script.UP]
+    assert [s for _, s in cluster.scripts("fast")] == [Script.UP, Script.DOWN]
+
+
+def test_backup_hearing_adverts_runs_no_script() -> None:
+    vh = host()
+    vh.start(0.0)
+    assert vh.receive(packet_from("10.0.0.9"), 1.0) == []
+
+
+# ---- gratuitous ARP -----------------------------------------------------------------------------
+
+
+def test_takeover_runs_up_announces_and_advertises_at_once() -> None:
+    vh = host()
+    vh.start(0.0)
+    actions = vh.handle_timer(3.0)
+    assert [type(a) for a in actions] == [Transition, RunScript, SendGratuitousArp, SendAdvert]
+    assert actions[1] == RunScript(Script.UP)
+
+
+def test_lone_node_announces_like_the_ucarp_capture() -> None:
+    # v1 capture: ARP, advert, advert, advert, ARP (with the third advert), advert, advert.
+    cluster = Cluster({"n": params("10.0.0.1")})
+    cluster.start()
+    cluster.run_until(7.5)
+    kinds = [("arp" if isinstance(a, SendGratuitousArp) else "carp")
+             for _, a in cluster.nodes["n"].log if isinstance(a, SendGratuitousArp | SendAdvert)]
+    assert kinds == ["arp", "carp", "carp", "carp", "arp", "carp", "carp"]
+    assert cluster.garps("n") == [3.0, 5.0]
+
+
+def test_master_hearing_a_slower_master_announces_now_and_two_adverts_later() -> None:
+    master = started_master()  # adverts at 3 (1st), 4, 5 (3rd: the takeover's second ARP)
+    garps = []
+    for t in (4.0, 5.0, 6.0):
+        garps += [t for a in master.handle_timer(t) if isinstance(a, SendGratuitousArp)]
+    assert garps == [5.0]
+    assert master.receive(packet_from("10.0.0.9", advskew=50), 6.5) == [SendGratuitousArp()]
+    for t in (7.0, 8.0, 9.0, 10.0):
+        garps += [t for a in master.handle_timer(t) if isinstance(a, SendGratuitousArp)]
+    assert garps == [5.0, 8.0]
+
+
+# ---- receiving ----------------------------------------------------------------------------------
+
+
+def test_rejected_packet_is_counted_and_reported_with_its_source() -> None:
+    vh = host()
+    vh.start(0.0)
+    assert vh.receive(packet_from("10.0.0.9", key=b"wrong"), 1.0) == [
+        Dropped(wire.Reject.BAD_HMAC, IPv4Address("10.0.0.9"))]
+    assert vh.rejected[wire.Reject.BAD_HMAC] == 1
+    assert vh.accepted == 0
+    assert vh.next_deadline() == 3.0  # a forged advert does not hold off the takeover
+
+
+def test_advert_of_another_vhid_is_counted_silently() -> None:
+    vh = host()
+    vh.start(0.0)
+    assert vh.receive(packet_from("10.0.0.9", vhid=2), 1.0) == []
+    assert vh.rejected[wire.Reject.OTHER_VHID] == 1
+
+
+def test_accepted_advert_is_counted_and_its_sender_noted_as_master() -> None:
+    vh = host()
+    vh.start(0.0)
+    vh.receive(packet_from("10.0.0.9", advbase=2, advskew=5), 1.0)
+    assert vh.accepted == 1
+    assert vh.master is not None
+    assert (vh.master.address, vh.master.advbase, vh.master.advskew, vh.master.since) == (
+        IPv4Address("10.0.0.9"), 2, 5, 1.0)
+
+
+def test_stopped_host_ignores_adverts() -> None:
+    vh = host(preempt=True)
+    vh.start(0.0)
+    vh.stop(1.0)
+    assert vh.receive(packet_from("10.0.0.9", advskew=200), 2.0) == []
+    assert vh.state is State.INIT
+
+
+def test_master_does_not_report_a_slower_peer_as_its_master() -> None:
+    master = started_master()
+    master.receive(packet_from("10.0.0.9", advskew=50), 5.0)
+    assert master.master is None
+
+
+def test_master_stepping_down_reports_the_preferred_master() -> None:
+    master = started_master(advskew=50)
+    master.receive(packet_from("10.0.0.9"), 5.0)
+    assert master.master is not None
+    assert master.master.address == IPv4Address("10.0.0.9")
+
+
+def test_carrier_loss_forgets_the_master_heard() -> None:
+    backup = host()
+    backup.start(0.0)
+    backup.receive(packet_from("10.0.0.9"), 1.0)
+    backup.link_changed(False, 2.0)
+    assert backup.master is None
+
+
+def test_short_demotion_does_not_cut_a_longer_one_short() -> None:
+    vh = host()
+    vh.start(0.0)
+    vh.demote(1.0)  # the operator: until promoted
+    vh.demote(2.0, until=5.0)  # SIGUSR2: at least 3 s
+    assert vh.demoted_until == INF
+    vh.handle_timer(100.0)
+    assert vh.state is State.BACKUP
+
+
+def test_longer_demotion_extends_a_short_one() -> None:
+    vh = host()
+    vh.start(0.0)
+    vh.demote(1.0, until=4.0)
+    vh.demote(2.0)
+    assert vh.demoted_until == INF
+
+
+def test_new_demotion_replaces_one_that_has_ended() -> None:
+    vh = host()
+    vh.start(0.0)
+    vh.demote(0.0, until=10.0)
+    vh.demote(20.0, until=21.0)
+    assert vh.demoted_until == 21.0
+
+
+# ---- drain and re-announce (ours: keep the VIP a moment after a planned release) -------------
+
+
+def test_planned_step_down_drains_then_runs_the_down_script() -> None:
+    master = started_master(advskew=50, drain=2.0)
+    actions = master.receive(packet_from("10.0.0.9"), 5.0)
+    assert [type(a) for a in actions] == [SendAdvert, Transition, StartDrain]
+    assert master.state is State.BACKUP and master.draining
+    assert master.next_deadline() == 7.0
+    assert master.handle_timer(7.0) == [RunScript(Script.DOWN), EndDrain()]
+    assert not master.draining
+    assert master.next_deadline() == 5.0 + 3 + skew(50)
+
+
+def test_stop_as_master_bows_out_and_drains() -> None:
+    master = started_master(drain=1.5)
+    actions = master.stop(10.0)
+    assert [type(a) for a in actions] == [SendAdvert, Transition, StartDrain]
+    assert master.next_deadline() == 11.5
+    assert master.handle_timer(11.5) == [RunScript(Script.DOWN), EndDrain()]
+    assert master.next_deadline() is None
+
+
+def test_takeover_during_a_drain_keeps_the_vip_without_down_script() -> None:
+    master = started_master(advskew=50, drain=5.0, deadratio=1)
+    master.receive(packet_from("10.0.0.9"), 5.0)  # preferred master: drain until 10
+    takeover = 5.0 + 1 + skew(50)  # the preferred master is not heard again
+    actions = master.handle_timer(takeover)
+    assert actions[:3] == [EndDrain(), Transition(State.BACKUP, State.MASTER,
+                                                   "master down timer expired"),
+                           RunScript(Script.UP)]
+    assert RunScript(Script.DOWN) not in actions
+
+
+def test_carrier_loss_during_a_drain_releases_at_once() -> None:
+    master = started_master(advskew=50, drain=5.0)
+    master.receive(packet_from("10.0.0.9"), 5.0)
+    assert master.link_changed(False, 6.0) == [
+        Transition(State.BACKUP, State.INIT, "carrier lost"), RunScript(Script.DOWN), EndDrain()]
+
+
+def test_carrier_loss_as_master_does_not_drain() -> None:
+    master = started_master(drain=5.0)
+    assert master.link_changed(False, 6.0) == [
+        Transition(State.MASTER, State.INIT, "carrier lost"), RunScript(Script.DOWN)]
+    assert not master.draining
+
+
+def test_new_master_announces_again_once_a_peers_drain_is_over() -> None:
+    vh = host(drain=2.0)
+    vh.start(0.0)
+    vh.handle_timer(3.0)
+    vh.handle_timer(4.0)
+    vh.handle_timer(5.0)
+    assert vh.next_deadline() == 3.0 + 2.0 + 0.2
+    assert vh.handle_timer(5.2) == [SendGratuitousArp()]
+    assert vh.next_deadline() == 6.0
+
+
+def test_master_reannounces_periodically() -> None:
+    cluster = Cluster({"n": params("10.0.0.1", reannounce=4.0)})
+    cluster.start()
+    cluster.run_until(16)
+    # Takeover at 3, with the third advert at 5, then every 4 s from the takeover.
+    assert cluster.garps("n") == [3.0, 5.0, 7.0, 11.0, 15.0]
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"advbase": 0, "advskew": 0}, {"deadratio": 0}, {"vhid": 0}, {"vhid": 256},
+     {"advbase": 256}, {"advskew": -1}],
+    ids=["zero-interval", "deadratio-0", "vhid-0", "vhid-256", "advbase-256", "advskew-negative"],
+)
+def test_params_refuse_values_that_would_break_the_timers_or_the_wire(
+        settings: dict[str, int]) -> None:
+    with pytest.raises(ValueError):
+        params("10.0.0.1", **settings)
+
+
+# ---- fuzzing: the election never raises -------------------------------------------------------
+
+
+def forged_adverts(rng: random.Random, count: int) -> list[bytes]:
+    """Adverts with a valid HMAC but any advbase, advskew and source (neither is authenticated)."""
+    return [packet_from(f"10.0.{rng.randrange(256)}.{rng.randrange(256)}",
+                        advbase=rng.randrange(256), advskew=rng.randrange(256),
+                        counter=rng.getrandbits(64)) for _ in range(count)]
+
+
+def test_receive_never_raises_whatever_arrives_in_any_state() -> None:
+    rng = random.Random(FUZZ_SEED)
+    cases = [c for c in carp_cases() if c.vhid == 1 and c.password == KEY]
+    inputs = fuzz_inputs(rng, cases, 1500) + forged_adverts(rng, 1500)
+    rng.shuffle(inputs)
+    vh = host("10.99.0.11", preempt=True)
+    vh.start(0.0)
+    now, states = 0.0, set()
+    for data in inputs:
+        now += rng.choice((0.0, 0.01, 0.5, 2.0))
+        vh.handle_timer(now)
+        if rng.random() < 0.01:
+            vh.link_changed(not vh.link_up, now)
+        if rng.random() < 0.01 and vh.demoted_until is None:
+            vh.demote(now, until=now + 2)
+        elif rng.random() < 0.01:
+            vh.promote(now)
+        vh.receive(data, now)
+        states.add(vh.state)
+        assert vh.next_deadline() is not None or vh.state is State.INIT
+    assert states == set(State)
+    assert vh.accepted > 1000
