@@ -271,7 +271,7 @@ class VirtualHost:
             self._note_master(received, now)
             actions: list[Action] = [self._advert(self.params.advbase, self.params.advskew)]
             reason = f"preferred master {received.source} advertised"
-            return actions + self._set_state(State.BACKUP, reason, now, planned=True)
+            return actions + self._set_state(State.BACKUP, reason, now)
         self._garp_at_advert = self.sent + 2
         return [SendGratuitousArp()]
 
@@ -332,7 +332,7 @@ class VirtualHost:
         self, new: State, reason: str, now: float, planned: bool = False
     ) -> list[Action]:
         """The one place that changes state, arms its timers and runs the scripts.  Leaving
-        MASTER by plan (bow-out, demotion, a preferred master) drains first, if configured."""
+        MASTER by plan (bow-out on stop or demotion) drains first, if configured."""
         old = self.state
         self.state = new
         self.since = now

@@ -627,13 +627,20 @@ def test_new_demotion_replaces_one_that_has_ended() -> None:
 
 def test_planned_step_down_drains_then_runs_the_down_script() -> None:
     master = started_master(advskew=50, drain=2.0)
-    actions = master.receive(packet_from("10.0.0.9"), 5.0)
+    actions = master.demote(5.0)
     assert [type(a) for a in actions] == [SendAdvert, Transition, StartDrain]
     assert master.state is State.BACKUP and master.draining
     assert master.next_deadline() == 7.0
     assert master.handle_timer(7.0) == [RunScript(Script.DOWN), EndDrain()]
     assert not master.draining
     assert master.next_deadline() == 5.0 + 3 + skew(50)
+
+
+def test_stepping_down_to_a_preferred_master_releases_at_once_even_with_a_drain() -> None:
+    master = started_master(advskew=50, drain=2.0)
+    actions = master.receive(packet_from("10.0.0.9"), 5.0)
+    assert RunScript(Script.DOWN) in actions and StartDrain() not in actions
+    assert not master.draining
 
 
 def test_stop_as_master_bows_out_and_drains() -> None:
@@ -647,8 +654,8 @@ def test_stop_as_master_bows_out_and_drains() -> None:
 
 def test_takeover_during_a_drain_keeps_the_vip_without_down_script() -> None:
     master = started_master(advskew=50, drain=5.0, deadratio=1)
-    master.receive(packet_from("10.0.0.9"), 5.0)  # preferred master: drain until 10
-    takeover = 5.0 + 1 + skew(50)  # the preferred master is not heard again
+    master.demote(5.0, until=6.0)  # a short step-down: drain until 10
+    takeover = 5.0 + 1 + skew(50)  # nobody else takes over
     actions = master.handle_timer(takeover)
     assert actions[:3] == [EndDrain(), Transition(State.BACKUP, State.MASTER,
                                                    "master down timer expired"),
@@ -658,7 +665,7 @@ def test_takeover_during_a_drain_keeps_the_vip_without_down_script() -> None:
 
 def test_carrier_loss_during_a_drain_releases_at_once() -> None:
     master = started_master(advskew=50, drain=5.0)
-    master.receive(packet_from("10.0.0.9"), 5.0)
+    master.demote(5.0)
     assert master.link_changed(False, 6.0) == [
         Transition(State.BACKUP, State.INIT, "carrier lost"), RunScript(Script.DOWN), EndDrain()]
 
