@@ -64,7 +64,7 @@ def check(path: Path) -> tuple[list[str], int]:
     parsed = interfaces.parse(path)
     problems = list(parsed.errors)
     seen: dict[str, interfaces.Iface] = {}
-    carp = [i for i in parsed.ifaces if _stanza_options(i)]
+    carp = [i for i in parsed.ifaces if _stanza_options(i) and not parsed.is_template(i)]
     for iface in carp:
         problems += _check_iface(iface, parsed)
         first = seen.setdefault(iface.name, iface)

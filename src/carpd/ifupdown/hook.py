@@ -20,15 +20,21 @@ from __future__ import annotations
 
 import os
 import signal
+import string
 import subprocess
 import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from carpd import control
 from carpd.ifupdown import runtime
 from carpd.ifupdown.runtime import Paths
+
+if TYPE_CHECKING:
+    from carpd.config import Options
 
 OPTION_PREFIX = "IF_UCARP_"
 READY_TIMEOUT = 15.0
@@ -37,6 +43,7 @@ STOP_MARGIN = 15.0
 IFUPDOWN_PROGRAMS = ("ifup", "ifdown", "ifquery", "ifreload")
 ENV_INTERFACES = "CARPD_IFUPDOWN_INTERFACES"
 ENV_STATE_DIR = "CARPD_IFUPDOWN_STATE_DIR"
+_UNIT_SAFE = frozenset(string.ascii_letters + string.digits + ":_.")
 
 
 class HookError(Exception):
@@ -55,9 +62,9 @@ def systemd_running() -> bool:
 def unit_name(interface: str) -> str:
     """``carpd@IFACE.service``, IFACE escaped as ``systemd-escape`` does."""
     escaped = "".join(
-        c if c.isascii() and (c.isalnum() or c in ":_.") and not (i == 0 and c == ".")
-        else "-" if c == "/" else f"\\x{ord(c):02x}"
-        for i, c in enumerate(interface))
+        chr(b) if (chr(b) in _UNIT_SAFE) and not (i == 0 and b == ord("."))
+        else "-" if b == ord("/") else f"\\x{b:02x}"
+        for i, b in enumerate(os.fsencode(interface)))
     return f"carpd@{escaped}.service"
 
 
@@ -146,8 +153,9 @@ class Stanza:
         return f"iface {self.logical} {self.family} {self.method}"
 
 
-def _validate(stanza: Stanza, script_env: Mapping[str, str]) -> str:
-    """The engine's configuration file text, or HookError naming every problem."""
+def _validate(stanza: Stanza, script_env: Mapping[str, str]) -> Options:
+    """The engine's options, or HookError naming every problem."""
+    from carpd import netlink
     from carpd.ifupdown import interfaces
     from carpd.ifupdown import stanza as ucarp
 
@@ -161,7 +169,11 @@ def _validate(stanza: Stanza, script_env: Mapping[str, str]) -> str:
     missing = ucarp.missing_alias(options, interfaces.parse(path))
     if missing:
         raise HookError(f"{stanza}: {missing} (in {path})")
-    return runtime.conf_text(options)
+    if options.srcip is None and netlink.interface_info(options.interface).primary_address() \
+            is None:
+        raise HookError(f"{stanza}: ucarp-srcip: not given, and {options.interface} has no "
+                        "IPv4 address to use instead: give ucarp-srcip")
+    return options
 
 
 def start(env: Mapping[str, str], paths: Paths) -> None:
@@ -169,8 +181,8 @@ def start(env: Mapping[str, str], paths: Paths) -> None:
     if not stanza.options:
         return
     script_env = script_environment()
-    conf = _validate(stanza, script_env)
-    env_file = runtime.env_text(script_env)
+    options = _validate(stanza, script_env)
+    conf, env_file = runtime.conf_text(options), runtime.env_text(script_env)
     with runtime.locked(paths.hook_lock):
         same = (runtime.read_text(paths.conf) == conf
                 and runtime.read_text(paths.env) == env_file)
@@ -184,9 +196,14 @@ def start(env: Mapping[str, str], paths: Paths) -> None:
         runtime.write_private(paths.conf, conf)
         runtime.write_private(paths.env, env_file, mode=0o644)
         if systemd_running():
+            # forget an earlier run's failures (start limit) before starting again
+            subprocess.run(["systemctl", "reset-failed", unit_name(paths.interface)],
+                           capture_output=True, check=False)
             _systemctl("start", "--no-block", unit_name(paths.interface))
         else:
-            _spawn_supervisor(paths, env)
+            supervisor = _spawn_supervisor(paths, env)
+            _wait_ready(paths, supervisor, control.socket_path(
+                options.state_dir, options.interface, options.vhid))
 
 
 def _running(paths: Paths) -> bool:
@@ -205,39 +222,34 @@ def _systemctl(*args: str) -> None:
         raise HookError(f"systemctl {' '.join(args)}: {result.stderr.strip()}")
 
 
-def _spawn_supervisor(paths: Paths, env: Mapping[str, str]) -> None:
+def _spawn_supervisor(paths: Paths, env: Mapping[str, str]) -> subprocess.Popen[bytes]:
     # a clean environment: the hook's holds the password (IF_UCARP_PASSWORD)
     clean = {"PATH": env.get("PATH", os.defpath), "LANG": "C.UTF-8"}
     log = os.open(paths.log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o640)
     try:
-        proc = subprocess.Popen(
+        return subprocess.Popen(
             [sys.executable, "-m", "carpd.ifupdown.main", "supervise", paths.interface,
              "--run-dir", str(paths.run_dir)],
             env=clean, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd="/",
             start_new_session=True)
     finally:
         os.close(log)
-    _wait_ready(paths, proc)
 
 
-def _wait_ready(paths: Paths, proc: subprocess.Popen[bytes]) -> None:
+def _wait_ready(paths: Paths, supervisor: subprocess.Popen[bytes], sock: Path) -> None:
     """Until the engine answers on its control socket; HookError if it cannot start."""
-    import json
-
-    from carpd import control
-
-    data = json.loads(runtime.read_text(paths.conf) or "{}")
-    sock = control.socket_path(Path(data.get("state_dir", "/run/carpd")), paths.interface,
-                               int(data.get("vhid", 1)))
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
+        if supervisor.poll() is not None:
             raise HookError(_failure(paths, "the engine did not start"))
         try:
-            control.request(sock, {"cmd": "status"}, timeout=1.0)
-            return
+            reply = control.request(sock, {"cmd": "status"}, timeout=1.0)
+            # the engine answering must be ours, not one started by other means
+            if _parent(int(reply.get("pid", 0))) == supervisor.pid:
+                return
         except (OSError, ValueError):
-            time.sleep(0.05)
+            pass
+        time.sleep(0.05)
     _stop(paths)
     raise HookError(_failure(paths, f"the engine did not answer within {READY_TIMEOUT:g} s"))
 

@@ -61,6 +61,7 @@ class Iface:
     method: str
     where: Where
     options: list[Option] = field(default_factory=list)
+    inherits: str | None = None
 
     def __str__(self) -> str:
         return f"iface {self.name} {self.family} {self.method}"
@@ -91,6 +92,11 @@ class Interfaces:
     def find(self, name: str, family: str | None = None) -> list[Iface]:
         return [i for i in self.ifaces
                 if i.name == name and (family is None or i.family == family)]
+
+    def is_template(self, iface: Iface) -> bool:
+        """Only there to be inherited from: others inherit it and no allow-* line names it."""
+        named = any(iface.name in names for names in self.allow.values())
+        return not named and any(i.inherits == iface.name for i in self.ifaces)
 
 
 @dataclass(frozen=True)
@@ -197,7 +203,7 @@ class _Reader:
         method = rest[1] if len(rest) > 1 else ""
         for extra in rest[2:]:
             self.error(line.where, f"iface {name}: extra parameter not understood: {extra}")
-        stanza = Iface(name, family, method, line.where)
+        stanza = Iface(name, family, method, line.where, inherits=parent)
         if parent is not None and not self._inherit(stanza, parent, line.where):
             return
         if stanza.family not in METHODS:

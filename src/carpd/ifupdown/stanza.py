@@ -224,8 +224,9 @@ def engine_options(raw: Mapping[str, str], *, interface: str, family: str = "ine
         problems += error.problems
         reported |= {"ucarp-passfile", "ucarp-password"}
         given = _given(raw, reported)
+    own_address = address if family == "inet" else None
     given["srcip"] = None if "ucarp-srcip" in reported else source_address(
-        method, address, raw.get("ucarp-srcip"))
+        method, own_address, raw.get("ucarp-srcip"))
     # the name of an interface that always exists, to check every other value
     given["interface"] = interface if check_interface else "lo"
     given["state_dir"] = state_dir

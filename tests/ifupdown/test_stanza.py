@@ -1,0 +1,170 @@
+"""A stanza's ucarp-* options -> the engine's options: Debian's meanings, every problem named."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+
+from carpd import wire
+from carpd.ifupdown import stanza
+from carpd.ifupdown.interfaces import parse
+from carpd.ifupdown.stanza import StanzaError, engine_options
+
+SCRIPTS = {"ucarp-upscript": "/bin/true", "ucarp-downscript": "/bin/true"}
+BASE = {"ucarp-vid": "3", "ucarp-vip": "10.0.0.1", "ucarp-password": "secret", **SCRIPTS}
+
+
+def _options(extra: dict[str, str] | None = None, **where: str) -> stanza.Options:
+    return engine_options({**BASE, **(extra or {})}, interface="lo", **where)
+
+
+def _problems(raw: dict[str, str], **where: str) -> list[str]:
+    with pytest.raises(StanzaError) as caught:
+        engine_options(raw, interface="lo", **where)
+    return [p.message for p in caught.value.problems]
+
+
+@pytest.mark.parametrize("text", ["yes", "YES", "On", "true", "TRUE", "1", " yes "])
+def test_true_booleans_in_any_case(text: str) -> None:
+    assert _options({"ucarp-nomcast": text}).nomcast is True
+
+
+@pytest.mark.parametrize("text", ["no", "No", "OFF", "false", "False", "0"])
+def test_false_booleans_in_any_case(text: str) -> None:
+    assert _options({"ucarp-master": text}).preempt is False
+
+
+@pytest.mark.parametrize("text", ["maybe", "y", "n", "t", "enabled", "2", "no way", "nope"])
+def test_anything_else_is_not_a_boolean(text: str) -> None:
+    assert _problems({**BASE, "ucarp-master": text}) == [
+        f"ucarp-master: {text!r}: not a boolean: allowed: yes/no, on/off, true/false, 1/0 "
+        "(any case)"]
+
+
+def test_master_means_preempt_as_in_debian() -> None:
+    options = _options({"ucarp-master": "yes"})
+    assert options.preempt is True
+
+
+def test_debian_defaults() -> None:
+    options = _options()
+    assert (options.vhid, options.addr, options.password) == (3, IPv4Address("10.0.0.1"),
+                                                              b"secret")
+    assert (options.advbase, options.advskew, options.deadratio) == (1, 0, 3)
+    assert (options.preempt, options.nomcast, options.neutral, options.debug) == (
+        False, False, False, False)
+    assert stanza.UcarpStanza.model_fields["upscript"].default == "/usr/share/carpd/vip-up"
+    assert stanza.UcarpStanza.model_fields["downscript"].default == "/usr/share/carpd/vip-down"
+
+
+def test_every_option_reaches_the_engine(tmp_path: Path) -> None:
+    passfile = tmp_path / "secret"
+    passfile.write_text("from-a-file\nsecond line ignored\n")
+    options = engine_options({
+        "ucarp-vid": "200", "ucarp-vip": "10.0.0.1", "ucarp-passfile": str(passfile),
+        "ucarp-advskew": "50", "ucarp-advbase": "2", "ucarp-deadratio": "4",
+        "ucarp-master": "on", "ucarp-nomcast": "1", "ucarp-xparam": "two words",
+        "ucarp-facility": "LOCAL3", "ucarp-neutral": "true", "ucarp-ignoreifstate": "yes",
+        "ucarp-mcast": "239.1.2.3", "ucarp-debug": "TRUE", "ucarp-srcip": "10.0.0.9",
+        **SCRIPTS}, interface="lo")
+    assert options.model_dump(include={
+        "vhid", "password", "advskew", "advbase", "deadratio", "preempt", "nomcast", "xparam",
+        "facility", "neutral", "ignoreifstate", "mcast", "debug", "srcip"}) == {
+        "vhid": 200, "password": b"from-a-file", "advskew": 50, "advbase": 2, "deadratio": 4,
+        "preempt": True, "nomcast": True, "xparam": "two words", "facility": "local3",
+        "neutral": True, "ignoreifstate": True, "mcast": IPv4Address("239.1.2.3"),
+        "debug": True, "srcip": IPv4Address("10.0.0.9")}
+
+
+@pytest.mark.parametrize(("method", "address", "srcip", "expected"), [
+    ("static", "10.0.0.2", None, "10.0.0.2"),
+    ("static", "10.0.0.2/24 10.0.0.3/24", None, "10.0.0.2"),  # ifupdown2's IF_ADDRESS
+    ("static", "10.0.0.2", "10.0.0.7", "10.0.0.7"),
+    ("dhcp", None, None, None),
+    ("manual", None, "10.0.0.7", "10.0.0.7"),
+])
+def test_source_address(method: str, address: str | None, srcip: str | None,
+                        expected: str | None) -> None:
+    raw = {**BASE, **({"ucarp-srcip": srcip} if srcip else {})}
+    options = engine_options(raw, interface="lo", method=method, address=address)
+    assert options.srcip == (IPv4Address(expected) if expected else None)
+
+
+def test_every_problem_is_reported_at_once_and_the_password_never() -> None:
+    raw = {"ucarp-vid": "0", "ucarp-vip": "10.0.0.300", "ucarp-password": "x" * 40,
+           "ucarp-advskew": "256", "ucarp-nomcast": "sometimes", "ucarp-frob": "1",
+           "ucarp-mcast": "10.0.0.5", **SCRIPTS}
+    problems = _problems(raw)
+    assert sorted(problems) == sorted([
+        "ucarp-nomcast: 'sometimes': not a boolean: allowed: yes/no, on/off, true/false, 1/0 "
+        "(any case)",
+        "ucarp-frob: unknown option: known are " + ", ".join(stanza.KNOWN),
+        "ucarp-vid: '0': Input should be greater than or equal to 1",
+        f"ucarp-password: <hidden>: Data should have at most {wire.MAX_PASSWORD_BYTES} bytes",
+        "ucarp-vip: '10.0.0.300': Input is not a valid IPv4 address",
+        "ucarp-advskew: '256': Input should be less than or equal to 255",
+        "ucarp-mcast: '10.0.0.5': must be an IPv4 multicast address (224.0.0.0/4)",
+    ])
+    assert not any("x" * 20 in p for p in problems)
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ({"ucarp-vip": "10.0.0.1", "ucarp-password": "s", **SCRIPTS},
+     "ucarp-vid: missing: required with the other ucarp-* options"),
+    ({"ucarp-vid": "1", "ucarp-password": "s", **SCRIPTS},
+     "ucarp-vip: missing: required with the other ucarp-* options"),
+    ({"ucarp-vid": "1", "ucarp-vip": "10.0.0.1", **SCRIPTS},
+     "ucarp-password or ucarp-passfile: one of them is required"),
+    ({**BASE, "ucarp-passfile": "/etc/secret"},
+     "ucarp-password and ucarp-passfile: give one of them, not both"),
+    ({**BASE, "ucarp-vid": "1\n2"}, "ucarp-vid: '1\\n2': given more than once in the stanza: "
+                                    "give it once"),
+    ({**BASE, "ucarp-upscript": "/nonexistent"},
+     "ucarp-upscript: '/nonexistent': must be an existing executable file"),
+])
+def test_missing_conflicting_and_repeated_options(raw: dict[str, str], expected: str) -> None:
+    assert _problems(raw) == [expected]
+
+
+def test_an_unreadable_passfile_is_named() -> None:
+    raw = {k: v for k, v in BASE.items() if k != "ucarp-password"}
+    assert _problems({**raw, "ucarp-passfile": "/nonexistent/secret"}) == [
+        "ucarp-passfile: '/nonexistent/secret': cannot be read: No such file or directory"]
+
+
+def test_an_inet6_stanza_is_refused_until_ipv6_is_supported() -> None:
+    assert _problems(BASE, family="inet6") == [
+        "ucarp-* options on an inet6 stanza: carpd runs on IPv4 only (IPv6 is not supported "
+        "yet): put them in the inet stanza of lo"]
+
+
+def test_an_alias_stanza_is_refused() -> None:
+    with pytest.raises(StanzaError) as caught:
+        engine_options(BASE, interface="eth0:1", check_interface=False)
+    assert [p.message for p in caught.value.problems] == [
+        "ucarp-* options on the alias eth0:1: put them in the stanza of the interface itself "
+        "(eth0)"]
+
+
+def test_a_missing_interface_is_named_unless_it_may_appear_later() -> None:
+    with pytest.raises(StanzaError) as caught:
+        engine_options(BASE, interface="nosuch0")
+    assert [p.message for p in caught.value.problems] == [
+        "interface: 'nosuch0': no such network interface"]
+    assert engine_options(BASE, interface="nosuch0", check_interface=False).interface == "nosuch0"
+
+
+def test_default_actions_need_the_alias_stanza(tmp_path: Path) -> None:
+    without = tmp_path / "without"
+    without.write_text("iface lo inet static\n    address 10.0.0.2\n")
+    with_alias = tmp_path / "with"
+    with_alias.write_text("iface lo:ucarp inet static\n    address 10.0.0.1\n")
+    options = _options().model_copy(update={"upscript": stanza.DEFAULT_UPSCRIPT})
+    problem = stanza.missing_alias(options, parse(without))
+    assert problem is not None and problem.message.startswith(
+        "ucarp-upscript: the default action brings up and down the stanza "
+        "'iface lo:ucarp inet static', which is missing")
+    assert stanza.missing_alias(options, parse(with_alias)) is None
+    assert stanza.missing_alias(_options(), parse(without)) is None  # own scripts

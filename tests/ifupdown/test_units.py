@@ -1,0 +1,65 @@
+"""The files the package installs: the systemd unit parses, the hooks and actions are sound."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from ifnodes import ROOT, Lab
+
+UNIT = ROOT / "systemd" / "carpd@.service"
+
+
+def _verify(lab: Lab, unit: Path) -> subprocess.CompletedProcess[str]:
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("needs systemd-analyze (package systemd, see .ci/apt-packages)")
+    node = lab.node()  # where carpd and carpd-ifupdown are on systemd's search path
+    folder = node.home / "units"
+    folder.mkdir()
+    (folder / "carpd@eth0.service").write_text(unit.read_text())
+    return node.sh("SYSTEMD_LOG_LEVEL=info systemd-analyze verify --man=no "
+                   f"{folder / 'carpd@eth0.service'}")
+
+
+@pytest.mark.netns
+def test_the_systemd_unit_verifies_cleanly(lab: Lab) -> None:
+    result = _verify(lab, UNIT)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+
+
+@pytest.mark.netns
+def test_unit_verification_does_catch_mistakes(lab: Lab, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.service"
+    broken.write_text(UNIT.read_text().replace("KillMode=mixed", "KillMode=sometimes"))
+    assert "Failed to parse kill mode" in _verify(lab, broken).stderr
+
+
+@pytest.mark.parametrize("script", ["if-up.d/carpd", "if-down.d/carpd", "share/vip-up",
+                                    "share/vip-down"])
+def test_shell_scripts_are_executable_posix_sh(script: str) -> None:
+    path = ROOT / script
+    assert path.stat().st_mode & 0o111 == 0o111
+    assert path.read_text().startswith("#!/bin/sh\n")
+    subprocess.run(["sh", "-n", str(path)], check=True)
+
+
+def test_hooks_are_the_same_for_up_and_down() -> None:
+    assert (ROOT / "if-up.d/carpd").read_text() == (ROOT / "if-down.d/carpd").read_text()
+
+
+def test_vip_up_passes_the_ifup_files_on_with_spaces_intact(tmp_path: Path) -> None:
+    log = tmp_path / "args"
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    for name in ("ifup", "ifdown"):
+        (fake / name).write_text(f'#!/bin/sh\nprintf "%s|" {name} "$@" > {log}\n')
+        (fake / name).chmod(0o755)
+    env = {"PATH": f"{fake}:/usr/bin:/bin", "CARPD_IFUPDOWN_INTERFACES": "/etc/my net/if",
+           "CARPD_IFUPDOWN_STATE_DIR": "/run/st"}
+    subprocess.run([ROOT / "share/vip-up", "eth0", "10.0.0.1", "x"], env=env, check=True)
+    assert log.read_text() == "ifup|-i|/etc/my net/if|--state-dir|/run/st|--|eth0:ucarp|"
+    subprocess.run([ROOT / "share/vip-down", "eth0", "10.0.0.1"], env={"PATH": env["PATH"]},
+                   check=True)
+    assert log.read_text() == "ifdown|--|eth0:ucarp|"
