@@ -36,7 +36,6 @@ sys.path.insert(0, str(REPO / "lab"))
 
 PORT = 8080
 CARPD_HOOKS = (REPO / "if-up.d" / "carpd", REPO / "if-down.d" / "carpd")
-CLEAN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 # ---- the machine and the numbers --------------------------------------------------------------
@@ -208,37 +207,38 @@ def start_client(procs: Processes, ns: str, vip: str, rate: float, timeout: floa
 
 # ---- ifupdown inside a node namespace ---------------------------------------------------------
 
-_IFUPDOWN = """set -e
-mount -t tmpfs carpd-bench /run
-mkdir -p /run/network /run/carpd
-mount --bind {state}/network /run/network
-mount --bind {state}/carpd /run/carpd
-mount --bind {interfaces} /etc/network/interfaces
-for phase in if-pre-up.d if-up.d if-down.d if-post-down.d; do
-    mount --bind {hooks}/$phase /etc/network/$phase
-done
-exec "$@"
-"""
+CARPD_COMMANDS = {
+    "carpd": "from carpd.cli import main",
+    "carpd-ifupdown": "from carpd.ifupdown.main import main",
+    "carpctl": "from carpd.carpctl import main",
+}
+ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 class Ifupdown:
     """ifup/ifdown for one node, run as ``ip netns exec NS unshare -m --propagation private``
-    with, over the host's files in that private mount namespace only: our interfaces file, a
-    tmpfs on /run with state folders kept across calls on /run/network (also used by the
-    ``ifup IFACE:ucarp`` of Debian's vip-up/vip-down) and /run/carpd, and hook folders holding
-    only the hooks given.  The host's /etc/network and interfaces are never touched."""
+    with, over the host's files in that private mount namespace only: our interfaces file, the
+    node's own /run (kept across calls: ifupdown's state in /run/network, also used by the
+    ``ifup IFACE:ucarp`` of Debian's vip-up/vip-down, and /run/carpd), and hook folders holding
+    only the hooks given.  With ``carpd_commands``, carpd, carpd-ifupdown and carpctl from this
+    tree are on PATH in /usr/local/sbin and its share/ is /usr/share/carpd, as the package
+    installs them.  The host's /etc/network, /run and interfaces are never touched."""
 
     def __init__(self, ns: str, directory: Path, interfaces: str,
-                 hooks: dict[str, Sequence[Path]]) -> None:
+                 hooks: dict[str, Sequence[Path]], carpd_commands: bool = False,
+                 carpd_src: Path | None = None) -> None:
         self.ns = ns
+        self.carpd_src = carpd_src
         self.directory = directory
+        self.carpd_commands = carpd_commands
         directory.mkdir(parents=True, exist_ok=True)
         self.interfaces = directory / "interfaces"
         self.interfaces.write_text(interfaces)
         self.interfaces.chmod(0o600)
-        self.state = directory / "state"
-        for sub in ("network", "carpd"):
-            (self.state / sub).mkdir(parents=True, exist_ok=True)
+        self.run_dir = directory / "run"
+        self.state = self.run_dir / "network"
+        for folder in (self.state, self.run_dir / "carpd"):
+            folder.mkdir(parents=True, exist_ok=True)
         self.hooks = directory / "hooks"
         for phase in ("if-pre-up.d", "if-up.d", "if-down.d", "if-post-down.d"):
             folder = self.hooks / phase
@@ -247,18 +247,43 @@ class Ifupdown:
                 target = folder / hook.name
                 target.write_bytes(hook.read_bytes())
                 target.chmod(0o755)
+        if carpd_commands:
+            (directory / "bin").mkdir(exist_ok=True)
+            for command, source in CARPD_COMMANDS.items():
+                wrapper = directory / "bin" / command
+                first = f"sys.path.insert(0, {str(carpd_src)!r})\n" if carpd_src else ""
+                wrapper.write_text(f"#!{sys.executable}\nimport sys\n{first}{source}\n"
+                                   "sys.exit(main())\n")
+                wrapper.chmod(0o755)
+            (directory / "share").mkdir(exist_ok=True)
+            link = directory / "share" / "carpd"
+            if not link.exists():
+                link.symlink_to(REPO / "share")
         self.log = directory / "ifupdown.log"
 
-    def argv(self, *command: str) -> list[str]:
-        script = _IFUPDOWN.format(state=self.state, interfaces=self.interfaces, hooks=self.hooks)
-        return ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", *command]
+    def _mounts(self) -> str:
+        lines = ["set -e", f"mount --bind {self.run_dir} /run",
+                 f"mount --bind {self.interfaces} /etc/network/interfaces"]
+        lines += [f"mount --bind {self.hooks / phase} /etc/network/{phase}"
+                  for phase in ("if-pre-up.d", "if-up.d", "if-down.d", "if-post-down.d")]
+        if self.carpd_commands:
+            lines += [f"mount --bind {self.directory / 'bin'} /usr/local/sbin",
+                      "mount -t overlay overlay -o "
+                      f"lowerdir={self.directory / 'share'}:/usr/share /usr/share"]
+        return "\n".join([*lines, 'exec "$@"', ""])
 
-    def env(self, extra_path: str = "") -> dict[str, str]:
+    def argv(self, *command: str) -> list[str]:
+        return ["unshare", "-m", "--propagation", "private", "sh", "-c", self._mounts(), "sh",
+                *command]
+
+    def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("IFUPDOWN", "IF_"))}
-        env["PATH"] = f"{extra_path}:{CLEAN_PATH}" if extra_path else CLEAN_PATH
+        env["PATH"] = ROOT_PATH
+        if self.carpd_src:
+            env["PYTHONPATH"] = str(self.carpd_src)
         return env
 
-    def run(self, verb: str, iface: str = "eth0", extra_path: str = "") -> int:
+    def run(self, verb: str, iface: str = "eth0") -> int:
         """``ifup``/``ifdown`` IFACE; output to the log (a daemon it starts may keep it open)."""
         with open(self.log, "ab") as out:
             out.write(f"\n## {time.time():.3f} {verb} {iface}\n".encode())
@@ -267,7 +292,7 @@ class Ifupdown:
                 ["ip", "netns", "exec", self.ns,
                  *self.argv(verb, "-v", "-i", "/etc/network/interfaces",
                             "--state-dir", "/run/network", iface)],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=self.env(extra_path),
+                stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=self.env(),
                 timeout=60, check=False)
         return done.returncode
 
@@ -353,6 +378,19 @@ def serve(name: str, port: int) -> int:
     return 0
 
 
+def _complete_body(data: bytes) -> bytes | None:
+    """The body of a complete 200 response with a Content-Length, else None."""
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if not sep or not head.startswith((b"HTTP/1.0 200", b"HTTP/1.1 200")):
+        return None
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value.strip() or b"-1")
+            return body[:length] if len(body) >= length >= 0 else None
+    return None
+
+
 @dataclass
 class _Pending:
     sock: socket.socket
@@ -431,6 +469,9 @@ def client(vip: str, port: int, rate: float, timeout: float, out: str,
                 continue
             if chunk:
                 p.data += chunk
+                body = _complete_body(p.data)
+                if body is not None:  # as an HTTP client does: done at Content-Length
+                    finish(fd, "ok", body.decode(errors="replace").strip() or "-")
                 continue
             head, _, body = p.data.partition(b"\r\n\r\n")
             if head.startswith(b"HTTP/1.0 200") or head.startswith(b"HTTP/1.1 200"):

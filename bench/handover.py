@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import importlib.util
 import itertools
 import os
 import shutil
@@ -46,7 +47,6 @@ from netns import CARPD, PASSWORD, UCARP, VIP, Network, Node
 
 from common import (
     CARPD_HOOKS,
-    CLEAN_PATH,
     REPO,
     Deadline,
     Ifupdown,
@@ -94,8 +94,11 @@ class Cluster:
     """Two server nodes and a client on one bridge, with one engine kind on both nodes."""
 
     def __init__(self, kind: str, directory: Path, rate: float, timeout: float,
-                 trace: bool = False) -> None:
+                 trace: bool = False, carpd_mode: str = "auto",
+                 carpd_src: Path | None = None) -> None:
         self.kind = kind
+        self.carpd_src = carpd_src
+        self.carpd_mode = carpd_mode
         self.trace = trace
         self.directory = directory
         self.rate = rate
@@ -131,7 +134,9 @@ class Cluster:
             self._configure({"if-up.d": [UCARP_HOOK]})
             self._bring_up_ifupdown()
         else:
-            why = self._try_carpd_hooks()
+            why = "--carpd-mode direct" if self.carpd_mode == "direct" else self._try_carpd_hooks()
+            if why is not None and self.carpd_mode == "hooks":
+                raise RuntimeError(f"cannot run carpd through our hooks: {why}")
             if why is None:
                 self.mode = ("carpd via our if-up.d/if-down.d hooks + ucarp-* stanza; "
                              "handover: ifdown/ifup")
@@ -141,6 +146,8 @@ class Cluster:
                              "eth0 and restart")
                 self._configure({})
                 self._bring_up_direct()
+            if self.carpd_src:
+                self.mode += f" [carpd imported from {self.carpd_src}]"
 
     def _start_trace(self) -> None:
         """For investigations: every ARP, CARP and HTTP frame on the bridge (pcap), address
@@ -156,21 +163,21 @@ class Cluster:
 
     # ---- engines ----------------------------------------------------------------------------
 
-    def _configure(self, hooks: dict[str, list[Path]]) -> None:
+    def _configure(self, hooks: dict[str, list[Path]], carpd_commands: bool = False) -> None:
         for name, node in self.nodes.items():
             node_dir = self.directory / f"ifupdown-{name}"
             if node_dir.exists():
                 shutil.rmtree(node_dir)
             self.ifupdown[name] = Ifupdown(
                 node.ns, node_dir,
-                stanza(str(node.address), str(VIP), PASSWORD.decode()), hooks)
+                stanza(str(node.address), str(VIP), PASSWORD.decode()), hooks, carpd_commands,
+                self.carpd_src)
             # ifupdown owns eth0 from now on
             node.exec("ip", "addr", "flush", "dev", "eth0")
             node.exec("ip", "link", "set", "eth0", "down")
 
     def _ifup(self, name: str, verb: str = "ifup") -> None:
-        extra = str(REPO / ".venv" / "bin") if self.kind == "carpd" else ""
-        code = self.ifupdown[name].run(verb, extra_path=extra)
+        code = self.ifupdown[name].run(verb)
         if code != 0:
             raise RuntimeError(f"{verb} eth0 on {name} failed ({code}): see "
                                f"{self.ifupdown[name].log}")
@@ -194,14 +201,12 @@ class Cluster:
         up, down = CARPD_HOOKS
         if not up.exists():
             return f"{up.relative_to(REPO)} does not exist yet"
-        venv_bin = str(REPO / ".venv" / "bin")
-        if not shutil.which("carpd-ifupdown", path=f"{venv_bin}:{CLEAN_PATH}"):
-            return (f"{up.relative_to(REPO)} needs the carpd-ifupdown command, which is not "
-                    "installed yet")
+        if importlib.util.find_spec("carpd.ifupdown.main") is None:
+            return "carpd.ifupdown.main (the carpd-ifupdown command) does not exist yet"
         hooks = {"if-up.d": [up]}
         if down.exists():
             hooks["if-down.d"] = [down]
-        self._configure(hooks)
+        self._configure(hooks, carpd_commands=True)
         try:
             self._ifup("a")
         except RuntimeError as error:
@@ -307,7 +312,8 @@ def analyse(handovers: list[Handover], requests: list[Request], end: float) -> N
 def run_kind(kind: str, args: argparse.Namespace, deadline: Deadline,
              directory: Path) -> dict[str, Any]:
     directory.mkdir()
-    cluster = Cluster(kind, directory, args.rate, args.timeout, trace=args.trace)
+    cluster = Cluster(kind, directory, args.rate, args.timeout, trace=args.trace,
+                      carpd_mode=args.carpd_mode, carpd_src=args.carpd_src)
     handovers: list[Handover] = []
     requests_path = directory / "requests.log"
     error = None
@@ -392,6 +398,12 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=100.0, help="client requests per second")
     parser.add_argument("--timeout", type=float, default=0.5, help="per-request timeout, s")
     parser.add_argument("--only", choices=("carpd", "ucarp"), help="run one implementation")
+    parser.add_argument("--carpd-mode", choices=("auto", "hooks", "direct"), default="auto",
+                        help="carpd through our ifupdown hooks, started directly, or the hooks "
+                             "when they work (default)")
+    parser.add_argument("--carpd-src", type=Path,
+                        help="import carpd from this folder (holding a carpd/ package) instead "
+                             "of the installed one: to measure a change before it lands")
     parser.add_argument("--max-seconds", type=float, default=290.0,
                         help="time budget of the whole run")
     parser.add_argument("--json", help="write the results to this file")

@@ -22,11 +22,13 @@ def setup(facility: str, foreground: bool, debug: bool, tag: str) -> None:
     for handler in list(root.handlers):
         root.removeHandler(handler)
     root.setLevel(logging.DEBUG if debug else logging.INFO)
-    if foreground:
+    to_syslog = facility != "none" and os.path.exists("/dev/log")
+    # Under systemd stderr goes to the journal, which syslog reaches too: say it once.
+    if foreground and not (to_syslog and os.environ.get("JOURNAL_STREAM")):
         stderr = logging.StreamHandler(sys.stderr)
         stderr.setFormatter(logging.Formatter("%(asctime)s " + tag + ": %(message)s"))
         root.addHandler(stderr)
-    if facility != "none" and os.path.exists("/dev/log"):
+    if to_syslog:
         code = logging.handlers.SysLogHandler.facility_names[facility]
         syslog = logging.handlers.SysLogHandler("/dev/log", facility=code)
         syslog.setFormatter(logging.Formatter(f"{tag}[{os.getpid()}]: %(message)s"))

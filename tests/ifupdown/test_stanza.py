@@ -123,6 +123,8 @@ def test_every_problem_is_reported_at_once_and_the_password_never() -> None:
                                     "give it once"),
     ({**BASE, "ucarp-upscript": "/nonexistent"},
      "ucarp-upscript: '/nonexistent': must be an existing executable file"),
+    ({**BASE, "ucarp-downscript": "bin/down"}, "ucarp-downscript: 'bin/down': must be an "
+                                               "absolute path"),
 ])
 def test_missing_conflicting_and_repeated_options(raw: dict[str, str], expected: str) -> None:
     assert _problems(raw) == [expected]

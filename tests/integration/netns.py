@@ -132,10 +132,10 @@ class Capture:
     def __init__(self, switch_ns: str, interface: str = "br0") -> None:
         with in_netns(switch_ns):
             self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(_ETH_P_ALL))
+            index = socket.if_nametoindex(interface)
         self._sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         self._sock.bind((interface, 0))
-        index = _ifindex_in(switch_ns, interface)
         mreq = struct.pack("iHH8s", index, _PACKET_MR_PROMISC, 0, b"")
         self._sock.setsockopt(_SOL_PACKET, _PACKET_ADD_MEMBERSHIP, mreq)
         self._frames: list[CarpFrame] = []
@@ -187,11 +187,6 @@ class Capture:
         self._stop.set()
         self._thread.join(timeout=2)
         self._sock.close()
-
-
-def _ifindex_in(ns: str, interface: str) -> int:
-    with in_netns(ns):
-        return socket.if_nametoindex(interface)
 
 
 # ---- daemons ----------------------------------------------------------------------------------

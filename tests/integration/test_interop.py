@@ -217,8 +217,9 @@ def test_adverts_with_a_wrong_password_are_ignored_and_counted(
 def test_different_vhids_do_not_interfere(net: Network) -> None:
     a, b, c = net.add_node("10.9.1.2"), net.add_node("10.9.1.3"), net.add_node("10.9.1.4")
     vip2 = IPv4Address("10.9.1.101")
-    alone = start_master(net, a, "carpd", vhid=1, advskew=100)
-    ucarp = start_master(net, b, "ucarp", vhid=2, vip=vip2, advskew=50)
+    alone = a.start("carpd", vhid=1, advskew=100)
+    ucarp = b.start("ucarp", vhid=2, vip=vip2, advskew=50)
+    wait_for(lambda: net.holders(VIP) == [a] and net.holders(vip2) == [b], timeout=8)
     carpd = c.start("carpd", vhid=2, vip=vip2, advskew=100)
 
     wait_for(carpd.events, timeout=5)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import datetime
 import os
 import shutil
+import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from pkgtools import (
     NEEDS,
     NET,
     STAGES,
+    Booted,
     Built,
     Installed,
     Node,
@@ -24,13 +26,15 @@ from pkgtools import (
     Stage,
     copy_tree,
     debootstrap,
+    debootstrap_systemd,
     forbid_service_starts,
     in_root,
     interfaces_file,
     run,
 )
 
-ROOT_FIXTURES = {"built", "trixie", "installed", "trixie_lintian", "pair"}
+ROOT_FIXTURES = {"built", "trixie", "trixie_systemd", "installed", "trixie_lintian", "pair",
+                 "systemd_pair"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -83,22 +87,38 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     return Built(tree=tree, deb=debs[0], changes=changes[0], dsc=dscs[0], log=result.output)
 
 
+def cached_root(prefix: str, make: Callable[[Path], None],
+                tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A debootstrapped tree: made fresh under CI, else cached per day in CACHE as
+    PREFIX-YYYYMMDD (older days' trees of this prefix are removed)."""
+    if os.environ.get("CI"):
+        target = tmp_path_factory.mktemp(prefix) / "root"
+        make(target)
+        return target
+    CACHE.mkdir(parents=True, exist_ok=True)
+    target = CACHE / f"{prefix}-{datetime.date.today():%Y%m%d}"
+    if not target.is_dir():
+        for old in CACHE.glob(f"{prefix}-*"):
+            shutil.rmtree(old, ignore_errors=True)
+        make(target)
+    return target
+
+
+WHERE = " (CI: fresh)" if os.environ.get("CI") else " (cached per day)"
+
+
 @pytest.fixture(scope="session")
 def trixie(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A debootstrapped minbase trixie (read-only from here on: everything else overlays it)."""
-    with Stage("debootstrap --variant=minbase trixie" + (" (CI: fresh)" if os.environ.get("CI")
-                                                         else " (cached per day)")):
-        if os.environ.get("CI"):
-            target = tmp_path_factory.mktemp("trixie") / "root"
-            debootstrap(target)
-            return target
-        CACHE.mkdir(parents=True, exist_ok=True)
-        target = CACHE / f"trixie-minbase-{datetime.date.today():%Y%m%d}"
-        if not target.is_dir():
-            for old in CACHE.glob("trixie-minbase-*"):
-                shutil.rmtree(old, ignore_errors=True)
-            debootstrap(target)
-        return target
+    with Stage("debootstrap --variant=minbase trixie" + WHERE):
+        return cached_root("trixie-minbase", debootstrap, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def trixie_systemd(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """minbase trixie with systemd and the package's dependencies (read-only)."""
+    with Stage("debootstrap --variant=minbase --include=systemd,... trixie" + WHERE):
+        return cached_root("package-systemd-trixie", debootstrap_systemd, tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
@@ -138,42 +158,117 @@ def trixie_lintian(trixie: Path, built: Built,
         overlay.unmount()
 
 
+class Lab:
+    """Network namespaces on one bridge (in a namespace of its own), removed by close()."""
+
+    def __init__(self) -> None:
+        self.tag = uuid.uuid4().hex[:8]
+        self.made: list[str] = []
+        self.hub = self._netns("hub")
+        run(["ip", "-n", self.hub, "link", "add", "br0", "type", "bridge"])
+        run(["ip", "-n", self.hub, "link", "set", "br0", "up"])
+
+    def _netns(self, name: str) -> str:
+        netns = f"carpd-pkg-{self.tag}-{name}"
+        run(["ip", "netns", "add", netns])
+        self.made.append(netns)
+        return netns
+
+    def node_netns(self, name: str) -> str:
+        """A namespace whose eth0 is on the bridge."""
+        netns = self._netns(name)
+        run(["ip", "-n", netns, "link", "set", "lo", "up"])
+        run(["ip", "-n", netns, "link", "add", "eth0", "type", "veth", "peer", "name",
+             f"p-{name}", "netns", self.hub])
+        run(["ip", "-n", self.hub, "link", "set", f"p-{name}", "master", "br0", "up"])
+        return netns
+
+    def close(self) -> None:
+        for netns in reversed(self.made):
+            run(["ip", "netns", "del", netns], check=False)
+
+
+def chroot_node(lab: Lab, installed: Installed, base: Path, name: str, host: int,
+                advskew: int, preempt: bool) -> Node:
+    overlay = Overlay(base / name, installed.lowers)
+    node = Node(name, lab.node_netns(name), overlay, f"{NET}.{host}", installed.deb_in_root)
+    (node.root / "etc/network/interfaces").write_text(
+        interfaces_file(node.address, advskew, preempt))
+    (node.root / "run/network").mkdir(parents=True, exist_ok=True)
+    # A node is a running system, not an image being built: maintainer scripts may (re)start
+    # what they must.
+    (node.root / "usr/sbin/policy-rc.d").unlink()
+    return node
+
+
 @pytest.fixture
 def pair(installed: Installed, tmp_path: Path) -> Iterator[Pair]:
-    """Two trixie nodes with the package installed, each in its own network namespace with
-    eth0 on a shared bridge, and the ucarp stanza in /etc/network/interfaces: a (advskew 0,
-    ucarp-master yes) should end up MASTER, b (advskew 100) BACKUP. Nothing is up yet."""
-    tag = uuid.uuid4().hex[:8]
-    hub = f"carpd-pkg-{tag}-hub"
-    made_ns: list[str] = []
+    """Two trixie nodes (chroots) with the package installed, each in its own network
+    namespace with eth0 on a shared bridge, and the ucarp stanza in /etc/network/interfaces:
+    a (advskew 0, ucarp-master yes) should end up MASTER, b (advskew 100) BACKUP. Nothing is up
+    yet: ifup runs the installed hooks, which start the engines under carpd's supervisor (no
+    systemd)."""
+    lab = Lab()
     nodes: list[Node] = []
     try:
-        run(["ip", "netns", "add", hub])
-        made_ns.append(hub)
-        run(["ip", "-n", hub, "link", "add", "br0", "type", "bridge"])
-        run(["ip", "-n", hub, "link", "set", "br0", "up"])
-        for name, host, advskew, preempt in (("a", 11, 0, True), ("b", 12, 100, False)):
-            netns = f"carpd-pkg-{tag}-{name}"
-            run(["ip", "netns", "add", netns])
-            made_ns.append(netns)
-            run(["ip", "-n", netns, "link", "set", "lo", "up"])
-            run(["ip", "-n", netns, "link", "add", "eth0", "type", "veth", "peer", "name",
-                 f"p-{name}", "netns", hub])
-            run(["ip", "-n", hub, "link", "set", f"p-{name}", "master", "br0", "up"])
-            overlay = Overlay(tmp_path / name, installed.lowers)
-            node = Node(name, netns, overlay, f"{NET}.{host}", installed.deb_in_root)
-            nodes.append(node)
-            (node.root / "etc/network/interfaces").write_text(
-                interfaces_file(node.address + "", advskew, preempt))
-            (node.root / "run/network").mkdir(parents=True, exist_ok=True)
-            # A node is a running system, not an image being built: maintainer scripts may
-            # (re)start what they must.
-            (node.root / "usr/sbin/policy-rc.d").unlink()
+        nodes.append(chroot_node(lab, installed, tmp_path, "a", 11, 0, True))
+        nodes.append(chroot_node(lab, installed, tmp_path, "b", 12, 100, False))
         yield Pair(nodes[0], nodes[1])
     finally:
         for node in nodes:
             node.stop_everything()
-        for netns in reversed(made_ns):
-            run(["ip", "netns", "del", netns], check=False)
+        lab.close()
         for node in nodes:
             node.overlay.unmount()
+
+
+@pytest.fixture
+def systemd_pair(built: Built, installed: Installed, trixie_systemd: Path,
+                 tmp_path: Path) -> Iterator[Pair]:
+    """a: a trixie booted with systemd (systemd-nspawn) with the package installed, eth0 up at
+    boot by networking.service, so the hook runs the engine as carpd@eth0.service (advskew 0,
+    ucarp-master yes: it ends up MASTER); b: a chroot node as in `pair` (advskew 100), not up
+    yet."""
+    lab = Lab()
+    overlay = Overlay(tmp_path / "a", [trixie_systemd])
+    nspawn: subprocess.Popen[bytes] | None = None
+    b: Node | None = None
+    try:
+        root = overlay.root
+        deb = f"/root/{built.deb.name}"  # trixie's systemd mounts a tmpfs on /tmp
+        shutil.copy2(built.deb, root / deb.lstrip("/"))
+        forbid_service_starts(root)
+        with Stage("apt-get install ./carpd_*.deb in booted-to-be trixie (deps already there)"):
+            in_root(root, ["apt-get", "install", "-y", "-q", "--no-install-recommends",
+                           deb])
+        (root / "usr/sbin/policy-rc.d").unlink()
+        (root / "etc/hostname").write_text("carpd-a\n")
+        (root / "etc/network/interfaces").write_text(
+            "auto lo\niface lo inet loopback\n\nauto eth0\n"
+            + interfaces_file(f"{NET}.11", 0, True))
+        netns = lab.node_netns("a")
+        console = tmp_path / "console.log"
+        with console.open("wb") as out:
+            nspawn = subprocess.Popen(
+                ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--boot",
+                 "--capability=CAP_NET_ADMIN,CAP_NET_RAW",
+                 f"--network-namespace-path=/run/netns/{netns}", "-D", str(root)],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                env={"PATH": CLEAN_PATH, "SYSTEMD_NSPAWN_TMPFS_TMP": "0"})
+        a = Booted("a", netns, overlay, nspawn, console, deb)
+        b = chroot_node(lab, installed, tmp_path, "b", 12, 100, False)
+        yield Pair(a, b)
+    finally:
+        if b is not None:
+            b.stop_everything()
+        if nspawn is not None:
+            nspawn.terminate()  # the container powers off
+            try:
+                nspawn.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                nspawn.kill()
+                nspawn.wait()
+        lab.close()
+        if b is not None:
+            b.overlay.unmount()
+        overlay.unmount()

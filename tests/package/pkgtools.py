@@ -26,11 +26,13 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 REPO = Path(__file__).resolve().parents[2]
 CLEAN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
@@ -41,7 +43,8 @@ CARPD = "/usr/sbin/carpd"
 # Seconds each stage took, printed at the end of the run.
 STAGES: dict[str, float] = {}
 
-NEEDS = ("dpkg-buildpackage", "debootstrap", "lintian", "ip", "unshare", "chroot")
+NEEDS = ("dpkg-buildpackage", "debootstrap", "lintian", "ip", "unshare", "chroot", "nsenter",
+         "systemd-nspawn")
 
 
 def record(name: str, seconds: float) -> None:
@@ -241,6 +244,21 @@ def _argv_of(pid: int) -> list[str]:
     return [os.fsdecode(part) for part in raw.split(b"\0") if part]
 
 
+def netns_holds(netns: str, address: str = VIP) -> bool:
+    """Whether eth0 in network namespace netns has address."""
+    out = run(["ip", "-n", netns, "-4", "-o", "addr", "show", "dev", "eth0"]).output
+    return f" {address}/" in out
+
+
+class Host(Protocol):
+    """A node the VIP can be on: a chroot run through ifup (Node) or a booted system (Booted)."""
+
+    name: str
+    netns: str
+
+    def holds(self, address: str = VIP) -> bool: ...
+
+
 @dataclass
 class Node:
     name: str
@@ -272,9 +290,20 @@ class Node:
         return sorted(pid for pid, argv in self.processes().items()
                       if CARPD in argv[:2] and _state(pid) != "Z")
 
+    def outputs(self) -> list[tuple[str, int]]:
+        """(program, inode of what its stdout is) for the processes in this root, sorted: where
+        each writes its log."""
+        found = []
+        for pid, argv in self.processes().items():
+            try:
+                inode = os.stat(f"/proc/{pid}/fd/1").st_ino
+            except OSError:
+                continue
+            found.append((" ".join(argv), inode))
+        return sorted(found)
+
     def holds(self, address: str = VIP) -> bool:
-        out = run(["ip", "-n", self.netns, "-4", "-o", "addr", "show", "dev", "eth0"]).output
-        return f" {address}/" in out
+        return netns_holds(self.netns, address)
 
     def stop_everything(self) -> None:
         """Finalizer: end what runs in this root (engines, stray scripts), by PID."""
@@ -300,19 +329,19 @@ def _state(pid: int) -> str | None:
 
 @dataclass
 class Pair:
-    a: Node
-    b: Node
+    a: Host
+    b: Host
 
     @property
-    def nodes(self) -> tuple[Node, Node]:
+    def nodes(self) -> tuple[Host, Host]:
         return (self.a, self.b)
 
-    def holders(self) -> list[Node]:
+    def holders(self) -> list[Host]:
         return [node for node in self.nodes if node.holds()]
 
-    def wait_single_holder(self, timeout: float = 15.0) -> Node:
+    def wait_single_holder(self, timeout: float = 15.0) -> Host:
         deadline = time.monotonic() + timeout
-        holders: list[Node] = []
+        holders: list[Host] = []
         while time.monotonic() < deadline:
             holders = self.holders()
             if len(holders) == 1:
@@ -320,7 +349,7 @@ class Pair:
             time.sleep(0.05)
         raise AssertionError(f"after {timeout} s the VIP is on {[n.name for n in holders]}")
 
-    def wait_holder(self, node: Node, timeout: float = 15.0) -> None:
+    def wait_holder(self, node: Host, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.holders() == [node]:
@@ -330,3 +359,157 @@ class Pair:
                              f"{[n.name for n in self.holders()]}, not only on {node.name}")
 
 
+# How long a VIP may be on no node while it moves: one handover (the MASTER bows out, the
+# BACKUP takes over on the bow-out advertisement, without waiting for the master-down timeout).
+HANDOVER = 0.5
+
+
+@dataclass
+class VipWatch:
+    """Samples which nodes hold the VIP, every few milliseconds, in a thread."""
+
+    pair: Pair
+    samples: list[tuple[float, bool, bool]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def __enter__(self) -> VipWatch:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        assert self._thread is not None
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            a, b = (node.holds() for node in self.pair.nodes)
+            self.samples.append((time.monotonic(), a, b))
+
+    def longest_gap(self) -> float:
+        """Longest time no node held the VIP (between the samples around it)."""
+        longest, since, last = 0.0, None, None
+        for t, a, b in self.samples:
+            if not (a or b):
+                if since is None:
+                    since = last if last is not None else t
+            elif since is not None:
+                longest = max(longest, t - since)
+                since = None
+            last = t
+        if since is not None and last is not None:
+            longest = max(longest, last - since)
+        return longest
+
+    def longest_overlap(self) -> float:
+        """Longest time both nodes held the VIP (a draining MASTER keeps it, ARP for it
+        dropped, for a moment after the BACKUP took over)."""
+        longest, since = 0.0, None
+        for t, a, b in self.samples:
+            if a and b:
+                since = t if since is None else since
+                longest = max(longest, t - since)
+            else:
+                since = None
+        return longest
+
+    def first(self, node_index: int, after: float = 0.0) -> float | None:
+        for t, *held in self.samples:
+            if t >= after and held[node_index]:
+                return t
+        return None
+
+
+def ifup_both(pair: Pair) -> Node:
+    """ifup eth0 on both nodes; a (advskew 0, preempt) ends up MASTER: returns it."""
+    nodes = [node for node in pair.nodes if isinstance(node, Node)]
+    assert len(nodes) == 2
+    with Stage("ifup eth0 on both nodes"):
+        for node in nodes:
+            node.run("ifup", "eth0")
+    for node in nodes:
+        assert len(node.engines()) == 1, (node.name, node.processes())
+    with Stage("first MASTER holds the VIP (after the master-down interval)"):
+        pair.wait_holder(nodes[0])
+    return nodes[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# A booted trixie (systemd as PID 1)
+
+
+SYSTEMD_PACKAGES = ("systemd", "systemd-sysv", "dbus", "ifupdown", "iproute2",
+                    "python3-pydantic", "python3-pyroute2", "python3-debian", "libnftables1")
+
+
+def debootstrap_systemd(target: Path) -> None:
+    """minbase trixie with systemd and carpd's dependencies, so the package installs offline."""
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    run(["debootstrap", "--variant=minbase", f"--include={','.join(SYSTEMD_PACKAGES)}",
+         "trixie", str(partial), MIRROR], timeout=1200)
+    partial.rename(target)
+
+
+@dataclass
+class Booted:
+    """A trixie booted with systemd-nspawn in network namespace netns, its root an overlay."""
+
+    name: str
+    netns: str
+    overlay: Overlay
+    nspawn: subprocess.Popen[bytes]
+    console: Path
+    deb_in_root: str
+
+    @property
+    def root(self) -> Path:
+        return self.overlay.root
+
+    def holds(self, address: str = VIP) -> bool:
+        return netns_holds(self.netns, address)
+
+    def leader(self) -> int:
+        """The container's init, as the host sees it."""
+        for name in os.listdir("/proc"):
+            if name.isdigit():
+                try:
+                    stat = Path(f"/proc/{name}/stat").read_text()
+                except OSError:
+                    continue
+                if int(stat.rsplit(")", 1)[1].split()[1]) == self.nspawn.pid:
+                    return int(name)
+        raise AssertionError("the container has no init:\n" + self.console_tail())
+
+    def console_tail(self) -> str:
+        return self.console.read_text(errors="replace")[-3000:]
+
+    def run(self, *argv: str, check: bool = True, timeout: float = 120) -> Result:
+        """Run argv inside the container (all its namespaces, its root)."""
+        return run(["nsenter", "-t", str(self.leader()), "-m", "-u", "-i", "-n", "-p", "-r",
+                    "-w", "--", *argv], check=check, timeout=timeout)
+
+    def unit_state(self, unit: str) -> str:
+        return self.run("systemctl", "is-active", unit, check=False).output.strip()
+
+    def main_pid(self, unit: str) -> int:
+        out = self.run("systemctl", "show", "-p", "MainPID", "--value", unit).output.strip()
+        return int(out or 0)
+
+    def carpd_processes(self) -> list[str]:
+        """Command lines of carpd's processes in the container."""
+        out = self.run("sh", "-c", "for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f; "
+                       "echo; done 2>/dev/null").output
+        return [line for line in out.splitlines()
+                if "/usr/sbin/carpd" in line or "carpd.ifupdown" in line
+                or "carpd-ifupdown" in line]
+
+    def wait(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if condition():
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"after {timeout} s, not {what}:\n{self.console_tail()}")

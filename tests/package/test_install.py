@@ -3,86 +3,21 @@ in network namespaces running it through real ifup/ifdown: failover, upgrade, re
 
 from __future__ import annotations
 
-import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from pkgtools import CARPD, Installed, Node, Overlay, Pair, Stage, in_root, record
-
-# How long a VIP may be on no node while it moves: one handover (the MASTER bows out, the
-# BACKUP takes over on the bow-out advertisement, without waiting for the master-down timeout).
-HANDOVER = 0.5
-
-
-@dataclass
-class VipWatch:
-    """Samples which nodes hold the VIP, every few milliseconds, in a thread."""
-
-    pair: Pair
-    samples: list[tuple[float, bool, bool]] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def __enter__(self) -> VipWatch:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        assert self._thread is not None
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            a, b = (node.holds() for node in self.pair.nodes)
-            self.samples.append((time.monotonic(), a, b))
-
-    def longest_gap(self) -> float:
-        """Longest time no node held the VIP (between the samples around it)."""
-        longest, since, last = 0.0, None, None
-        for t, a, b in self.samples:
-            if not (a or b):
-                if since is None:
-                    since = last if last is not None else t
-            elif since is not None:
-                longest = max(longest, t - since)
-                since = None
-            last = t
-        if since is not None and last is not None:
-            longest = max(longest, last - since)
-        return longest
-
-    def longest_overlap(self) -> float:
-        """Longest time both nodes held the VIP (a draining MASTER keeps it, ARP for it
-        dropped, for a moment after the BACKUP took over)."""
-        longest, since = 0.0, None
-        for t, a, b in self.samples:
-            if a and b:
-                since = t if since is None else since
-                longest = max(longest, t - since)
-            else:
-                since = None
-        return longest
-
-    def first(self, node_index: int, after: float = 0.0) -> float | None:
-        for t, *held in self.samples:
-            if t >= after and held[node_index]:
-                return t
-        return None
-
-
-def ifup_both(pair: Pair) -> Node:
-    """ifup eth0 on both nodes; a (advskew 0, preempt) ends up MASTER: returns it."""
-    with Stage("ifup eth0 on both nodes"):
-        for node in pair.nodes:
-            node.run("ifup", "eth0")
-    for node in pair.nodes:
-        assert len(node.engines()) == 1, (node.name, node.processes())
-    with Stage("first MASTER holds the VIP (after the master-down interval)"):
-        pair.wait_holder(pair.a)
-    return pair.a
+from pkgtools import (
+    CARPD,
+    HANDOVER,
+    Installed,
+    Overlay,
+    Pair,
+    Stage,
+    VipWatch,
+    ifup_both,
+    in_root,
+    record,
+)
 
 
 def test_installed_carpd_runs_on_trixies_python(installed: Installed, tmp_path: Path) -> None:
@@ -139,7 +74,9 @@ def test_ifdown_on_master_hands_the_vip_to_the_backup_within_half_a_second(pair:
     record("handover: longest time the VIP was on no node", watch.longest_gap())
     record("handover: longest time the VIP was on both nodes", watch.longest_overlap())
     assert watch.longest_gap() <= HANDOVER, f"VIP on no node for {watch.longest_gap():.3f} s"
-    assert taken - started <= max(ended - started, 0) + HANDOVER
+    # The MASTER bows out as soon as the hook stops it (ifdown itself returns later, after the
+    # engine's drain), so the BACKUP holds the VIP within a handover of the ifdown.
+    assert taken - started <= HANDOVER, f"VIP on the BACKUP {taken - started:.3f} s after ifdown"
     assert master.engines() == []
     assert not master.holds()
     assert pair.holders() == [backup]
@@ -149,6 +86,7 @@ def test_upgrade_restarts_engines_and_the_vip_is_away_no_longer_than_a_handover(
         pair: Pair) -> None:
     master = ifup_both(pair)
     before = {node.name: node.engines() for node in pair.nodes}
+    outputs = master.outputs()
     with VipWatch(pair) as watch:
         with Stage("upgrade (dpkg -i of the same version) on the MASTER"):
             master.run("dpkg", "-i", master.deb_in_root, timeout=180)
@@ -160,6 +98,7 @@ def test_upgrade_restarts_engines_and_the_vip_is_away_no_longer_than_a_handover(
     assert len(after[master.name]) == 1
     assert after[master.name] != before[master.name], "the engine was not restarted"
     assert after[pair.b.name] == before[pair.b.name]
+    assert master.outputs() == outputs, "the restarted processes lost their log"
     assert watch.longest_gap() <= HANDOVER, f"VIP on no node for {watch.longest_gap():.3f} s"
 
 

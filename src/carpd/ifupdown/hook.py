@@ -300,12 +300,14 @@ def run(env: Mapping[str, str], run_dir: Path = runtime.RUN_DIR) -> int:
     if not interface:
         return 0
     paths = Paths(interface, run_dir)
+    stopping = env.get("MODE") == "stop"
     try:
         if env.get("MODE") == "start":
             start(env, paths)
-        elif env.get("MODE") == "stop":
+        elif stopping:
             stop(paths)
     except HookError as error:
         say(str(error))
-        return 1
+        # a failing stop hook would keep ifdown from taking the interface down at all
+        return 0 if stopping else 1
     return 0

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import logging
 import os
 import subprocess
 from collections.abc import Iterator, Mapping
@@ -31,8 +30,6 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from carpd.config import Options
-
-log = logging.getLogger("carpd.ifupdown")
 
 RUN_DIR = Path("/run/carpd")
 ALIAS = "ucarp"

@@ -75,8 +75,16 @@ def _flag(value: Any) -> bool:
     raise ValueError(f"not a boolean: allowed: {ALLOWED_BOOLEANS}")
 
 
+def _absolute(value: str) -> str:
+    # the engine runs from /, and whoever ran ifup could have been anywhere
+    if not value.startswith("/"):
+        raise ValueError("must be an absolute path")
+    return value
+
+
 Once = Annotated[str, AfterValidator(_once)]
 Flag = Annotated[bool, BeforeValidator(_flag)]
+AbsolutePath = Annotated[str, AfterValidator(_once), AfterValidator(_absolute)]
 
 
 class UcarpStanza(BaseModel):
@@ -87,9 +95,9 @@ class UcarpStanza(BaseModel):
     vid: Once = Field(alias="ucarp-vid")
     vip: Once = Field(alias="ucarp-vip")
     password: Once | None = Field(None, alias="ucarp-password", repr=False)
-    passfile: Once | None = Field(None, alias="ucarp-passfile")
-    upscript: Once = Field(str(DEFAULT_UPSCRIPT), alias="ucarp-upscript")
-    downscript: Once = Field(str(DEFAULT_DOWNSCRIPT), alias="ucarp-downscript")
+    passfile: AbsolutePath | None = Field(None, alias="ucarp-passfile")
+    upscript: AbsolutePath = Field(str(DEFAULT_UPSCRIPT), alias="ucarp-upscript")
+    downscript: AbsolutePath = Field(str(DEFAULT_DOWNSCRIPT), alias="ucarp-downscript")
     master: Flag = Field(False, alias="ucarp-master")
     advskew: Once | None = Field(None, alias="ucarp-advskew")
     advbase: Once | None = Field(None, alias="ucarp-advbase")
@@ -112,9 +120,9 @@ class UcarpStanza(BaseModel):
         return self
 
 
-BOOLEANS = frozenset({"ucarp-master", "ucarp-nomcast", "ucarp-neutral", "ucarp-ignoreifstate",
-                      "ucarp-debug"})
 KNOWN = tuple(str(f.alias) for f in UcarpStanza.model_fields.values())
+BOOLEANS = frozenset(str(f.alias) for f in UcarpStanza.model_fields.values()
+                     if f.annotation is bool)
 # Options field -> the stanza option a person wrote it as
 OPTION_NAMES: dict[str, str] = {
     "vhid": "ucarp-vid", "addr": "ucarp-vip", "password": "ucarp-password",
@@ -124,10 +132,6 @@ OPTION_NAMES: dict[str, str] = {
     "neutral": "ucarp-neutral", "ignoreifstate": "ucarp-ignoreifstate", "mcast": "ucarp-mcast",
     "debug": "ucarp-debug", "srcip": "ucarp-srcip", "interface": "interface",
 }
-
-
-def ucarp_options(options: Mapping[str, str]) -> dict[str, str]:
-    return {name: value for name, value in options.items() if name.startswith(PREFIX)}
 
 
 def _stanza_problems(error: ValidationError, given: Mapping[str, str]) -> list[Problem]:

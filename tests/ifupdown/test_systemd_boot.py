@@ -1,0 +1,181 @@
+"""The systemd path: a booted Debian 13 (systemd-nspawn) in a node's network namespace.
+
+Debian 13's own systemd, ifupdown, python3, pydantic and pyroute2 run carpd's hooks from
+networking.service at boot; the hook starts carpd@eth0.service with --no-block (no deadlock on
+networking's start job), the unit restarts a killed engine after releasing its VIP, and stopping
+networking stops the engine before the address goes.  The root file system (debootstrap, ~1 min)
+is cached per day in /var/cache/carpd-tests; each run works on an overlay of it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from ifnodes import PASSWORD, ROOT, VIP, Lab, Node, stanza, wait_for
+
+pytestmark = pytest.mark.netns
+
+CACHE = Path("/var/cache/carpd-tests")
+MIRROR = "http://deb.debian.org/debian"
+PACKAGES = ["systemd", "systemd-sysv", "ifupdown", "iproute2", "python3-pydantic",
+            "python3-pyroute2"]
+CLEAN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+COMMANDS = {"carpd": "carpd.cli", "carpd-ifupdown": "carpd.ifupdown.main",
+            "carpctl": "carpd.carpctl"}
+BOOT = 120.0
+ELECTION = 20.0
+
+
+def _rootfs() -> Path:
+    """Debian 13 with systemd, ifupdown and carpd's dependencies; built once a day."""
+    target = CACHE / f"ifupdown-systemd-trixie-{datetime.date.today():%Y%m%d}"
+    if (target / ".complete").exists():
+        return target
+    partial = target.with_name(target.name + f".partial{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}",
+                    "trixie", str(partial), MIRROR], check=True, capture_output=True,
+                   timeout=1200, env={"PATH": CLEAN_PATH})
+    (partial / ".complete").touch()
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+    return target
+
+
+def _install_carpd(root: Path, interfaces: str) -> None:
+    """What the package installs, from this tree, with no other change to the system."""
+    site = root / "usr/lib/python3/dist-packages/carpd"
+    shutil.copytree(ROOT / "src/carpd", site, ignore=shutil.ignore_patterns("__pycache__"))
+    for command, module in COMMANDS.items():
+        path = root / "usr/sbin" / command
+        path.write_text(f"#!/usr/bin/python3\nimport sys\nfrom {module} import main\n"
+                        "sys.exit(main())\n")
+        path.chmod(0o755)
+    for phase in ("up", "down"):
+        shutil.copy2(ROOT / f"if-{phase}.d/carpd", root / f"etc/network/if-{phase}.d/carpd")
+    shutil.copytree(ROOT / "share", root / "usr/share/carpd")
+    shutil.copy2(ROOT / "systemd/carpd@.service", root / "usr/lib/systemd/system/")
+    (root / "etc/network/interfaces").write_text(interfaces)
+    (root / "etc/hostname").write_text("carpnode\n")
+
+
+@dataclass
+class Booted:
+    node: Node
+    nspawn: subprocess.Popen[bytes]
+    console: Path
+
+    def leader(self) -> int:
+        """The container's init (pid 1 inside), once systemd-nspawn has started it."""
+        children: list[str] = []
+
+        def started() -> bool:
+            children[:] = subprocess.run(
+                ["ps", "-o", "pid=", "--ppid", str(self.nspawn.pid)], capture_output=True,
+                text=True, check=False).stdout.split()
+            return bool(children) or self.nspawn.poll() is not None
+
+        assert wait_for(started, 30.0) and children, self.console.read_text(errors="replace")
+        return int(children[0])
+
+    def inside(self, command: str) -> subprocess.CompletedProcess[str]:
+        """Run ``command`` in the container (its namespaces and root)."""
+        return subprocess.run(
+            ["nsenter", "-t", str(self.leader()), "-m", "-u", "-i", "-n", "-p", "-r", "-w",
+             "--", "/bin/sh", "-c", command],
+            capture_output=True, text=True, check=False, timeout=120,
+            env={"PATH": CLEAN_PATH})
+
+    def state(self, unit: str) -> str:
+        return self.inside(f"systemctl is-active {unit}").stdout.strip()
+
+    def main_pid(self, unit: str) -> int:
+        return int(self.inside(f"systemctl show -p MainPID --value {unit}").stdout.strip() or 0)
+
+
+@pytest.fixture
+def booted(lab: Lab, tmp_path: Path) -> Iterator[Booted]:
+    for tool in ("debootstrap", "systemd-nspawn", "nsenter"):
+        if shutil.which(tool, path=CLEAN_PATH) is None:
+            pytest.skip(f"needs {tool} (see .ci/apt-packages)")
+    lower = _rootfs()
+    upper, work, root = tmp_path / "upper", tmp_path / "work", tmp_path / "root"
+    for folder in (upper, work, root):
+        folder.mkdir()
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                    f"lowerdir={lower},upperdir={upper},workdir={work}", str(root)], check=True)
+    node = lab.node()
+    console = tmp_path / "console.log"
+    try:
+        _install_carpd(root, "auto lo\niface lo inet loopback\n\n" + stanza(1))
+        with console.open("wb") as out:
+            nspawn = subprocess.Popen(
+                ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--boot",
+                 "--capability=CAP_NET_ADMIN,CAP_NET_RAW",
+                 f"--network-namespace-path=/run/netns/{node.netns}", "-D", str(root)],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                env={"PATH": CLEAN_PATH, "SYSTEMD_NSPAWN_TMPFS_TMP": "0"})
+        booted = Booted(node, nspawn, console)
+        try:
+            yield booted
+        finally:
+            nspawn.terminate()  # the container powers off
+            try:
+                nspawn.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                nspawn.kill()
+                nspawn.wait()
+    finally:
+        subprocess.run(["umount", "-l", str(root)], check=False)
+
+
+def test_systemd_runs_one_unit_per_interface_from_boot_to_networking_stop(
+        booted: Booted) -> None:
+    node, unit = booted.node, "carpd@eth0.service"
+    log = booted.console
+
+    # at boot, networking.service's ifup -a starts the unit without waiting for it
+    assert wait_for(lambda: booted.state("networking.service") == "active", BOOT), (
+        log.read_text(errors="replace")[-3000:])
+    assert wait_for(lambda: booted.state(unit) == "active", 30.0), (
+        booted.inside(f"systemctl status {unit}; journalctl -b --no-pager | tail -50").stdout)
+    assert wait_for(node.holds_vip, ELECTION), booted.inside("journalctl -b | tail -40").stdout
+    assert node.addresses()[VIP] == "eth0:ucarp"
+
+    # its own cgroup: killing networking.service's processes cannot take it along
+    pid = booted.main_pid(unit)
+    cgroup = booted.inside(f"cat /proc/{pid}/cgroup").stdout
+    assert f"/system.slice/system-carpd.slice/{unit}" in cgroup, cgroup
+    for host_pid in node.pids():
+        cmdline = Path(f"/proc/{host_pid}/cmdline").read_bytes()
+        assert PASSWORD.encode() not in cmdline, cmdline
+
+    # a killed engine: ExecStopPost releases the VIP, Restart= brings the engine back
+    booted.inside(f"systemctl kill -s KILL --kill-whom=main {unit}")
+    assert wait_for(lambda: not node.holds_vip(), 10.0)
+    assert wait_for(lambda: booted.main_pid(unit) not in (0, pid), 15.0)
+    assert wait_for(node.holds_vip, ELECTION)
+
+    # stopping networking runs ifdown -a: the engine stops first, nothing of it is left
+    stopped = booted.inside("systemctl stop networking.service")
+    assert stopped.returncode == 0, stopped.stderr
+    assert booted.state(unit) == "inactive"
+    assert not node.holds_vip()
+    processes = booted.inside("cat /proc/[0-9]*/cmdline | tr '\\0' ' '").stdout
+    assert "carpd" not in processes
+    assert booted.inside("ls /run/carpd").stdout.split() in (["eth0.hook"],
+                                                             ["eth0.hook", "eth0.log"])
+
+    # and starting it again brings the engine back
+    started = booted.inside("systemctl start networking.service")
+    assert started.returncode == 0, started.stderr
+    assert wait_for(lambda: booted.state(unit) == "active", 30.0)
+    assert wait_for(node.holds_vip, ELECTION)
