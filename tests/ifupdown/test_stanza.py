@@ -170,3 +170,14 @@ def test_default_actions_need_the_alias_stanza(tmp_path: Path) -> None:
         "'iface lo:ucarp inet static', which is missing")
     assert stanza.missing_alias(options, parse(with_alias)) is None
     assert stanza.missing_alias(_options(), parse(without)) is None  # own scripts
+
+
+def test_drain_defaults_to_two_seconds_and_ucarp_drain_sets_it() -> None:
+    assert _options().drain == 2.0
+    options = _options({"ucarp-drain": "0.5", "ucarp-reannounce": "60"})
+    assert (options.drain, options.reannounce) == (0.5, 60.0)
+
+
+def test_a_bad_drain_names_the_option_and_the_value() -> None:
+    assert _problems({**BASE, "ucarp-drain": "-1"}) == [
+        "ucarp-drain: '-1': Input should be greater than or equal to 0"]

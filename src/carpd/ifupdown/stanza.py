@@ -110,6 +110,8 @@ class UcarpStanza(BaseModel):
     mcast: Once | None = Field(None, alias="ucarp-mcast")
     debug: Flag = Field(False, alias="ucarp-debug")
     srcip: Once | None = Field(None, alias="ucarp-srcip")
+    drain: Once | None = Field(None, alias="ucarp-drain")
+    reannounce: Once | None = Field(None, alias="ucarp-reannounce")
 
     @model_validator(mode="after")
     def _one_password(self) -> UcarpStanza:
@@ -130,7 +132,8 @@ OPTION_NAMES: dict[str, str] = {
     "advskew": "ucarp-advskew", "advbase": "ucarp-advbase", "deadratio": "ucarp-deadratio",
     "nomcast": "ucarp-nomcast", "xparam": "ucarp-xparam", "facility": "ucarp-facility",
     "neutral": "ucarp-neutral", "ignoreifstate": "ucarp-ignoreifstate", "mcast": "ucarp-mcast",
-    "debug": "ucarp-debug", "srcip": "ucarp-srcip", "interface": "interface",
+    "debug": "ucarp-debug", "srcip": "ucarp-srcip", "drain": "ucarp-drain",
+    "reannounce": "ucarp-reannounce", "interface": "interface",
 }
 
 
