@@ -9,16 +9,22 @@ does for maintenance and brought back once the peer has taken over, so the MASTE
 - ucarp runs through Debian's own integration: its /etc/network/if-up.d/ucarp hook started by
   ``ifup eth0``, /usr/share/ucarp/vip-up and vip-down (``ifup/ifdown eth0:ucarp``).  Handover:
   ``ifdown eth0`` on the MASTER, ``ifup eth0`` after the peer took over.
-- carpd runs through our ifupdown hooks (if-up.d/carpd, if-down.d/carpd) when they exist and
-  ``ifup`` with the ucarp-* stanza starts carpd; handover as for ucarp.  Otherwise carpd is
-  started directly with Debian's vip-up/vip-down as its scripts, and the handover is SIGTERM to
-  the engine (what its if-down hook will do), then ``ifdown eth0``/``ifup eth0`` and a restart.
-  The output says which.
+- carpd runs through our ifupdown hooks (if-up.d/carpd, if-down.d/carpd, with carpd,
+  carpd-ifupdown and carpctl from this tree on PATH and share/ as /usr/share/carpd, as the
+  package installs them) when they work: ``ifup`` with the same ucarp-* stanza starts carpd;
+  handover as for ucarp.  Otherwise (or ``--carpd-mode direct``) carpd is started directly with
+  Debian's vip-up/vip-down as its scripts, and the handover is SIGTERM to the engine (what its
+  if-down hook does), then ``ifdown eth0``/``ifup eth0`` and a restart.  The output says which.
 
 ifup/ifdown run inside the node's namespace in a private mount namespace where our interfaces
-file, a state folder and hook folders holding only the wanted hook are bind-mounted over the
-host's: the host's /etc/network and interfaces are never touched.  Every namespace and process
-this starts is removed at the end (by PID), also on failure or Ctrl-C.
+file, the node's own /run and hook folders holding only the wanted hook are bind-mounted over the
+host's: the host's /etc/network, /run and interfaces are never touched.  Every namespace and
+process this starts is removed at the end (by PID), also on failure or Ctrl-C.
+
+``--keep DIR --trace`` keeps, per implementation, a pcap of the bridge, the nodes' address changes,
+the client's ARP cache changes and ``timeline.txt``: around each handover, the bow-out advert, the
+gratuitous ARPs for the VIP, the VIP added/removed on each node and every failed request, in ms.
+``--carpd-src DIR`` measures a carpd package in DIR (e.g. a patched copy) instead of the tree's.
 
     .venv/bin/python bench/handover.py [--count 20] [--quick] [--json out.json]
 """
@@ -27,9 +33,11 @@ from __future__ import annotations
 
 import argparse
 import collections
+import datetime
 import importlib.util
 import itertools
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -298,6 +306,53 @@ class Cluster:
         return record
 
 
+def _wall(stamp: str) -> float:
+    """``ip -ts monitor``'s local ISO time -> Unix time."""
+    return datetime.datetime.fromisoformat(stamp).timestamp()
+
+
+def timeline(directory: Path, handovers: list[Handover], requests: list[Request]) -> None:
+    """With --trace: what happened around each handover, from the captures, to timeline.txt."""
+    events: list[tuple[float, str]] = []
+    pcap = subprocess.run(
+        ["tcpdump", "-r", str(directory / "bridge.pcap"), "-n", "-tt", "-e",
+         "arp or ip proto 112"], capture_output=True, text=True, timeout=60, check=False).stdout
+    vip = str(VIP)
+    for line in pcap.splitlines():
+        fields = line.split()
+        when, mac = float(fields[0]), fields[1]
+        if "intvl 255s" in line:
+            events.append((when, f"bow-out advert from {mac}"))
+        elif f"who-has {vip}" in line and f"tell {vip}" in line:
+            events.append((when, f"gratuitous ARP for the VIP from {mac}"))
+        elif f"{vip} is-at" in line:
+            events.append((when, f"ARP reply for the VIP from {mac}"))
+    for name in ("a", "b"):
+        path = directory / f"addresses-{name}.log"
+        for line in path.read_text().splitlines() if path.exists() else []:
+            m = re.match(rf"\[(.*?)\] (Deleted )?.*inet {re.escape(vip)}/", line)
+            if m:
+                what = "removed from" if m.group(2) else "added on"
+                events.append((_wall(m.group(1)), f"VIP {what} {name}"))
+    path = directory / "neigh-client.log"
+    for line in path.read_text().splitlines() if path.exists() else []:
+        m = re.match(r"\[(.*?)\] (.*)", line)
+        if m and vip in line:
+            events.append((_wall(m.group(1)), f"client ARP cache: {m.group(2).strip()}"))
+    for r in requests:
+        if not r.ok and r.outcome != "unfinished":
+            events.append((r.start, f"FAILED request started ({r.outcome} after "
+                                    f"{(r.end - r.start) * 1000:.0f} ms)"))
+    events.sort()
+    lines = []
+    for h in handovers:
+        lines.append(f"--- handover {h.index + 1}: {h.old} -> {h.new} ({h.method}), "
+                     f"times from its start")
+        lines += [f"  {(t - h.start) * 1000:+9.1f} ms  {e}" for t, e in events
+                  if h.start - 0.2 <= t <= h.start + 2.6]
+    (directory / "timeline.txt").write_text("\n".join(lines) + "\n")
+
+
 def analyse(handovers: list[Handover], requests: list[Request], end: float) -> None:
     for i, h in enumerate(handovers):
         stop = handovers[i + 1].start if i + 1 < len(handovers) else end
@@ -346,6 +401,9 @@ def run_kind(kind: str, args: argparse.Namespace, deadline: Deadline,
         baseline = [r for r in requests if began <= r.start < (handovers[0].start if handovers
                                                                  else end)]
         analyse(handovers, requests, end)
+        if args.trace:
+            cluster.procs.close()  # flush the captures
+            timeline(directory, handovers, requests)
     except Exception as exc:  # reported in the table and the JSON
         error = f"{type(exc).__name__}: {exc}"
         print(f"  {kind}: {error}", flush=True)
@@ -394,7 +452,7 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> None
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=20, help="handovers per implementation")
-    parser.add_argument("--quick", action="store_true", help="4 handovers per implementation")
+    parser.add_argument("--quick", action="store_true", help="3 handovers per implementation")
     parser.add_argument("--rate", type=float, default=100.0, help="client requests per second")
     parser.add_argument("--timeout", type=float, default=0.5, help="per-request timeout, s")
     parser.add_argument("--only", choices=("carpd", "ucarp"), help="run one implementation")
@@ -413,7 +471,7 @@ def main() -> int:
                              "changes and the client's ARP cache changes")
     args = parser.parse_args()
     if args.quick:
-        args.count = min(args.count, 4)
+        args.count = min(args.count, 3)
         args.max_seconds = min(args.max_seconds, 58.0)
     if args.trace and not args.keep:
         parser.error("--trace needs --keep DIR")

@@ -57,6 +57,7 @@ class Engine:
         self._dest_mac = wire.BROADCAST_MAC if options.nomcast else group_mac
         self.arp_guard = ArpGuard(options.interface, options.vhid, options.addr)
         self._release_guard_after_down = False
+        self._up_pending = 0
         self._src_mac = wire.ucarp_source_mac(options.vhid) if options.ucarp_mac else self.info.mac
 
     # ---- set-up -------------------------------------------------------------------------------
@@ -130,6 +131,8 @@ class Engine:
             if finished.script is Script.DOWN and self._release_guard_after_down:
                 self._release_guard_after_down = False
                 self.arp_guard.release()
+            if finished.script is Script.UP:
+                self._up_pending -= 1
             if finished.script is Script.UP and self.host.state is State.MASTER:
                 self._announce()  # the up action may have added more addresses
 
@@ -172,8 +175,13 @@ class Engine:
             if isinstance(action, election.SendAdvert):
                 self._send_advert(action.advert)
             elif isinstance(action, election.SendGratuitousArp):
-                self._announce()
+                # Announcing before the up action has added the VIP would steer clients to a
+                # host that drops them; the announcement follows the up script instead.
+                if not self._up_pending:
+                    self._announce()
             elif isinstance(action, election.RunScript):
+                if action.script is Script.UP:
+                    self._up_pending += 1
                 self.scripts.submit(action.script)
             elif isinstance(action, election.Transition):
                 log.warning("%s -> %s: %s", action.old.value, action.new.value, action.reason)
