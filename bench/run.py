@@ -26,7 +26,9 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lab"))
 
@@ -35,6 +37,7 @@ from netns import VIP, CarpFrame, Daemon, Network, Node, wait_for
 KINDS = ("carpd", "ucarp")
 ADVBASE = 1
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+T = TypeVar("T")
 
 
 @contextmanager
@@ -51,12 +54,16 @@ def master_down(advskew: int) -> float:
     return ADVBASE * 3 + advskew / 256
 
 
+def sole_holder(net: Network, node: Node) -> Callable[[], bool]:
+    return lambda: net.holders() == [node]
+
+
 def first_from(net: Network, node: Node, since: float, timeout: float) -> CarpFrame:
     return net.capture.wait_frame(lambda f: f.source == node.address, timeout, since=since)
 
 
-def start_as_backup(node: Node, kind: str, **options: object) -> Daemon:
-    daemon = node.start(kind, **options)  # type: ignore[arg-type]
+def start_as_backup(node: Node, kind: str, advskew: int) -> Daemon:
+    daemon = node.start(kind, advskew=advskew)
     wait_for(daemon.events, timeout=5)  # its down script ran: it is listening
     time.sleep(1.5)  # and has heard the master
     return daemon
@@ -71,7 +78,7 @@ def failover(kind: str, advskew: int, reps: int) -> list[float]:
     with network() as net:
         nodes = [net.add_node("10.9.1.2"), net.add_node("10.9.1.3")]
         master = nodes[0].start(kind, advskew=advskew)
-        wait_for(lambda: net.holders() == [nodes[0]], timeout=10)
+        wait_for(sole_holder(net, nodes[0]), timeout=10)
         backup = start_as_backup(nodes[1], kind, advskew=advskew)
         for _ in range(reps):
             master.kill()
@@ -80,7 +87,7 @@ def failover(kind: str, advskew: int, reps: int) -> list[float]:
             first = first_from(net, backup.node, killed, timeout=master_down(advskew) + 5)
             last = net.capture.frames(source=master.node.address)[-1]
             gaps.append(first.time - last.time)
-            wait_for(lambda b=backup: net.holders() == [b.node], timeout=5)
+            wait_for(sole_holder(net, backup.node), timeout=5)
             master, backup = backup, start_as_backup(master.node, kind, advskew=advskew)
     return gaps
 
@@ -92,13 +99,13 @@ def reaction(kind: str, reps: int) -> list[float]:
         slow_node, fast_node = net.add_node("10.9.1.2"), net.add_node("10.9.1.3")
         slow_node.start(kind, advskew=100)
         for _ in range(reps):
-            wait_for(lambda: net.holders() == [slow_node], timeout=10)
+            wait_for(sole_holder(net, slow_node), timeout=10)
             started = time.time()
             fast = fast_node.start(kind, advskew=0, preempt=True)
             first = first_from(net, fast_node, started, timeout=master_down(0) + 5)
             heard = [f for f in net.capture.frames(source=slow_node.address) if f.time < first.time]
             delays.append(first.time - heard[-1].time)
-            wait_for(lambda: net.holders() == [fast_node], timeout=5)
+            wait_for(sole_holder(net, fast_node), timeout=5)
             fast.kill()
             fast_node.remove_address(VIP)
     return delays
@@ -112,7 +119,7 @@ def bow_out(backup_kind: str, reps: int) -> list[float]:
         backup = None
         for _ in range(reps):
             master = master_node.start("carpd", advskew=0)
-            wait_for(lambda: net.holders() == [master_node], timeout=10)
+            wait_for(sole_holder(net, master_node), timeout=10)
             backup = start_as_backup(backup_node, backup_kind, advskew=100)
             stopped = time.time()
             master.signal(signal.SIGTERM)
@@ -160,7 +167,7 @@ def idle(seconds: float) -> dict[tuple[str, str], tuple[int, float, float]]:
             master = a.start(kind)
             pairs[kind] = (master, b.start(kind, advskew=100))
         for kind, net in (("carpd", carpd_net), ("ucarp", ucarp_net)):
-            wait_for(lambda n=net, m=pairs[kind][0]: n.holders() == [m.node], timeout=10)
+            wait_for(sole_holder(net, pairs[kind][0].node), timeout=10)
         time.sleep(2)  # past start-up and the first scripts
         daemons = [d for pair in pairs.values() for d in pair]
         before = {d.pid: (cpu_seconds(d.pid), run_seconds(d.pid)) for d in daemons}
@@ -184,33 +191,67 @@ def idle(seconds: float) -> dict[tuple[str, str], tuple[int, float, float]]:
 
 
 def row(cells: list[str], widths: list[int]) -> str:
-    return "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths,
-                                                                                     strict=True)))
+    first, *rest = zip(cells, widths, strict=True)
+    return "  ".join([first[0].ljust(first[1]), *(c.rjust(w) for c, w in rest)])
 
 
 def table(title: str, header: list[str], rows: list[list[str]]) -> None:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     print(f"\n{title}")
-    print(row(header, widths))
-    print(row(["-" * w for w in widths], widths))
-    for r in rows:
+    for r in [header, ["-" * w for w in widths], *rows]:
         print(row(r, widths))
 
 
-def summary(values: list[float], scale: float = 1.0) -> list[str]:
-    fmt = "{:.3f}" if scale == 1.0 else "{:.1f}"
-    return [str(len(values))] + [
-        fmt.format(v * scale)
-        for v in (statistics.median(values), min(values), max(values))
-    ]
+def summary(values: list[float], scale: float = 1.0, digits: int = 3) -> list[str]:
+    picked = (statistics.median(values), min(values), max(values))
+    return [str(len(values)), *(f"{v * scale:.{digits}f}" for v in picked)]
 
 
-def timed(label: str, work: Callable[[], object]) -> object:
+def timed(label: str, work: Callable[[], T]) -> T:
     began = time.monotonic()
     print(f"  {label} ...", end="", flush=True, file=sys.stderr)
     result = work()
     print(f" {time.monotonic() - began:.0f} s", file=sys.stderr)
     return result
+
+
+def report_failover(reps: int) -> None:
+    rows = []
+    for advskew in (0, 100):
+        for kind in KINDS:
+            gaps = timed(f"failover {kind} advskew {advskew}",
+                         partial(failover, kind, advskew, reps))
+            expected = master_down(advskew)
+            rows.append([kind, str(advskew), f"{expected:.3f}", *summary(gaps),
+                         f"{statistics.median(gaps) - expected:+.3f}"])
+    table("Failover after kill -9: master's last advert -> backup's first advert (s)",
+          ["impl", "advskew", "master-down", "n", "median", "min", "max", "median-md"], rows)
+
+
+def report_reaction(reps: int) -> None:
+    rows = []
+    for kind in KINDS:
+        delays = timed(f"reaction {kind}", partial(reaction, kind, reps))
+        rows.append([kind, *summary(delays, 1000, 1)])
+    table("Preemption: slower master's advert -> preempter's first advert (ms)",
+          ["impl", "n", "median", "min", "max"], rows)
+
+
+def report_bow_out(reps: int) -> None:
+    rows = []
+    for kind in KINDS:
+        delays = timed(f"bow-out, {kind} backup", partial(bow_out, kind, reps))
+        rows.append([f"carpd -> {kind}", f"{master_down(100):.3f}", *summary(delays, 1000, 1)])
+    table("Bow-out on SIGTERM: master's bow-out advert -> backup's first advert (ms)",
+          ["master -> backup", "master-down s", "n", "median", "min", "max"], rows)
+
+
+def report_idle(seconds: float) -> None:
+    results = timed(f"idle {seconds:.0f} s", partial(idle, seconds))
+    rows = [[kind, role, str(rss), f"{ticks:.0f}", f"{ran:.1f}"]
+            for (kind, role), (rss, ticks, ran) in sorted(results.items())]
+    table(f"Idle over {seconds:.0f} s (advbase 1): CPU ms per minute",
+          ["impl", "role", "VmRSS KiB", "utime+stime", "schedstat"], rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -226,48 +267,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     reps = args.reps or (3 if args.quick else 10)
     idle_seconds = args.idle_seconds or (10.0 if args.quick else 60.0)
-    print(f"carpd vs ucarp {reps} repetitions, advbase {ADVBASE}; timestamps: kernel receive "
-          "time on the bridge", file=sys.stderr)
-
+    print(f"carpd vs ucarp, {reps} repetitions, advbase {ADVBASE}; times are the kernel's "
+          "receive timestamps of the adverts on the bridge", file=sys.stderr)
     if "failover" in args.only:
-        rows = []
-        for advskew in (0, 100):
-            for kind in KINDS:
-                gaps: list[float] = timed(  # type: ignore[assignment]
-                    f"failover {kind} advskew {advskew}",
-                    lambda k=kind, s=advskew: failover(k, s, reps),
-                )
-                expected = master_down(advskew)
-                rows.append([kind, str(advskew), f"{expected:.3f}", *summary(gaps),
-                             f"{statistics.median(gaps) - expected:+.3f}"])
-        table("Failover after kill -9: master's last advert -> backup's first advert (s)",
-              ["impl", "advskew", "master-down", "n", "median", "min", "max", "median-md"], rows)
-
+        report_failover(reps)
     if "reaction" in args.only:
-        rows = []
-        for kind in KINDS:
-            delays: list[float] = timed(  # type: ignore[assignment]
-                f"reaction {kind}", lambda k=kind: reaction(k, reps))
-            rows.append([kind, *summary(delays, 1000)])
-        table("Preemption: slower master's advert -> preempter's first advert (ms)",
-              ["impl", "n", "median", "min", "max"], rows)
-
+        report_reaction(reps)
     if "bow-out" in args.only:
-        rows = []
-        for kind in KINDS:
-            delays = timed(f"bow-out, {kind} backup",  # type: ignore[assignment]
-                           lambda k=kind: bow_out(k, reps))
-            rows.append([f"carpd -> {kind}", f"{master_down(100):.3f}", *summary(delays, 1000)])
-        table("Bow-out on SIGTERM: master's bow-out advert -> backup's first advert (ms)",
-              ["master -> backup", "master-down s", "n", "median", "min", "max"], rows)
-
+        report_bow_out(reps)
     if "idle" in args.only:
-        results: dict[tuple[str, str], tuple[int, float, float]] = timed(  # type: ignore[assignment]
-            f"idle {idle_seconds:.0f} s", lambda: idle(idle_seconds))
-        rows = [[kind, role, str(rss), f"{ticks:.0f}", f"{ran:.1f}"]
-                for (kind, role), (rss, ticks, ran) in sorted(results.items())]
-        table(f"Idle over {idle_seconds:.0f} s (advbase 1): CPU ms per minute",
-              ["impl", "role", "VmRSS KiB", "utime+stime", "schedstat"], rows)
+        report_idle(idle_seconds)
     return 0
 
 

@@ -181,7 +181,9 @@ class Capture:
         def found() -> CarpFrame | None:
             return next((f for f in self.frames(since=since) if predicate(f)), None)
 
-        return wait_for(found, timeout, interval=0.02)
+        frame = wait_for(found, timeout, interval=0.02)
+        assert frame is not None
+        return frame
 
     def close(self) -> None:
         self._stop.set()
