@@ -58,6 +58,9 @@ def _run(engine: Engine, options: Options, source: IPv4Address) -> int:
     log.info("vhid %d on %s from %s, VIP %s: interval %.3f s, master down after %.3f s",
              options.vhid, options.interface, source, options.addr,
              engine.host.params.advert_interval, engine.host.params.master_down_interval)
+    if options.advbase == 0:
+        log.warning("advbase 0: the master-down interval is one advert interval, so one lost or "
+                    "late advert makes a backup take over")
     return engine.run()
 
 
