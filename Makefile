@@ -33,7 +33,9 @@ demo: venv
 	$(PY) demo/run.py
 
 bench: venv
-	$(PY) bench/run.py
+	$(PY) bench/run.py --json bench-engine.json
+	$(PY) bench/failover.py --json bench-failover.json
+	$(PY) bench/handover.py --json bench-handover.json
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache

@@ -290,11 +290,16 @@ class Node:
         return sorted(pid for pid, argv in self.processes().items()
                       if CARPD in argv[:2] and _state(pid) != "Z")
 
+    def carpd_processes(self) -> dict[int, list[str]]:
+        """The engines and their supervisors (not the scripts they run)."""
+        return {pid: argv for pid, argv in self.processes().items()
+                if CARPD in argv[:2] or "carpd.ifupdown.main" in argv[:3]}
+
     def outputs(self) -> list[tuple[str, int]]:
-        """(program, inode of what its stdout is) for the processes in this root, sorted: where
-        each writes its log."""
+        """(command line, inode of what its stdout is) of the engines and supervisors in this
+        root, sorted: where each writes its log."""
         found = []
-        for pid, argv in self.processes().items():
+        for pid, argv in self.carpd_processes().items():
             try:
                 inode = os.stat(f"/proc/{pid}/fd/1").st_ino
             except OSError:
