@@ -30,7 +30,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import TypeVar
 
-from carpd import wire
+from carpd import control, wire
 
 REPO = Path(__file__).resolve().parents[1]
 CARPD = [str(REPO / ".venv" / "bin" / "python"), "-m", "carpd"]
@@ -272,19 +272,8 @@ class Daemon:
 
     def control(self, command: str) -> dict[str, object]:
         """carpd only: one request on its control socket."""
-        path = self.directory / "state" / f"eth0.{self.vhid}.sock"
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(5)
-            sock.connect(str(path))
-            sock.sendall(json.dumps({"cmd": command}).encode() + b"\n")
-            reply = b""
-            while not reply.endswith(b"\n"):
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                reply += chunk
-        result: dict[str, object] = json.loads(reply)
-        return result
+        return control.request(self.directory / "state" / f"eth0.{self.vhid}.sock",
+                               {"cmd": command})
 
     def status(self) -> dict[str, object]:
         return self.control("status")

@@ -4,7 +4,6 @@ signals, the control socket, the drain's ARP rule, and what is left behind when 
 from __future__ import annotations
 
 import contextlib
-import json
 import select
 import signal
 import socket
@@ -16,6 +15,8 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 from netns import CARPD, VIP, Daemon, Network, Node, in_netns, run, wait_for
+
+from carpd import control
 
 ETH_P_ARP = 0x0806
 ETH_P_ALL = 0x0003
@@ -177,12 +178,7 @@ def test_control_socket_reports_status_and_demotion_survives_a_restart(net: Netw
 
 
 def _control(path: Path, command: str) -> dict[str, object]:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(5)
-        sock.connect(str(path))
-        sock.sendall(json.dumps({"cmd": command}).encode() + b"\n")
-        result: dict[str, object] = json.loads(sock.makefile().readline())
-    return result
+    return control.request(path, {"cmd": command})
 
 
 def test_a_second_engine_for_the_same_vhid_and_interface_is_refused(net: Network) -> None:
