@@ -12,6 +12,10 @@ Layout on disk (all under pytest's temporary folder unless said otherwise):
 - one overlay per node over that, so each node has its own /etc/network/interfaces, /run
   (ifupdown state, /run/carpd) and dpkg database, in its own network namespace; the nodes'
   eth0 are veths on a bridge in a third namespace. Nothing is added to the host's network.
+  Such a node runs no init: the hooks run the engines under carpd's own supervisor;
+- for the systemd path, a second debootstrapped trixie with systemd and the package's
+  dependencies (cached the same way), the package installed in an overlay of it, booted with
+  systemd-nspawn in a node's network namespace: there the hooks start carpd@IFACE.service.
 
 Every chroot command runs in a private mount namespace (`ip netns exec` makes one; elsewhere
 `unshare --mount`) that mounts /proc and /sys for it, so nothing is left mounted on the host but
@@ -266,7 +270,6 @@ class Node:
     overlay: Overlay
     address: str
     deb_in_root: str
-    extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def root(self) -> Path:
@@ -343,16 +346,6 @@ class Pair:
 
     def holders(self) -> list[Host]:
         return [node for node in self.nodes if node.holds()]
-
-    def wait_single_holder(self, timeout: float = 15.0) -> Host:
-        deadline = time.monotonic() + timeout
-        holders: list[Host] = []
-        while time.monotonic() < deadline:
-            holders = self.holders()
-            if len(holders) == 1:
-                return holders[0]
-            time.sleep(0.05)
-        raise AssertionError(f"after {timeout} s the VIP is on {[n.name for n in holders]}")
 
     def wait_holder(self, node: Host, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout
