@@ -33,7 +33,7 @@ demo: venv
 	$(PY) demo/run.py
 
 bench: venv
-	$(PY) bench/run.py --json bench-engine.json
+	$(PY) bench/run.py
 	$(PY) bench/failover.py --json bench-failover.json
 	$(PY) bench/handover.py --json bench-handover.json
 
