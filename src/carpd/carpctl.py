@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from carpd import control
+from carpd.debian_status import DPKG_STATUS, ifupdown_status
 from carpd.ifupdown import interfaces
 from carpd.ifupdown import stanza as ucarp
 from carpd.ifupdown.runtime import RUN_DIR
@@ -83,6 +84,7 @@ def check(path: Path) -> tuple[list[str], int]:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
+    _print_ifupdown_note(args)
     problems, count = check(args.file)
     for line in problems:
         print(line)
@@ -91,6 +93,31 @@ def _cmd_check(args: argparse.Namespace) -> int:
         return EXIT_PROBLEMS
     print(f"{args.file}: OK ({count} ucarp stanza(s))")
     return 0
+
+
+def ifupdown_note(status_file: Path = DPKG_STATUS) -> str | None:
+    """What the installed ifupdown (from dpkg's status) means for ucarp-* stanzas, if anything."""
+    status = ifupdown_status(status_file)
+    if status.flavour == "ifupdown2" and status.ifupdown2 is not None:
+        return (f"note: ifupdown2 {status.ifupdown2.version} is installed. It runs carpd's hooks "
+                "(PHASE=up/down, with the prefix in IF_ADDRESS), but merges each IFACE:ucarp "
+                "stanza into IFACE: the VIP is added by `ifup IFACE` on every node and `ifup "
+                "IFACE:ucarp` fails. carpd copes: every engine starts as BACKUP and its down "
+                "action removes the VIP, and under ifupdown2 the default actions add and remove "
+                "the VIP with ip(8) instead of ifup/ifdown IFACE:ucarp.")
+    if status.flavour is None:
+        return ("note: neither ifupdown nor ifupdown2 is installed: ucarp-* stanzas start "
+                "nothing; run carpd directly or install ifupdown")
+    return None
+
+
+def _print_ifupdown_note(args: argparse.Namespace) -> None:
+    try:
+        note = ifupdown_note(args.dpkg_status)
+    except OSError:
+        return
+    if note:
+        print(note, file=sys.stderr)
 
 
 # -- the running engines --------------------------------------------------------------------
@@ -134,6 +161,7 @@ def _table(replies: list[dict[str, Any]]) -> str:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    _print_ifupdown_note(args)
     replies = [_ask(p, "status") for p in _sockets(args.state_dir, args.interface)]
     if args.json:
         print(json.dumps(replies, indent=2))
@@ -169,6 +197,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="carpctl", description="Check and steer carpd.")
     p.add_argument("--state-dir", type=Path, default=RUN_DIR,
                    help=f"where the engines' control sockets are (default {RUN_DIR})")
+    p.add_argument("--dpkg-status", type=Path, default=DPKG_STATUS, help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("check", help="check an interfaces file and its ucarp-* options")
     c.add_argument("file", nargs="?", type=Path, default=interfaces.DEFAULT_FILE)

@@ -155,3 +155,24 @@ def test_this_hosts_status_agrees_with_dpkg_query() -> None:
             assert package is not None and package.version == version
         else:
             assert package is None
+
+
+def test_carpctl_explains_what_differs_under_ifupdown2(tmp_path: Path) -> None:
+    from carpd.carpctl import ifupdown_note
+
+    note = ifupdown_note(write_status(tmp_path, IFUPDOWN_CONFIG_FILES, IFUPDOWN2))
+    assert note is not None
+    assert "ifupdown2 3.0.0-1.2 is installed" in note and "merges" in note and "ip(8)" in note
+
+
+def test_carpctl_says_nothing_extra_under_ifupdown(tmp_path: Path) -> None:
+    from carpd.carpctl import ifupdown_note
+
+    assert ifupdown_note(write_status(tmp_path, IFUPDOWN)) is None
+
+
+def test_carpctl_warns_when_no_ifupdown_is_installed(tmp_path: Path) -> None:
+    from carpd.carpctl import ifupdown_note
+
+    note = ifupdown_note(write_status(tmp_path, IFUPDOWN_CONFIG_FILES))
+    assert note is not None and "start nothing" in note
