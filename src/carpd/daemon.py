@@ -171,10 +171,15 @@ class Engine:
     # ---- actions ------------------------------------------------------------------------------
 
     def _carry_out(self, actions: list[Action]) -> None:
+        # Adverts first: starting a script forks this process and logging writes, which would
+        # delay a takeover on the wire by milliseconds.
         for action in actions:
             if isinstance(action, election.SendAdvert):
                 self._send_advert(action.advert)
-            elif isinstance(action, election.SendGratuitousArp):
+        for action in actions:
+            if isinstance(action, election.SendAdvert):
+                continue
+            if isinstance(action, election.SendGratuitousArp):
                 # Announcing before the up action has added the VIP would steer clients to a
                 # host that drops them; the announcement follows the up script instead.
                 if not self._up_pending:
