@@ -1,4 +1,5 @@
-"""Keep the kernel from answering ARP for the VIP while a released node drains.
+"""The nftables rules of a planned hand-over: on the old MASTER, keep the kernel from answering
+ARP for the VIP while it drains; on the new MASTER, pass segments of the old one's connections on.
 
 During a drain the old MASTER keeps the VIP so that requests already in flight are served, but
 the LAN must learn the new MASTER's MAC: an nftables ``arp`` table drops ARP requests for the VIP
@@ -101,5 +102,48 @@ class ArpGuard:
             self._nft.run(f"delete table arp {self._table}")
         except ArpGuardError as error:
             log.warning("removing the ARP rule: %s", error)
+        self._nft.close()
+        self._nft = None
+
+
+def forward_ruleset(table: str, ifname: str, vip: IPv4Address, to: IPv4Address) -> str:
+    """TCP segments for the VIP that open no connection and belong to none here (conntrack has
+    not seen them: ``ct state new`` without a lone SYN) are the old MASTER's: copy them to it
+    (the IP header stays, so its socket for the VIP takes them) instead of answering a reset."""
+    return (
+        f"table ip {table} {{ flags owner; "
+        f"chain prerouting {{ type filter hook prerouting priority 0; policy accept; "
+        f'iifname "{ifname}" ip daddr {vip} tcp flags & (syn | ack) != syn ct state new '
+        f'dup to {to} device "{ifname}" drop; }}; }}'
+    )
+
+
+class StrayForwarder:
+    """On a new MASTER, while the old one drains: its connections' segments go on to it."""
+
+    def __init__(self, ifname: str, vhid: int, vip: IPv4Address) -> None:
+        self._ifname = ifname
+        self._vip = vip
+        self._table = table_name(ifname, vhid).replace("carpd_", "carpd_fwd_", 1)
+        self._nft: _Nft | None = None
+
+    def engage(self, to: IPv4Address) -> bool:
+        self.release()
+        try:
+            nft = _Nft()
+            nft.run(forward_ruleset(self._table, self._ifname, self._vip, to))
+        except ArpGuardError as error:
+            log.error("cannot pass %s's connections on to it: %s", to, error)
+            return False
+        self._nft = nft
+        return True
+
+    def release(self) -> None:
+        if self._nft is None:
+            return
+        try:
+            self._nft.run(f"delete table ip {self._table}")
+        except ArpGuardError as error:
+            log.warning("removing the forwarding rule: %s", error)
         self._nft.close()
         self._nft = None

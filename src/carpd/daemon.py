@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from carpd import control, election, netlink, wire
-from carpd.arpguard import ArpGuard
+from carpd.arpguard import ArpGuard, StrayForwarder
 from carpd.config import Options
 from carpd.election import Action, Script, State
 from carpd.logs import RateLimiter
@@ -56,6 +56,7 @@ class Engine:
         group_mac = wire.multicast_mac(options.mcast)
         self._dest_mac = wire.BROADCAST_MAC if options.nomcast else group_mac
         self.arp_guard = ArpGuard(options.interface, options.vhid, options.addr)
+        self.forwarder = StrayForwarder(options.interface, options.vhid, options.addr)
         self._release_guard_after_down = False
         self._up_pending = 0
         self._src_mac = wire.ucarp_source_mac(options.vhid) if options.ucarp_mac else self.info.mac
@@ -196,6 +197,10 @@ class Engine:
                 self._start_drain()
             elif isinstance(action, election.EndDrain):
                 self._end_drain(actions)
+            elif isinstance(action, election.ForwardStrays):
+                self.forwarder.engage(action.to)
+            elif isinstance(action, election.StopForwarding):
+                self.forwarder.release()
 
     def _start_drain(self) -> None:
         log.info("draining for %.1f s: keeping %s without answering ARP for it",
@@ -278,6 +283,7 @@ class Engine:
             log.error("scripts still running at exit")
         self._release_vip(was_master)
         self.arp_guard.release()
+        self.forwarder.release()
         self.control.close()
         self.link.close()
         if self.monitor is not None:

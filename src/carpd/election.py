@@ -18,6 +18,7 @@ from carpd import wire
 
 TICKS_PER_SECOND = 256
 REANNOUNCE_AFTER_DRAIN_SLACK = 0.2
+FORWARD_AFTER_DRAIN_SLACK = 1.0
 
 
 class State(enum.Enum):
@@ -77,8 +78,21 @@ class EndDrain:
     VIP has gone."""
 
 
+@dataclass(frozen=True)
+class ForwardStrays:
+    """We took over from a master that bowed out and now drains: pass segments of its
+    connections that reach us on to it, until :class:`StopForwarding`."""
+
+    to: IPv4Address
+
+
+@dataclass(frozen=True)
+class StopForwarding:
+    pass
+
+
 Action = (SendAdvert | SendGratuitousArp | RunScript | Transition | Dropped | StartDrain
-          | EndDrain)
+          | EndDrain | ForwardStrays | StopForwarding)
 
 
 @dataclass(frozen=True)
@@ -164,6 +178,7 @@ class VirtualHost:
     _garp_at_advert: int | None = None
     _drain_until: float | None = None
     _garp_at: float | None = None
+    _forward_until: float | None = None
     _expect: wire.Expect = field(init=False)
 
     def __post_init__(self) -> None:
@@ -201,6 +216,8 @@ class VirtualHost:
             actions += self.end_drain(now)
         if self._garp_at is not None and now >= self._garp_at:
             actions += self._reannounce(now)
+        if self._forward_until is not None and now >= self._forward_until:
+            actions += self._stop_forwarding()
         if self._master_down_at is not None and now >= self._master_down_at:
             actions += self._master_down(now)
         if self._advert_at is not None and now >= self._advert_at:
@@ -208,7 +225,8 @@ class VirtualHost:
         return actions
 
     def next_deadline(self) -> float | None:
-        timers = (self._master_down_at, self._advert_at, self._drain_until, self._garp_at)
+        timers = (self._master_down_at, self._advert_at, self._drain_until, self._garp_at,
+                  self._forward_until)
         deadlines = [t for t in timers if t is not None]
         return min(deadlines, default=None)
 
@@ -260,7 +278,8 @@ class VirtualHost:
         if self.params.preempt and self.params.interval_ticks < theirs and not self._demoted(now):
             return self._take_over(f"preempting slower master {received.source}", now)
         if theirs > self.params.master_down_ticks and not self._demoted(now):
-            return self._take_over(f"master {received.source} is bowing out", now)
+            actions = self._take_over(f"master {received.source} is bowing out", now)
+            return actions + self._forward_strays(received.source, now)
         self._arm_master_down(now)
         return []
 
@@ -324,6 +343,19 @@ class VirtualHost:
         down: list[Action] = [RunScript(Script.DOWN)] if release else []
         return [*down, EndDrain()]
 
+    def _forward_strays(self, to: IPv4Address, now: float) -> list[Action]:
+        """A master bows out, then drains for (we assume) as long as we would."""
+        if self.params.drain <= 0:
+            return []
+        self._forward_until = now + self.params.drain + FORWARD_AFTER_DRAIN_SLACK
+        return [ForwardStrays(to)]
+
+    def _stop_forwarding(self) -> list[Action]:
+        if self._forward_until is None:
+            return []
+        self._forward_until = None
+        return [StopForwarding()]
+
     def _reannounce(self, now: float) -> list[Action]:
         self._garp_at = now + self.params.reannounce if self.params.reannounce > 0 else None
         return [SendGratuitousArp()]
@@ -345,6 +377,8 @@ class VirtualHost:
         if new is State.MASTER:
             self._garp_at_advert = self.sent + 3
         actions: list[Action] = [Transition(old, new, reason)]
+        if new is not State.MASTER:
+            actions += self._stop_forwarding()
         self._garp_at = None
         if new is State.MASTER:
             actions.append(RunScript(Script.UP))

@@ -4,11 +4,13 @@ signals, the control socket, the drain's ARP rule, and what is left behind when 
 from __future__ import annotations
 
 import contextlib
+import json
 import select
 import signal
 import socket
 import struct
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from ipaddress import IPv4Address
@@ -212,3 +214,56 @@ def test_daemonized_engine_writes_a_pidfile_and_keeps_the_password_off_its_comma
         subprocess.run(["kill", "-TERM", str(pid)], check=False)
         wait_for(lambda: not Path(f"/proc/{pid}").exists(), 10)
     assert not pidfile.exists()
+
+
+ECHO_SERVER = """
+import socket, sys, threading
+name = sys.argv[1].encode()
+server = socket.create_server(("0.0.0.0", 7007))
+def serve(conn):
+    with conn, conn.makefile("rb") as lines:
+        for line in lines:
+            conn.sendall(name + b":" + line)
+while True:
+    threading.Thread(target=serve, args=(server.accept()[0],), daemon=True).start()
+"""
+
+
+def _echo_server(node: Node) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(["ip", "netns", "exec", node.ns, sys.executable, "-c", ECHO_SERVER,
+                             node.name], start_new_session=True)
+
+
+def _client_mac_for_vip(client: Node) -> str:
+    out = client.exec("ip", "-j", "neigh", "show", str(VIP)).stdout
+    entries = json.loads(out)
+    return str(entries[0].get("lladdr", "")) if entries else ""
+
+
+def test_a_connection_to_the_draining_master_survives_the_clients_arp_moving(
+        net: Network) -> None:
+    a, b, client = (net.add_node(address) for address in ("10.9.1.1", "10.9.1.2", "10.9.1.50"))
+    servers = [_echo_server(a), _echo_server(b)]
+    try:
+        first = master(a, extra=["--drain", "6"])
+        b.start("carpd", advskew=50, extra=["--drain", "6"])
+        time.sleep(1.5)
+        with in_netns(client.ns):
+            conn = socket.create_connection((str(VIP), 7007), timeout=5)
+        with conn, conn.makefile("rb") as replies:
+            conn.sendall(b"before\n")
+            assert replies.readline() == b"a:before\n"
+            first.signal(signal.SIGTERM)
+            b_mac = ":".join(f"{x:02x}" for x in b.mac)
+            wait_for(lambda: _client_mac_for_vip(client) == b_mac, 5)
+            conn.sendall(b"after\n")
+            assert replies.readline() == b"a:after\n", "served by the draining master"
+        with in_netns(client.ns):
+            fresh = socket.create_connection((str(VIP), 7007), timeout=5)
+        with fresh, fresh.makefile("rb") as replies:
+            fresh.sendall(b"new\n")
+            assert replies.readline() == b"b:new\n", "new connections reach the new master"
+    finally:
+        for server in servers:
+            server.kill()
+            server.wait()

@@ -18,12 +18,14 @@ from carpd import wire
 from carpd.election import (
     Dropped,
     EndDrain,
+    ForwardStrays,
     RunScript,
     Script,
     SendAdvert,
     SendGratuitousArp,
     StartDrain,
     State,
+    StopForwarding,
     Transition,
     VirtualHost,
     tie_break_key,
@@ -740,3 +742,28 @@ def test_receive_never_raises_whatever_arrives_in_any_state() -> None:
         assert vh.next_deadline() is not None or vh.state is State.INIT
     assert states == set(State)
     assert vh.accepted > 1000
+
+
+def test_taking_over_from_a_bowing_out_master_forwards_its_strays_until_its_drain_ends() -> None:
+    backup = host("10.0.0.2", drain=2.0)
+    backup.start(0.0)
+    actions = backup.receive(packet_from("10.0.0.1", advbase=255, advskew=255), 1.0)
+    assert backup.state is State.MASTER
+    assert actions[-1] == ForwardStrays(IPv4Address("10.0.0.1"))
+    assert StopForwarding() not in backup.handle_timer(3.99)
+    assert StopForwarding() in backup.handle_timer(4.0)
+
+
+def test_forwarding_stops_when_the_new_master_steps_down() -> None:
+    backup = host("10.0.0.2", drain=2.0, advskew=50)
+    backup.start(0.0)
+    backup.receive(packet_from("10.0.0.1", advbase=255, advskew=255), 1.0)
+    actions = backup.receive(packet_from("10.0.0.9"), 1.5)
+    assert StopForwarding() in actions and backup.state is State.BACKUP
+
+
+def test_no_forwarding_without_a_drain() -> None:
+    backup = host("10.0.0.2")
+    backup.start(0.0)
+    actions = backup.receive(packet_from("10.0.0.1", advbase=255, advskew=255), 1.0)
+    assert not any(isinstance(a, ForwardStrays) for a in actions)
