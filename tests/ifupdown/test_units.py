@@ -56,6 +56,8 @@ def test_vip_up_passes_the_ifup_files_on_with_spaces_intact(tmp_path: Path) -> N
     for name in ("ifup", "ifdown"):
         (fake / name).write_text(f'#!/bin/sh\nprintf "%s|" {name} "$@" > {log}\n')
         (fake / name).chmod(0o755)
+    (fake / "ifquery").write_text("#!/bin/sh\nexit 0\n")  # the alias is up
+    (fake / "ifquery").chmod(0o755)
     env = {"PATH": f"{fake}:/usr/bin:/bin", "CARPD_IFUPDOWN_INTERFACES": "/etc/my net/if",
            "CARPD_IFUPDOWN_STATE_DIR": "/run/st"}
     subprocess.run([ROOT / "share/vip-up", "eth0", "10.0.0.1", "x"], env=env, check=True)
@@ -63,3 +65,16 @@ def test_vip_up_passes_the_ifup_files_on_with_spaces_intact(tmp_path: Path) -> N
     subprocess.run([ROOT / "share/vip-down", "eth0", "10.0.0.1"], env={"PATH": env["PATH"]},
                    check=True)
     assert log.read_text() == "ifdown|--|eth0:ucarp|"
+
+
+def test_vip_down_does_nothing_when_the_alias_is_not_up(tmp_path: Path) -> None:
+    log = tmp_path / "args"
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "ifdown").write_text(f'#!/bin/sh\nprintf "%s|" ifdown "$@" > {log}\n')
+    (fake / "ifquery").write_text("#!/bin/sh\nexit 1\n")
+    for name in ("ifdown", "ifquery"):
+        (fake / name).chmod(0o755)
+    subprocess.run([ROOT / "share/vip-down", "eth0", "10.0.0.1"],
+                   env={"PATH": f"{fake}:/usr/bin:/bin"}, check=True)
+    assert not log.exists()

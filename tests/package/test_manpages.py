@@ -25,7 +25,8 @@ def words(parser: argparse.ArgumentParser) -> set[str]:
     """Every option string and sub-command of parser, recursively."""
     found: set[str] = set()
     for action in parser._actions:
-        found.update(s for s in action.option_strings if s not in ("-h", "--help"))
+        if action.help != argparse.SUPPRESS:  # hidden options are for tests only
+            found.update(s for s in action.option_strings if s not in ("-h", "--help"))
         if isinstance(action, argparse._SubParsersAction):
             for command, sub in action.choices.items():
                 found.add(command)
