@@ -13,6 +13,7 @@ import datetime
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,3 +180,39 @@ def test_systemd_runs_one_unit_per_interface_from_boot_to_networking_stop(
     assert started.returncode == 0, started.stderr
     assert wait_for(lambda: booted.state(unit) == "active", 30.0)
     assert wait_for(node.holds_vip, ELECTION)
+
+
+WEB_SERVER_STANDIN = """\
+[Unit]
+Description=stand-in for nginx: notes when it is told to stop
+[Service]
+ExecStart=/bin/sleep infinity
+ExecStop=/bin/sh -c 'date +%%s.%%N > /var/lib/nginx-stopped; \
+    systemctl is-active carpd@eth0.service >> /var/lib/nginx-stopped'
+"""
+
+
+def test_at_poweroff_the_peer_holds_the_vip_before_the_web_server_stops(
+        booted: Booted, lab: Lab, tmp_path: Path) -> None:
+    node = booted.node
+    assert wait_for(lambda: booted.state("carpd@eth0.service") == "active", BOOT)
+    assert wait_for(node.holds_vip, ELECTION)
+    started = booted.inside(
+        f"cat > /etc/systemd/system/nginx.service <<'EOF'\n{WEB_SERVER_STANDIN}EOF\n"
+        "systemctl daemon-reload && systemctl start nginx.service")
+    assert started.returncode == 0, started.stderr
+    peer = lab.node()
+    peer.write_interfaces(stanza(2))
+    assert peer.ifup("eth0").returncode == 0
+    assert wait_for(lambda: peer.engines() != [], 10.0)
+    time.sleep(2.0)  # the peer hears the container's adverts and stays BACKUP
+    assert node.holds_vip() and not peer.holds_vip()
+
+    watch = peer.watch_for_address(VIP)
+    booted.inside("systemctl poweroff")
+    booted.nspawn.wait(timeout=120)
+    taken = watch.wait(5.0)
+    when, carpd_then = (tmp_path / "upper" / "var/lib/nginx-stopped").read_text().split()
+    assert taken is not None, "the peer never took the VIP over"
+    assert taken < float(when), f"the web server stopped {taken - float(when):.3f} s too early"
+    assert carpd_then == "inactive", "the web server began to stop while carpd still drained"
