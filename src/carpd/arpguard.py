@@ -68,42 +68,62 @@ def ruleset(table: str, ifname: str, vip: IPv4Address) -> str:
     )
 
 
-class ArpGuard:
-    """While active, this host neither answers ARP for the VIP nor sends ARP from it."""
+class OwnedTable:
+    """One nftables table that lives no longer than this process (``flags owner``)."""
 
-    def __init__(self, ifname: str, vhid: int, vip: IPv4Address) -> None:
-        self._ifname = ifname
-        self._vip = vip
-        self._table = table_name(ifname, vhid)
+    def __init__(self, family: str, name: str) -> None:
+        self._family = family
+        self._name = name
         self._nft: _Nft | None = None
 
     @property
     def active(self) -> bool:
         return self._nft is not None
 
-    def engage(self) -> bool:
-        """Install the rule; False (and a log line) if nftables cannot be used here."""
-        if self._nft is not None:
-            return True
+    def install(self, ruleset: str) -> None:
+        """Replace the table with ``ruleset`` (raises ArpGuardError)."""
+        self.remove()
+        nft = _Nft()
         try:
-            nft = _Nft()
-            nft.run(ruleset(self._table, self._ifname, self._vip))
-        except ArpGuardError as error:
-            log.error("cannot stop ARP for %s during the drain: %s", self._vip, error)
-            return False
+            nft.run(ruleset)
+        except ArpGuardError:
+            nft.close()
+            raise
         self._nft = nft
-        return True
 
-    def release(self) -> None:
-        """Remove the rule (closing the owning socket would too; this is immediate)."""
+    def remove(self) -> None:
+        """Delete the table now (closing the owning socket would too)."""
         if self._nft is None:
             return
         try:
-            self._nft.run(f"delete table arp {self._table}")
+            self._nft.run(f"delete table {self._family} {self._name}")
         except ArpGuardError as error:
-            log.warning("removing the ARP rule: %s", error)
+            log.warning("removing nftables table %s: %s", self._name, error)
         self._nft.close()
         self._nft = None
+
+
+class ArpGuard:
+    """While active, this host neither answers ARP for the VIP nor sends ARP from it."""
+
+    def __init__(self, ifname: str, vhid: int, vip: IPv4Address) -> None:
+        self._ruleset = ruleset(table_name(ifname, vhid), ifname, vip)
+        self._vip = vip
+        self._table = OwnedTable("arp", table_name(ifname, vhid))
+
+    def engage(self) -> bool:
+        """Install the rule; False (and a log line) if nftables cannot be used here."""
+        if self._table.active:
+            return True
+        try:
+            self._table.install(self._ruleset)
+        except ArpGuardError as error:
+            log.error("cannot stop ARP for %s during the drain: %s", self._vip, error)
+            return False
+        return True
+
+    def release(self) -> None:
+        self._table.remove()
 
 
 def forward_ruleset(table: str, ifname: str, vip: IPv4Address, to: IPv4Address) -> str:
@@ -124,26 +144,16 @@ class StrayForwarder:
     def __init__(self, ifname: str, vhid: int, vip: IPv4Address) -> None:
         self._ifname = ifname
         self._vip = vip
-        self._table = table_name(ifname, vhid).replace("carpd_", "carpd_fwd_", 1)
-        self._nft: _Nft | None = None
+        self._name = table_name(ifname, vhid).replace("carpd_", "carpd_fwd_", 1)
+        self._table = OwnedTable("ip", self._name)
 
     def engage(self, to: IPv4Address) -> bool:
-        self.release()
         try:
-            nft = _Nft()
-            nft.run(forward_ruleset(self._table, self._ifname, self._vip, to))
+            self._table.install(forward_ruleset(self._name, self._ifname, self._vip, to))
         except ArpGuardError as error:
             log.error("cannot pass %s's connections on to it: %s", to, error)
             return False
-        self._nft = nft
         return True
 
     def release(self) -> None:
-        if self._nft is None:
-            return
-        try:
-            self._nft.run(f"delete table ip {self._table}")
-        except ArpGuardError as error:
-            log.warning("removing the forwarding rule: %s", error)
-        self._nft.close()
-        self._nft = None
+        self._table.remove()
