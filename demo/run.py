@@ -81,7 +81,7 @@ def run_demo(net: Network) -> None:
     second = settled_master(daemons, exclude=(first,))
     took, by = takeover_time(net, daemons[first], since)
     show(net, daemons, f"{first} stopped (SIGTERM) with a bow-out advert: {by} advertised "
-                       f"{took * 1000:.0f} ms later (ucarp's silent exit costs ~3 s); "
+                       f"{took * 1000:.1f} ms later (ucarp's silent exit costs ~3 s); "
                        f"{second} holds the VIP")
 
     since = time.time()
