@@ -25,6 +25,7 @@ from carpd.election import Action, Script, State
 from carpd.logs import RateLimiter
 from carpd.net import Link, random_counter, random_ident
 from carpd.scripts import ScriptRunner
+from carpd.watchdog import Watchdog
 
 log = logging.getLogger("carpd")
 
@@ -69,6 +70,7 @@ class Engine:
         return o.state_dir / f"{o.interface}.{o.vhid}.demoted"
 
     def run(self) -> int:
+        watchdog = Watchdog(self.options.interface, self.options.addr)  # before any thread
         self.scripts.start()
         wakeup_read = self._install_signals()
         sel = self._selector
@@ -86,7 +88,9 @@ class Engine:
             self.host.link_changed(False, now)  # before start: starts in INIT, waits for carrier
         self._carry_out(self.host.start(now))
         self._loop()
-        return self._shut_down()
+        code = self._shut_down()
+        watchdog.disarm()
+        return code
 
     def _install_signals(self) -> int:
         read_fd, write_fd = os.pipe()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import select
 import signal
 import socket
@@ -267,3 +268,20 @@ def test_a_connection_to_the_draining_master_survives_the_clients_arp_moving(
         for server in servers:
             server.kill()
             server.wait()
+
+
+def test_an_engine_killed_with_sigkill_leaves_no_vip_behind(net: Network) -> None:
+    node = net.add_node("10.9.1.1")
+    daemon = master(node)
+    os.kill(daemon.pid, signal.SIGKILL)
+    daemon.process.wait(5)
+    wait_for(lambda: not node.has(VIP), 3)
+
+
+def test_a_clean_exit_does_not_wake_the_watchdog(net: Network) -> None:
+    node = net.add_node("10.9.1.1")
+    daemon = master(node, extra=["--drain", "0"])
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait_exit(10) == 0
+    time.sleep(0.5)
+    assert "the engine died" not in daemon.log()
