@@ -277,11 +277,3 @@ def test_an_engine_killed_with_sigkill_leaves_no_vip_behind(net: Network) -> Non
     daemon.process.wait(5)
     wait_for(lambda: not node.has(VIP), 3)
 
-
-def test_a_clean_exit_does_not_wake_the_watchdog(net: Network) -> None:
-    node = net.add_node("10.9.1.1")
-    daemon = master(node, extra=["--drain", "0"])
-    daemon.signal(signal.SIGTERM)
-    assert daemon.wait_exit(10) == 0
-    time.sleep(0.5)
-    assert "the engine died" not in daemon.log()
