@@ -9,7 +9,7 @@ to call :meth:`VirtualHost.handle_timer` next.  Names follow OpenBSD's ``ip_carp
 from __future__ import annotations
 
 import enum
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
@@ -19,6 +19,14 @@ from carpd import wire
 TICKS_PER_SECOND = 256
 REANNOUNCE_AFTER_DRAIN_SLACK = 0.2
 FORWARD_AFTER_DRAIN_SLACK = 1.0
+RECENT_COUNTERS = 256
+"""How many accepted counters are remembered to spot an exact replay."""
+RANDOM_COUNTER_DISTANCE = 1 << 32
+"""A counter this far behind the newest cannot come from a counting sequence (2**32 adverts is
+136 years at one a second): it is a lone ucarp MASTER's fresh random counter."""
+TRANSITION_BURST = 4
+TRANSITIONS_PER_SECOND = 2.0
+"""Adverts may cause at most TRANSITION_BURST transitions at once, refilled at this rate."""
 
 
 class State(enum.Enum):
@@ -113,6 +121,11 @@ class Params:
     """After a planned release, keep the VIP this long (without answering ARP for it)."""
     reannounce: float = 0.0
     """While MASTER, gratuitous ARP every this many seconds (0: only on the usual occasions)."""
+    replay_check: bool = True
+    """Accept an advert only if its counter is newer than the newest accepted or sent."""
+    ucarp_counter: bool = False
+    """Draw counters as ucarp does (fresh random until a peer is heard, then the peer's + 1):
+    only for replaying ucarp's captured sessions frame for frame."""
 
     def __post_init__(self) -> None:
         # carpd.config checks these for people; here they keep the timers finite and non-zero.
@@ -157,6 +170,36 @@ class Peer:
 
 
 @dataclass
+class Freshness(enum.Enum):
+    """How an authenticated advert's counter relates to what this host has seen."""
+
+    NEW = "newer than any accepted or sent: acted on"
+    KEEPALIVE = "a lone ucarp MASTER's random counter: only shows that the master lives"
+    STALE = "not newer: a replay, dropped"
+
+
+@dataclass
+class TokenBucket:
+    """At most ``burst`` events at once, refilled at ``rate`` per second."""
+
+    burst: float
+    rate: float
+    tokens: float = 0.0
+    at: float | None = None
+
+    def take(self, now: float) -> bool:
+        if self.at is None:
+            self.tokens = self.burst
+        else:
+            self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
+
+
+@dataclass
 class VirtualHost:
     """One vhid on one interface."""
 
@@ -173,6 +216,13 @@ class VirtualHost:
     sent: int = 0
     _running: bool = False
     _counter: int | None = None
+    """The counter of our last advert (ucarp style: the last accepted one)."""
+    _newest: int | None = None
+    """The newest counter accepted or sent, for the replay check."""
+    _counter_skip: int = 0
+    _recent: deque[int] = field(default_factory=lambda: deque(maxlen=RECENT_COUNTERS))
+    _transitions: TokenBucket = field(
+        default_factory=lambda: TokenBucket(TRANSITION_BURST, TRANSITIONS_PER_SECOND))
     _master_down_at: float | None = None
     _advert_at: float | None = None
     _garp_at_advert: int | None = None
@@ -202,10 +252,18 @@ class VirtualHost:
         result = wire.inspect(packet, self._expect)
         if isinstance(result, wire.Reject):
             return self._drop(result, packet)
-        self.accepted += 1
         if self.state is State.INIT:
+            self.accepted += 1
             return []
-        self._counter = result.advert.counter
+        freshness = self._freshness(result)
+        if freshness is Freshness.STALE:
+            self._skip_counter()
+            return self._drop(wire.Reject.STALE, packet)
+        self.accepted += 1
+        self._remember(result.advert.counter, freshness)
+        if freshness is Freshness.KEEPALIVE:
+            self._arm_master_down(now)
+            return []
         if self.state is State.BACKUP:
             return self._backup_hears(result, now)
         return self._master_hears(result, now)
@@ -272,14 +330,80 @@ class VirtualHost:
 
     # ---- the election ---------------------------------------------------------------------
 
+    # ---- the replay check ------------------------------------------------------------------
+
+    def _freshness(self, received: wire.Received) -> Freshness:
+        """ucarp's counters count up in a healthy cluster (each node adopts the last it heard,
+        plus one), so anything not newer is a replay -- except from a lone ucarp MASTER, which
+        draws a fresh random counter for every advert until it hears a peer: a never-seen
+        counter far behind, from the master we hear, with its timing, only keeps it alive."""
+        counter = received.advert.counter
+        if not self.params.replay_check or self._newest is None:
+            return Freshness.NEW
+        if wire.counter_newer(counter, self._newest):
+            return Freshness.NEW
+        if counter not in self._recent and self._random_counter_of_master(received):
+            return Freshness.KEEPALIVE
+        return Freshness.STALE
+
+    def _random_counter_of_master(self, received: wire.Received) -> bool:
+        advert, master = received.advert, self.master
+        assert self._newest is not None
+        return (self.state is State.BACKUP and master is not None
+                and master.address == received.source
+                and (master.advbase, master.advskew) == (advert.advbase, advert.advskew)
+                and not _is_bow_out(advert)
+                and wire.counter_behind(advert.counter, self._newest) > RANDOM_COUNTER_DISTANCE)
+
+    def _remember(self, counter: int, freshness: Freshness) -> None:
+        self._recent.append(counter)
+        if freshness is Freshness.NEW:
+            self._newest = counter
+        if self.params.ucarp_counter:
+            self._counter = counter
+
+    def _skip_counter(self) -> None:
+        """Two MASTERs that took over at the same instant send the same counters in step, and
+        each drops the other's as not newer: a random skip ahead breaks the tie, so the one
+        ahead is heard.  (A replay that provokes a skip costs nothing.)"""
+        if self.state is State.MASTER and not self.params.ucarp_counter:
+            self._counter_skip = 1 + self.random_counter() % 256
+
+    def _transition_allowed(self, source: IPv4Address, now: float) -> list[Action] | None:
+        """Adverts may move this host only a few times a second: a flood of them cannot flap
+        the VIP or queue scripts without end.  None when allowed, else the drop to report."""
+        if self._transitions.take(now):
+            return None
+        self.rejected[wire.Reject.RATE_LIMITED] += 1
+        return [Dropped(wire.Reject.RATE_LIMITED, source)]
+
+    # ---- the election ---------------------------------------------------------------------
+
     def _backup_hears(self, received: wire.Received, now: float) -> list[Action]:
+        bowing_out = self._is_master_bowing_out(received)
         self._note_master(received, now)
         theirs = received.advert.interval_ticks
-        if self.params.preempt and self.params.interval_ticks < theirs and not self._demoted(now):
-            return self._take_over(f"preempting slower master {received.source}", now)
-        if theirs > self.params.master_down_ticks and not self._demoted(now):
-            actions = self._take_over(f"master {received.source} is bowing out", now)
-            return actions + self._forward_strays(received.source, now)
+        if self._demoted(now):
+            return self._keep_backup(now)
+        if self.params.preempt and self.params.interval_ticks < theirs:
+            reason = f"preempting slower master {received.source}"
+        elif bowing_out:
+            reason = f"master {received.source} is bowing out"
+        else:
+            return self._keep_backup(now)
+        limited = self._transition_allowed(received.source, now)
+        if limited is not None:
+            return limited + self._keep_backup(now)
+        actions = self._take_over(reason, now)
+        return actions + (self._forward_strays(received.source, now) if bowing_out else [])
+
+    def _is_master_bowing_out(self, received: wire.Received) -> bool:
+        """A bow-out is exactly advbase 255, advskew 255, from the master we have been hearing:
+        only then may we take over at once, and pass its connections back to it."""
+        return (_is_bow_out(received.advert) and self.master is not None
+                and self.master.address == received.source)
+
+    def _keep_backup(self, now: float) -> list[Action]:
         self._arm_master_down(now)
         return []
 
@@ -287,12 +411,20 @@ class VirtualHost:
         theirs = received.advert.interval_ticks
         ours = self.params.interval_ticks
         if theirs < ours or (theirs == ours and self._loses_tie_to(received.source)):
+            limited = self._transition_allowed(received.source, now)
+            if limited is not None:
+                return limited
             self._note_master(received, now)
             actions: list[Action] = [self._advert(self.params.advbase, self.params.advskew)]
             reason = f"preferred master {received.source} advertised"
             return actions + self._set_state(State.BACKUP, reason, now)
-        self._garp_at_advert = self.sent + 2
-        return [SendGratuitousArp()]
+        # Answer at once: our counter is now past theirs, so the other MASTER hears us (it drops
+        # what is not newer) and steps down within one link delay, not one interval later.
+        if not self.params.replay_check:  # as ucarp: announce, and again two adverts later
+            self._garp_at_advert = self.sent + 2
+            return [SendGratuitousArp()]
+        self._garp_at_advert = self.sent + 3
+        return [self._advert(self.params.advbase, self.params.advskew), SendGratuitousArp()]
 
     def _loses_tie_to(self, other: IPv4Address) -> bool:
         return tie_break_key(other) < tie_break_key(self.params.source)
@@ -322,10 +454,26 @@ class VirtualHost:
         return SendAdvert(wire.Advert(self.params.vhid, advbase, advskew, self._next_counter()))
 
     def _next_counter(self) -> int:
+        """Count up by one from a random start, and past the newest counter heard, so a cluster
+        that changes masters keeps counting up (receivers drop what is not newer)."""
+        if self.params.ucarp_counter:
+            return self._next_ucarp_counter()
+        if self._counter is None:
+            counter = self.random_counter() % wire.COUNTER_MODULUS
+        else:
+            counter = (self._counter + 1 + self._counter_skip) % wire.COUNTER_MODULUS
+        self._counter_skip = 0
+        if self._newest is not None and not wire.counter_newer(counter, self._newest):
+            counter = (self._newest + 1) % wire.COUNTER_MODULUS
+        self._counter = counter
+        self._newest = counter
+        return counter
+
+    def _next_ucarp_counter(self) -> int:
         """ucarp's counter: random until a peer's advert was accepted, then theirs + 1, + 2, ..."""
         if self._counter is None:
-            return self.random_counter() & 0xFFFF_FFFF_FFFF_FFFF
-        self._counter = (self._counter + 1) & 0xFFFF_FFFF_FFFF_FFFF
+            return self.random_counter() % wire.COUNTER_MODULUS
+        self._counter = (self._counter + 1) % wire.COUNTER_MODULUS
         return self._counter
 
     # ---- state and timers -----------------------------------------------------------------
@@ -416,3 +564,7 @@ class VirtualHost:
             return []
         source = IPv4Address(packet[12:16]) if len(packet) >= 16 else None
         return [Dropped(reason, source)]
+
+
+def _is_bow_out(advert: wire.Advert) -> bool:
+    return advert.advbase == wire.BOW_OUT and advert.advskew == wire.BOW_OUT

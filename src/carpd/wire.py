@@ -77,6 +77,23 @@ class Reject(enum.Enum):
     BAD_DESTINATION = "destination is not the group"
     BAD_CHECKSUM = "bad checksum"
     BAD_HMAC = "bad HMAC (wrong password?)"
+    STALE = "stale counter (a replayed advert?)"
+    RATE_LIMITED = "transition rate limit reached"
+
+
+COUNTER_MODULUS = 1 << 64
+
+
+def counter_newer(counter: int, than: int) -> bool:
+    """Serial-number order (RFC 1982) on the 64-bit counter: ``counter`` lies in the half of
+    the circle after ``than``.  A counter that wraps past 2**64 - 1 to 0 still counts up."""
+    distance = (counter - than) % COUNTER_MODULUS
+    return 0 < distance < COUNTER_MODULUS // 2
+
+
+def counter_behind(counter: int, than: int) -> int:
+    """How far ``counter`` lies behind ``than`` on the circle."""
+    return (than - counter) % COUNTER_MODULUS
 
 
 def internet_checksum(data: bytes) -> int:

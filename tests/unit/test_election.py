@@ -6,6 +6,7 @@ the simulated clock has no rounding and "takes over at master-down" can be check
 
 from __future__ import annotations
 
+import itertools
 import random
 from ipaddress import IPv4Address
 from typing import Any
@@ -38,8 +39,14 @@ def skew(ticks: int) -> float:
     return ticks / 256
 
 
-def packet_from(source: str, advbase: int = 1, advskew: int = 0, counter: int = 1,
+_FRESH_COUNTERS = itertools.count(10**9, 10_000)
+
+
+def packet_from(source: str, advbase: int = 1, advskew: int = 0, counter: int | None = None,
                 vhid: int = 1, key: bytes = KEY) -> bytes:
+    """An advert from ``source``; without ``counter``, one newer than any sent so far."""
+    if counter is None:
+        counter = next(_FRESH_COUNTERS)
     advert = wire.Advert(vhid, advbase, advskew, counter)
     return wire.encode_packet(advert, key, VIP, IPv4Address(source), ident=1)
 
@@ -94,9 +101,12 @@ def test_equal_intervals_elect_by_little_endian_address(order: tuple[str, str]) 
     cluster.run_until(20)
     assert cluster.became_master_at("a") == cluster.became_master_at("b") == [3.0]
     assert cluster.masters() == ["b"]
-    stepped_down = cluster.transitions("a")[-1]
-    assert stepped_down == (3.0 + 1 / 64, Transition(State.MASTER, State.BACKUP,
-                                                     "preferred master 10.9.2.1 advertised"))
+    # a hears b's first advert, or (when a's random counter was ahead and it dropped b's as not
+    # newer) b's answer to a's advert: one link delay or two.
+    when, stepped_down = cluster.transitions("a")[-1]
+    assert when in (3.0 + 1 / 64, 3.0 + 2 / 64)
+    assert stepped_down == Transition(State.MASTER, State.BACKUP,
+                                      "preferred master 10.9.2.1 advertised")
 
 
 def test_numeric_address_compare_would_pick_the_other_master() -> None:
@@ -114,8 +124,10 @@ def test_master_steps_down_for_equal_interval_from_little_endian_lower_address()
 
 def test_master_keeps_vip_for_equal_interval_from_little_endian_higher_address() -> None:
     master = started_master("10.9.2.1")
-    assert master.receive(packet_from("10.9.1.2"), 5.0) == [SendGratuitousArp()]
+    actions = master.receive(packet_from("10.9.1.2", counter=7_000), 5.0)
     assert master.state is State.MASTER
+    # It answers at once with a counter past the other's, so the other master hears it.
+    assert actions == [SendAdvert(wire.Advert(1, 1, 0, 7_001)), SendGratuitousArp()]
 
 
 # ---- master failure -----------------------------------------------------------------------------
@@ -188,14 +200,35 @@ def test_preempting_backup_does_not_take_over_from_an_equal_interval() -> None:
     assert cluster.masters() == ["m"]
 
 
-def test_backup_takes_over_at_once_from_a_master_that_will_time_out() -> None:
-    # advbase 4 > our advbase 1 x deadratio 3 + 0/256: that master would time out between adverts.
-    backup = host(advbase=1, deadratio=3)
+def backup_hearing(master: str = "10.0.0.9", **settings: Any) -> VirtualHost:
+    """A started BACKUP that has accepted one advert from ``master``."""
+    backup = host(settings.pop("source", "10.0.0.1"), **settings)
     backup.start(0.0)
-    actions = backup.receive(packet_from("10.0.0.9", advbase=4), 1.0)
+    backup.receive(packet_from(master), 0.5)
+    assert backup.state is State.BACKUP
+    return backup
+
+
+def test_backup_takes_over_at_once_when_its_master_bows_out() -> None:
+    backup = backup_hearing("10.0.0.9")
+    actions = backup.receive(packet_from("10.0.0.9", advbase=255, advskew=255), 1.0)
     assert backup.state is State.MASTER
     assert actions[0] == Transition(State.BACKUP, State.MASTER,
                                     "master 10.0.0.9 is bowing out")
+
+
+def test_bow_out_from_another_address_than_the_master_is_not_acted_on() -> None:
+    backup = backup_hearing("10.0.0.9")
+    assert backup.receive(packet_from("10.0.0.66", advbase=255, advskew=255), 1.0) == []
+    assert backup.state is State.BACKUP
+    assert backup.next_deadline() == 1.0 + 3
+
+
+def test_slow_advert_that_is_not_exactly_255_255_is_not_a_bow_out() -> None:
+    # advbase 4 > our advbase 1 x deadratio 3: ucarp would take over; only 255/255 bows out.
+    backup = backup_hearing("10.0.0.9")
+    assert backup.receive(packet_from("10.0.0.9", advbase=4), 1.0) == []
+    assert backup.state is State.BACKUP
 
 
 def test_backup_waits_for_a_master_exactly_at_its_master_down_interval() -> None:
@@ -438,39 +471,176 @@ def test_every_timer_fires_exactly_at_its_deadline() -> None:
 # ---- counter ------------------------------------------------------------------------------------
 
 
-def test_counter_is_fresh_random_in_every_advert_until_a_peer_is_heard() -> None:
+def sent_counters(vh: VirtualHost, times: tuple[float, ...]) -> list[int]:
+    return [a.advert.counter for t in times for a in vh.handle_timer(t)
+            if isinstance(a, SendAdvert)]
+
+
+def test_counter_counts_up_by_one_from_a_random_start() -> None:
     vh = VirtualHost(params("10.0.0.1"), iter([11, 22, 33, 44]).__next__)
     vh.start(0.0)
-    vh.handle_timer(3.0)
-    vh.handle_timer(4.0)
-    vh.handle_timer(5.0)
-    assert [a.advert.counter for a in vh.handle_timer(6.0) if isinstance(a, SendAdvert)] == [44]
+    assert sent_counters(vh, (3.0, 4.0, 5.0, 6.0)) == [11, 12, 13, 14]
     assert vh.sent == 4
 
 
-def test_counter_follows_the_last_accepted_advert_plus_one() -> None:
+def test_counter_follows_a_newer_accepted_advert_plus_one() -> None:
     master = started_master("10.0.0.1")
-    master.receive(packet_from("10.0.0.9", advskew=200, counter=500), 3.5)
-    counters = []
-    for t in (4.0, 5.0, 6.0):
-        counters += [a.advert.counter for a in master.handle_timer(t) if isinstance(a, SendAdvert)]
-    assert counters == [501, 502, 503]
+    master.receive(packet_from("10.0.0.9", advskew=200, counter=50_000), 3.5)
+    assert sent_counters(master, (4.0, 5.0))[-2:] == [50_002, 50_003]  # 50_001: the answer
 
 
 def test_counter_wraps_at_64_bits() -> None:
-    master = started_master("10.0.0.1")
-    master.receive(packet_from("10.0.0.9", advskew=200, counter=2**64 - 1), 3.5)
-    sent = [a for a in master.handle_timer(4.0) if isinstance(a, SendAdvert)]
-    assert sent[0].advert.counter == 0
+    vh = VirtualHost(params("10.0.0.1"), iter([2**64 - 2]).__next__)
+    vh.start(0.0)
+    assert sent_counters(vh, (3.0, 4.0, 5.0, 6.0)) == [2**64 - 2, 2**64 - 1, 0, 1]
+
+
+def test_counter_wrapped_past_zero_is_still_newer() -> None:
+    backup = host()
+    backup.start(0.0)
+    backup.receive(packet_from("10.0.0.9", counter=2**64 - 1), 0.5)
+    assert backup.receive(packet_from("10.0.0.9", advbase=255, advskew=255, counter=0), 1.0)
+    assert backup.state is State.MASTER
 
 
 def test_rejected_advert_does_not_set_the_counter() -> None:
     vh = VirtualHost(params("10.0.0.1"), iter([11, 22]).__next__)
     vh.start(0.0)
     vh.receive(packet_from("10.0.0.9", counter=500, key=b"wrong"), 1.0)
-    vh.handle_timer(3.0)
-    sent = [a.advert.counter for a in vh.handle_timer(4.0) if isinstance(a, SendAdvert)]
-    assert sent == [22]
+    assert sent_counters(vh, (3.0, 4.0)) == [11, 12]
+
+
+# ---- replay check -------------------------------------------------------------------------------
+
+
+def test_replayed_advert_turned_into_a_bow_out_is_dropped_as_stale() -> None:
+    backup = host()
+    backup.start(0.0)
+    backup.receive(packet_from("10.0.0.9", counter=500), 0.5)
+    actions = backup.receive(packet_from("10.0.0.9", advbase=255, advskew=255, counter=500), 1.0)
+    assert actions == [Dropped(wire.Reject.STALE, IPv4Address("10.0.0.9"))]
+    assert backup.state is State.BACKUP
+    assert backup.rejected[wire.Reject.STALE] == 1
+    assert backup.next_deadline() == 0.5 + 3  # the stale advert did not even rearm the timer
+
+
+def test_older_counter_from_the_master_is_stale() -> None:
+    backup = host()
+    backup.start(0.0)
+    backup.receive(packet_from("10.0.0.9", counter=500), 0.5)
+    assert backup.receive(packet_from("10.0.0.9", counter=499), 1.0) == [
+        Dropped(wire.Reject.STALE, IPv4Address("10.0.0.9"))]
+
+
+def test_replay_of_our_own_advert_with_a_faster_timing_does_not_move_the_master() -> None:
+    master = started_master("10.0.0.1")
+    ours = sent_counters(master, (4.0,))[0]
+    for source in ("10.0.0.66", "10.0.0.2"):
+        actions = master.receive(packet_from(source, advbase=0, advskew=1, counter=ours), 4.5)
+        assert actions == [Dropped(wire.Reject.STALE, IPv4Address(source))]
+    assert master.state is State.MASTER
+
+
+def test_stale_advert_runs_no_script_and_installs_no_rule() -> None:
+    backup = host(drain=2.0, preempt=True, advskew=0)
+    backup.start(0.0)
+    backup.receive(packet_from("10.0.0.9", advskew=100, counter=900), 0.1)  # preempts
+    assert backup.state is State.MASTER
+    backup.demote(0.5, until=0.6)  # bows out, drains
+    replays = [backup.receive(packet_from("10.0.0.9", advbase=b, advskew=k, counter=900), 1.0)
+               for b, k in ((255, 255), (0, 1), (2, 0))]
+    assert all(r == [Dropped(wire.Reject.STALE, IPv4Address("10.0.0.9"))] for r in replays)
+    assert backup.state is State.BACKUP and backup.draining
+
+
+def test_lone_ucarp_master_with_a_random_counter_in_every_advert_keeps_the_backup() -> None:
+    rng = random.Random(7)
+    backup = host()
+    backup.start(0.0)
+    t = 0.5
+    for _ in range(300):
+        actions = backup.receive(packet_from("10.0.0.9", counter=rng.getrandbits(63)), t)
+        assert not any(isinstance(a, Transition | Dropped) for a in actions)
+        backup.handle_timer(t)
+        t += 1.0
+    assert backup.state is State.BACKUP
+    assert backup.rejected == {}
+
+
+def test_random_counter_from_another_address_than_the_master_is_stale() -> None:
+    backup = host()
+    backup.start(0.0)
+    backup.receive(packet_from("10.0.0.9", counter=2**62), 0.5)
+    assert backup.receive(packet_from("10.0.0.66", counter=5), 1.0) == [
+        Dropped(wire.Reject.STALE, IPv4Address("10.0.0.66"))]
+
+
+def test_exact_replay_of_a_random_counter_is_stale() -> None:
+    backup = host()
+    backup.start(0.0)
+    backup.receive(packet_from("10.0.0.9", counter=5), 0.5)
+    backup.receive(packet_from("10.0.0.9", counter=2**62), 1.5)
+    assert backup.receive(packet_from("10.0.0.9", counter=5), 2.0) == [
+        Dropped(wire.Reject.STALE, IPv4Address("10.0.0.9"))]
+
+
+def test_random_counter_cannot_carry_a_bow_out() -> None:
+    backup = host()
+    backup.start(0.0)
+    backup.receive(packet_from("10.0.0.9", counter=2**62), 0.5)
+    actions = backup.receive(packet_from("10.0.0.9", advbase=255, advskew=255, counter=9), 1.0)
+    assert actions == [Dropped(wire.Reject.STALE, IPv4Address("10.0.0.9"))]
+    assert backup.state is State.BACKUP
+
+
+def test_replay_check_off_acts_on_a_replayed_bow_out() -> None:
+    backup = host(replay_check=False)
+    backup.start(0.0)
+    backup.receive(packet_from("10.0.0.9", counter=500), 0.5)
+    backup.receive(packet_from("10.0.0.9", advbase=255, advskew=255, counter=500), 1.0)
+    assert backup.state is State.MASTER
+
+
+def test_restarted_peer_with_a_lower_counter_is_heard_within_one_master_down_interval() -> None:
+    # a's counter is far ahead of b's random start: b's adverts are stale to a, so a takes over
+    # at master-down; b then hears a's newer counter, jumps past it and is heard again.
+    cluster = Cluster({"a": params("10.0.0.1", advskew=100), "b": params("10.0.0.2")},
+                      delay=1 / 1024)
+    cluster.nodes["a"].host = None
+    cluster.start("b")
+    cluster.run_until(10)
+    assert cluster.masters() == ["b"]
+    cluster.start("a")
+    cluster.run_until(40)
+    assert cluster.masters() == ["b"]
+    assert cluster.became_master_at("a") == []
+
+
+def test_masters_that_took_over_in_step_with_equal_counters_converge() -> None:
+    cluster = Cluster({"a": params("10.9.1.2"), "b": params("10.9.2.1")}, delay=1 / 64)
+    cluster.start()
+    for seed, node in enumerate(cluster.nodes.values()):
+        assert node.host is not None
+        rng = random.Random(seed)  # the same start, then each node's own random skips
+        draws = iter(lambda r=rng: r.getrandbits(64), None)  # type: ignore[misc]
+        node.host.random_counter = itertools.chain([5000], draws).__next__
+    cluster.run_until(30)
+    assert cluster.masters() == ["b"]
+
+
+# ---- rate limits --------------------------------------------------------------------------------
+
+
+def test_flapping_adverts_cause_at_most_a_few_transitions_per_second() -> None:
+    vh = host("10.0.0.5", preempt=True, advskew=50)
+    vh.start(0.0)
+    t, transitions = 1.0, 0
+    for i in range(1000):  # for 1 s, 1000 fresh adverts alternately preferred and slower
+        actions = vh.receive(packet_from("10.0.0.9", advskew=0 if i % 2 else 100), t)
+        transitions += sum(isinstance(a, Transition) for a in actions)
+        t += 0.001
+    assert transitions <= 4 + 2  # the burst, then two a second
+    assert vh.rejected[wire.Reject.RATE_LIMITED] > 400
 
 
 # ---- scripts ------------------------------------------------------------------------------------
@@ -533,7 +703,8 @@ def test_master_hearing_a_slower_master_announces_now_and_two_adverts_later() ->
     for t in (4.0, 5.0, 6.0):
         garps += [t for a in master.handle_timer(t) if isinstance(a, SendGratuitousArp)]
     assert garps == [5.0]
-    assert master.receive(packet_from("10.0.0.9", advskew=50), 6.5) == [SendGratuitousArp()]
+    answer = master.receive(packet_from("10.0.0.9", advskew=50), 6.5)
+    assert [type(a) for a in answer] == [SendAdvert, SendGratuitousArp]
     for t in (7.0, 8.0, 9.0, 10.0):
         garps += [t for a in master.handle_timer(t) if isinstance(a, SendGratuitousArp)]
     assert garps == [5.0, 8.0]
@@ -745,8 +916,7 @@ def test_receive_never_raises_whatever_arrives_in_any_state() -> None:
 
 
 def test_taking_over_from_a_bowing_out_master_forwards_its_strays_until_its_drain_ends() -> None:
-    backup = host("10.0.0.2", drain=2.0)
-    backup.start(0.0)
+    backup = backup_hearing("10.0.0.1", source="10.0.0.2", drain=2.0)
     actions = backup.receive(packet_from("10.0.0.1", advbase=255, advskew=255), 1.0)
     assert backup.state is State.MASTER
     assert actions[-1] == ForwardStrays(IPv4Address("10.0.0.1"))
@@ -755,15 +925,13 @@ def test_taking_over_from_a_bowing_out_master_forwards_its_strays_until_its_drai
 
 
 def test_forwarding_stops_when_the_new_master_steps_down() -> None:
-    backup = host("10.0.0.2", drain=2.0, advskew=50)
-    backup.start(0.0)
+    backup = backup_hearing("10.0.0.1", source="10.0.0.2", drain=2.0, advskew=50)
     backup.receive(packet_from("10.0.0.1", advbase=255, advskew=255), 1.0)
     actions = backup.receive(packet_from("10.0.0.9"), 1.5)
     assert StopForwarding() in actions and backup.state is State.BACKUP
 
 
 def test_no_forwarding_without_a_drain() -> None:
-    backup = host("10.0.0.2")
-    backup.start(0.0)
+    backup = backup_hearing("10.0.0.1", source="10.0.0.2")
     actions = backup.receive(packet_from("10.0.0.1", advbase=255, advskew=255), 1.0)
     assert not any(isinstance(a, ForwardStrays) for a in actions)

@@ -267,7 +267,9 @@ def test_every_reject_reason_has_a_test_above() -> None:
         wire.Reject.BAD_TTL, wire.Reject.BAD_VERSION, wire.Reject.OTHER_VHID,
         wire.Reject.BAD_DESTINATION, wire.Reject.BAD_CHECKSUM, wire.Reject.BAD_HMAC,
     }
-    assert tested == set(wire.Reject)
+    # The election decides these two (tests/unit/test_election.py: replay check, rate limits).
+    decided_by_the_election = {wire.Reject.STALE, wire.Reject.RATE_LIMITED}
+    assert tested | decided_by_the_election == set(wire.Reject)
 
 
 # ---- what ucarp does not check (documented weaknesses we must interoperate with) -------------
@@ -295,9 +297,19 @@ def test_type_authlen_and_pad_are_not_checked(offset: int, value: int) -> None:
     assert isinstance(wire.inspect(changed, CASE.expect()), wire.Received)
 
 
-def test_replayed_counter_is_accepted_like_ucarp_does() -> None:
+def test_replayed_counter_passes_the_wire_checks_like_ucarp() -> None:
+    # The packet checks alone cannot spot a replay: the election's counter check does.
     assert isinstance(wire.inspect(PACKET, CASE.expect()), wire.Received)
     assert isinstance(wire.inspect(PACKET, CASE.expect()), wire.Received)
+
+
+@pytest.mark.parametrize(
+    ("counter", "than", "newer"),
+    [(2, 1, True), (1, 1, False), (1, 2, False), (0, 2**64 - 1, True), (2**64 - 1, 0, False),
+     (2**63 - 1, 0, True), (2**63, 0, False)],
+)
+def test_counter_order_is_serial_number_arithmetic(counter: int, than: int, newer: bool) -> None:
+    assert wire.counter_newer(counter, than) is newer
 
 
 # ---- constant-time digest comparison ----------------------------------------------------------
