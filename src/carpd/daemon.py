@@ -202,7 +202,7 @@ class Engine:
             elif isinstance(action, election.EndDrain):
                 self._end_drain(actions)
             elif isinstance(action, election.ForwardStrays):
-                self.forwarder.engage(action.to)
+                self._forward_strays(action.to)
             elif isinstance(action, election.StopForwarding):
                 self.forwarder.release()
 
@@ -217,6 +217,21 @@ class Engine:
             self._release_guard_after_down = True
         else:
             self.arp_guard.release()
+
+    def _forward_strays(self, to: IPv4Address) -> None:
+        """Pass the draining master's connections back to it: only to another host on our
+        subnet, never to an address a forged advert could pick (broadcast, elsewhere)."""
+        try:
+            info = netlink.interface_info(self.options.interface)
+        except (LookupError, OSError) as error:
+            log.warning("not forwarding to %s: cannot read %s: %s", to, self.options.interface,
+                        error)
+            return
+        if not info.is_on_link_unicast(to):
+            log.warning("not forwarding to %s: not a unicast address on %s's subnets", to,
+                        self.options.interface)
+            return
+        self.forwarder.engage(to)
 
     def _send_advert(self, advert: wire.Advert) -> None:
         p = self.host.params
@@ -325,7 +340,7 @@ def _params(options: Options, source: IPv4Address) -> election.Params:
         vhid=options.vhid, key=options.password, vip=options.addr, source=source,
         advbase=options.advbase, advskew=options.advskew, deadratio=options.deadratio,
         preempt=options.preempt, neutral=options.neutral, group=options.mcast,
-        drain=options.drain, reannounce=options.reannounce,
+        drain=options.drain, reannounce=options.reannounce, replay_check=getattr(options, "replay_check", True),
     )
 
 

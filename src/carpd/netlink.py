@@ -13,7 +13,7 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
 from pyroute2 import IPRoute, IPRSocket
@@ -43,6 +43,19 @@ class InterfaceInfo:
 
     def has(self, address: IPv4Address) -> bool:
         return any(a == address for a, _prefix, _label in self.addresses)
+
+    def is_on_link_unicast(self, address: IPv4Address) -> bool:
+        """Whether ``address`` is another host on one of our subnets: not ours, not a
+        network, broadcast, multicast or reserved address."""
+        if (self.has(address) or address.is_multicast or address.is_unspecified
+                or address.is_loopback or address.is_reserved or address.is_link_local):
+            return False
+        for own, prefix, _label in self.addresses:
+            network = IPv4Network(f"{own}/{prefix}", strict=False)
+            if address in network and (prefix >= 31 or address not in (
+                    network.network_address, network.broadcast_address)):
+                return True
+        return False
 
 
 @contextmanager
