@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 import select
 import time
 from pathlib import Path
@@ -40,18 +41,82 @@ def test_scripts_get_iface_vip_and_xparam_as_arguments_without_a_shell(tmp_path:
     assert out.read_text() == "eth0|10.0.0.1|x y*|"
 
 
-def test_scripts_run_in_order_one_at_a_time(tmp_path: Path) -> None:
+def started(mark: Path) -> None:
+    """Wait until a script has touched ``mark``: it is running."""
+    deadline = time.monotonic() + 5
+    while not mark.exists():
+        assert time.monotonic() < deadline, f"{mark} never appeared"
+        time.sleep(0.01)
+
+
+def test_scripts_run_one_at_a_time_in_the_order_asked(tmp_path: Path) -> None:
     log = tmp_path / "log"
     up = script(tmp_path, "up", f"echo up-start >> {log}; sleep 0.3; echo up-end >> {log}\n")
     down = script(tmp_path, "down", f"echo down >> {log}\n")
     runner = ScriptRunner({Script.UP: [up], Script.DOWN: [down]}, 5)
     runner.start()
-    for s in (Script.DOWN, Script.UP, Script.DOWN):
+    runner.submit(Script.UP)
+    started(log)
+    runner.submit(Script.DOWN)
+    assert wait_finished(runner, 2) == [Finished(Script.UP, 0), Finished(Script.DOWN, 0)]
+    assert log.read_text().split() == ["up-start", "up-end", "down"]
+
+
+def test_a_burst_while_a_script_runs_leaves_only_the_latest_request_waiting(
+        tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    up = script(tmp_path, "up", f"echo up >> {log}; sleep 0.3\n")
+    down = script(tmp_path, "down", f"echo down >> {log}\n")
+    runner = ScriptRunner({Script.UP: [up], Script.DOWN: [down]}, 5)
+    runner.start()
+    runner.submit(Script.UP)
+    started(log)
+    for s in (Script.DOWN, Script.UP) * 50 + (Script.DOWN,):
         runner.submit(s)
-    submitted_at = time.monotonic()
-    assert [f.script for f in wait_finished(runner, 3)] == [Script.DOWN, Script.UP, Script.DOWN]
-    assert log.read_text().split() == ["down", "up-start", "up-end", "down"]
-    assert time.monotonic() - submitted_at >= 0.3
+    done = wait_finished(runner, 102)
+    assert log.read_text().split() == ["up", "down"]
+    # every request is answered, in the order asked; only the first and the last ran
+    assert [f.script for f in done] == [Script.UP, *(Script.DOWN, Script.UP) * 50, Script.DOWN]
+    assert [not f.skipped for f in done] == [True, *[False] * 100, True]
+    assert done[-1] == Finished(Script.DOWN, 0)
+
+
+def test_a_burst_ending_on_the_state_being_reached_runs_nothing_more(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    up = script(tmp_path, "up", f"echo up >> {log}; sleep 0.3\n")
+    down = script(tmp_path, "down", f"echo down >> {log}\n")
+    runner = ScriptRunner({Script.UP: [up], Script.DOWN: [down]}, 5)
+    runner.start()
+    runner.submit(Script.UP)
+    started(log)
+    runner.submit(Script.DOWN)
+    runner.submit(Script.UP)
+    assert wait_finished(runner, 3) == [
+        Finished(Script.UP, 0), Finished(Script.DOWN, None, skipped=True),
+        Finished(Script.UP, None, skipped=True)]
+    time.sleep(0.2)
+    assert log.read_text().split() == ["up"]
+    assert runner.finished() == []
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_after_any_burst_the_last_script_run_is_the_last_one_asked_for(
+        tmp_path: Path, seed: int) -> None:
+    rng = random.Random(seed)
+    log = tmp_path / "log"
+    up = script(tmp_path, "up", f"echo up >> {log}; sleep 0.02\n")
+    down = script(tmp_path, "down", f"echo down >> {log}; sleep 0.02\n")
+    runner = ScriptRunner({Script.UP: [up], Script.DOWN: [down]}, 5)
+    runner.start()
+    asked = [rng.choice(list(Script)) for _ in range(rng.randint(5, 40))]
+    for s in asked:
+        runner.submit(s)
+        time.sleep(rng.choice([0, 0, 0.001, 0.01, 0.03]))
+    done = wait_finished(runner, len(asked))
+    assert [f.script for f in done] == asked
+    ran = log.read_text().split()
+    assert ran[-1] == asked[-1].value
+    assert ran == [f.script.value for f in done if not f.skipped]
 
 
 def test_submit_returns_at_once_while_a_script_hangs(tmp_path: Path) -> None:
@@ -65,10 +130,12 @@ def test_submit_returns_at_once_while_a_script_hangs(tmp_path: Path) -> None:
 
 
 def test_a_hung_script_is_killed_at_its_timeout_and_the_next_one_runs(tmp_path: Path) -> None:
-    hang = script(tmp_path, "hang", "sleep 30\n")
+    mark = tmp_path / "started"
+    hang = script(tmp_path, "hang", f"touch {mark}; sleep 30\n")
     runner = ScriptRunner({Script.UP: [hang], Script.DOWN: None}, 0.5)
     runner.start()
     runner.submit(Script.UP)
+    started(mark)
     runner.submit(Script.DOWN)
     done = wait_finished(runner, 2, timeout=5)
     assert done == [Finished(Script.UP, None), Finished(Script.DOWN, 0)]
