@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 from ipaddress import IPv4Address
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ class _Nft:
         lib.nft_ctx_buffer_error(self._ctx)
 
     def run(self, command: str) -> None:
-        if self._lib.nft_run_cmd_from_buffer(self._ctx, command.encode()) != 0:
+        if self._lib.nft_run_cmd_from_buffer(self._ctx, os.fsencode(command)) != 0:
             error = self._lib.nft_ctx_get_error_buffer(self._ctx) or b""
             raise ArpGuardError(error.decode(errors="replace").strip())
 
@@ -54,17 +55,35 @@ class _Nft:
 
 
 def table_name(ifname: str, vhid: int) -> str:
-    safe = "".join(c if c.isalnum() else "_" for c in ifname)
+    """``carpd_IFACE_VHID``, one name per interface: letters and digits stay, every other byte
+    becomes ``_`` and its two hex digits (``eth0.10`` -> ``eth0_2e10``, ``eth0_10`` ->
+    ``eth0_5f10``), so no two interfaces share a table."""
+    safe = "".join(chr(b) if chr(b).isascii() and chr(b).isalnum() else f"_{b:02x}"
+                   for b in os.fsencode(ifname))
     return f"carpd_{safe}_{vhid}"
 
 
+def quoted_ifname(ifname: str) -> str:
+    """``ifname`` as an nftables string that matches that interface only: a trailing ``*``
+    would match every name it begins (escaped as ``\\*``); nft strings have no way to hold
+    ``"``, and a ``\\`` before a ``*`` would change its meaning, so names with those are
+    refused (ArpGuardError)."""
+    if '"' in ifname or "\\" in ifname:
+        raise ArpGuardError(f"interface {ifname!r}: its name cannot be written in an nftables "
+                            'rule: allowed are names without " or \\')
+    if ifname.endswith("*"):
+        ifname = ifname[:-1] + "\\*"
+    return f'"{ifname}"'
+
+
 def ruleset(table: str, ifname: str, vip: IPv4Address) -> str:
+    name = quoted_ifname(ifname)
     return (
         f"table arp {table} {{ flags owner; "
         f"chain input {{ type filter hook input priority 0; policy accept; "
-        f'iifname "{ifname}" arp operation request arp daddr ip {vip} drop; }}; '
+        f"iifname {name} arp operation request arp daddr ip {vip} drop; }}; "
         f"chain output {{ type filter hook output priority 0; policy accept; "
-        f'oifname "{ifname}" arp saddr ip {vip} drop; }}; }}'
+        f"oifname {name} arp saddr ip {vip} drop; }}; }}"
     )
 
 
@@ -107,16 +126,17 @@ class ArpGuard:
     """While active, this host neither answers ARP for the VIP nor sends ARP from it."""
 
     def __init__(self, ifname: str, vhid: int, vip: IPv4Address) -> None:
-        self._ruleset = ruleset(table_name(ifname, vhid), ifname, vip)
+        self._ifname = ifname
+        self._name = table_name(ifname, vhid)
         self._vip = vip
-        self._table = OwnedTable("arp", table_name(ifname, vhid))
+        self._table = OwnedTable("arp", self._name)
 
     def engage(self) -> bool:
         """Install the rule; False (and a log line) if nftables cannot be used here."""
         if self._table.active:
             return True
         try:
-            self._table.install(self._ruleset)
+            self._table.install(ruleset(self._name, self._ifname, self._vip))
         except ArpGuardError as error:
             log.error("cannot stop ARP for %s during the drain: %s", self._vip, error)
             return False
@@ -130,11 +150,12 @@ def forward_ruleset(table: str, ifname: str, vip: IPv4Address, to: IPv4Address) 
     """TCP segments for the VIP that open no connection and belong to none here (conntrack has
     not seen them: ``ct state new`` without a lone SYN) are the old MASTER's: copy them to it
     (the IP header stays, so its socket for the VIP takes them) instead of answering a reset."""
+    name = quoted_ifname(ifname)
     return (
         f"table ip {table} {{ flags owner; "
         f"chain prerouting {{ type filter hook prerouting priority 0; policy accept; "
-        f'iifname "{ifname}" ip daddr {vip} tcp flags & (syn | ack) != syn ct state new '
-        f'dup to {to} device "{ifname}" drop; }}; }}'
+        f"iifname {name} ip daddr {vip} tcp flags & (syn | ack) != syn ct state new "
+        f"dup to {to} device {name} drop; }}; }}"
     )
 
 

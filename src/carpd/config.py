@@ -9,11 +9,22 @@ import argparse
 import json
 import os
 import socket
+import stat
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from carpd import wire
 
@@ -25,19 +36,54 @@ FACILITIES = (
 Octet = Annotated[int, Field(ge=0, le=255)]
 
 
+HIDDEN = "<hidden>"
+
+
 class ConfigError(ValueError):
     """A value a person gave is not allowed; the message says which, and what is."""
+
+
+class Secret(bytes):
+    """The password: bytes wherever it is used (HMAC key), but never shown by repr() or str(),
+    so no log line, traceback or error message can carry it."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"Secret({HIDDEN})"
+
+    __str__ = __repr__
+
+
+def _hidden(value: Any, loc: tuple[int | str, ...], key: str) -> Any:
+    if loc and loc[0] == key:
+        return HIDDEN
+    if isinstance(value, dict) and key in value:
+        return {**value, key: HIDDEN}
+    return value
+
+
+def without_secret(error: ValidationError, key: str) -> ValidationError:
+    """``error`` with the value of ``key`` replaced wherever pydantic kept the input (a field's
+    own error, or a whole-model error whose input is every field).  Each error keeps its type,
+    location and message."""
+    details: list[InitErrorDetails] = [
+        {"type": PydanticCustomError(item["type"], item["msg"]), "loc": item["loc"],
+         "input": _hidden(item["input"], item["loc"], key)}
+        for item in error.errors(include_url=False)]
+    return ValidationError.from_exception_data(error.title, details, hide_input=True)
 
 
 class Options(BaseModel):
     """What one carpd engine runs with."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     interface: str
     srcip: IPv4Address | None = None
     vhid: Annotated[int, Field(ge=1, le=255)] = 1
-    password: bytes = Field(repr=False, min_length=1, max_length=wire.MAX_PASSWORD_BYTES)
+    password: Annotated[bytes, AfterValidator(Secret)] = Field(
+        repr=False, min_length=1, max_length=wire.MAX_PASSWORD_BYTES)
     addr: IPv4Address
     preempt: bool = False
     neutral: bool = False
@@ -61,6 +107,7 @@ class Options(BaseModel):
     reannounce: Annotated[float, Field(ge=0, le=86400)] = 0.0
     state_dir: Path = Path("/run/carpd")
     password_on_command_line: bool = False
+    replay_check: bool = True
 
     @field_validator("interface")
     @classmethod
@@ -98,6 +145,17 @@ class Options(BaseModel):
             raise ValueError("advbase and advskew cannot both be 0")
         return self
 
+    # Defined last, so it wraps every other validator, the whole-model ones too.
+    @model_validator(mode="wrap")
+    @classmethod
+    def _password_never_in_errors(cls, data: Any,
+                                  handler: ValidatorFunctionWrapHandler) -> Options:
+        try:
+            options: Options = handler(data)
+        except ValidationError as error:
+            raise without_secret(error, "password") from None
+        return options
+
 
 # option name in the model -> how a person wrote it on ucarp's command line
 FLAGS: dict[str, str] = {
@@ -107,6 +165,7 @@ FLAGS: dict[str, str] = {
     "downscript": "-d/--downscript", "facility": "-f/--facility", "mcast": "-m/--mcast",
     "xparam": "-x/--xparam", "pidfile": "--pidfile", "script_timeout": "--script-timeout",
     "state_dir": "--state-dir", "drain": "--drain", "reannounce": "--reannounce",
+    "replay_check": "--no-replay-check",
 }
 
 
@@ -117,10 +176,8 @@ def describe(error: ValidationError, flags: dict[str, str], given: dict[str, Any
         name = str(item["loc"][0]) if item["loc"] else ""
         flag = flags.get(name, name or "options")
         message = str(item["msg"]).removeprefix("Value error, ")
-        if name == "password":
-            value = "<hidden>"
-        else:
-            value = repr(_plain(given.get(name, item.get("input"))))
+        shown = given.get(name, item.get("input"))
+        value = HIDDEN if name == "password" else repr(_plain(shown))
         lines.append(f"{flag}: {value}: {message}" if name else f"{flag}: {message}")
     return "\n".join(lines)
 
@@ -137,14 +194,36 @@ def build(given: dict[str, Any], flags: dict[str, str] = FLAGS) -> Options:
         raise ConfigError(describe(error, flags, given)) from None
 
 
-def read_passfile(path: str) -> bytes:
-    """The first line of a password file, without its newline (as ucarp reads it)."""
+def private_file_problem(st: os.stat_result) -> str | None:
+    """Why a file that may hold the password cannot be trusted with it (as ssh judges keys):
+    it must belong to root (or to the user carpd runs as) and be unreadable to others."""
+    owners = {0, os.geteuid()}
+    if st.st_uid not in owners:
+        also = f" or uid {os.geteuid()}" if os.geteuid() else ""
+        return f"is owned by uid {st.st_uid}, not root{also}: chown root it"
+    if st.st_mode & 0o077:
+        return (f"mode {stat.S_IMODE(st.st_mode):o} lets group or others read it: "
+                "chmod 600 it")
+    return None
+
+
+def _read_private(path: str, flag: str) -> bytes:
+    """The content of a root-only file, checked on the file opened (no race with a rename)."""
     try:
         with open(path, "rb") as f:
-            line = f.readline()
+            problem = private_file_problem(os.fstat(f.fileno()))
+            if problem is not None:
+                raise ConfigError(f"{flag}: {path!r}: {problem}")
+            return f.read()
     except OSError as error:
-        raise ConfigError(f"-o/--passfile: {path!r}: cannot be read: {error.strerror}") from None
-    return line.rstrip(b"\r\n")
+        raise ConfigError(f"{flag}: {path!r}: cannot be read: {error.strerror}") from None
+
+
+def read_passfile(path: str) -> bytes:
+    """The first line of a password file, without its newline (as ucarp reads it); refused
+    unless only root can read it."""
+    first = _read_private(path, "-o/--passfile").split(b"\n", 1)[0]
+    return first.rstrip(b"\r\n")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -189,24 +268,21 @@ def parser() -> argparse.ArgumentParser:
       "it, so requests in flight finish (default 2; 0 to release at once)")
     a("--reannounce", help="while MASTER, gratuitous ARP every this many seconds (default 0: "
       "off)")
+    a("--no-replay-check", dest="replay_check", action="store_false",
+      help="accept adverts whose counter is not newer (replay protection off)")
     return p
 
 
 def read_config_file(path: str) -> dict[str, Any]:
-    """A JSON object of option names; refused if others can read it (it may hold the password)."""
+    """A JSON object of option names; refused unless only root can read it (it may hold the
+    password)."""
+    raw = _read_private(path, "--config")
     try:
-        st = os.stat(path)
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except OSError as error:
-        raise ConfigError(f"--config: {path!r}: cannot be read: {error.strerror}") from None
+        data = json.loads(raw)
     except ValueError as error:
         raise ConfigError(f"--config: {path!r}: not valid JSON: {error}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"--config: {path!r}: must hold a JSON object")
-    if st.st_mode & 0o077:
-        raise ConfigError(f"--config: {path!r}: mode {st.st_mode & 0o777:o} lets others read "
-                          "it: allowed is 0600 or stricter")
     return data
 
 

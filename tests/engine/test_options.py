@@ -103,6 +103,7 @@ def test_unknown_interface_is_refused() -> None:
 
 def test_passfile_first_line_is_the_password(tmp_path: Path) -> None:
     passfile = tmp_path / "pass"
+    passfile.touch(mode=0o600)
     passfile.write_bytes(b"s3cret\nignored\n")
     options = parse("-o", str(passfile))
     assert options.password == b"s3cret" and not options.password_on_command_line
@@ -122,7 +123,18 @@ def test_config_file_readable_by_others_is_refused(tmp_path: Path) -> None:
     conf = tmp_path / "eth0.conf"
     conf.write_text('{"interface": "lo", "addr": "10.0.0.1", "password": "x"}')
     conf.chmod(0o644)
-    assert "lets others read it" in refusal("--config", str(conf))
+    assert refusal("--config", str(conf)) == (
+        f"--config: {str(conf)!r}: mode 644 lets group or others read it: chmod 600 it")
+
+
+def test_replay_check_is_on_by_default_and_the_flag_turns_it_off() -> None:
+    assert parse("-p", "x").replay_check is True
+    assert parse("-p", "x", "--no-replay-check").replay_check is False
+
+
+def test_no_replay_check_flag_is_in_the_help() -> None:
+    assert "accept adverts whose counter is not newer (replay protection off)" in " ".join(
+        config.parser().format_help().split())
 
 
 def test_config_file_supplies_options_and_command_line_overrides(tmp_path: Path) -> None:

@@ -61,6 +61,7 @@ def test_debian_defaults() -> None:
 
 def test_every_option_reaches_the_engine(tmp_path: Path) -> None:
     passfile = tmp_path / "secret"
+    passfile.touch(mode=0o600)
     passfile.write_text("from-a-file\nsecond line ignored\n")
     options = engine_options({
         "ucarp-vid": "200", "ucarp-vip": "10.0.0.1", "ucarp-passfile": str(passfile),
@@ -68,14 +69,29 @@ def test_every_option_reaches_the_engine(tmp_path: Path) -> None:
         "ucarp-master": "on", "ucarp-nomcast": "1", "ucarp-xparam": "two words",
         "ucarp-facility": "LOCAL3", "ucarp-neutral": "true", "ucarp-ignoreifstate": "yes",
         "ucarp-mcast": "239.1.2.3", "ucarp-debug": "TRUE", "ucarp-srcip": "10.0.0.9",
-        **SCRIPTS}, interface="lo")
+        "ucarp-replay-check": "no", **SCRIPTS}, interface="lo")
     assert options.model_dump(include={
         "vhid", "password", "advskew", "advbase", "deadratio", "preempt", "nomcast", "xparam",
-        "facility", "neutral", "ignoreifstate", "mcast", "debug", "srcip"}) == {
+        "facility", "neutral", "ignoreifstate", "mcast", "debug", "srcip",
+        "replay_check"}) == {
         "vhid": 200, "password": b"from-a-file", "advskew": 50, "advbase": 2, "deadratio": 4,
         "preempt": True, "nomcast": True, "xparam": "two words", "facility": "local3",
         "neutral": True, "ignoreifstate": True, "mcast": IPv4Address("239.1.2.3"),
-        "debug": True, "srcip": IPv4Address("10.0.0.9")}
+        "debug": True, "srcip": IPv4Address("10.0.0.9"), "replay_check": False}
+
+
+@pytest.mark.parametrize(("text", "expected"), [(None, True), ("yes", True), ("No", False),
+                                                ("off", False)])
+def test_replay_check_is_on_unless_the_stanza_turns_it_off(text: str | None,
+                                                           expected: bool) -> None:
+    extra = {"ucarp-replay-check": text} if text is not None else {}
+    assert _options(extra).replay_check is expected
+
+
+def test_replay_check_takes_only_a_boolean() -> None:
+    assert _problems({**BASE, "ucarp-replay-check": "sometimes"}) == [
+        "ucarp-replay-check: 'sometimes': not a boolean: allowed: yes/no, on/off, true/false, "
+        "1/0 (any case)"]
 
 
 @pytest.mark.parametrize(("method", "address", "srcip", "expected"), [

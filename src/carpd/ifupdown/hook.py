@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from carpd.config import Options
 
 OPTION_PREFIX = "IF_UCARP_"
+PASSWORD_VARIABLE = "IF_UCARP_PASSWORD"
 READY_TIMEOUT = 15.0
 STOP_MARGIN = 15.0
 """Seconds beyond the engine's script timeout that stopping it may take before it is killed."""
@@ -116,6 +117,11 @@ def ifupdown_files(argv: list[str], cwd: str) -> dict[str, str]:
             found[wanted[name]] = value if sep else next(args, "")
         elif arg.startswith("-i") and len(arg) > 2 and not arg.startswith("--"):
             found[ENV_INTERFACES] = arg[2:]
+    for key, value in found.items():
+        if "\n" in value or "\r" in value:
+            flag = "-i/--interfaces" if key == ENV_INTERFACES else "--state-dir"
+            raise HookError(f"ifup {flag}: {value!r}: a line break in it cannot be passed on to "
+                            "the engine's scripts: allowed is a path without line breaks")
     return {key: os.path.join(cwd, value) for key, value in found.items() if value}
 
 
@@ -166,9 +172,14 @@ def _validate(stanza: Stanza, script_env: Mapping[str, str]) -> Options:
     except ucarp.StanzaError as error:
         raise HookError("\n".join(f"{stanza}: {p}" for p in error.problems)) from None
     path = script_env.get(ENV_INTERFACES, str(interfaces.DEFAULT_FILE))
-    missing = ucarp.missing_alias(options, interfaces.parse(path))
+    parsed = interfaces.parse(path)
+    missing = ucarp.missing_alias(options, parsed)
     if missing:
         raise HookError(f"{stanza}: {missing} (in {path})")
+    if "ucarp-password" in stanza.options:
+        exposed = ucarp.password_exposed(parsed, stanza.logical, stanza.family)
+        if exposed:
+            say(f"{stanza}: warning: {exposed}")
     if options.srcip is None and netlink.interface_info(options.interface).primary_address() \
             is None:
         raise HookError(f"{stanza}: ucarp-srcip: not given, and {options.interface} has no "
@@ -296,6 +307,9 @@ def _stop_supervisor(paths: Paths) -> None:
 
 
 def run(env: Mapping[str, str], run_dir: Path = runtime.RUN_DIR) -> int:
+    env = dict(env)
+    # nothing the hook runs (systemctl, the supervisor, a down script) inherits the password
+    os.environ.pop(PASSWORD_VARIABLE, None)
     interface = env.get("IFACE", "")
     if not interface:
         return 0

@@ -82,7 +82,11 @@ def conf_text(options: Options) -> str:
 
 
 def env_text(env: Mapping[str, str]) -> str:
+    """``KEY="value"`` lines; a line break in a value (which would start a line of its own) is
+    refused with ValueError."""
     def quoted(value: str) -> str:
+        if "\n" in value or "\r" in value:
+            raise ValueError(f"{value!r}: a line break cannot be written to an environment file")
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return "".join(f"{key}={quoted(value)}\n" for key, value in sorted(env.items()))
 

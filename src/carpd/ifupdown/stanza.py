@@ -10,6 +10,7 @@ problem names the option, the value (never the password) and what is allowed.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidatorFunctionWrapHandler,
     model_validator,
 )
 
@@ -90,7 +92,7 @@ AbsolutePath = Annotated[str, AfterValidator(_once), AfterValidator(_absolute)]
 class UcarpStanza(BaseModel):
     """The ``ucarp-*`` options as written; values stay text until :func:`config.build`."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     vid: Once = Field(alias="ucarp-vid")
     vip: Once = Field(alias="ucarp-vip")
@@ -112,6 +114,7 @@ class UcarpStanza(BaseModel):
     srcip: Once | None = Field(None, alias="ucarp-srcip")
     drain: Once | None = Field(None, alias="ucarp-drain")
     reannounce: Once | None = Field(None, alias="ucarp-reannounce")
+    replay_check: Flag = Field(True, alias="ucarp-replay-check")
 
     @model_validator(mode="after")
     def _one_password(self) -> UcarpStanza:
@@ -120,6 +123,17 @@ class UcarpStanza(BaseModel):
         if self.password is not None and self.passfile is not None:
             raise ValueError("ucarp-password and ucarp-passfile: give one of them, not both")
         return self
+
+    # Defined last, so it wraps every other validator, the whole-stanza ones too.
+    @model_validator(mode="wrap")
+    @classmethod
+    def _password_never_in_errors(cls, data: Any,
+                                  handler: ValidatorFunctionWrapHandler) -> UcarpStanza:
+        try:
+            stanza: UcarpStanza = handler(data)
+        except ValidationError as error:
+            raise config.without_secret(error, "ucarp-password") from None
+        return stanza
 
 
 KNOWN = tuple(str(f.alias) for f in UcarpStanza.model_fields.values())
@@ -133,7 +147,8 @@ OPTION_NAMES: dict[str, str] = {
     "nomcast": "ucarp-nomcast", "xparam": "ucarp-xparam", "facility": "ucarp-facility",
     "neutral": "ucarp-neutral", "ignoreifstate": "ucarp-ignoreifstate", "mcast": "ucarp-mcast",
     "debug": "ucarp-debug", "srcip": "ucarp-srcip", "drain": "ucarp-drain",
-    "reannounce": "ucarp-reannounce", "interface": "interface",
+    "reannounce": "ucarp-reannounce", "replay_check": "ucarp-replay-check",
+    "interface": "interface",
 }
 
 
@@ -247,6 +262,23 @@ def engine_options(raw: Mapping[str, str], *, interface: str, family: str = "ine
     if problems:
         raise StanzaError(problems)
     return options.model_copy(update={"interface": interface})
+
+
+def password_exposed(parsed: Interfaces, logical: str, family: str) -> str | None:
+    """A warning when the stanza's ucarp-password is in a file every user can read."""
+    for iface in parsed.find(logical, family):
+        for option in iface.options:
+            if option.name != "ucarp-password":
+                continue
+            try:
+                mode = stat.S_IMODE(os.stat(option.where.file).st_mode)
+            except OSError:
+                continue
+            if mode & 0o004:
+                return (f"ucarp-password: {option.where.file} is readable by every user "
+                        f"(mode {mode:o}), so is the password: chmod o-r it, or move the "
+                        "password to a root-only file named by ucarp-passfile")
+    return None
 
 
 def missing_alias(options: Options, parsed: Interfaces) -> Problem | None:
