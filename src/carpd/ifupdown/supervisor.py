@@ -1,7 +1,8 @@
 """One engine per interface, kept running when systemd is not PID 1.
 
 The hook starts ``carpd-ifupdown supervise IFACE`` in its own session.  The supervisor holds the
-lock of ``/run/carpd/IFACE.supervisor`` for its whole life (so a second one refuses to run), runs
+lock of ``/run/carpd/IFACE.supervisor`` (mode 0600, holding its pid) open for its whole life (so a
+second one refuses to run, and carpd's maintainer scripts know it as root's own), runs
 ``carpd --config /run/carpd/IFACE.conf`` in the foreground and:
 
 - when the engine dies without being asked to, releases its VIP (the down script if the VIP or the
@@ -116,12 +117,15 @@ def supervise(paths: Paths) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s carpd-supervisor[{paths.interface}]: %(message)s")
     paths.run_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
-    fd = os.open(paths.supervisor, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    # Root-only (0600): no other user can open it, so none can hold its lock.  Its owner and
+    # mode, its lock and it being held open are how carpd's maintainer scripts know us.
+    fd = os.open(paths.supervisor, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         log.error("another supervisor runs for %s", paths.interface)
         return 1
+    os.fchmod(fd, 0o600)
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     env = runtime.read_env(paths.env)
