@@ -125,3 +125,24 @@ def test_hook_refuses_a_bad_stanza_before_writing_anything(
         "carpd: iface lo inet static: ucarp-master: 'False-ish': not a boolean: allowed: "
         "yes/no, on/off, true/false, 1/0 (any case)\n")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("argv", "flag"), [
+    (["ifup", "-i", "/tmp/a\nPATH=/tmp/evil", "eth0"], "-i/--interfaces"),
+    (["ifup", "--interfaces=/tmp/a\rb", "eth0"], "-i/--interfaces"),
+    (["ifup", "--state-dir", "/tmp/st\nX=1", "eth0"], "--state-dir"),
+])
+def test_a_line_break_in_what_ifup_was_given_is_refused(argv: list[str], flag: str) -> None:
+    with pytest.raises(hook.HookError) as caught:
+        hook.ifupdown_files(argv, "/")
+    assert str(caught.value).startswith(f"ifup {flag}: ")
+    assert str(caught.value).endswith("allowed is a path without line breaks")
+
+
+def test_the_hook_leaves_no_password_in_its_own_environment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IF_UCARP_PASSWORD", "secret")
+    env = {"IFACE": "lo", "MODE": "start", "ADDRFAM": "inet", "METHOD": "static",
+           "IF_UCARP_PASSWORD": "secret"}  # ucarp-vid and ucarp-vip missing: refused
+    assert hook.run(env, tmp_path) == 1
+    assert "IF_UCARP_PASSWORD" not in os.environ
