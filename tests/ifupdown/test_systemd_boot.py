@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -51,8 +52,9 @@ def _rootfs() -> Path:
     return target
 
 
-def _install_carpd(root: Path, interfaces: str) -> None:
-    """What the package installs, from this tree, with no other change to the system."""
+def _install_carpd(root: Path, interfaces: str, dropin: Path | None = None) -> None:
+    """What the package installs, from this tree, with no other change to the system (but the
+    drop-in for carpd@.service an administrator may add)."""
     site = root / "usr/lib/python3/dist-packages/carpd"
     shutil.copytree(ROOT / "src/carpd", site, ignore=shutil.ignore_patterns("__pycache__"))
     for command, module in COMMANDS.items():
@@ -64,6 +66,10 @@ def _install_carpd(root: Path, interfaces: str) -> None:
         shutil.copy2(ROOT / f"if-{phase}.d/carpd", root / f"etc/network/if-{phase}.d/carpd")
     shutil.copytree(ROOT / "share", root / "usr/share/carpd")
     shutil.copy2(ROOT / "systemd/carpd@.service", root / "usr/lib/systemd/system/")
+    if dropin is not None:
+        folder = root / "etc/systemd/system/carpd@.service.d"
+        folder.mkdir(parents=True)
+        shutil.copy2(dropin, folder)
     (root / "etc/network/interfaces").write_text(interfaces)
     (root / "etc/hostname").write_text("carpnode\n")
 
@@ -102,8 +108,8 @@ class Booted:
         return int(self.inside(f"systemctl show -p MainPID --value {unit}").stdout.strip() or 0)
 
 
-@pytest.fixture
-def booted(lab: Lab, tmp_path: Path) -> Iterator[Booted]:
+def _boot(lab: Lab, tmp_path: Path, interfaces: str, dropin: Path | None = None,
+          scripts: dict[str, str] | None = None) -> Iterator[Booted]:
     for tool in ("debootstrap", "systemd-nspawn", "nsenter"):
         if shutil.which(tool, path=CLEAN_PATH) is None:
             pytest.skip(f"needs {tool} (see .ci/apt-packages)")
@@ -116,7 +122,10 @@ def booted(lab: Lab, tmp_path: Path) -> Iterator[Booted]:
     node = lab.node()
     console = tmp_path / "console.log"
     try:
-        _install_carpd(root, "auto lo\niface lo inet loopback\n\n" + stanza(1))
+        _install_carpd(root, interfaces, dropin)
+        for path, text in (scripts or {}).items():
+            (root / path).write_text(text)
+            (root / path).chmod(0o755)
         with console.open("wb") as out:
             nspawn = subprocess.Popen(
                 ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--boot",
@@ -136,6 +145,32 @@ def booted(lab: Lab, tmp_path: Path) -> Iterator[Booted]:
                 nspawn.wait()
     finally:
         subprocess.run(["umount", "-l", str(root)], check=False)
+
+
+@pytest.fixture
+def booted(lab: Lab, tmp_path: Path) -> Iterator[Booted]:
+    yield from _boot(lab, tmp_path, "auto lo\niface lo inet loopback\n\n" + stanza(1))
+
+
+IP_ONLY_STANZA = """\
+ucarp-upscript /usr/local/sbin/vip-ip-up
+ucarp-downscript /usr/local/sbin/vip-ip-down
+"""
+IP_ONLY_SCRIPTS = {
+    "usr/local/sbin/vip-ip-up": '#!/bin/sh\nexec ip address replace "$2"/32 dev "$1" label '
+                                '"$1":ucarp\n',
+    "usr/local/sbin/vip-ip-down": '#!/bin/sh\nip address del "$2"/32 dev "$1" 2>/dev/null; '
+                                  'exit 0\n',
+}
+
+
+@pytest.fixture
+def booted_strict(lab: Lab, tmp_path: Path) -> Iterator[Booted]:
+    """Booted with systemd/strict.conf as carpd@.service.d drop-in, and up and down scripts
+    that only run ip(8), as that drop-in asks."""
+    interfaces = "auto lo\niface lo inet loopback\n\n" + stanza(1, extra=IP_ONLY_STANZA)
+    yield from _boot(lab, tmp_path, interfaces, dropin=ROOT / "systemd" / "strict.conf",
+                     scripts=IP_ONLY_SCRIPTS)
 
 
 def test_systemd_runs_one_unit_per_interface_from_boot_to_networking_stop(
@@ -216,3 +251,83 @@ def test_at_poweroff_the_peer_holds_the_vip_before_the_web_server_stops(
     assert taken is not None, "the peer never took the VIP over"
     assert taken < float(when), f"the web server stopped {taken - float(when):.3f} s too early"
     assert carpd_then == "inactive", "the web server began to stop while carpd still drained"
+
+
+CAP_NET_ADMIN, CAP_NET_RAW, CAP_SYS_MODULE, CAP_SYS_TIME = 12, 13, 16, 25
+
+
+def _status(booted: Booted, pid: int) -> dict[str, str]:
+    text = booted.inside(f"cat /proc/{pid}/status").stdout
+    return {key: value.strip() for key, _, value in
+            (line.partition(":") for line in text.splitlines())}
+
+
+def _ask(command: str) -> str:
+    """A command to the engine's control socket (carpctl needs python3-debian, not installed)."""
+    code = ("from carpd.control import request; "
+            f"print(request('/run/carpd/eth0.7.sock', {{'cmd': '{command}'}}))")
+    return f'python3 -c "{code}"'
+
+
+def _exposure(booted: Booted, unit: str) -> float:
+    out = booted.inside(f"systemd-analyze security --no-pager {unit} | tail -1").stdout
+    match = re.search(r"exposure level for .*: (\d+\.\d)", out)
+    assert match, out
+    return float(match[1])
+
+
+def test_the_engine_runs_sandboxed_without_core_dumps_and_the_alias_still_comes_up(
+        booted: Booted) -> None:
+    node, unit = booted.node, "carpd@eth0.service"
+    assert wait_for(lambda: booted.state(unit) == "active", BOOT), (
+        booted.inside(f"systemctl status {unit}; journalctl -b --no-pager | tail -50").stdout)
+    # vip-up's `ifup eth0:ucarp` works from inside the sandbox
+    assert wait_for(node.holds_vip, ELECTION), booted.inside("journalctl -b | tail -40").stdout
+    assert node.addresses()[VIP] == "eth0:ucarp"
+    assert "eth0:ucarp" in booted.inside("cat /run/network/ifstate*").stdout
+
+    pid = booted.main_pid(unit)
+    limits = booted.inside(f"cat /proc/{pid}/limits").stdout
+    assert re.search(r"^Max core file size\s+0\s+0\s", limits, re.M), limits
+    status = _status(booted, pid)
+    assert status["Umask"] == "0077"
+    assert status["Seccomp"] == "2"  # a system call filter (SystemCallArchitectures=native...)
+    bounding = int(status["CapBnd"], 16)
+    assert not bounding & (1 << CAP_SYS_MODULE | 1 << CAP_SYS_TIME)
+    assert bounding & (1 << CAP_NET_ADMIN | 1 << CAP_NET_RAW) == 3 << CAP_NET_ADMIN
+    exposure = _exposure(booted, unit)
+    print(f"systemd-analyze security {unit}: {exposure}")
+    assert exposure <= 7.5
+
+
+def test_the_strict_drop_in_runs_ip_only_scripts_with_network_capabilities_only(
+        booted_strict: Booted) -> None:
+    booted, unit = booted_strict, "carpd@eth0.service"
+    node = booted.node
+    assert wait_for(lambda: booted.state(unit) == "active", BOOT), (
+        booted.inside(f"systemctl status {unit}; journalctl -b --no-pager | tail -50").stdout)
+    assert wait_for(node.holds_vip, ELECTION), booted.inside("journalctl -b | tail -40").stdout
+    pid = booted.main_pid(unit)
+    status = _status(booted, pid)
+    assert int(status["CapBnd"], 16) == 1 << CAP_NET_ADMIN | 1 << CAP_NET_RAW
+    assert status["NoNewPrivs"] == "1"
+    exposure = _exposure(booted, unit)
+    print(f"systemd-analyze security {unit} with strict.conf: {exposure}")
+    assert exposure <= 3.0
+
+    # the engine still writes its runtime folder: a demotion hands the VIP away and persists
+    demoted = booted.inside(_ask("demote"))
+    assert demoted.returncode == 0, demoted.stdout + demoted.stderr
+    assert wait_for(lambda: not node.holds_vip(), ELECTION)
+    assert booted.inside("ls /run/carpd").stdout.split().count("eth0.7.demoted") == 1
+    assert booted.inside(_ask("promote")).returncode == 0
+    assert wait_for(node.holds_vip, ELECTION)
+
+    # a killed engine: the sandboxed ExecStopPost still releases the VIP, Restart= returns it
+    booted.inside(f"systemctl kill -s KILL --kill-whom=main {unit}")
+    assert wait_for(lambda: not node.holds_vip(), 10.0)
+    assert wait_for(lambda: booted.main_pid(unit) not in (0, pid), 15.0)
+    assert wait_for(node.holds_vip, ELECTION)
+    stopped = booted.inside("systemctl stop networking.service")
+    assert stopped.returncode == 0, stopped.stderr
+    assert booted.state(unit) == "inactive" and not node.holds_vip()
