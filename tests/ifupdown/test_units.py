@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -78,3 +79,44 @@ def test_vip_down_does_nothing_when_the_alias_is_not_up(tmp_path: Path) -> None:
     subprocess.run([ROOT / "share/vip-down", "eth0", "10.0.0.1"],
                    env={"PATH": f"{fake}:/usr/bin:/bin"}, check=True)
     assert not log.exists()
+
+
+def _exposure(tmp_path: Path, *parts: Path) -> float:
+    """systemd-analyze's exposure rating of carpd@eth0.service made of ``parts`` (the unit,
+    then drop-ins: their [Service] lines appended, as systemd merges them)."""
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("needs systemd-analyze (package systemd, see .ci/apt-packages)")
+    text = parts[0].read_text() + "".join(
+        "\n" + "\n".join(line for line in part.read_text().splitlines()
+                         if line.strip() != "[Service]") for part in parts[1:])
+    unit = tmp_path / "carpd@eth0.service"
+    unit.write_text(text)
+    out = subprocess.run([analyze, "security", "--offline=true", "--no-pager", str(unit)],
+                         capture_output=True, text=True, check=False).stdout
+    match = re.search(r"exposure level for .*: (\d+\.\d)", out)
+    assert match, out
+    return float(match[1])
+
+
+def test_systemd_analyze_rates_the_sandboxed_unit_at_most_7(tmp_path: Path) -> None:
+    assert _exposure(tmp_path, UNIT) <= 7.0
+
+
+def test_the_strict_drop_in_brings_the_rating_down_to_at_most_2_5(tmp_path: Path) -> None:
+    assert _exposure(tmp_path, UNIT, ROOT / "systemd" / "strict.conf") <= 2.5
+
+
+@pytest.mark.parametrize("setting", [
+    "LimitCORE=0", "UMask=0077", "ProtectKernelModules=yes", "ProtectKernelLogs=yes",
+    "ProtectClock=yes", "LockPersonality=yes", "RestrictRealtime=yes",
+    "SystemCallArchitectures=native"])
+def test_the_unit_sets(setting: str) -> None:
+    assert setting in UNIT.read_text().splitlines()
+
+
+@pytest.mark.parametrize("setting", ["ProtectSystem=strict", "ProtectSystem=full",
+                                     "PrivateTmp=yes", "PrivateDevices=yes",
+                                     "ProtectKernelTunables=yes", "NoNewPrivileges=yes"])
+def test_the_unit_leaves_the_scripts_what_they_may_need(setting: str) -> None:
+    assert setting not in UNIT.read_text().splitlines()
