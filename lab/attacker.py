@@ -16,6 +16,7 @@ the sender keeps its rate whatever the caller does):
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -31,9 +32,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from netns import REPO, in_netns
+from netns import REPO, Capture, CarpFrame, Network, Node, in_netns
 
-from carpd import wire
+from carpd import net, wire
 
 PYTHON = str(REPO / ".venv" / "bin" / "python")
 ATTACKER_SOURCE = IPv4Address("10.9.1.66")
@@ -125,6 +126,36 @@ def valid_frame(target: Target, key: bytes, source: IPv4Address, advskew: int = 
     advert = wire.Advert(vhid=target.vhid, advbase=1, advskew=advskew, counter=counter)
     packet = wire.encode_packet(advert, key, target.vip, source, 1, target.group)
     return _to_group(target, packet)
+
+
+# ---- watching the nodes, not the flood -------------------------------------------------------
+
+
+class SentBy(Capture):
+    """The CARP frames ``node`` sends, read on its bridge port with the kernel's timestamps.
+
+    A filter in the kernel keeps only IPv4 protocol 112 frames arriving from the node: the
+    bridge-wide capture of :class:`netns.Network` would decode every frame of a flood in
+    Python, fall behind and swell."""
+
+    def __init__(self, network: Network, node: Node) -> None:
+        super().__init__(network.switch, node.port)
+        program = [
+            (net.BPF_LD_W_ABS, 0, 0, net.SKF_AD_PKTTYPE),
+            (net.BPF_JMP_JEQ_K, 5, 0, net.PACKET_OUTGOING),  # forwarded to the node: not its own
+            (net.BPF_LD_H_ABS, 0, 0, 12),
+            (net.BPF_JMP_JEQ_K, 0, 3, wire.ETH_P_IP),
+            (net.BPF_LD_B_ABS, 0, 0, 23),
+            (net.BPF_JMP_JEQ_K, 0, 1, wire.CARP_PROTO),
+            (net.BPF_RET_K, 0, 0, 0xFFFF),
+            (net.BPF_RET_K, 0, 0, 0),
+        ]
+        net.attach_filter(self._sock, program)  # Capture itself skips what came before
+
+
+def gaps(frames: Sequence[CarpFrame]) -> list[float]:
+    """Seconds between consecutive frames."""
+    return [b.time - a.time for a, b in itertools.pairwise(frames)]
 
 
 # ---- sending ----------------------------------------------------------------------------------

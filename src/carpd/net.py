@@ -125,7 +125,7 @@ def _resolve_drops(program: list[Insn]) -> list[Insn]:
     return resolved
 
 
-def _attach_filter(sock: socket.socket, program: list[Insn]) -> None:
+def attach_filter(sock: socket.socket, program: list[Insn]) -> None:
     code = b"".join(struct.pack("HBBI", *insn) for insn in program)
     buffer = ctypes.create_string_buffer(code)
     fprog = struct.pack("HL", len(program), ctypes.addressof(buffer))
@@ -148,7 +148,7 @@ class Link:
         self._packets = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         try:
             destination = join_group if group is None else group
-            _attach_filter(self._packets, carp_filter(destination, vhids))
+            attach_filter(self._packets, carp_filter(destination, vhids))
             self._packets.bind((ifname, wire.ETH_P_IP))
             self._packets.setblocking(False)
             self._membership = self._join(join_group) if join_group is not None else None
