@@ -120,14 +120,28 @@ class Engine:
         self._carry_out(self.host.handle_timer(time.monotonic()))
 
     def _on_frames(self, _fileobj: Any) -> None:
-        for frame in self.link.receive():
+        try:
+            frames = self.link.receive()
+        except OSError as error:
+            # ENETDOWN once after an admin's `ip link set IFACE down`: the carrier event from
+            # netlink moves the election; the socket works again when the link comes back.
+            log.info("reading frames on %s: %s", self.options.interface, error.strerror)
+            return
+        for frame in frames:
             packet = wire.strip_ethernet(frame, self.options.mcast)
             if packet is not None:
                 self._carry_out(self.host.receive(packet, time.monotonic()))
 
     def _on_link_event(self, _fileobj: Any) -> None:
         assert self.monitor is not None
+        before = (self.monitor.fileno(), self.monitor.reopened)
         carrier = self.monitor.read()
+        if self.monitor.reopened != before[1]:
+            # After ENOBUFS the monitor reopened its socket (maybe on the same fd number, but
+            # closing the old one took it out of the selector): watch the new one.
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(before[0])
+            self._selector.register(self.monitor, selectors.EVENT_READ, self._on_link_event)
         if carrier is not None:
             self._carry_out(self.host.link_changed(carrier, time.monotonic()))
 
@@ -340,7 +354,8 @@ def _params(options: Options, source: IPv4Address) -> election.Params:
         vhid=options.vhid, key=options.password, vip=options.addr, source=source,
         advbase=options.advbase, advskew=options.advskew, deadratio=options.deadratio,
         preempt=options.preempt, neutral=options.neutral, group=options.mcast,
-        drain=options.drain, reannounce=options.reannounce, replay_check=getattr(options, "replay_check", True),
+        drain=options.drain, reannounce=options.reannounce,
+        replay_check=getattr(options, "replay_check", True),
     )
 
 

@@ -11,12 +11,13 @@ import logging
 import select
 import socket
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
 from pyroute2 import IPRoute, IPRSocket
+from pyroute2.netlink.exceptions import NetlinkDumpInterrupted
 from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_LINK
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,7 @@ IFF_UP = 0x1
 IFF_RUNNING = 0x40
 RTM_NEWLINK = 16
 RTM_DELLINK = 17
+DUMP_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,16 @@ def carrier_of(flags: int) -> bool:
 
 
 def interface_info(ifname: str) -> InterfaceInfo:
-    """MAC, carrier and IPv4 addresses of ``ifname`` (raises LookupError if it is gone)."""
+    """MAC, carrier and IPv4 addresses of ``ifname`` (raises LookupError if it is gone).
+
+    A dump that changes under us (the kernel flags it interrupted) is read again."""
+    for _attempt in range(DUMP_ATTEMPTS):
+        with suppress(NetlinkDumpInterrupted):
+            return _interface_info(ifname)
+    raise OSError(errno.EINTR, f"{ifname}: address dump interrupted {DUMP_ATTEMPTS} times")
+
+
+def _interface_info(ifname: str) -> InterfaceInfo:
     with _ipr() as ipr:
         found = ipr.link_lookup(ifname=ifname)
         if not found:
@@ -106,6 +117,8 @@ class LinkMonitor:
     def __init__(self, ifindex: int) -> None:
         self.ifindex = ifindex
         self._sock = self._open()
+        self.reopened = 0
+        """How often the socket was reopened after an overflow (its fd changes then)."""
 
     @staticmethod
     def _open() -> Any:
@@ -128,6 +141,7 @@ class LinkMonitor:
             log.warning("netlink events overflowed; re-reading the link state")
             self._sock.close()
             self._sock = self._open()
+            self.reopened += 1
             return self._current_carrier()
         carrier = None
         for msg in messages:
