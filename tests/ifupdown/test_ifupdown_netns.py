@@ -213,6 +213,7 @@ def test_ifup_fails_with_the_engines_own_words_when_it_cannot_start(lab: Lab) ->
     node.write_interfaces(stanza(1))
     # an engine someone started by hand already serves vhid 7 on eth0
     passfile = node.home / "pass"
+    passfile.touch(mode=0o600)
     passfile.write_text(PASSWORD)
     node.sh("ip addr add 10.77.0.11/24 dev eth0 && ip link set eth0 up", check=True)
     by_hand = node.sh(f"carpd -B -i eth0 -v 7 -a {VIP} -o {passfile} -u /bin/true -d /bin/true "
