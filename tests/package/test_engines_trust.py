@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pkgtools import Node, Pair, Stage
+from pkgtools import NET, PASSWORD, Node, Pair, Stage
 
 NOBODY = 65534
 BAIT_DIR = "/tmp/x"
@@ -150,3 +150,37 @@ def test_remove_stops_carpds_own_supervisor_and_install_starts_nothing_lookalike
         node.run("dpkg", "--purge", "carpd", timeout=180)
         node.run("dpkg", "-i", node.deb_in_root, timeout=180)
     bait.assert_untouched("after a fresh install")
+
+
+def _start_by_hand(node: Node, vhid: int) -> int:
+    """`carpd -B` on eth0 as an administrator would start it: its pid (from its pidfile)."""
+    passfile = node.root / "root/carpd-pass"
+    passfile.write_text(PASSWORD + "\n")
+    passfile.chmod(0o600)
+    node.run("carpd", "-B", "-i", "eth0", "-s", node.address, "-v", str(vhid),
+             "-o", "/root/carpd-pass", "-a", f"{NET}.101", "-f", "none")
+    pidfile = node.root / f"run/carpd/eth0.{vhid}.pid"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not pidfile.exists():
+        time.sleep(0.05)
+    return int(pidfile.read_text())
+
+
+def test_an_engine_started_by_hand_runs_on_after_an_upgrade_with_a_note_and_remove_stops_it(
+        pair: Pair) -> None:
+    node = pair.a
+    assert isinstance(node, Node)
+    node.run("ifup", "eth0")
+    by_hand = _start_by_hand(node, 9)
+    assert _running_as(by_hand) == 0
+
+    with Stage("trust: upgrade beside an engine started by hand"):
+        upgrade = node.run("dpkg", "-i", node.deb_in_root, timeout=180).output
+    assert f"pid {by_hand} runs the old code; restart it yourself" in upgrade, upgrade
+    assert _running_as(by_hand) == 0, f"the engine started by hand is gone:\n{upgrade}"
+    assert len(_root_engines(node)) == 2
+
+    with Stage("trust: apt-get remove beside an engine started by hand"):
+        remove = node.run("apt-get", "remove", "-y", "-q", "carpd", timeout=180).output
+    assert _running_as(by_hand) is None, remove
+    assert _root_engines(node) == []
