@@ -2,7 +2,9 @@
 
 A unix stream socket ``{state_dir}/{iface}.{vhid}.sock`` (mode 0600): the client sends one JSON
 line such as ``{"cmd": "status"}`` and gets one JSON line back.  Served from the protocol loop
-without ever blocking it: connections are non-blocking and bounded in size and number.
+without ever blocking it: connections are non-blocking and bounded in size, nesting, number and
+time (a client idle for :data:`IDLE_TIMEOUT` is closed; when all slots are taken the oldest
+client makes room), and whatever a client sends, the answer is at worst an error.
 """
 
 from __future__ import annotations
@@ -11,12 +13,16 @@ import contextlib
 import json
 import os
 import socket
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 MAX_REQUEST = 4096
 MAX_CLIENTS = 16
+MAX_NESTING = 16
+IDLE_TIMEOUT = 2.0
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -25,11 +31,20 @@ def socket_path(state_dir: Path, ifname: str, vhid: int) -> Path:
     return state_dir / f"{ifname}.{vhid}.sock"
 
 
+@dataclass
+class _Client:
+    conn: socket.socket
+    since: float
+    buffered: bytes = b""
+
+
 class ControlServer:
-    def __init__(self, path: Path, handler: Handler) -> None:
+    def __init__(self, path: Path, handler: Handler,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.path = path
         self._handler = handler
-        self._clients: dict[int, tuple[socket.socket, bytes]] = {}
+        self._clock = clock
+        self._clients: dict[int, _Client] = {}
         path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
@@ -45,56 +60,95 @@ class ControlServer:
     def fileno(self) -> int:
         return self._listener.fileno()
 
-    def accept(self) -> socket.socket | None:
+    def accept(self) -> tuple[socket.socket | None, list[socket.socket]]:
+        """A new client, and the clients pushed out to make room for it (the caller stops
+        watching and closes those)."""
         try:
             conn, _ = self._listener.accept()
-        except BlockingIOError:
-            return None
+        except OSError:
+            return None, []
+        evicted = []
         if len(self._clients) >= MAX_CLIENTS:
-            conn.close()
-            return None
+            oldest = min(self._clients.values(), key=lambda c: c.since)
+            evicted.append(self._forget(oldest.conn))
         conn.setblocking(False)
-        self._clients[conn.fileno()] = (conn, b"")
+        self._clients[conn.fileno()] = _Client(conn, self._clock())
+        return conn, evicted
+
+    def next_deadline(self) -> float | None:
+        """When the longest-waiting client times out."""
+        return min((c.since + IDLE_TIMEOUT for c in self._clients.values()), default=None)
+
+    def expire(self) -> list[socket.socket]:
+        """Clients idle for longer than :data:`IDLE_TIMEOUT`, forgotten (the caller stops
+        watching and closes them)."""
+        now = self._clock()
+        return [self._forget(c.conn) for c in list(self._clients.values())
+                if now >= c.since + IDLE_TIMEOUT]
+
+    def _forget(self, conn: socket.socket) -> socket.socket:
+        del self._clients[conn.fileno()]
         return conn
 
-    def readable(self, conn: socket.socket) -> bool:
-        """Read from a client; True when it is done (answered or gone) and was closed."""
-        fd = conn.fileno()
-        _, buffered = self._clients[fd]
+    def serve(self, conn: socket.socket) -> bool:
+        """Read from a client and answer it once a line is in; True when it is done (answered
+        or gone): the caller stops watching it and closes it."""
+        client = self._clients[conn.fileno()]
         try:
             chunk = conn.recv(MAX_REQUEST)
-        except BlockingIOError:
+        except (BlockingIOError, InterruptedError):
             return False
         except OSError:
             chunk = b""
-        buffered += chunk
-        if chunk and b"\n" not in buffered and len(buffered) < MAX_REQUEST:
-            self._clients[fd] = (conn, buffered)
+        client.buffered += chunk
+        if chunk and b"\n" not in client.buffered and len(client.buffered) < MAX_REQUEST:
             return False
         if chunk:
-            self._answer(conn, buffered.split(b"\n", 1)[0])
-        del self._clients[fd]
-        conn.close()
+            self._answer(conn, client.buffered.split(b"\n", 1)[0])
+        self._forget(conn)
         return True
 
     def _answer(self, conn: socket.socket, line: bytes) -> None:
-        try:
-            request = json.loads(line)
-            if not isinstance(request, dict):
-                raise ValueError("not an object")
-            reply = self._handler(request)
-        except ValueError as error:
-            reply = {"ok": False, "error": f"bad request: {error}"}
         with contextlib.suppress(OSError):
-            conn.send(json.dumps(reply).encode() + b"\n")
+            conn.send(json.dumps(self._reply(line)).encode() + b"\n")
+
+    def _reply(self, line: bytes) -> dict[str, Any]:
+        try:
+            request = parse_request(line)
+        except ValueError as error:
+            return {"ok": False, "error": f"bad request: {error}"}
+        try:
+            return self._handler(request)
+        except Exception as error:  # a client must never end the engine
+            return {"ok": False, "error": f"{type(error).__name__}: {error}"}
 
     def close(self) -> None:
-        for conn, _ in self._clients.values():
-            conn.close()
+        for client in self._clients.values():
+            client.conn.close()
         self._clients.clear()
         self._listener.close()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+
+
+def parse_request(line: bytes) -> dict[str, Any]:
+    """One request line as a JSON object, nested at most :data:`MAX_NESTING` deep."""
+    depth = deepest = 0
+    for byte in line:  # brackets inside strings count too: a request needs no such strings
+        if byte in b"[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in b"]}":
+            depth -= 1
+    if deepest > MAX_NESTING:
+        raise ValueError(f"nested {deepest} deep: at most {MAX_NESTING} allowed")
+    try:
+        request = json.loads(line)
+    except (UnicodeDecodeError, RecursionError) as error:
+        raise ValueError(str(error)) from None
+    if not isinstance(request, dict):
+        raise ValueError("not a JSON object")
+    return request
 
 
 def request(path: Path, cmd: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import logging
 import os
 import selectors
 import signal
+import socket
 import time
 from collections.abc import Callable
 from ipaddress import IPv4Address
@@ -112,12 +113,15 @@ class Engine:
             self._handle_signals()
 
     def _loop_once(self) -> None:
-        deadline = self.host.next_deadline()
-        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        deadlines = [d for d in (self.host.next_deadline(), self.control.next_deadline())
+                     if d is not None]
+        timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
         for key, _events in self._selector.select(timeout):
             handler: Callable[[Any], None] = key.data
             handler(key.fileobj)
         self._carry_out(self.host.handle_timer(time.monotonic()))
+        for idle in self.control.expire():
+            self._drop_client(idle)
 
     def _on_frames(self, _fileobj: Any) -> None:
         try:
@@ -156,15 +160,20 @@ class Engine:
                 self._announce()  # the up action may have added more addresses
 
     def _on_control(self, _fileobj: Any) -> None:
-        conn = self.control.accept()
+        conn, evicted = self.control.accept()
+        for old in evicted:
+            self._drop_client(old)
         if conn is not None:
             self._selector.register(conn, selectors.EVENT_READ, self._on_control_client)
 
     def _on_control_client(self, conn: Any) -> None:
-        fd = conn.fileno()
-        if self.control.readable(conn):
-            with contextlib.suppress(KeyError, ValueError):
-                self._selector.unregister(fd)
+        if self.control.serve(conn):
+            self._drop_client(conn)
+
+    def _drop_client(self, conn: socket.socket) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(conn)
+        conn.close()
 
     def _on_signal_pipe(self, fd: Any) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -296,11 +305,19 @@ class Engine:
         if cmd == "status":
             return {"ok": True, **self.status()}
         if cmd == "demote":
-            self.demote_marker.touch(mode=0o644)
+            try:
+                self.demote_marker.touch(mode=0o644)
+            except OSError as error:
+                return {"ok": False, "error": f"not demoted: cannot record it in "
+                                              f"{self.demote_marker}: {error.strerror}"}
             self._carry_out(self.host.demote(now))
             return {"ok": True, **self.status()}
         if cmd == "promote":
-            self.demote_marker.unlink(missing_ok=True)
+            try:
+                self.demote_marker.unlink(missing_ok=True)
+            except OSError as error:
+                return {"ok": False, "error": f"not promoted: cannot remove "
+                                              f"{self.demote_marker}: {error.strerror}"}
             self._carry_out(self.host.promote(now))
             return {"ok": True, **self.status()}
         return {"ok": False, "error": f"unknown command {cmd!r}: allowed: status, demote, promote"}

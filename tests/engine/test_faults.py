@@ -3,11 +3,17 @@ a netlink event overflow, and control clients that misbehave."""
 
 from __future__ import annotations
 
+import json
 import signal
+import socket
 import subprocess
 import time
+from pathlib import Path
 
+import pytest
 from netns import VIP, Daemon, Network, Node, run, wait_for
+
+from carpd import control
 
 OVERFLOW_EVENTS = 20_000
 
@@ -53,3 +59,71 @@ def test_netlink_overflow_does_not_stop_link_events(net: Network) -> None:
     run("ip", "-n", net.switch, "link", "set", node.port, "down")
     wait_for(lambda: not node.has(VIP), 3)
     assert "MASTER -> INIT: carrier lost" in daemon.log()
+
+
+def control_socket(daemon: Daemon) -> Path:
+    return daemon.directory / "state" / "eth0.1.sock"
+
+
+def raw_request(path: Path, payload: bytes) -> bytes:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        sock.connect(str(path))
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        return sock.recv(65536)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"[" * 1500 + b"\n", b"{\"cmd\": " * 1500 + b"\n", b"\xff\xfe garbage\n", b"x" * 100_000,
+     b"[1, 2]\n", b"{\"cmd\": [\"status\"]}\n", b""],
+    ids=["deep-list", "deep-object", "not-utf8", "huge", "not-an-object", "odd-cmd", "empty"],
+)
+def test_control_client_sending_anything_gets_at_worst_an_error(
+        net: Network, payload: bytes) -> None:
+    node = net.add_node("10.9.1.1")
+    daemon = master(node)
+    answer = raw_request(control_socket(daemon), payload)
+    if answer:
+        assert json.loads(answer)["ok"] is False
+    assert daemon.alive()
+    assert control.request(control_socket(daemon), {"cmd": "status"})["state"] == "MASTER"
+
+
+def test_idle_control_clients_do_not_lock_out_carpctl(net: Network) -> None:
+    node = net.add_node("10.9.1.1")
+    daemon = master(node)
+    idle = []
+    try:
+        for _ in range(40):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(str(control_socket(daemon)))
+            idle.append(sock)
+        started = time.monotonic()
+        reply = control.request(control_socket(daemon), {"cmd": "status"}, timeout=3)
+        assert reply["state"] == "MASTER"
+        assert time.monotonic() - started < 3
+        # The engine closes clients that stay idle: their sockets see end-of-file.
+        idle[-1].settimeout(5)
+        assert idle[-1].recv(1) == b""
+    finally:
+        for sock in idle:
+            sock.close()
+    assert daemon.alive()
+
+
+def test_demote_on_a_read_only_run_is_an_error_answer(net: Network) -> None:
+    node = net.add_node("10.9.1.1")
+    daemon = master(node)
+    state = str(daemon.directory / "state")
+    in_engine_mounts = ("nsenter", "-t", str(daemon.pid), "-m")  # ip netns exec unshared them
+    run(*in_engine_mounts, "mount", "--bind", state, state)
+    try:
+        run(*in_engine_mounts, "mount", "-o", "remount,bind,ro", state)
+        reply = control.request(control_socket(daemon), {"cmd": "demote"})
+        assert reply["ok"] is False and "cannot record it" in reply["error"]
+    finally:
+        run(*in_engine_mounts, "umount", state)
+    assert daemon.alive()
+    assert control.request(control_socket(daemon), {"cmd": "status"})["state"] == "MASTER"
