@@ -372,7 +372,7 @@ def _params(options: Options, source: IPv4Address) -> election.Params:
         advbase=options.advbase, advskew=options.advskew, deadratio=options.deadratio,
         preempt=options.preempt, neutral=options.neutral, group=options.mcast,
         drain=options.drain, reannounce=options.reannounce,
-        replay_check=getattr(options, "replay_check", True),
+        replay_check=options.replay_check,
     )
 
 
