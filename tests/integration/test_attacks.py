@@ -157,10 +157,10 @@ def ruleset(node: Node) -> str:
     return node.exec("nft", "list", "ruleset").stdout
 
 
-def forwarding_to(node: Node, to: IPv4Address) -> str | None:
-    """``node``'s nftables ruleset if it copies segments to ``to``."""
+def forwarding_to(node: Node, to: IPv4Address) -> str:
+    """``node``'s nftables ruleset if it copies segments to ``to``, else ""."""
     rules = ruleset(node)
-    return rules if f"dup to {to}" in rules else None
+    return rules if f"dup to {to}" in rules else ""
 
 
 def watch(seconds: float, check: Callable[[], None], interval: float = 0.05) -> None:
