@@ -2,7 +2,8 @@
 
 - ``carpctl check [FILE]``            parse FILE (default /etc/network/interfaces) as ifupdown does,
                                       check every stanza's ucarp-* options; each problem as
-                                      ``file:line: message``; exit 1 if there is any
+                                      ``file:line: message``; exit 1 if there is any; warn of a
+                                      ucarp-password in a file every user can read
 - ``carpctl status [IFACE] [--json]``  what each engine says on its control socket
 - ``carpctl demote IFACE``            make IFACE's engines step back (persists across restarts)
 - ``carpctl promote IFACE``           undo ``demote``
@@ -83,10 +84,19 @@ def check(path: Path) -> tuple[list[str], int]:
     return sorted(problems, key=key), len(carp)
 
 
+def password_warnings(path: Path) -> list[str]:
+    """``file:line: iface ...: warning: ...`` for each ucarp-password others can read."""
+    parsed = interfaces.parse(path)
+    found = ((iface, ucarp.readable_password(iface)) for iface in parsed.ifaces
+             if not parsed.is_template(iface))
+    return [f"{where}: {iface}: warning: {text}" for iface, warning in found if warning
+            for where, text in [warning.split(": ", 1)]]
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
     _print_ifupdown_note(args)
     problems, count = check(args.file)
-    for line in problems:
+    for line in problems + password_warnings(args.file):
         print(line)
     if problems:
         print(f"{args.file}: {len(problems)} problem(s)", file=sys.stderr)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
+from pathlib import Path
 
 import pytest
 from ifnodes import GOLDEN, VIP, Lab, Node, stanza, wait_for
@@ -13,9 +15,21 @@ pytestmark = pytest.mark.netns
 ELECTION = 15.0
 
 
-def _check(node: Node, name: str) -> tuple[int, str, str]:
+def _golden(node: Node, mode: int = 0o600) -> Path:
+    """A copy of golden/ whose files have ``mode`` (a checkout's are world-readable, which
+    carpctl warns of where they hold a ucarp-password)."""
+    copy = node.home / "golden"
+    shutil.copytree(GOLDEN, copy)
+    for path in copy.rglob("*"):
+        if path.is_file():
+            path.chmod(mode)
+    return copy
+
+
+def _check(node: Node, name: str, mode: int = 0o600) -> tuple[int, str, str]:
     # as installed: /usr/share/carpd/vip-up exists in the node; paths relative to golden/
-    result = node.sh(f"cd {shlex.quote(str(GOLDEN))} && carpctl check {name}.interfaces")
+    folder = _golden(node, mode)
+    result = node.sh(f"cd {shlex.quote(str(folder))} && carpctl check {name}.interfaces")
     return result.returncode, result.stdout, result.stderr
 
 
@@ -24,6 +38,18 @@ def test_check_reports_what_the_golden_file_expects(lab: Lab, name: str, status:
     returncode, out, _err = _check(lab.node(), name)
     assert out == (GOLDEN / f"{name}.expected").read_text()
     assert returncode == status
+
+
+def test_check_warns_of_a_password_everyone_can_read_without_failing(lab: Lab) -> None:
+    returncode, out, _err = _check(lab.node(), "good", mode=0o644)
+    warnings = [line for line in out.splitlines() if ": warning: " in line]
+    assert returncode == 0
+    assert "good.interfaces:13: iface eth0 inet static: warning: ucarp-password: good.interfaces "\
+           "is readable by every user (mode 644), so is the password: chmod o-r it, or move " \
+           "the password to a root-only file named by ucarp-passfile" in warnings
+    assert len(warnings) == 3  # the two stanzas of good.interfaces, one in good.d
+    assert [line for line in out.splitlines() if ": warning: " not in line] == (
+        GOLDEN / "good.expected").read_text().splitlines()
 
 
 def test_check_says_how_many_problems_on_stderr(lab: Lab) -> None:

@@ -29,7 +29,7 @@ from pydantic import (
 
 from carpd import config
 from carpd.config import ConfigError, Options
-from carpd.ifupdown.interfaces import Interfaces
+from carpd.ifupdown.interfaces import Iface, Interfaces
 from carpd.ifupdown.runtime import ALIAS
 
 PREFIX = "ucarp-"
@@ -264,20 +264,29 @@ def engine_options(raw: Mapping[str, str], *, interface: str, family: str = "ine
     return options.model_copy(update={"interface": interface})
 
 
+def readable_password(iface: Iface) -> str | None:
+    """``file:line: ucarp-password: ...`` when the stanza's password is in a file every user can
+    read."""
+    for option in iface.options:
+        if option.name != "ucarp-password":
+            continue
+        try:
+            mode = stat.S_IMODE(os.stat(option.where.file).st_mode)
+        except OSError:
+            continue
+        if mode & 0o004:
+            return (f"{option.where}: ucarp-password: {option.where.file} is readable by every "
+                    f"user (mode {mode:o}), so is the password: chmod o-r it, or move the "
+                    "password to a root-only file named by ucarp-passfile")
+    return None
+
+
 def password_exposed(parsed: Interfaces, logical: str, family: str) -> str | None:
-    """A warning when the stanza's ucarp-password is in a file every user can read."""
+    """The warning of :func:`readable_password` for the stanza ``logical``, without its place."""
     for iface in parsed.find(logical, family):
-        for option in iface.options:
-            if option.name != "ucarp-password":
-                continue
-            try:
-                mode = stat.S_IMODE(os.stat(option.where.file).st_mode)
-            except OSError:
-                continue
-            if mode & 0o004:
-                return (f"ucarp-password: {option.where.file} is readable by every user "
-                        f"(mode {mode:o}), so is the password: chmod o-r it, or move the "
-                        "password to a root-only file named by ucarp-passfile")
+        warning = readable_password(iface)
+        if warning:
+            return warning.split(": ", 1)[1]
     return None
 
 
