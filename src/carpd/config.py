@@ -202,7 +202,8 @@ def private_file_problem(st: os.stat_result) -> str | None:
         also = f" or uid {os.geteuid()}" if os.geteuid() else ""
         return f"is owned by uid {st.st_uid}, not root{also}: chown root it"
     if st.st_mode & 0o077:
-        return (f"mode {stat.S_IMODE(st.st_mode):o} lets group or others read it: "
+        what = "read" if st.st_mode & 0o044 else "change or run"
+        return (f"mode {stat.S_IMODE(st.st_mode):o} lets group or others {what} it: "
                 "chmod 600 it")
     return None
 

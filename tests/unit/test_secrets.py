@@ -43,6 +43,13 @@ def test_a_passfile_others_can_read_is_refused(tmp_path: Path, mode: int) -> Non
         "chmod 600 it")
 
 
+def test_a_passfile_others_can_change_is_refused(tmp_path: Path) -> None:
+    passfile = _private_file(tmp_path / "pass", SECRET + "\n", 0o620)
+    assert _refusal([*BASE, "-o", str(passfile)]) == (
+        f"-o/--passfile: {str(passfile)!r}: mode 620 lets group or others change or run it: "
+        "chmod 600 it")
+
+
 def test_a_passfile_not_owned_by_root_is_refused(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root to give the file to another user")
