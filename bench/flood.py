@@ -16,6 +16,10 @@ For each implementation and each rate (0, the baseline, then RATE):
   preempt   REPS times, a preempting node (-P, advskew 0) joins in place of the BACKUP: time
             from the MASTER's advert to the preempter's first advert ("advert acted on")
 
+ucarp writes a line to its log for every bad frame it sees (about 2 MB/s per node at 50,000
+frames/s): it runs with ``-f none`` here, so its stderr file in the run's temporary folder gets
+them, never the host's syslog.
+
 Times are the kernel's receive timestamps of the adverts on each node's bridge port (a filtered
 capture: the bridge-wide one would drown in the flood).  Every namespace and process this starts
 is removed at the end (by PID), also on failure or Ctrl-C.
