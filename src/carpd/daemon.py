@@ -139,15 +139,28 @@ class Engine:
     def _on_link_event(self, _fileobj: Any) -> None:
         assert self.monitor is not None
         before = (self.monitor.fileno(), self.monitor.reopened)
-        carrier = self.monitor.read()
+        events = self.monitor.read()
         if self.monitor.reopened != before[1]:
             # After ENOBUFS the monitor reopened its socket (maybe on the same fd number, but
             # closing the old one took it out of the selector): watch the new one.
             with contextlib.suppress(KeyError, ValueError):
                 self._selector.unregister(before[0])
             self._selector.register(self.monitor, selectors.EVENT_READ, self._on_link_event)
-        if carrier is not None:
-            self._carry_out(self.host.link_changed(carrier, time.monotonic()))
+        now = time.monotonic()
+        if events.carrier is not None:
+            self._carry_out(self.host.link_changed(events.carrier, now))
+        vip = self.host.params.vip
+        if (self.host.state is State.MASTER and (vip in events.removed or events.lost_events)
+                and not self._holds_vip()):
+            log.warning("%s was deleted from %s while MASTER: running the up action again",
+                        vip, self.options.interface)
+            self._carry_out(self.host.vip_lost(now))
+
+    def _holds_vip(self) -> bool:
+        try:
+            return netlink.interface_info(self.options.interface).has(self.host.params.vip)
+        except (LookupError, OSError):
+            return False
 
     def _on_scripts(self, _fileobj: Any) -> None:
         for finished in self.scripts.finished():
@@ -187,14 +200,10 @@ class Engine:
                 log.info("%s", self.status_line())
             elif signum == signal.SIGUSR2:
                 log.info("SIGUSR2: stepping down")
-                self._carry_out(self.host.demote(now, until=now + self._hold_time()))
+                self._carry_out(self.host.demote(now, until=now + self.host.step_down_hold))
             else:
                 log.info("%s: shutting down", signal.Signals(signum).name)
                 self._stopping = True
-
-    def _hold_time(self) -> float:
-        """After SIGUSR2, stay BACKUP at least this long (ucarp is deaf for 3 s)."""
-        return max(3.0, self.host.params.master_down_interval)
 
     # ---- actions ------------------------------------------------------------------------------
 

@@ -24,6 +24,11 @@ RECENT_COUNTERS = 256
 RANDOM_COUNTER_DISTANCE = 1 << 32
 """A counter this far behind the newest cannot come from a counting sequence (2**32 adverts is
 136 years at one a second): it is a lone ucarp MASTER's fresh random counter."""
+VIP_LOSSES_BEFORE_HANDOVER = 3
+VIP_LOSS_WINDOW = 10.0
+"""The VIP deleted under a MASTER this often within this many seconds: hand over instead."""
+STEP_DOWN_HOLD = 3.0
+"""After a step-down (SIGUSR2, a VIP that keeps going), stay BACKUP at least this long."""
 TRANSITION_BURST = 4
 TRANSITIONS_PER_SECOND = 2.0
 """Adverts may cause at most TRANSITION_BURST transitions at once, refilled at this rate."""
@@ -220,6 +225,7 @@ class VirtualHost:
     _newest: int | None = None
     """The newest counter accepted or sent, for the replay check."""
     _counter_skip: int = 0
+    _vip_losses: list[float] = field(default_factory=list)
     _recent: deque[int] = field(default_factory=lambda: deque(maxlen=RECENT_COUNTERS))
     _transitions: TokenBucket = field(
         default_factory=lambda: TokenBucket(TRANSITION_BURST, TRANSITIONS_PER_SECOND))
@@ -310,6 +316,24 @@ class VirtualHost:
             actions.append(self._advert(wire.BOW_OUT, wire.BOW_OUT))
             actions += self._set_state(State.BACKUP, "demoted: bowing out", now, planned=True)
         return actions
+
+    def vip_lost(self, now: float) -> list[Action]:
+        """Someone else deleted the VIP while we are MASTER (an admin, another network tool):
+        run the up action again (the shell announces once it has finished); when it keeps
+        going, step down so a peer that can keep it takes over."""
+        if self.state is not State.MASTER:
+            return []
+        self._vip_losses = [t for t in self._vip_losses if now - t < VIP_LOSS_WINDOW]
+        self._vip_losses.append(now)
+        if len(self._vip_losses) >= VIP_LOSSES_BEFORE_HANDOVER:
+            self._vip_losses.clear()
+            return self.demote(now, until=now + self.step_down_hold)
+        return [RunScript(Script.UP)]
+
+    @property
+    def step_down_hold(self) -> float:
+        """After a step-down, stay BACKUP at least this long (ucarp is deaf for 3 s)."""
+        return max(STEP_DOWN_HOLD, self.params.master_down_interval)
 
     def promote(self, now: float) -> list[Action]:
         """End a demotion: the election runs normally again."""

@@ -26,6 +26,7 @@ IFF_UP = 0x1
 IFF_RUNNING = 0x40
 RTM_NEWLINK = 16
 RTM_DELLINK = 17
+RTM_DELADDR = 21
 DUMP_ATTEMPTS = 5
 
 
@@ -111,8 +112,20 @@ def remove_address(ifname: str, address: IPv4Address) -> bool:
     return removed
 
 
+@dataclass(frozen=True)
+class LinkEvents:
+    """What one read of the monitor saw for our interface."""
+
+    carrier: bool | None = None
+    """The carrier, if a link event named it."""
+    removed: frozenset[IPv4Address] = frozenset()
+    """IPv4 addresses deleted from the interface."""
+    lost_events: bool = False
+    """Events overflowed: anything may have happened (the carrier is read afresh)."""
+
+
 class LinkMonitor:
-    """Carrier changes of one interface, as they happen."""
+    """Carrier changes and deleted addresses of one interface, as they happen."""
 
     def __init__(self, ifindex: int) -> None:
         self.ifindex = ifindex
@@ -129,8 +142,9 @@ class LinkMonitor:
     def fileno(self) -> int:
         return int(self._sock.fileno())
 
-    def read(self) -> bool | None:
-        """Drain pending events; the interface's carrier if a link event named it, else None.
+    def read(self) -> LinkEvents:
+        """Drain pending events: the interface's carrier if a link event named it, and the
+        addresses deleted from it.
 
         After ENOBUFS (events lost) the socket is recreated and the carrier read afresh."""
         try:
@@ -142,16 +156,22 @@ class LinkMonitor:
             self._sock.close()
             self._sock = self._open()
             self.reopened += 1
-            return self._current_carrier()
+            return LinkEvents(self._current_carrier(), lost_events=True)
         carrier = None
+        removed = set()
         for msg in messages:
             if msg.get("index") != self.ifindex:
                 continue
-            if msg["header"]["type"] == RTM_DELLINK:
+            kind = msg["header"]["type"]
+            if kind == RTM_DELLINK:
                 carrier = False
-            elif msg["header"]["type"] == RTM_NEWLINK:
+            elif kind == RTM_NEWLINK:
                 carrier = carrier_of(int(msg["flags"]))
-        return carrier
+            elif kind == RTM_DELADDR and msg.get("family") == socket.AF_INET:
+                address = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+                if address:
+                    removed.add(IPv4Address(address))
+        return LinkEvents(carrier, frozenset(removed))
 
     def _drain(self) -> list[Any]:
         messages: list[Any] = []

@@ -127,3 +127,14 @@ def test_demote_on_a_read_only_run_is_an_error_answer(net: Network) -> None:
         run(*in_engine_mounts, "umount", state)
     assert daemon.alive()
     assert control.request(control_socket(daemon), {"cmd": "status"})["state"] == "MASTER"
+
+
+def test_vip_deleted_by_an_admin_while_master_is_back_within_a_second(net: Network) -> None:
+    node = net.add_node("10.9.1.1")
+    daemon = master(node)
+    node.remove_address(VIP)
+    deleted = time.monotonic()
+    wait_for(lambda: node.has(VIP), 1.0)
+    assert time.monotonic() - deleted < 1.0
+    assert daemon.status()["state"] == "MASTER"
+    assert "was deleted from eth0 while MASTER" in daemon.log()

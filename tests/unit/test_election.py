@@ -935,3 +935,28 @@ def test_no_forwarding_without_a_drain() -> None:
     backup = backup_hearing("10.0.0.1", source="10.0.0.2")
     actions = backup.receive(packet_from("10.0.0.1", advbase=255, advskew=255), 1.0)
     assert not any(isinstance(a, ForwardStrays) for a in actions)
+
+
+# ---- the VIP deleted by someone else --------------------------------------------------------------
+
+
+def test_master_whose_vip_was_deleted_runs_the_up_action_again() -> None:
+    master = started_master()
+    assert master.vip_lost(5.0) == [RunScript(Script.UP)]
+    assert master.state is State.MASTER
+
+
+def test_vip_deleted_again_and_again_makes_the_master_hand_over() -> None:
+    master = started_master()
+    master.vip_lost(5.0)
+    master.vip_lost(6.0)
+    actions = master.vip_lost(7.0)
+    assert [a.advert.advbase for a in actions if isinstance(a, SendAdvert)] == [255]
+    assert master.state is State.BACKUP
+    assert master.handle_timer(7.0 + 3.0 - 0.01) == []  # held BACKUP for the step-down hold
+
+
+def test_vip_deleted_while_backup_changes_nothing() -> None:
+    vh = host()
+    vh.start(0.0)
+    assert vh.vip_lost(1.0) == []
