@@ -937,7 +937,7 @@ def test_no_forwarding_without_a_drain() -> None:
     assert not any(isinstance(a, ForwardStrays) for a in actions)
 
 
-# ---- the VIP deleted by someone else --------------------------------------------------------------
+# ---- the VIP deleted by someone else ------------------------------------------------------------
 
 
 def test_master_whose_vip_was_deleted_runs_the_up_action_again() -> None:
