@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import os
+import socket
 import sys
 from collections.abc import Callable
 
@@ -29,10 +30,30 @@ def setup(facility: str, foreground: bool, debug: bool, tag: str) -> None:
         stderr.setFormatter(logging.Formatter("%(asctime)s " + tag + ": %(message)s"))
         root.addHandler(stderr)
     if to_syslog:
-        code = logging.handlers.SysLogHandler.facility_names[facility]
-        syslog = logging.handlers.SysLogHandler("/dev/log", facility=code)
+        syslog = syslog_handler("/dev/log", facility)
         syslog.setFormatter(logging.Formatter(f"{tag}[{os.getpid()}]: %(message)s"))
         root.addHandler(syslog)
+
+
+class NonBlockingSysLogHandler(logging.handlers.SysLogHandler):
+    """Syslog over a non-blocking socket: when the syslog daemon stalls and its queue is full,
+    a line is dropped (and counted) instead of stalling the protocol loop."""
+
+    dropped = 0
+
+    def _connect_unixsocket(self, address: str) -> None:
+        # SysLogHandler (re)connects here, also when a send fails: keep every socket non-blocking.
+        super()._connect_unixsocket(address)  # type: ignore[misc]
+        sock: socket.socket = self.socket  # type: ignore[attr-defined]
+        sock.setblocking(False)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        self.dropped += 1
+
+
+def syslog_handler(address: str, facility: str) -> NonBlockingSysLogHandler:
+    code = logging.handlers.SysLogHandler.facility_names[facility]
+    return NonBlockingSysLogHandler(address, facility=code)
 
 
 class RateLimiter:
