@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import stat
 import time
@@ -226,3 +227,29 @@ def test_ifup_fails_with_the_engines_own_words_when_it_cannot_start(lab: Lab) ->
     assert "vhid 7 on eth0: already run by carpd pid" in result.stderr
     assert node.supervisors() == []
     assert not (node.run_dir / "carpd" / "eth0.conf").exists()
+
+
+def test_vip_deleted_by_an_admin_comes_back_through_ifup_within_a_second(lab: Lab) -> None:
+    (node,) = _up(lab, 1)
+    assert wait_for(node.holds_vip, ELECTION), node.log()
+    node.sh(f"ip addr del {VIP}/32 dev eth0")
+    deleted = time.monotonic()
+    assert wait_for(node.holds_vip, 1.0), node.log()
+    assert time.monotonic() - deleted < 1.0
+    assert node.addresses()[VIP] == "eth0:ucarp"
+    assert "eth0:ucarp" in (node.state / "ifstate").read_text()
+
+
+def test_engine_killed_after_its_watchdog_took_the_vip_still_runs_the_down_action(
+        lab: Lab) -> None:
+    (node,) = _up(lab, 1)
+    assert wait_for(node.holds_vip, ELECTION), node.log()
+    # As if the watchdog had won the race: the VIP is gone before the engine's release.
+    (engine,) = node.engines()
+    os.kill(engine, signal.SIGSTOP)
+    node.sh(f"ip addr del {VIP}/32 dev eth0")
+    os.kill(engine, signal.SIGKILL)
+    # The release itself takes the alias down (not only the next engine's first down action).
+    assert wait_for(lambda: re.search(r"ran \S*/vip-down eth0 ", node.log()), 5.0), node.log()
+    assert wait_for(lambda: len(node.engines()) == 1 and node.engines() != [engine], 10.0)
+    assert wait_for(node.holds_vip, ELECTION), node.log()

@@ -199,9 +199,12 @@ def held_addresses(interface: str, vip: IPv4Address) -> list[IPv4Address]:
 def release(paths: Paths, crashed: bool, env: Mapping[str, str] | None = None) -> list[str]:
     """Make sure the interface no longer holds what an engine that is gone held.
 
-    After a crash, if the VIP or the alias is still there, the down script runs first (so that
-    ``ifdown IFACE:ucarp`` keeps ifupdown's state right); then whatever is left goes over
-    netlink.  Returns what was done, for the log."""
+    After a crash the down script runs first, whether or not the VIP is still there (the
+    engine's watchdog may have removed it already): ``ifdown IFACE:ucarp`` then keeps
+    ifupdown's record right, so that the next ``ifup IFACE:ucarp`` brings the alias up again.
+    (A down script runs at every engine start too, so it must bear running when nothing is
+    up: carpd's vip-down asks ifupdown first.)  Then whatever is left goes over netlink.
+    Returns what was done, for the log."""
     from carpd import netlink
 
     engine = Engine.from_conf(paths.conf)
@@ -210,7 +213,7 @@ def release(paths: Paths, crashed: bool, env: Mapping[str, str] | None = None) -
     done: list[str] = []
     held = held_addresses(engine.interface, engine.vip)
     argv = engine.script_argv()
-    if crashed and held and argv is not None:
+    if crashed and argv is not None:
         script_env = {**read_env(paths.env), **(env or {})}
         script_env.setdefault("PATH", os.environ.get("PATH", os.defpath))
         done.append(f"ran {' '.join(argv)}: {_run_script(argv, script_env, engine)}")

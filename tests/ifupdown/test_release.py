@@ -1,0 +1,39 @@
+"""Releasing an engine that is gone goes through its down action, so ifupdown's record of
+IFACE:ucarp is right whoever removed the VIP first (the engine's watchdog often does)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from carpd.config import from_command_line
+from carpd.ifupdown import runtime
+
+
+def conf_with_down_script(tmp_path: Path, marker: Path) -> runtime.Paths:
+    script = tmp_path / "down"
+    script.write_text(f"#!/bin/sh\necho \"$@\" >> {marker}\n")
+    script.chmod(0o755)
+    passfile = tmp_path / "pass"
+    passfile.write_text("secret\n")
+    passfile.chmod(0o600)
+    options = from_command_line(["-i", "lo", "-s", "127.0.0.1", "-v", "3", "-o", str(passfile),
+                                 "-a", "10.255.0.77", "-u", "/bin/true", "-d", str(script)])
+    paths = runtime.Paths("lo", tmp_path)
+    runtime.write_private(paths.conf, runtime.conf_text(options))
+    return paths
+
+
+def test_release_after_a_crash_runs_the_down_action_though_the_vip_is_gone(
+        tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    paths = conf_with_down_script(tmp_path, marker)  # 10.255.0.77 is not on lo
+    done = runtime.release(paths, crashed=True)
+    assert marker.read_text() == "lo 10.255.0.77\n"
+    assert any("ran " in line for line in done)
+
+
+def test_release_after_a_clean_exit_runs_nothing(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    paths = conf_with_down_script(tmp_path, marker)
+    assert runtime.release(paths, crashed=False) == []
+    assert not marker.exists()
