@@ -286,7 +286,7 @@ def _stop(paths: Paths) -> None:
     else:
         _stop_supervisor(paths)
     # an engine that was killed along with its supervisor leaves the VIP for us to release
-    for line in runtime.release(paths, crashed=True):
+    for line in runtime.release(paths, crashed=True, only_if_held=True):
         say(f"{paths.interface}: {line}")
     paths.remove()
 

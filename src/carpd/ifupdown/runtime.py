@@ -196,7 +196,8 @@ def held_addresses(interface: str, vip: IPv4Address) -> list[IPv4Address]:
             if address == vip or name == label]
 
 
-def release(paths: Paths, crashed: bool, env: Mapping[str, str] | None = None) -> list[str]:
+def release(paths: Paths, crashed: bool, env: Mapping[str, str] | None = None, *,
+            only_if_held: bool = False) -> list[str]:
     """Make sure the interface no longer holds what an engine that is gone held.
 
     After a crash the down script runs first, whether or not the VIP is still there (the
@@ -204,7 +205,8 @@ def release(paths: Paths, crashed: bool, env: Mapping[str, str] | None = None) -
     ifupdown's record right, so that the next ``ifup IFACE:ucarp`` brings the alias up again.
     (A down script runs at every engine start too, so it must bear running when nothing is
     up: carpd's vip-down asks ifupdown first.)  Then whatever is left goes over netlink.
-    Returns what was done, for the log."""
+    ``only_if_held``: after a stop that may have killed the engine, run the down script
+    only if something is left.  Returns what was done, for the log."""
     from carpd import netlink
 
     engine = Engine.from_conf(paths.conf)
@@ -213,7 +215,7 @@ def release(paths: Paths, crashed: bool, env: Mapping[str, str] | None = None) -
     done: list[str] = []
     held = held_addresses(engine.interface, engine.vip)
     argv = engine.script_argv()
-    if crashed and argv is not None:
+    if crashed and argv is not None and (held or not only_if_held):
         script_env = {**read_env(paths.env), **(env or {})}
         script_env.setdefault("PATH", os.environ.get("PATH", os.defpath))
         done.append(f"ran {' '.join(argv)}: {_run_script(argv, script_env, engine)}")
