@@ -9,6 +9,12 @@ of its parent's).  ifupdown stops at the first error; this parser records each o
 The line rules are ifupdown's: a line whose first non-blank character is ``#`` is a comment (there
 are no end-of-line comments: ``#`` later on a line is part of the value); a trailing backslash joins
 the next line; leading and trailing blanks go.  A joined line keeps the number of its first line.
+
+Unlike ifupdown, what ``source`` and ``source-directory`` name is read with limits, each breach an
+error at the including line: only regular files (a FIFO would block, ``/dev/zero`` never ends),
+at most :data:`MAX_FILE_BYTES` of each, no file that is already being read (a cycle, such as a
+file sourcing itself) and no deeper than :data:`MAX_SOURCE_DEPTH` files.  A file reached twice
+without a cycle is read once.  Reading is linear in the size of the files.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +41,13 @@ METHODS: dict[str, frozenset[str]] = {
 _SOURCEABLE = re.compile(r"^[a-zA-Z0-9_-]+$")
 # the options ifupdown lets a stanza repeat (it runs each); any other repeat is joined by newline
 REPEATABLE = frozenset({"pre-up", "up", "post-up", "down", "pre-down", "post-down"})
+MAX_SOURCE_DEPTH = 64
+"""How many files deep ``source`` may nest below the file given (which is depth 0)."""
+MAX_FILE_BYTES = 16 * 1024 * 1024
+"""The most of one file that is read; a longer one is an error."""
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+               (stat.S_ISSOCK, "a socket"))
 
 
 @dataclass(frozen=True)
@@ -88,15 +102,43 @@ class Interfaces:
     renames: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    _index: _Index | None = field(default=None, init=False, repr=False, compare=False)
 
     def find(self, name: str, family: str | None = None) -> list[Iface]:
-        return [i for i in self.ifaces
-                if i.name == name and (family is None or i.family == family)]
+        found = self._lookup().by_name.get(name, [])
+        return [i for i in found if family is None or i.family == family]
 
     def is_template(self, iface: Iface) -> bool:
         """Only there to be inherited from: others inherit it and no allow-* line names it."""
-        named = any(iface.name in names for names in self.allow.values())
-        return not named and any(i.inherits == iface.name for i in self.ifaces)
+        index = self._lookup()
+        return iface.name not in index.named and iface.name in index.parents
+
+    def _lookup(self) -> _Index:
+        # rebuilt when stanzas or allow-* names were added since: lookups stay O(1) per call
+        # instead of a scan of every stanza, which made checking n stanzas O(n^2)
+        key = (len(self.ifaces), sum(len(names) for names in self.allow.values()))
+        if self._index is None or self._index.key != key:
+            self._index = _Index.of(self, key)
+        return self._index
+
+
+@dataclass(frozen=True)
+class _Index:
+    key: tuple[int, int]
+    by_name: dict[str, list[Iface]]
+    named: frozenset[str]
+    """Every name an ``auto`` or ``allow-*`` line gives."""
+    parents: frozenset[str]
+    """Every name a stanza inherits from."""
+
+    @classmethod
+    def of(cls, parsed: Interfaces, key: tuple[int, int]) -> _Index:
+        by_name: dict[str, list[Iface]] = {}
+        for iface in parsed.ifaces:
+            by_name.setdefault(iface.name, []).append(iface)
+        named = frozenset(n for names in parsed.allow.values() for n in names)
+        parents = frozenset(i.inherits for i in parsed.ifaces if i.inherits is not None)
+        return cls(key, by_name, named, parents)
 
 
 @dataclass(frozen=True)
@@ -122,19 +164,59 @@ def logical_lines(text: str, filename: str) -> Iterator[Line]:
         index += 1
         if line.startswith("#"):
             continue
+        # the pieces are joined once: adding each to the line so far is quadratic in their number
+        pieces = []
         while line.endswith("\\"):
-            line = line[:-1]
-            if index < len(physical):
-                line += physical[index]
-                index += 1
-            else:
-                break
-        line = line.rstrip()
+            pieces.append(line[:-1])
+            line = physical[index] if index < len(physical) else ""
+            index += 1
+        pieces.append(line)
+        line = "".join(pieces).rstrip()
         if line:
             parts = line.split(None, 1)
             keyword = parts[0]
             rest = parts[1].strip() if len(parts) > 1 else ""
             yield Line(Where(filename, first), keyword, rest)
+
+
+class ReadError(Exception):
+    """A file that is not read; the message says why."""
+
+
+FileId = tuple[int, int]
+"""(device, inode): the same file under any name."""
+
+
+def identify(path: str) -> FileId:
+    """Which regular file ``path`` is; ReadError if it is none."""
+    try:
+        info = os.stat(path)
+    except OSError as error:
+        raise ReadError(str(error.strerror)) from None
+    _regular(info)
+    return info.st_dev, info.st_ino
+
+
+def read_text(path: str) -> str:
+    """The text of the regular file ``path``, never blocking on a FIFO nor reading forever."""
+    identify(path)  # first: merely opening some devices does something (a watchdog starts)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as error:
+        raise ReadError(str(error.strerror)) from None
+    with os.fdopen(fd, "rb") as file:
+        _regular(os.fstat(fd))  # it may have been replaced since the stat
+        data = file.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise ReadError(f"larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB: not read")
+    return data.decode("utf-8", errors="surrogateescape")
+
+
+def _regular(info: os.stat_result) -> None:
+    if stat.S_ISREG(info.st_mode):
+        return
+    kind = next((name for test, name in _FILE_KINDS if test(info.st_mode)), "of an odd kind")
+    raise ReadError(f"not a regular file ({kind})")
 
 
 class _Reader:
@@ -144,7 +226,11 @@ class _Reader:
     def __init__(self) -> None:
         self.result = Interfaces()
         self._current: Iface | Mapping | None = None
-        self._seen: set[str] = set()
+        self._read: set[FileId] = set()
+        self._reading: list[tuple[FileId, str]] = []
+        """The files being read, each sourced by the one before."""
+        self._by_name: dict[str, list[Iface]] = {}
+        self._allowed: dict[str, set[str]] = {}
         self._keywords: dict[str, Callable[[Line], None]] = {
             "iface": self._iface,
             "mapping": self._mapping,
@@ -160,21 +246,45 @@ class _Reader:
     def error(self, where: Where, message: str) -> None:
         self.result.errors.append(f"{where}: {message}")
 
-    def read_file(self, path: str, included_from: Where | None = None) -> None:
-        if path in self._seen:
-            return
-        self._seen.add(path)
+    def read_file(self, path: str, via: Line | None = None) -> None:
+        """Read ``path``, sourced by the line ``via`` (None for the file given)."""
         try:
-            text = Path(path).read_text(encoding="utf-8", errors="surrogateescape")
-        except OSError as error:
-            place = f"{included_from}: " if included_from else ""
-            self.result.errors.append(f"{place}cannot read {path}: {error.strerror}")
+            file_id = identify(path)
+            refusal = self._refusal(file_id, path)
+            text = read_text(path) if refusal is None else ""
+        except ReadError as error:
+            place = f"{via.where}: " if via else ""
+            self.result.errors.append(f"{place}cannot read {path}: {error}")
             return
+        if refusal is not None:
+            if refusal and via is not None:
+                self.error(via.where, f"{via.keyword}: {refusal}")
+            return
+        self._read.add(file_id)
+        self._reading.append((file_id, path))
         self.result.files.append(path)
         self._current = None
-        for line in logical_lines(text, path):
-            self._dispatch(line)
+        try:
+            for line in logical_lines(text, path):
+                self._dispatch(line)
+        finally:
+            self._reading.pop()
         self._current = None
+
+    def _refusal(self, file_id: FileId, path: str) -> str | None:
+        """Why ``path`` is not read ("" when silently: it was read already), or None."""
+        ids = [known for known, _name in self._reading]
+        if file_id in ids:
+            cycle = [name for _id, name in self._reading[ids.index(file_id):]]
+            if len(cycle) == 1:
+                return f"{path}: a cycle: the file sources itself: not read again"
+            return f"{path}: a cycle: {' -> '.join([*cycle, path])}: not read again"
+        if file_id in self._read:
+            return ""
+        if len(self._reading) > MAX_SOURCE_DEPTH:
+            return (f"{path}: sourced files nest more than {MAX_SOURCE_DEPTH} deep below "
+                    f"{self._reading[0][1]}: not read")
+        return None
 
     def _dispatch(self, line: Line) -> None:
         handler = self._keywords.get(line.keyword)
@@ -215,10 +325,12 @@ class _Reader:
                        f"{stanza.family}: allowed: {', '.join(sorted(METHODS[stanza.family]))}")
             return
         self.result.ifaces.append(stanza)
+        self._by_name.setdefault(stanza.name, []).append(stanza)
         self._current = stanza
 
     def _inherit(self, stanza: Iface, parent: str, where: Where) -> bool:
-        found = self.result.find(parent, stanza.family or None)
+        found = [i for i in self._by_name.get(parent, [])
+                 if not stanza.family or i.family == stanza.family]
         if not found:
             self.error(where, f"iface {stanza.name}: unknown iface to inherit from: {parent}")
             return False
@@ -244,7 +356,11 @@ class _Reader:
     def _add_allowed(self, klass: str, line: Line) -> None:
         self._current = None
         names = self.result.allow.setdefault(klass, [])
-        names.extend(n for n in line.words() if n not in names)
+        known = self._allowed.setdefault(klass, set())
+        for name in line.words():
+            if name not in known:
+                known.add(name)
+                names.append(name)
 
     def _no_auto_down(self, line: Line) -> None:
         self._current = None
@@ -276,7 +392,7 @@ class _Reader:
             self.error(line.where, "source: no file given")
         for path in self._expand(line):
             if os.path.exists(path):  # like ifupdown, a missing file is skipped silently
-                self.read_file(path, included_from=line.where)
+                self.read_file(path, via=line)
 
     def _source_directory(self, line: Line) -> None:
         self._current = None
@@ -290,7 +406,7 @@ class _Reader:
                 continue
             for name in names:
                 if _SOURCEABLE.match(name):
-                    self.read_file(os.path.join(folder, name), included_from=line.where)
+                    self.read_file(os.path.join(folder, name), via=line)
 
     def _option(self, line: Line) -> None:
         current = self._current
