@@ -8,12 +8,14 @@ from pathlib import Path
 import pytest
 
 from carpd import wire
-from carpd.ifupdown import stanza
+from carpd.ifupdown import hook, stanza
 from carpd.ifupdown.interfaces import parse
 from carpd.ifupdown.stanza import StanzaError, engine_options
 
 SCRIPTS = {"ucarp-upscript": "/bin/true", "ucarp-downscript": "/bin/true"}
 BASE = {"ucarp-vid": "3", "ucarp-vip": "10.0.0.1", "ucarp-password": "secret", **SCRIPTS}
+NEEDED = ("ucarp-vid, ucarp-vip and ucarp-password (or ucarp-passfile) are all needed once any "
+          "ucarp-* option is given")
 
 
 def _options(extra: dict[str, str] | None = None, **where: str) -> stanza.Options:
@@ -128,11 +130,11 @@ def test_every_problem_is_reported_at_once_and_the_password_never() -> None:
 
 @pytest.mark.parametrize(("raw", "expected"), [
     ({"ucarp-vip": "10.0.0.1", "ucarp-password": "s", **SCRIPTS},
-     "ucarp-vid: missing: required with the other ucarp-* options"),
+     f"ucarp-vid: missing: {NEEDED}"),
     ({"ucarp-vid": "1", "ucarp-password": "s", **SCRIPTS},
-     "ucarp-vip: missing: required with the other ucarp-* options"),
+     f"ucarp-vip: missing: {NEEDED}"),
     ({"ucarp-vid": "1", "ucarp-vip": "10.0.0.1", **SCRIPTS},
-     "ucarp-password or ucarp-passfile: one of them is required"),
+     f"ucarp-password (or ucarp-passfile): missing: {NEEDED}"),
     ({**BASE, "ucarp-passfile": "/etc/secret"},
      "ucarp-password and ucarp-passfile: give one of them, not both"),
     ({**BASE, "ucarp-vid": "1\n2"}, "ucarp-vid: '1\\n2': given more than once in the stanza: "
@@ -144,6 +146,43 @@ def test_every_problem_is_reported_at_once_and_the_password_never() -> None:
 ])
 def test_missing_conflicting_and_repeated_options(raw: dict[str, str], expected: str) -> None:
     assert _problems(raw) == [expected]
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ({"ucarp-advskew": "10"}, "ucarp-vid, ucarp-vip and ucarp-password (or ucarp-passfile): "
+                              "missing: all three are needed once any ucarp-* option is given"),
+    ({"ucarp-master": "yes", "ucarp-vid": "3"},
+     f"ucarp-vip and ucarp-password (or ucarp-passfile): missing: {NEEDED}"),
+    ({"ucarp-passfile": "/nonexistent/secret"},
+     f"ucarp-vid and ucarp-vip: missing: {NEEDED}"),
+])
+def test_a_stanza_without_vid_vip_or_password_names_what_is_missing(
+        raw: dict[str, str], expected: str) -> None:
+    problems = _problems({**raw, **SCRIPTS})
+    assert problems[0] == expected
+    assert len(problems) == 1 + ("ucarp-passfile" in raw)  # and the unreadable passfile
+
+
+def test_what_is_missing_does_not_hide_the_other_problems() -> None:
+    assert _problems({"ucarp-advskew": "300", "ucarp-master": "perhaps", **SCRIPTS}) == [
+        "ucarp-vid, ucarp-vip and ucarp-password (or ucarp-passfile): missing: all three are "
+        "needed once any ucarp-* option is given",
+        "ucarp-master: 'perhaps': not a boolean: allowed: yes/no, on/off, true/false, 1/0 "
+        "(any case)",
+        "ucarp-advskew: '300': Input should be less than or equal to 255"]
+
+
+def test_ifup_of_a_stanza_without_vid_vip_or_password_fails_with_the_reason(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # what if-up.d/carpd runs; Debian's hook would start nothing and say nothing
+    env = {"IFACE": "lo", "LOGICAL": "lo", "ADDRFAM": "inet", "METHOD": "static",
+           "MODE": "start", "IF_ADDRESS": "127.0.0.1", "IF_UCARP_ADVSKEW": "10",
+           "IF_UCARP_UPSCRIPT": "/bin/true", "IF_UCARP_DOWNSCRIPT": "/bin/true"}
+    assert hook.run(env, run_dir=tmp_path) == 1
+    assert capsys.readouterr().err == (
+        "carpd: iface lo inet static: ucarp-vid, ucarp-vip and ucarp-password (or "
+        "ucarp-passfile): missing: all three are needed once any ucarp-* option is given\n")
+    assert list(tmp_path.iterdir()) == []  # nothing started
 
 
 def test_an_unreadable_passfile_is_named() -> None:

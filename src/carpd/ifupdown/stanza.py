@@ -1,9 +1,11 @@
 """The ``ucarp-*`` options of one interfaces(5) stanza, turned into the engine's :class:`Options`.
 
 The options and defaults are Debian's ucarp hook's (``ucarp-master`` is *preempt*, not "start as
-master"), plus the ones its hook ignored or lacked.  Two checks, one after the other:
-:class:`UcarpStanza` knows the option names, the booleans and what must be given together; then
-:func:`carpd.config.build` checks every value's range, under the stanza's option names.  Each
+master"), plus the ones its hook ignored or lacked.  Three checks, one after the other:
+:func:`missing_options` names what a stanza with any ``ucarp-*`` option must also have (vid,
+vip and a password: Debian's hook quietly starts nothing without them, carpd says so and fails);
+:class:`UcarpStanza` knows the option names, the booleans and what must not be given together;
+then :func:`carpd.config.build` checks every value's range, under the stanza's option names.  Each
 problem names the option, the value (never the password) and what is allowed.
 """
 
@@ -39,6 +41,8 @@ DEFAULT_DOWNSCRIPT = SHARE / "vip-down"
 TRUE = ("yes", "on", "true", "1")
 FALSE = ("no", "off", "false", "0")
 ALLOWED_BOOLEANS = ", ".join(f"{t}/{f}" for t, f in zip(TRUE, FALSE, strict=True)) + " (any case)"
+REQUIRED = ("ucarp-vid", "ucarp-vip", "ucarp-password")
+PASSWORD_OPTIONS = ("ucarp-password", "ucarp-passfile")
 
 
 @dataclass(frozen=True)
@@ -94,8 +98,9 @@ class UcarpStanza(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
-    vid: Once = Field(alias="ucarp-vid")
-    vip: Once = Field(alias="ucarp-vip")
+    # required, but by missing_options(): a missing one here would hide the others' problems
+    vid: Once | None = Field(None, alias="ucarp-vid")
+    vip: Once | None = Field(None, alias="ucarp-vip")
     password: Once | None = Field(None, alias="ucarp-password", repr=False)
     passfile: AbsolutePath | None = Field(None, alias="ucarp-passfile")
     upscript: AbsolutePath = Field(str(DEFAULT_UPSCRIPT), alias="ucarp-upscript")
@@ -118,8 +123,6 @@ class UcarpStanza(BaseModel):
 
     @model_validator(mode="after")
     def _one_password(self) -> UcarpStanza:
-        if self.password is None and self.passfile is None:
-            raise ValueError("ucarp-password or ucarp-passfile: one of them is required")
         if self.password is not None and self.passfile is not None:
             raise ValueError("ucarp-password and ucarp-passfile: give one of them, not both")
         return self
@@ -152,14 +155,31 @@ OPTION_NAMES: dict[str, str] = {
 }
 
 
+def missing_options(raw: Mapping[str, str]) -> list[str]:
+    """Which of :data:`REQUIRED` the ``ucarp-*`` options ``raw`` lack (ucarp-passfile stands in
+    for ucarp-password)."""
+    given = set(raw) | ({"ucarp-password"} if "ucarp-passfile" in raw else set())
+    return [name for name in REQUIRED if name not in given]
+
+
+def _listed(names: list[str]) -> str:
+    names = [f"{n} (or ucarp-passfile)" if n == "ucarp-password" else n for n in names]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def _missing_problem(missing: list[str]) -> Problem:
+    all_three = len(missing) == len(REQUIRED)
+    needed = "all three are" if all_three else f"{_listed(list(REQUIRED))} are all"
+    return Problem(missing[0], f"{_listed(missing)}: missing: {needed} needed once any ucarp-* "
+                               "option is given")
+
+
 def _stanza_problems(error: ValidationError, given: Mapping[str, str]) -> list[Problem]:
     problems = []
     for item in error.errors():
         option = str(item["loc"][0]) if item["loc"] else None
         message = str(item["msg"]).removeprefix("Value error, ")
-        if item["type"] == "missing":
-            text = f"{option}: missing: required with the other ucarp-* options"
-        elif item["type"] == "extra_forbidden":
+        if item["type"] == "extra_forbidden":
             text = f"{option}: unknown option: known are {', '.join(KNOWN)}"
         elif option is None:
             text = message
@@ -235,11 +255,14 @@ def engine_options(raw: Mapping[str, str], *, interface: str, family: str = "ine
     ``address`` is the stanza's own (``IF_ADDRESS``); ``check_interface=False`` skips checking
     that the interface exists, as it may be created only when ifupdown brings it up."""
     problems = check_stanza(interface, family)
+    missing = missing_options(raw)
+    if missing:
+        problems.append(_missing_problem(missing))
     try:
         parse(raw)
     except StanzaError as error:
         problems += error.problems
-    reported = {p.option for p in problems}
+    reported = {p.option for p in problems} | set(missing)
     try:
         given = _given(raw, reported)
     except StanzaError as error:
