@@ -63,7 +63,11 @@ def _check_iface(iface: interfaces.Iface, parsed: interfaces.Interfaces) -> list
 
 def check(path: Path) -> tuple[list[str], int]:
     """Every problem of ``path`` as ``file:line: message``, and how many ucarp stanzas it has."""
-    parsed = interfaces.parse(path)
+    return check_parsed(interfaces.parse(path))
+
+
+def check_parsed(parsed: interfaces.Interfaces) -> tuple[list[str], int]:
+    """:func:`check` of what :func:`interfaces.parse` read."""
     problems = list(parsed.errors)
     seen: dict[str, interfaces.Iface] = {}
     carp = [i for i in parsed.ifaces if _stanza_options(i) and not parsed.is_template(i)]
@@ -86,7 +90,11 @@ def check(path: Path) -> tuple[list[str], int]:
 
 def password_warnings(path: Path) -> list[str]:
     """``file:line: iface ...: warning: ...`` for each ucarp-password others can read."""
-    parsed = interfaces.parse(path)
+    return password_warnings_parsed(interfaces.parse(path))
+
+
+def password_warnings_parsed(parsed: interfaces.Interfaces) -> list[str]:
+    """:func:`password_warnings` of what :func:`interfaces.parse` read."""
     found = ((iface, ucarp.readable_password(iface)) for iface in parsed.ifaces
              if not parsed.is_template(iface))
     return [f"{where}: {iface}: warning: {text}" for iface, warning in found if warning
@@ -95,8 +103,9 @@ def password_warnings(path: Path) -> list[str]:
 
 def _cmd_check(args: argparse.Namespace) -> int:
     _print_ifupdown_note(args)
-    problems, count = check(args.file)
-    for line in problems + password_warnings(args.file):
+    parsed = interfaces.parse(args.file)  # once: it may be large, and may change meanwhile
+    problems, count = check_parsed(parsed)
+    for line in problems + password_warnings_parsed(parsed):
         print(line)
     if problems:
         print(f"{args.file}: {len(problems)} problem(s)", file=sys.stderr)

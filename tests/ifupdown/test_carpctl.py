@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shlex
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -93,3 +94,70 @@ def test_status_of_an_interface_without_engine_says_so(lab: Lab) -> None:
     assert result.returncode == 3
     assert result.stderr == "carpctl: no carpd engine on eth0 (no control socket in /run/carpd)\n"
     assert lab.nodes[0].sh("carpctl demote eth0").returncode == 3
+
+
+def test_ifup_of_a_stanza_without_vid_vip_or_password_fails_naming_what_is_missing(
+        lab: Lab) -> None:
+    node = lab.node()
+    node.write_interfaces("auto eth0\niface eth0 inet static\n    address 10.77.0.11/24\n"
+                          "    ucarp-advskew 10\n")
+    result = node.ifup("eth0")
+    assert result.returncode != 0
+    assert "carpd: iface eth0 inet static: ucarp-vid, ucarp-vip and ucarp-password (or " \
+           "ucarp-passfile): missing: all three are needed once any ucarp-* option is " \
+           "given\n" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert node.engines() == []
+    check = node.sh(f"carpctl check {shlex.quote(str(node.interfaces))}")
+    assert (check.returncode, check.stdout) == (1, f"{node.interfaces}:2: iface eth0 inet "
+                                                   "static: ucarp-vid, ucarp-vip and "
+                                                   "ucarp-password (or ucarp-passfile): "
+                                                   "missing: all three are needed once any "
+                                                   "ucarp-* option is given\n")
+
+
+def _carp_stanzas(count: int) -> str:
+    """``count`` stanzas the way the benchmark writes them: each named by an auto line, with a
+    continued option, the default scripts and its IFACE:ucarp stanza."""
+    return "".join(
+        f"auto e{n}\niface e{n} inet static\n    address 10.1.{n // 250}.{n % 250 + 1}/16\n"
+        f"    ucarp-vid {n % 255 + 1}\n    ucarp-vip 10.2.0.1\n    ucarp-password s\n"
+        f"    ucarp-xparam one \\\n      two\n"
+        f"iface e{n}:ucarp inet static\n    address 10.2.0.1/32\n" for n in range(count))
+
+
+# CPU seconds of carpctl's check, the best of three, of each file named on the command line
+_TIMER = """\
+import sys, time
+from pathlib import Path
+from carpd import carpctl
+for name in sys.argv[1:]:
+    best = float("inf")
+    for _ in range(3):
+        started = time.process_time()
+        problems, count = carpctl.check(Path(name))
+        best = min(best, time.process_time() - started)
+    assert problems == [] and count > 0, (problems[:3], count)
+    print(best)
+"""
+
+
+def test_check_time_grows_linearly_with_the_stanzas_with_the_default_scripts_installed(
+        lab: Lab) -> None:
+    # a complexity check, not a speed limit (bench/parse.py measures the time): four times the
+    # stanzas take about four times as long when linear, sixteen when quadratic (0.1.0 was,
+    # when the default scripts were installed: their IFACE:ucarp stanza was searched for)
+    node = lab.node()
+    small, large = 1500, 6000
+    files = []
+    for count in (small, large):
+        path = node.home / f"interfaces-{count}"
+        path.write_text(_carp_stanzas(count))
+        path.chmod(0o600)
+        files.append(shlex.quote(str(path)))
+    (node.home / "timer.py").write_text(_TIMER)
+    result = node.sh(f"{shlex.quote(sys.executable)} {node.home / 'timer.py'} {' '.join(files)}")
+    assert result.returncode == 0, result.stderr
+    small_time, large_time = (float(line) for line in result.stdout.split())
+    assert large_time / small_time < 8, (
+        f"{large} stanzas took {large_time / small_time:.1f} times as long as {small}")
