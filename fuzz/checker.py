@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from itertools import pairwise
+from typing import NamedTuple
 
 from carpd import wire
 from carpd.election import (
@@ -86,8 +87,9 @@ class Violation:
     detail: str
 
 
-@dataclass(frozen=True)
-class Snapshot:
+class Snapshot(NamedTuple):
+    """What a call may change, taken before it (a tuple: taken a million times a run)."""
+
     state: State
     deadline: float | None
     accepted: int
@@ -95,10 +97,10 @@ class Snapshot:
     rejected: dict[wire.Reject, int]
     draining: bool
 
-    @classmethod
-    def of(cls, vh: VirtualHost) -> Snapshot:
-        return cls(vh.state, vh.next_deadline(), vh.accepted, vh.sent, dict(vh.rejected),
-                   vh.draining)
+
+def snapshot(vh: VirtualHost) -> Snapshot:
+    return Snapshot(vh.state, vh.next_deadline(), vh.accepted, vh.sent, dict(vh.rejected),
+                    vh.draining)
 
 
 @dataclass
@@ -115,6 +117,7 @@ class HostChecker:
     transition_budget: float = float(TRANSITION_BURST)
     budget_at: float = 0.0
     transitions: Counter[str] = field(default_factory=Counter)
+    _keepalive: bool = False
     _expect: wire.Expect = field(init=False)
 
     def __post_init__(self) -> None:
@@ -125,7 +128,7 @@ class HostChecker:
 
     def call(self, name: str, now: float, run: Callable[[], list[Action]]) -> list[Action]:
         """Run one operation on the host and check every invariant that applies to it."""
-        before = Snapshot.of(self.vh)
+        before = snapshot(self.vh)
         actions = self._run(name, now, run)
         if actions is not None:
             self._check_all(name, now, before, actions)
@@ -134,7 +137,8 @@ class HostChecker:
     def receive(self, packet: bytes, now: float) -> tuple[list[Action], str]:
         """Deliver one packet; also returns what happened to it ("accepted" or a reject)."""
         verdict = self._inspect(packet, now)
-        before = Snapshot.of(self.vh)
+        before = snapshot(self.vh)
+        self._keepalive = False
         actions = self._run("receive", now, lambda: self.vh.receive(packet, now))
         if actions is None:
             return [], "exception"
@@ -154,10 +158,14 @@ class HostChecker:
             return None
 
     def _outcome(self, before: Snapshot) -> str:
-        for reason, count in self.vh.rejected.items():
-            if count > before.rejected.get(reason, 0):
-                return reason.name
-        return "accepted" if self.vh.accepted > before.accepted else "not counted"
+        grown = _grown(before.rejected, self.vh.rejected)
+        if grown:
+            return grown[-1].name
+        if self.vh.accepted == before.accepted:
+            return "not counted"
+        if before.state is State.INIT:
+            return "accepted in INIT (ignored)"
+        return "accepted, not newer (keep-alive)" if self._keepalive else "accepted"
 
     def _inspect(self, packet: bytes, now: float) -> wire.Received | wire.Reject | None:
         try:
@@ -250,7 +258,7 @@ class HostChecker:
     def _check_counters(self, call: str, now: float, before: Snapshot,
                         actions: list[Action]) -> None:
         vh = self.vh
-        shrunk = [r.name for r, n in before.rejected.items() if vh.rejected[r] < n]
+        shrunk = _shrunk(before.rejected, vh.rejected)
         ok = vh.accepted >= before.accepted and vh.sent >= before.sent and not shrunk
         self._check(ok, Invariant.COUNTERS_GROW, call, now,
                     lambda: f"accepted {before.accepted}->{vh.accepted}, sent {before.sent}->"
@@ -343,6 +351,7 @@ class HostChecker:
                         lambda: f"counter {counter} newer than {self.newest}, dropped")
         if vh.accepted > before.accepted:
             self.recent.append(counter)
+            self._keepalive = not newer
             if newer:
                 self.newest = counter
 
@@ -369,3 +378,17 @@ class HostChecker:
         self._check(same and wire.decode_carp(again) == received.advert,
                     Invariant.WIRE_ROUND_TRIP, "wire.inspect", now,
                     lambda: f"{carp.hex()} re-encoded as {again.hex()}")
+
+
+def _grown(before: dict[wire.Reject, int], after: dict[wire.Reject, int]) -> list[wire.Reject]:
+    """The reasons counted since ``before`` (Counter keys keep their order and are never
+    removed, so the common case -- nothing counted -- is one comparison of two lists)."""
+    if list(after.values()) == list(before.values()):
+        return []
+    return [r for r, n in after.items() if n > before.get(r, 0)]
+
+
+def _shrunk(before: dict[wire.Reject, int], after: dict[wire.Reject, int]) -> list[str]:
+    if list(after.values()) == list(before.values()):
+        return []
+    return [r.name for r, n in before.items() if after.get(r, 0) < n]

@@ -38,6 +38,8 @@ KEPT_VIOLATIONS = 20
 CLOCK_STEPS = (0.0, 0.0, 1 / 256, 0.01, 0.1, 0.3, 0.7, 1.0, 3.5)
 OPERATOR_RATE = 0.004
 """Chance per frame that an operator or the link acts on one host."""
+RECOVERY_RATE = 0.02
+"""Chance per frame that a stopped host is started again, or an unplugged one plugged in."""
 
 HOSTS: dict[str, dict[str, object]] = {
     "backup": {"advskew": 200},
@@ -109,13 +111,16 @@ class Fuzzer:
         started = time.perf_counter()
         for checker in self.checkers:
             self._start(checker)
-        self._act(self.checkers[4], "demote", lambda: self.checkers[4].vh.demote(self.now))
+        demoted = next(c for c in self.checkers if c.name == "demoted")
+        self._act(demoted, "demote", lambda: demoted.vh.demote(self.now))
         for self.step in range(frames):
             frame = self.source.next()
             if frame.generator != "flapping":
                 self.advance(self.rng.choice(CLOCK_STEPS))
             if self.rng.random() < OPERATOR_RATE:
                 self.operate(self.rng.choice(self.checkers))
+            elif self.rng.random() < RECOVERY_RATE:
+                self.recover(self.rng.choice(self.checkers))
             self.deliver(frame)
         self.report.frames = frames
         self.report.elapsed = time.perf_counter() - started
@@ -167,6 +172,13 @@ class Fuzzer:
             self._violation(Violation(Invariant.STRIP_PREFIX, "-", "strip_ethernet", self.now,
                                       frame.hex()))
         return stripped
+
+    def recover(self, checker: HostChecker) -> None:
+        vh, now = checker.vh, self.now
+        if not self.running[checker.name]:
+            self._start(checker)
+        elif not vh.link_up:
+            self._act(checker, "link_changed", lambda: vh.link_changed(True, now))
 
     def operate(self, checker: HostChecker) -> None:
         """An operator, the link or another tool acts on one host."""
