@@ -169,6 +169,17 @@ FLAGS: dict[str, str] = {
 }
 
 
+STOP_MARGIN = 15.0
+"""Seconds beyond the drain and the down script that stopping an engine may take."""
+
+
+def stop_budget(drain: float, script_timeout: float) -> float:
+    """How long stopping an engine may take before it is killed: the drain, then the down
+    script, then the margin.  The systemd unit (through EXTEND_TIMEOUT_USEC) and carpd's own
+    supervisor both wait this long."""
+    return drain + script_timeout + STOP_MARGIN
+
+
 def describe(error: ValidationError, flags: dict[str, str], given: dict[str, Any]) -> str:
     """One line per problem: the option, the value given and what is allowed."""
     lines = []

@@ -19,9 +19,9 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
-from carpd import control, election, netlink, wire
+from carpd import control, election, netlink, sdnotify, wire
 from carpd.arpguard import ArpGuard, StrayForwarder
-from carpd.config import Options
+from carpd.config import Options, stop_budget
 from carpd.election import Action, Script, State
 from carpd.logs import RateLimiter
 from carpd.net import Link, random_counter, random_ident
@@ -45,7 +45,8 @@ class Engine:
         self.options = options
         self.info = netlink.interface_info(options.interface)
         self.host = election.VirtualHost(_params(options, source), random_counter)
-        self.link = Link(options.interface, None if options.nomcast else options.mcast)
+        self.link = Link(options.interface, None if options.nomcast else options.mcast,
+                         group=options.mcast, vhids=(options.vhid,))
         self.monitor = None if options.ignoreifstate else netlink.LinkMonitor(self.info.index)
         self.scripts = ScriptRunner(_script_argv(options), options.script_timeout)
         self.control = control.ControlServer(
@@ -88,6 +89,7 @@ class Engine:
         if not self.info.carrier and self.monitor is not None:
             self.host.link_changed(False, now)  # before start: starts in INIT, waits for carrier
         self._carry_out(self.host.start(now))
+        sdnotify.notify("READY=1", f"STATUS={self.status_summary()}")
         self._loop()
         code = self._shut_down()
         watchdog.disarm()
@@ -227,6 +229,7 @@ class Engine:
                 self.scripts.submit(action.script)
             elif isinstance(action, election.Transition):
                 log.warning("%s -> %s: %s", action.old.value, action.new.value, action.reason)
+                sdnotify.notify(f"STATUS={self.status_summary()}")
             elif isinstance(action, election.Dropped):
                 self._log_drop(action)
             elif isinstance(action, election.StartDrain):
@@ -302,6 +305,13 @@ class Engine:
             "rejected": {reason.name.lower(): n for reason, n in h.rejected.items()},
         }
 
+    def status_summary(self) -> str:
+        """One line for `systemctl status`: ``MASTER of 10.0.0.1 (vhid 3) since 12:03:04``."""
+        h = self.host
+        since = time.strftime("%H:%M:%S", time.localtime(time.time() - time.monotonic()
+                                                          + h.since))
+        return f"{h.state.value} of {h.params.vip} (vhid {h.params.vhid}) since {since}"
+
     def status_line(self) -> str:
         s = self.status()
         rejected = ", ".join(f"{k}={v}" for k, v in s["rejected"].items()) or "none"
@@ -335,6 +345,9 @@ class Engine:
 
     def _shut_down(self) -> int:
         was_master = self.host.state is State.MASTER
+        # The drain and the down script may take longer than the unit's TimeoutStopSec.
+        budget = stop_budget(self.options.drain, self.options.script_timeout)
+        sdnotify.notify("STOPPING=1", f"EXTEND_TIMEOUT_USEC={int(budget * 1_000_000)}")
         self._carry_out(self.host.stop(time.monotonic()))
         self._drain_before_exit()
         drained = self.scripts.drain(self.options.script_timeout + SCRIPT_DRAIN_SLACK)

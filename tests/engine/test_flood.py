@@ -38,7 +38,7 @@ FLOOD_SECONDS = 8.0
 INTERVAL = 1.0  # advbase 1, advskew 0
 # Rejections the kernel filter makes: the engine's own counters must never see them.
 # (Add "other_vhid" once the daemon gives its Link its vhid.)
-FILTERED = {"bad_ttl", "bad_destination", "bad_version", "not_ipv4", "not_carp"}
+FILTERED = {"bad_ttl", "bad_destination", "bad_version", "not_ipv4", "not_carp", "other_vhid"}
 
 
 @contextmanager

@@ -65,7 +65,8 @@ def _install_carpd(root: Path, interfaces: str, dropin: Path | None = None) -> N
     for phase in ("up", "down"):
         shutil.copy2(ROOT / f"if-{phase}.d/carpd", root / f"etc/network/if-{phase}.d/carpd")
     shutil.copytree(ROOT / "share", root / "usr/share/carpd")
-    shutil.copy2(ROOT / "systemd/carpd@.service", root / "usr/lib/systemd/system/")
+    for unit in (ROOT / "systemd").glob("*.service"):
+        shutil.copy2(unit, root / "usr/lib/systemd/system/")
     if dropin is not None:
         folder = root / "etc/systemd/system/carpd@.service.d"
         folder.mkdir(parents=True)
@@ -331,3 +332,53 @@ def test_the_strict_drop_in_runs_ip_only_scripts_with_network_capabilities_only(
     stopped = booted.inside("systemctl stop networking.service")
     assert stopped.returncode == 0, stopped.stderr
     assert booted.state(unit) == "inactive" and not node.holds_vip()
+
+
+FAST_RESTARTS = "[Service]\nRestartMaxDelaySec=2\n"
+FAST_RETRY = "[Service]\nEnvironment=CARPD_RETRY_DELAY=5\n"
+
+
+def _dropin(booted: Booted, unit: str, text: str) -> None:
+    done = booted.inside(f"mkdir -p /etc/systemd/system/{unit}.d && cat > "
+                         f"/etc/systemd/system/{unit}.d/test.conf <<'EOF'\n{text}EOF\n"
+                         "systemctl daemon-reload")
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_unit_shows_the_state_and_a_crash_loop_fails_visibly_then_is_retried(
+        booted: Booted) -> None:
+    node, unit = booted.node, "carpd@eth0.service"
+    assert wait_for(lambda: booted.state(unit) == "active", BOOT)
+    assert wait_for(node.holds_vip, ELECTION)
+    status = lambda: booted.inside(f"systemctl show -p StatusText --value {unit}").stdout  # noqa: E731
+    assert wait_for(lambda: re.match(rf"MASTER of {VIP} \(vhid \d+\) since \d\d:\d\d:\d\d",
+                                     status()), 10.0), status()
+
+    # The engine cannot start any more (its program is gone): the unit fails after 5 starts,
+    # shows in `systemctl --failed`, and is started again once it can.
+    _dropin(booted, "carpd@.service", FAST_RESTARTS)
+    _dropin(booted, "carpd-retry@.service", FAST_RETRY)
+    booted.inside("mv /usr/sbin/carpd /usr/sbin/carpd.away")
+    booted.inside(f"systemctl kill -s KILL --kill-whom=main {unit}")
+    assert wait_for(lambda: booted.state(unit) == "failed", 60.0), (
+        booted.inside(f"systemctl status {unit} | tail -20").stdout)
+    assert unit in booted.inside("systemctl --failed --plain --no-legend").stdout
+    assert not node.holds_vip()
+    booted.inside("mv /usr/sbin/carpd.away /usr/sbin/carpd")
+    assert wait_for(lambda: booted.state(unit) == "active", 30.0), (
+        booted.inside("journalctl -b --no-pager | tail -30").stdout)
+    assert wait_for(node.holds_vip, ELECTION)
+
+
+def test_stopping_waits_for_the_drain_beyond_the_units_stop_timeout(booted: Booted) -> None:
+    node, unit = booted.node, "carpd@eth0.service"
+    assert wait_for(lambda: booted.state(unit) == "active", BOOT)
+    assert wait_for(node.holds_vip, ELECTION)
+    # The default drain is 2 s; the engine extends this 1 s stop timeout by its stop budget.
+    _dropin(booted, "carpd@.service", "[Service]\nTimeoutStopSec=1\n")
+    stopped = booted.inside(f"systemctl stop {unit}")
+    assert stopped.returncode == 0, stopped.stderr
+    result = booted.inside(f"systemctl show -p Result --value {unit}").stdout.strip()
+    assert result == "success", booted.inside("journalctl -b --no-pager | tail -30").stdout
+    assert "drain" in booted.inside(f"journalctl -b -u {unit} --no-pager").stdout
+    assert not node.holds_vip()

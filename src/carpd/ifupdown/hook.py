@@ -297,7 +297,7 @@ def _stop_supervisor(paths: Paths) -> None:
         return
     os.kill(pid, signal.SIGTERM)
     engine = runtime.Engine.from_conf(paths.conf)
-    deadline = time.monotonic() + (engine.script_timeout if engine else 30.0) + STOP_MARGIN
+    deadline = time.monotonic() + (engine.stop_budget if engine else 30.0 + STOP_MARGIN)
     while runtime.supervisor_pid(paths) is not None:
         if time.monotonic() > deadline:
             say(f"{paths.interface}: the engine did not stop in time: killing it")

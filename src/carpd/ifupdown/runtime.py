@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from carpd.config import Options
 
 RUN_DIR = Path("/run/carpd")
+DEFAULT_DRAIN = 2.0
+"""carpd's --drain default: the conf leaves out what is at its default."""
 ALIAS = "ucarp"
 """The alias the default actions bring up (``IFACE:ucarp``): what an engine may leave behind."""
 # what the engine needs no field of: it runs in the foreground under a supervisor
@@ -166,6 +168,7 @@ class Engine:
     downscript: str | None
     xparam: str | None
     script_timeout: float
+    drain: float = DEFAULT_DRAIN
 
     @classmethod
     def from_conf(cls, path: Path) -> Engine | None:
@@ -174,7 +177,14 @@ class Engine:
             return None
         data: dict[str, Any] = json.loads(text)
         return cls(str(data["interface"]), IPv4Address(data["addr"]), data.get("downscript"),
-                   data.get("xparam"), float(data.get("script_timeout", 30.0)))
+                   data.get("xparam"), float(data.get("script_timeout", 30.0)),
+                   float(data.get("drain", DEFAULT_DRAIN)))
+
+    @property
+    def stop_budget(self) -> float:
+        from carpd.config import stop_budget
+
+        return stop_budget(self.drain, self.script_timeout)
 
     def script_argv(self) -> list[str] | None:
         if not self.downscript:
