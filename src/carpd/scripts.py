@@ -16,15 +16,23 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import signal
 import subprocess
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from carpd.election import Script
 
 log = logging.getLogger(__name__)
+
+MAX_OUTPUT = 16 * 1024
+"""Bytes of a script's output that are logged; the rest is read and counted."""
+OUTPUT_GRACE = 0.1
+READS_PER_CALL = 64
+"""After a script ends, how long output its last moments wrote may take to arrive."""
 
 
 @dataclass(frozen=True)
@@ -117,30 +125,106 @@ class ScriptRunner:
             return self._running
 
     def _run(self, argv: list[str]) -> int | None:
+        """Run one script until its own process ends (not until its output closes: a child it
+        leaves behind, ``nginx &``, may hold that for ever), collecting at most
+        :data:`MAX_OUTPUT` bytes of output; past the timeout its process group is killed."""
         log.info("running %s", " ".join(argv))
+        read_fd, write_fd = os.pipe()
         try:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=write_fd,
+                                    stderr=write_fd, start_new_session=True)
         except OSError as error:
             log.error("cannot run %s: %s", argv[0], error.strerror)
             return 127
+        finally:
+            os.close(write_fd)
+        output = _Output()
         try:
-            output, _ = proc.communicate(timeout=self._timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            output, _ = proc.communicate()
-            self._log_output(argv[0], output)
+            returncode = self._wait(proc, read_fd, output)
+        finally:
+            _let_go(read_fd, output.closed)
+        self._log_output(argv[0], output.text())
+        if returncode is None:
             log.error("%s killed after %.0f s", argv[0], self._timeout)
-            return None
-        self._log_output(argv[0], output)
-        if proc.returncode != 0:
-            log.warning("%s exited with status %d", argv[0], proc.returncode)
-        return proc.returncode
+        elif returncode != 0:
+            log.warning("%s exited with status %d", argv[0], returncode)
+        return returncode
+
+    def _wait(self, proc: subprocess.Popen[bytes], read_fd: int,
+              output: _Output) -> int | None:
+        deadline = time.monotonic() + self._timeout
+        ended = os.pidfd_open(proc.pid)  # readable once the script's own process has ended
+        try:
+            while (returncode := proc.poll()) is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    with contextlib.suppress(OSError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                    output.read_available(read_fd, OUTPUT_GRACE)
+                    return None
+                ready = select.select([ended, read_fd], [], [], left)[0]
+                if read_fd in ready:
+                    output.read_available(read_fd, 0.0)
+        finally:
+            os.close(ended)
+        output.read_available(read_fd, OUTPUT_GRACE)  # what it wrote just before it ended
+        return returncode
 
     @staticmethod
-    def _log_output(name: str, output: bytes) -> None:
-        for line in output.decode(errors="replace").splitlines():
+    def _log_output(name: str, output: str) -> None:
+        for line in output.splitlines():
             log.info("%s: %s", Path(name).name, line)
+
+
+class _Output:
+    """A script's output: the first MAX_OUTPUT bytes kept, the rest read and counted."""
+
+    def __init__(self) -> None:
+        self.kept = bytearray()
+        self.dropped = 0
+        self.closed = False
+
+    def read_available(self, fd: int, wait: float) -> None:
+        """Read what the pipe has, for at most ``wait`` seconds (at least one look) and
+        :data:`READS_PER_CALL` reads: a child left behind that writes on cannot keep us."""
+        deadline = time.monotonic() + wait
+        for _ in range(READS_PER_CALL):
+            if self.closed:
+                return
+            left = max(0.0, deadline - time.monotonic())
+            if not select.select([fd], [], [], left)[0]:
+                return
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                self.closed = True
+                return
+            room = MAX_OUTPUT - len(self.kept)
+            self.kept += chunk[:room]
+            self.dropped += max(0, len(chunk) - room)
+
+    def text(self) -> str:
+        text = self.kept.decode(errors="replace")
+        if self.dropped:
+            text += f"\n[{self.dropped} more bytes of output not logged]"
+        return text
+
+
+def _let_go(read_fd: int, closed: bool) -> None:
+    """Close our end of a script's output, or, if a process it left behind still holds the
+    other end, read and discard on a thread until that process closes it: closing now would
+    kill it with SIGPIPE at its next write."""
+    if closed:
+        os.close(read_fd)
+        return
+
+    def discard() -> None:
+        with contextlib.suppress(OSError):
+            while os.read(read_fd, 65536):
+                pass
+        os.close(read_fd)
+
+    threading.Thread(target=discard, name="script-output", daemon=True).start()
 
 
 def _skips(scripts: list[Script]) -> list[Finished]:

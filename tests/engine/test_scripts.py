@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
 import select
+import signal
 import time
 from pathlib import Path
 
@@ -171,3 +173,56 @@ def test_rate_limiter_lets_one_message_per_period_and_counts_the_rest() -> None:
     assert limiter.allow("bad hmac") is None
     now[0] = 10.0
     assert limiter.allow("bad hmac") == 2
+
+
+@pytest.mark.parametrize("background", ["sleep 30 &", "setsid sleep 30 &"],
+                         ids=["child", "new-session"])
+def test_a_script_that_leaves_a_process_behind_does_not_hold_up_the_next(
+        tmp_path: Path, background: str) -> None:
+    pidfile = tmp_path / "child.pid"
+    up = script(tmp_path, "up", f"echo starting\n{background}\necho $! > {pidfile}\n")
+    down = script(tmp_path, "down", "echo down\n")
+    runner = ScriptRunner({Script.UP: [up], Script.DOWN: [down]}, 20)
+    runner.start()
+    try:
+        began = time.monotonic()
+        runner.submit(Script.UP)
+        started(pidfile)
+        runner.submit(Script.DOWN)
+        assert wait_finished(runner, 2, timeout=5) == [Finished(Script.UP, 0),
+                                                       Finished(Script.DOWN, 0)]
+        assert time.monotonic() - began < 2.0
+    finally:
+        if pidfile.exists():
+            child = int(pidfile.read_text())
+            assert Path(f"/proc/{child}").exists(), "the script's child was killed"
+            os.kill(child, signal.SIGKILL)
+
+
+def test_output_a_script_floods_is_bounded(tmp_path: Path,
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    up = script(tmp_path, "up", "head -c 10000000 /dev/zero | tr '\\0' x; echo\n")
+    runner = ScriptRunner({Script.UP: [up], Script.DOWN: None}, 20)
+    runner.start()
+    with caplog.at_level(logging.INFO, logger="carpd.scripts"):
+        runner.submit(Script.UP)
+        assert wait_finished(runner, 1) == [Finished(Script.UP, 0)]
+    logged = sum(len(r.getMessage()) for r in caplog.records)
+    assert logged < 200_000
+
+
+def test_a_child_left_behind_that_writes_on_does_not_hold_up_the_script(tmp_path: Path) -> None:
+    pidfile = tmp_path / "child.pid"
+    up = script(tmp_path, "up", f"yes &\necho $! > {pidfile}\n")
+    runner = ScriptRunner({Script.UP: [up], Script.DOWN: None}, 20)
+    runner.start()
+    try:
+        began = time.monotonic()
+        runner.submit(Script.UP)
+        assert wait_finished(runner, 1, timeout=5) == [Finished(Script.UP, 0)]
+        assert time.monotonic() - began < 2.0
+        time.sleep(0.5)
+        assert Path(f"/proc/{int(pidfile.read_text())}").exists(), "killed by SIGPIPE"
+    finally:
+        if pidfile.exists():
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)
