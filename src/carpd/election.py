@@ -29,6 +29,8 @@ VIP_LOSS_WINDOW = 10.0
 """The VIP deleted under a MASTER this often within this many seconds: hand over instead."""
 STEP_DOWN_HOLD = 3.0
 """After a step-down (SIGUSR2, a VIP that keeps going), stay BACKUP at least this long."""
+ANSWER_SPACING = 0.5
+"""A MASTER answers other masters' adverts at once, at most once per this part of its interval."""
 TRANSITION_BURST = 4
 TRANSITIONS_PER_SECOND = 2.0
 """Adverts may cause at most TRANSITION_BURST transitions at once, refilled at this rate."""
@@ -225,6 +227,7 @@ class VirtualHost:
     _newest: int | None = None
     """The newest counter accepted or sent, for the replay check."""
     _counter_skip: int = 0
+    _answered_at: float | None = None
     _vip_losses: list[float] = field(default_factory=list)
     _recent: deque[int] = field(default_factory=lambda: deque(maxlen=RECENT_COUNTERS))
     _transitions: TokenBucket = field(
@@ -389,7 +392,7 @@ class VirtualHost:
     def _skip_counter(self) -> None:
         """Two MASTERs that took over at the same instant send the same counters in step, and
         each drops the other's as not newer: a random skip ahead breaks the tie, so the one
-        ahead is heard.  (A replay that provokes a skip costs nothing.)"""
+        ahead is heard.  (A replay that provokes a skip costs nothing: no advert, no timer.)"""
         if self.state is State.MASTER and not self.params.ucarp_counter:
             self._counter_skip = 1 + self.random_counter() % 256
 
@@ -448,7 +451,19 @@ class VirtualHost:
             self._garp_at_advert = self.sent + 2
             return [SendGratuitousArp()]
         self._garp_at_advert = self.sent + 3
-        return [self._advert(self.params.advbase, self.params.advskew), SendGratuitousArp()]
+        return [*self._answer(now), SendGratuitousArp()]
+
+    def _answer(self, now: float) -> list[Action]:
+        """As MASTER, advertise now to a less preferred master we heard, so that it hears us
+        (our counter now past its own) within a link delay instead of at our next advert.  At
+        most twice an interval."""
+        if self.state is not State.MASTER or not self.params.replay_check:
+            return []
+        if self._answered_at is not None and now - self._answered_at < ANSWER_SPACING * \
+                self.params.advert_interval:
+            return []
+        self._answered_at = now
+        return [self._advert(self.params.advbase, self.params.advskew)]
 
     def _loses_tie_to(self, other: IPv4Address) -> bool:
         return tie_break_key(other) < tie_break_key(self.params.source)
