@@ -64,7 +64,7 @@ class Invariant(enum.Enum):
     DEADLINE_ARMED = "MASTER advertises within an interval, BACKUP watches master-down"
     COUNTERS_GROW = "accepted, sent and every rejected counter never decrease"
     SENT_MATCHES = "sent grows by the number of SendAdvert actions"
-    ADVERT_SHAPE = "adverts only from a MASTER, our vhid and timing (255/255 only bowing out)"
+    ADVERT_SHAPE = "adverts only from a MASTER, our vhid and timing; 255/255 only leaving MASTER"
     COUNTS_UP = "every advert sent is newer than any counter accepted or sent"
     DROP_ALONE = "a dropped frame has no other effect (no state change; timers kept unless "\
         "rate-limited)"
@@ -275,12 +275,16 @@ class HostChecker:
             if not isinstance(action, SendAdvert):
                 continue
             a = action.advert
-            bow_out = (a.advbase, a.advskew) == (wire.BOW_OUT, wire.BOW_OUT)
-            ok = (a.vhid == p.vhid and (was_master or self.vh.state is State.MASTER)
-                  and ((a.advbase, a.advskew) == (p.advbase, p.advskew)
-                       or (bow_out and was_master and self.vh.state is not State.MASTER)))
+            # Receivers read 255/255 as a bow-out and take over at once: it may only come
+            # from a host that is leaving MASTER, whatever its own timing.
+            if (a.advbase, a.advskew) == (wire.BOW_OUT, wire.BOW_OUT):
+                timing = was_master and self.vh.state is not State.MASTER
+            else:
+                timing = (a.advbase, a.advskew) == (p.advbase, p.advskew)
+            ok = a.vhid == p.vhid and (was_master or self.vh.state is State.MASTER) and timing
             if not ok:
-                self._fail(Invariant.ADVERT_SHAPE, call, now, f"{a} from {before.state.name}")
+                self._fail(Invariant.ADVERT_SHAPE, call, now,
+                           f"{a} from {before.state.name} -> {self.vh.state.name}")
             self._check_counts_up(a.counter, call, now)
 
     def _check_counts_up(self, counter: int, call: str, now: float) -> None:

@@ -52,6 +52,12 @@ HOSTS: dict[str, dict[str, object]] = {
                  "neutral": True},
 }
 """Six hosts of one cluster (vhid 1) and a lone one at the ends of the ranges."""
+SLOWEST: dict[str, dict[str, object]] = {
+    "slowest-a": {"vhid": 42, "advbase": 255, "advskew": 255},
+    "slowest-b": {"vhid": 42, "advbase": 255, "advskew": 255},
+}
+"""A pair at the slowest timing the options accept, which is also the bow-out's (--slowest):
+their every advert reads as a bow-out, and they flap (see the report of this fuzzer)."""
 
 HostFactory = Callable[[Params, Callable[[], int]], VirtualHost]
 
@@ -77,13 +83,14 @@ class Report:
 class Fuzzer:
     """The hosts, their checkers, the frame source and the fake clock of one run."""
 
-    def __init__(self, seed: int, host_factory: HostFactory = VirtualHost) -> None:
+    def __init__(self, seed: int, host_factory: HostFactory = VirtualHost,
+                 hosts: dict[str, dict[str, object]] = HOSTS) -> None:
         self.rng = random.Random(seed)
         self.report = Report(seed=seed)
         self.now = 0.0
         self.step = 0
         self.checkers = [self._checker(i, name, settings, host_factory)
-                         for i, (name, settings) in enumerate(HOSTS.items())]
+                         for i, (name, settings) in enumerate(hosts.items())]
         self.running = {c.name: False for c in self.checkers}
         sources = [c.vh.params.source for c in self.checkers]
         self.source = FrameSource(self.rng, sources, self._newest)
@@ -220,8 +227,9 @@ class Fuzzer:
                                          self.rng.randrange(1 << 16), params.vip))
 
 
-def run(frames: int, seed: int = DEFAULT_SEED, host_factory: HostFactory = VirtualHost) -> Report:
-    return Fuzzer(seed, host_factory).run(frames)
+def run(frames: int, seed: int = DEFAULT_SEED, host_factory: HostFactory = VirtualHost,
+        hosts: dict[str, dict[str, object]] = HOSTS) -> Report:
+    return Fuzzer(seed, host_factory, hosts).run(frames)
 
 
 # ---- the table --------------------------------------------------------------------------------
@@ -254,8 +262,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1] if __doc__ else None)
     parser.add_argument("--frames", type=int, default=DEFAULT_FRAMES)
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    parser.add_argument("--slowest", action="store_true",
+                        help="add two hosts at advbase 255, advskew 255 (they flap)")
     args = parser.parse_args(argv)
-    report = run(args.frames, args.seed)
+    report = run(args.frames, args.seed, hosts={**HOSTS, **SLOWEST}) if args.slowest else \
+        run(args.frames, args.seed)
     print(table(report))
     return 1 if report.violation_count else 0
 
