@@ -226,7 +226,7 @@ def test_reading_and_looking_up_grow_linearly_with_the_stanzas(tmp_path: Path) -
                     for i in parsed.ifaces]
         return run
 
-    small, large = 2500, 10000
+    small, large = 4000, 16000
     parsed = interfaces.parse(_write(tmp_path / "check", _many_stanzas(small)))
     assert (len(parsed.ifaces), len(parsed.allow["auto"]), parsed.errors) == (small + 1, small, [])
     assert parsed.ifaces[-1].options[0].value == "true" + " x" * small
