@@ -42,7 +42,6 @@ TRUE = ("yes", "on", "true", "1")
 FALSE = ("no", "off", "false", "0")
 ALLOWED_BOOLEANS = ", ".join(f"{t}/{f}" for t, f in zip(TRUE, FALSE, strict=True)) + " (any case)"
 REQUIRED = ("ucarp-vid", "ucarp-vip", "ucarp-password")
-PASSWORD_OPTIONS = ("ucarp-password", "ucarp-passfile")
 
 
 @dataclass(frozen=True)
