@@ -12,9 +12,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -173,19 +175,56 @@ def _table(replies: list[dict[str, Any]]) -> str:
     rows = [["IFACE", "VHID", "VIP", "STATE", "FOR", "MASTER", "DEMOTED", "PID"]]
     for r in replies:
         if "error" in r:
-            rows.append([str(r.get("interface", "?")), "-", "-", "NO ANSWER", "-", "-", "-", "-"])
+            state = str(r.get("state", "NO ANSWER"))
+            rows.append([str(r.get("interface", "?")), "-", "-", state, "-", "-", "-", "-"])
             continue
         rows.append([str(r.get("interface")), str(r.get("vhid")), str(r.get("vip")),
                      str(r.get("state")), _ago(r.get("since"), now), str(r.get("master") or "-"),
                      "yes" if r.get("demoted") else "no", str(r.get("pid"))])
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-                     for row in rows)
+    table = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+             for row in rows]
+    return "\n".join(table + [f"{r.get('interface')}: {r['error']}" for r in replies
+                              if "error" in r])
+
+
+def _configured(state_dir: Path, interface: str | None) -> list[str]:
+    """Interfaces whose engine the ifupdown hook started (it wrote their IFACE.conf)."""
+    names = sorted(p.name.removesuffix(".conf") for p in state_dir.glob("*.conf"))
+    return [n for n in names if interface is None or n == interface]
+
+
+def _why_not_running(state_dir: Path, interface: str) -> str:
+    """What systemd says of the engine's unit (a crash loop shows here), or what the
+    supervisor's log says last."""
+    if Path("/run/systemd/system").is_dir():
+        unit = f"carpd@{interface}.service"
+        out = subprocess.run(["systemctl", "show", unit, "-p", "ActiveState", "-p", "SubState",
+                              "-p", "Result", "-p", "NRestarts"],
+                             capture_output=True, text=True, check=False).stdout
+        fields = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+        return (f"{unit} is {fields.get('ActiveState', '?')} ({fields.get('SubState', '?')}), "
+                f"last result {fields.get('Result', '?')}, restarted "
+                f"{fields.get('NRestarts', '?')} times")
+    log = state_dir / f"{interface}.log"
+    with contextlib.suppress(OSError):
+        lines = [ln for ln in log.read_text(errors="replace").splitlines() if "exited" in ln]
+        if lines:
+            return lines[-1]
+    return "its engine does not answer"
+
+
+def _missing_engines(state_dir: Path, interface: str | None,
+                     replies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    answered = {r.get("interface") for r in replies if "error" not in r}
+    return [{"interface": name, "state": "NOT RUNNING", "error": _why_not_running(state_dir, name)}
+            for name in _configured(state_dir, interface) if name not in answered]
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
     _print_ifupdown_note(args)
     replies = [_ask(p, "status") for p in _sockets(args.state_dir, args.interface)]
+    replies += _missing_engines(args.state_dir, args.interface, replies)
     if args.json:
         print(json.dumps(replies, indent=2))
     elif replies:

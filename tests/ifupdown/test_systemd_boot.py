@@ -10,6 +10,7 @@ is cached per day in /var/cache/carpd-tests; each run works on an overlay of it.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import os
 import re
 import shutil
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.netns
 CACHE = Path("/var/cache/carpd-tests")
 MIRROR = "http://deb.debian.org/debian"
 PACKAGES = ["systemd", "systemd-sysv", "ifupdown", "iproute2", "python3-pydantic",
-            "python3-pyroute2"]
+            "python3-pyroute2", "python3-debian"]
 CLEAN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 COMMANDS = {"carpd": "carpd.cli", "carpd-ifupdown": "carpd.ifupdown.main",
             "carpctl": "carpd.carpctl"}
@@ -37,7 +38,8 @@ ELECTION = 20.0
 
 def _rootfs() -> Path:
     """Debian 13 with systemd, ifupdown and carpd's dependencies; built once a day."""
-    target = CACHE / f"ifupdown-systemd-trixie-{datetime.date.today():%Y%m%d}"
+    packages = hashlib.sha256(",".join(PACKAGES).encode()).hexdigest()[:8]
+    target = CACHE / f"ifupdown-systemd-trixie-{datetime.date.today():%Y%m%d}-{packages}"
     if (target / ".complete").exists():
         return target
     partial = target.with_name(target.name + f".partial{os.getpid()}")
@@ -363,6 +365,9 @@ def test_the_unit_shows_the_state_and_a_crash_loop_fails_visibly_then_is_retried
     assert wait_for(lambda: booted.state(unit) == "failed", 60.0), (
         booted.inside(f"systemctl status {unit} | tail -20").stdout)
     assert unit in booted.inside("systemctl --failed --plain --no-legend").stdout
+    shown = booted.inside("carpctl status")
+    status = shown.stdout
+    assert "NOT RUNNING" in status and f"{unit} is failed" in status, shown.stderr
     assert not node.holds_vip()
     booted.inside("mv /usr/sbin/carpd.away /usr/sbin/carpd")
     assert wait_for(lambda: booted.state(unit) == "active", 30.0), (
