@@ -200,10 +200,8 @@ class Fuzzer:
             "link_changed": lambda: vh.link_changed(not vh.link_up, now),
             "stop": lambda: vh.stop(now),
             "end_drain": lambda: vh.end_drain(now),
+            "vip_lost": lambda: vh.vip_lost(now),
         }
-        vip_lost: Callable[[float], list[Action]] | None = getattr(vh, "vip_lost", None)
-        if vip_lost is not None:
-            choices["vip_lost"] = lambda: vip_lost(now)
         name = rng.choice(sorted(choices))
         if name == "stop":
             self.running[checker.name] = False
@@ -259,7 +257,7 @@ def table(report: Report) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1] if __doc__ else None)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--frames", type=int, default=DEFAULT_FRAMES)
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--slowest", action="store_true",
