@@ -143,6 +143,9 @@ class Options(BaseModel):
     def _interval_not_zero(self) -> Options:
         if self.advbase == 0 and self.advskew == 0:
             raise ValueError("advbase and advskew cannot both be 0")
+        if self.advbase == wire.BOW_OUT and self.advskew == wire.BOW_OUT:
+            raise ValueError("advbase 255 with advskew 255 is the bow-out's timing (\"I am "
+                             "stopping, take over\"): lower either")
         return self
 
     # Defined last, so it wraps every other validator, the whole-model ones too.

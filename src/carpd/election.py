@@ -140,6 +140,8 @@ class Params:
             raise ValueError("vhid must be 1..255, advbase and advskew 0..255")
         if self.interval_ticks == 0:
             raise ValueError("advbase and advskew cannot both be 0")
+        if self.advbase == wire.BOW_OUT and self.advskew == wire.BOW_OUT:
+            raise ValueError("advbase 255 with advskew 255 is a bow-out")
         if self.deadratio < 1:
             raise ValueError("deadratio must be at least 1")
 
@@ -176,7 +178,6 @@ class Peer:
     since: float
 
 
-@dataclass
 class Freshness(enum.Enum):
     """How an authenticated advert's counter relates to what this host has seen."""
 
@@ -353,6 +354,8 @@ class VirtualHost:
             bow_out: list[Action] = [self._advert(wire.BOW_OUT, wire.BOW_OUT)]
             reason = "shutting down: bowed out"
             return bow_out + self._set_state(State.INIT, reason, now, planned=True)
+        if self.state is State.INIT:  # carrier down: nothing held, nothing to say
+            return []
         return self._set_state(State.INIT, "shutting down", now)
 
     # ---- the election ---------------------------------------------------------------------

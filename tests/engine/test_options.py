@@ -153,3 +153,8 @@ def test_carpd_exits_nonzero_with_the_message_before_starting() -> None:
                           env={**os.environ, "PYTHONPATH": str(Path(config.__file__).parents[1])})
     assert proc.returncode == 2
     assert "carpd: -v/--vhid: '300': Input should be less than or equal to 255" in proc.stderr
+
+
+def test_the_bow_outs_timing_is_refused() -> None:
+    message = refusal(*BASE, "-p", "x", "-b", "255", "-k", "255")
+    assert "bow-out" in message

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
@@ -49,14 +50,16 @@ def test_the_fuzzer_is_reproducible_from_its_seed() -> None:
     assert run(2_000, 8).outcomes != first.outcomes
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "known bug, found by this fuzzer (--slowest): the options accept advbase 255 with advskew "
-    "255, the bow-out's timing, so every advert of such a MASTER reads as a bow-out and its "
-    "BACKUPs take over and are sent back each interval. Once Params refuse that timing this "
-    "test errors: remove it and SLOWEST then"))
 def test_hosts_at_the_slowest_timing_send_nothing_that_reads_as_a_bow_out() -> None:
+    # Found by this fuzzer: at 255/255 (now refused) every advert read as a bow-out.
     report = run(4_000, DEFAULT_SEED, hosts={**HOSTS, **SLOWEST})
     assert report.violation_count == 0, table(report)
+
+
+def test_the_bow_outs_timing_is_refused_as_a_setting() -> None:
+    with pytest.raises(ValueError, match="bow-out"):
+        Params(vhid=1, key=b"k", vip=IPv4Address("10.0.0.100"), source=IPv4Address("10.0.0.1"),
+               advbase=255, advskew=255)
 
 
 # ---- the checker is not vacuous: hosts broken on purpose --------------------------------------
