@@ -4,7 +4,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := $(shell grep -v '^\s*\#' .ci/apt-packages)
 
-.PHONY: deps venv lint unit test demo bench clean
+.PHONY: deps venv lint unit test demo bench fuzz clean
+
+FUZZ_FRAMES ?= 1000000
+FUZZ_SEED ?= 20261201
 
 deps:
 	@if ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
@@ -20,7 +23,7 @@ $(VENV)/.done: requirements-ci.txt pyproject.toml
 venv: deps $(VENV)/.done
 
 lint: venv
-	$(VENV)/bin/ruff check src tests bench demo lab
+	$(VENV)/bin/ruff check src tests bench demo lab fuzz
 	$(VENV)/bin/mypy
 
 unit: venv
@@ -36,6 +39,15 @@ bench: venv
 	$(PY) bench/run.py
 	$(PY) bench/failover.py --json bench-failover.json
 	$(PY) bench/handover.py --json bench-handover.json
+	$(PY) bench/flood.py --json bench-flood.json
+	$(PY) bench/lossy.py --json bench-lossy.json
+	$(PY) bench/parse.py --json bench-parse.json
+	$(PY) bench/faults.py --json bench-faults.json
+
+# A million frames through decoding and the election core, invariants checked after each call
+# (make test runs a 20,000-frame slice: tests/unit/test_fuzz_slice.py).
+fuzz: venv
+	$(PY) fuzz/fuzz_core.py --frames $(FUZZ_FRAMES) --seed $(FUZZ_SEED)
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache
