@@ -145,12 +145,17 @@ class Result:
     takeovers: list[float] = field(default_factory=list)
     """Times (s into the run) the BACKUP ran its up script."""
     silence_before: list[float] = field(default_factory=list)
-    """For each takeover: time since the last advert that reached the BACKUP."""
+    """For each takeover (its first advert on the bridge): time since the last advert that
+    reached the BACKUP's interface."""
     stepdowns: list[float] = field(default_factory=list)
     """Times the MASTER ran its down script."""
     two_masters: list[float] = field(default_factory=list)
     """Length of each stretch during which both nodes had last run their up script."""
     holders_at_end: list[str] = field(default_factory=list)
+    rejected: dict[str, dict[str, int]] = field(default_factory=dict)
+    """carpd only: each daemon's rejection counters at the end (role -> reason -> count)."""
+    logs: dict[str, list[str]] = field(default_factory=dict)
+    """What each daemon wrote to stderr (the JSON only)."""
     error: str | None = None
 
     def measured_loss(self) -> float | None:
@@ -172,7 +177,8 @@ class Result:
             "takeovers_s": [round(t, 3) for t in self.takeovers],
             "master_stepdowns_s": [round(t, 3) for t in self.stepdowns],
             "two_masters_s": [round(t, 3) for t in self.two_masters],
-            "holders_at_end": self.holders_at_end, "error": self.error,
+            "holders_at_end": self.holders_at_end, "rejected": self.rejected,
+            "logs": self.logs, "error": self.error,
         }
 
 
@@ -225,12 +231,23 @@ class Cluster:
             r.heard = len(heard)
             r.silences = silences([self.began, *heard, ended], master_down(r.deadratio))
             r.silence_before = [t - max([self.began, *(h for h in heard if h < t)])
-                                for t in ups]
+                                for t in map(self._first_advert, ups)]
         r.stepdowns = [e.time - self.began for e in master_events if e.event == "down"]
         r.two_masters = both_up(master_events, backup_events, self.began, ended)
         r.holders_at_end = [n.name for n in self.net.holders()]
+        daemons = {"MASTER": self.master, "BACKUP": self.backup}
+        r.logs = {role: d.log().splitlines() for role, d in daemons.items()}
+        if r.kind == "carpd":
+            r.rejected = {role: rejections(d) for role, d in daemons.items()}
         if not (self.master.alive() and self.backup.alive()):
             r.error = "a daemon exited during the run"
+
+    def _first_advert(self, up: float) -> float:
+        """When the BACKUP took over: its first advert on the bridge (its up script runs a
+        moment later), or the script's own time."""
+        sent = [f.time for f in self.net.capture.frames(source=self.backup_node.address,
+                                                        since=up - 1.0) if f.time <= up + 0.5]
+        return min(sent, default=up)
 
     def close(self) -> None:
         if self.heard is not None:
@@ -239,6 +256,15 @@ class Cluster:
 
     def _window(self, daemon: Daemon) -> list[Event]:
         return [e for e in daemon.events() if self.began <= e.time]
+
+
+def rejections(daemon: Daemon) -> dict[str, int]:
+    try:
+        rejected = daemon.status()["rejected"]
+    except OSError as error:
+        return {"status failed": error.errno or 0}
+    assert isinstance(rejected, dict)
+    return {str(k): int(v) for k, v in rejected.items() if v}
 
 
 def silences(times: list[float], limit: float) -> list[float]:
@@ -324,6 +350,10 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
             print(f"{r.kind} at {r.loss:g} %: B->M at {times(r.takeovers)}; "
                   f"M->B at {times(r.stepdowns)}; silence before each B->M: "
                   f"{times(r.silence_before, 2)}")
+        for role, counts in r.rejected.items():
+            if counts:
+                print(f"{r.kind} at {r.loss:g} %: the {role} rejected "
+                      + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
         if r.error:
             print(f"{r.kind} at {r.loss:g} %: ERROR: {r.error}")
     print(machine_line())
