@@ -799,7 +799,9 @@ KINDS = [
     Kind("ifdown while demoting", ifdown_demoting, BOTH, ("master",)),
     Kind("ifdown while taking over", ifdown_taking_over, BOTH, ("backup",)),
 ]
-NOT_INJECTED = {"systemctl restart networking": "needs a booted systemd"}
+NOT_INJECTED = {"systemctl restart networking": (
+    "needs a booted systemd; tests/ifupdown/test_systemd_boot.py stops and starts "
+    "networking.service on one booted trixie node, not a restart in a campaign")}
 
 
 def draw(count: int, seed: int, only: list[str] | None = None) -> list[Fault]:
@@ -940,7 +942,7 @@ def row_cells(outcomes: list[Outcome]) -> list[str]:
     return [str(len(outcomes)), str(len(recovered)), str(len(outcomes) - len(recovered)), worst]
 
 
-def report(results: dict[str, dict[str, Any]]) -> str:
+def report_rows(results: dict[str, dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     engines = list(results)
     headers = ["fault kind"]
     for engine in engines:
@@ -956,9 +958,19 @@ def report(results: dict[str, dict[str, Any]]) -> str:
     for engine in engines:
         total += row_cells(results[engine]["_objects"])
     rows.append(total)
-    for name, why in NOT_INJECTED.items():
-        rows.append([name] + ["not injected", "", "", ""] * len(engines) + [why])
-    return table(headers + ([""] if NOT_INJECTED else []), rows)
+    return headers, rows
+
+
+def report(results: dict[str, dict[str, Any]]) -> str:
+    return table(*report_rows(results)) + "".join(
+        f"\nnot injected: {name}: {why}" for name, why in NOT_INJECTED.items())
+
+
+def markdown(results: dict[str, dict[str, Any]]) -> str:
+    """The table of :func:`report` for the README."""
+    headers, rows = report_rows(results)
+    return "\n".join(["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+                     + ["| " + " | ".join(row) + " |" for row in rows])
 
 
 def details(results: dict[str, dict[str, Any]]) -> str:
@@ -994,6 +1006,8 @@ def main() -> int:
                         help="one implementation after the other (default: both at once, each "
                              "on its own cluster)")
     parser.add_argument("--json", help="write the results to this file")
+    parser.add_argument("--markdown", action="store_true", help="also print the table as "
+                        "Markdown (for the README)")
     parser.add_argument("--keep", help="keep logs (ifupdown, supervisor, engines) in this folder")
     args = parser.parse_args()
     if args.quick:
@@ -1029,6 +1043,8 @@ def main() -> int:
           f"advbase {ADVBASE}, master-down {MASTER_DOWN:.2f} s, limit {LIMIT:.2f} s\n")
     print(report(results))
     print(f"\n{details(results)}\n{machine_line()}")
+    if args.markdown:
+        print(f"\n{markdown(results)}")
     for result in results.values():
         del result["_objects"]
     write_json(args.json, {"benchmark": "faults", "machine": machine(), "config": vars(args),
