@@ -119,6 +119,22 @@ def test_master_steps_down_for_equal_interval_from_little_endian_lower_address()
     master = started_master("10.9.1.2")
     actions = master.receive(packet_from("10.9.2.1"), 5.0)
     assert master.state is State.BACKUP
+    assert [type(a) for a in actions] == [Transition, RunScript]
+
+
+def test_master_stepping_down_sends_no_farewell_advert_that_would_shadow_the_next() -> None:
+    # ucarp sends one more advert (its counter: the preferred master's + 1).  Lost on the way,
+    # it would make us drop that master's next advert, of the same counter, as stale.
+    master = started_master("10.9.1.2")
+    master.receive(packet_from("10.9.2.1", counter=80_000), 5.0)
+    assert master.state is State.BACKUP
+    assert master.receive(packet_from("10.9.2.1", counter=80_001), 6.0) == []
+    assert master.next_deadline() == 6.0 + 3
+
+
+def test_without_the_replay_check_a_master_steps_down_like_ucarp_with_one_more_advert() -> None:
+    master = started_master("10.9.1.2", replay_check=False)
+    actions = master.receive(packet_from("10.9.2.1"), 5.0)
     assert [type(a) for a in actions] == [SendAdvert, Transition, RunScript]
 
 
