@@ -40,6 +40,7 @@ import itertools
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -377,6 +378,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.quick:
         args.seconds = min(args.seconds, 60.0)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up as on Ctrl-C
     if os.geteuid() != 0:
         print("needs root (network namespaces, raw sockets)", file=sys.stderr)
         return 2
