@@ -32,6 +32,9 @@ MAX_OUTPUT = 16 * 1024
 """Bytes of a script's output that are logged; the rest is read and counted."""
 OUTPUT_GRACE = 0.1
 READS_PER_CALL = 64
+OBSOLETE_GRACE = 2.0
+OBSOLETE_POLL = 0.25
+SETPRIV = "/usr/bin/setpriv"
 """After a script ends, how long output its last moments wrote may take to arrive."""
 
 
@@ -50,6 +53,8 @@ class ScriptRunner:
         self._timeout = timeout
         self._lock = threading.Condition()
         self._running: Script | None = None
+        self._obsolete_since: float | None = None
+        """When a request for the other script made the running one obsolete."""
         self._pending: Script | None = None
         # Requests a later one made unnecessary, kept to be reported in order: those that came
         # before the waiting run (reported when it ends, just before it), before the running
@@ -82,8 +87,10 @@ class ScriptRunner:
             if script is self._running:
                 self._skipped_after_running += [*self._skipped_before_pending, script]
                 self._skipped_before_pending.clear()
+                self._obsolete_since = None  # the running script matches the state again
             else:
                 self._pending = script
+                self._obsolete_since = time.monotonic() if self._running is not None else None
                 self._lock.notify()
 
     def finished(self) -> list[Finished]:
@@ -117,6 +124,7 @@ class ScriptRunner:
 
     def _next(self) -> Script | None:
         with self._lock:
+            self._obsolete_since = None
             while self._pending is None and not self._stopping:
                 self._lock.wait()
             self._running, self._pending = self._pending, None
@@ -131,8 +139,8 @@ class ScriptRunner:
         log.info("running %s", " ".join(argv))
         read_fd, write_fd = os.pipe()
         try:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=write_fd,
-                                    stderr=write_fd, start_new_session=True)
+            proc = subprocess.Popen(_dies_with_us(argv), stdin=subprocess.DEVNULL,
+                                    stdout=write_fd, stderr=write_fd, start_new_session=True)
         except OSError as error:
             log.error("cannot run %s: %s", argv[0], error.strerror)
             return 127
@@ -145,7 +153,8 @@ class ScriptRunner:
             _let_go(read_fd, output.closed)
         self._log_output(argv[0], output.text())
         if returncode is None:
-            log.error("%s killed after %.0f s", argv[0], self._timeout)
+            log.error("%s killed: it ran past its %.0f s or the state it was for had passed "
+                      "for %.0f s", argv[0], self._timeout, OBSOLETE_GRACE)
         elif returncode != 0:
             log.warning("%s exited with status %d", argv[0], returncode)
         return returncode
@@ -156,20 +165,29 @@ class ScriptRunner:
         ended = os.pidfd_open(proc.pid)  # readable once the script's own process has ended
         try:
             while (returncode := proc.poll()) is None:
-                left = deadline - time.monotonic()
+                left = min(deadline, self._obsolete_deadline()) - time.monotonic()
                 if left <= 0:
                     with contextlib.suppress(OSError):
                         os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
                     output.read_available(read_fd, OUTPUT_GRACE)
                     return None
-                ready = select.select([ended, read_fd], [], [], left)[0]
+                # woken now and then: a request for the other script may come meanwhile
+                ready = select.select([ended, read_fd], [], [], min(left, OBSOLETE_POLL))[0]
                 if read_fd in ready:
                     output.read_available(read_fd, 0.0)
         finally:
             os.close(ended)
         output.read_available(read_fd, OUTPUT_GRACE)  # what it wrote just before it ended
         return returncode
+
+    def _obsolete_deadline(self) -> float:
+        """A script still running :data:`OBSOLETE_GRACE` after the other one was asked for
+        (say, an up script that hangs while the node has stepped down) is killed: the state it
+        was for has passed, and the script that matches the new one waits behind it."""
+        with self._lock:
+            since = self._obsolete_since
+        return float("inf") if since is None else since + OBSOLETE_GRACE
 
     @staticmethod
     def _log_output(name: str, output: str) -> None:
@@ -208,6 +226,15 @@ class _Output:
         if self.dropped:
             text += f"\n[{self.dropped} more bytes of output not logged]"
         return text
+
+
+def _dies_with_us(argv: list[str]) -> list[str]:
+    """The script (not what it starts) is killed if the engine dies while it runs: a dead
+    engine's up script must not add the VIP after the release has removed it.  setpriv
+    (util-linux, essential) sets the parent-death signal, then execs the script itself."""
+    if os.access(SETPRIV, os.X_OK):
+        return [SETPRIV, "--pdeathsig", "KILL", "--", *argv]
+    return argv
 
 
 def _let_go(read_fd: int, closed: bool) -> None:

@@ -7,6 +7,8 @@ import os
 import random
 import select
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -226,3 +228,58 @@ def test_a_child_left_behind_that_writes_on_does_not_hold_up_the_script(tmp_path
     finally:
         if pidfile.exists():
             os.kill(int(pidfile.read_text()), signal.SIGKILL)
+
+
+def test_an_up_script_that_hangs_is_killed_once_the_node_has_stepped_down(
+        tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    up = script(tmp_path, "up", f"echo up >> {log}\nsleep 600\n")
+    down = script(tmp_path, "down", f"echo down >> {log}\n")
+    runner = ScriptRunner({Script.UP: [up], Script.DOWN: [down]}, 600)
+    runner.start()
+    runner.submit(Script.UP)
+    started(log)
+    asked = time.monotonic()
+    runner.submit(Script.DOWN)
+    assert wait_finished(runner, 2, timeout=10) == [Finished(Script.UP, None),
+                                                    Finished(Script.DOWN, 0)]
+    assert time.monotonic() - asked < 5.0  # the grace (2 s), not the script timeout
+    assert log.read_text() == "up\ndown\n"
+
+
+def test_an_up_script_asked_for_again_is_not_killed_as_obsolete(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    up = script(tmp_path, "up", f"echo up >> {log}\nsleep 3\necho up-done >> {log}\n")
+    runner = ScriptRunner({Script.UP: [up], Script.DOWN: None}, 600)
+    runner.start()
+    runner.submit(Script.UP)
+    started(log)
+    runner.submit(Script.DOWN)
+    runner.submit(Script.UP)  # flapped back: the running up script is right again
+    done = wait_finished(runner, 3, timeout=10)
+    assert Finished(Script.UP, 0) in done
+    assert log.read_text() == "up\nup-done\n"
+
+
+def test_a_script_dies_with_the_engine(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    engine = tmp_path / "engine.py"
+    up = script(tmp_path, "up", f"echo $$ > {pidfile}\nexec sleep 600\n")
+    engine.write_text(
+        "import time\n"
+        "from carpd.election import Script\n"
+        "from carpd.scripts import ScriptRunner\n"
+        f"r = ScriptRunner({{Script.UP: [{up!r}], Script.DOWN: None}}, 600)\n"
+        "r.start(); r.submit(Script.UP); time.sleep(600)\n")
+    proc = subprocess.Popen([sys.executable, str(engine)])
+    try:
+        started(pidfile)
+        script_pid = int(pidfile.read_text())
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 5
+        while Path(f"/proc/{script_pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not Path(f"/proc/{script_pid}").exists(), "the script outlived the engine"
+    finally:
+        proc.kill()
