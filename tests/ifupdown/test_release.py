@@ -37,3 +37,12 @@ def test_release_after_a_clean_exit_runs_nothing(tmp_path: Path) -> None:
     paths = conf_with_down_script(tmp_path, marker)
     assert runtime.release(paths, crashed=False) == []
     assert not marker.exists()
+
+
+def test_removing_an_interfaces_files_takes_a_killed_engines_control_socket(
+        tmp_path: Path) -> None:
+    for name in ("eth0.1.sock", "eth0.7.sock", "eth0.10.1.sock", "eth0.1.demoted", "eth0.log"):
+        (tmp_path / name).touch()
+    runtime.Paths("eth0", tmp_path).remove()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "eth0.1.demoted", "eth0.10.1.sock", "eth0.log"]

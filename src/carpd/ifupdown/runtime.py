@@ -18,6 +18,7 @@ pydantic only when it must touch addresses.
 from __future__ import annotations
 
 import contextlib
+import glob
 import fcntl
 import json
 import os
@@ -69,10 +70,16 @@ class Paths:
         return self._file("hook")
 
     def remove(self) -> None:
-        """Everything but the log (kept for a look after the fact)."""
-        for path in (self.conf, self.env, self.supervisor):
+        """Everything but the log (kept for a look after the fact) and demotions (kept as a
+        setting is): also the control sockets of an engine that was killed and could not
+        remove its own (``IFACE.VHID.sock``)."""
+        for path in (self.conf, self.env, self.supervisor, *self.control_sockets()):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+
+    def control_sockets(self) -> list[Path]:
+        return [p for p in self.run_dir.glob(f"{glob.escape(self.interface)}.*.sock")
+                if p.name.rsplit(".", 2)[0] == self.interface]
 
 
 def conf_text(options: Options) -> str:
