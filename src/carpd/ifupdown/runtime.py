@@ -18,8 +18,8 @@ pydantic only when it must touch addresses.
 from __future__ import annotations
 
 import contextlib
-import glob
 import fcntl
+import glob
 import json
 import os
 import subprocess
