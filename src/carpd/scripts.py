@@ -32,7 +32,7 @@ MAX_OUTPUT = 16 * 1024
 """Bytes of a script's output that are logged; the rest is read and counted."""
 OUTPUT_GRACE = 0.1
 READS_PER_CALL = 64
-OBSOLETE_GRACE = 2.0
+OBSOLETE_GRACE = 0.5
 OBSOLETE_POLL = 0.25
 SETPRIV = "/usr/bin/setpriv"
 """After a script ends, how long output its last moments wrote may take to arrive."""
