@@ -119,23 +119,26 @@ def test_master_steps_down_for_equal_interval_from_little_endian_lower_address()
     master = started_master("10.9.1.2")
     actions = master.receive(packet_from("10.9.2.1"), 5.0)
     assert master.state is State.BACKUP
-    assert [type(a) for a in actions] == [Transition, RunScript]
+    assert [type(a) for a in actions] == [SendAdvert, Transition, RunScript]
 
 
-def test_master_stepping_down_sends_no_farewell_advert_that_would_shadow_the_next() -> None:
-    # ucarp sends one more advert (its counter: the preferred master's + 1).  Lost on the way,
-    # it would make us drop that master's next advert, of the same counter, as stale.
+def test_farewell_advert_lost_on_the_way_does_not_shadow_the_masters_next() -> None:
+    # The farewell takes the preferred master's counter + 1; lost, that master's next advert
+    # carries the same counter: it must still keep us waiting.
     master = started_master("10.9.1.2")
-    master.receive(packet_from("10.9.2.1", counter=80_000), 5.0)
-    assert master.state is State.BACKUP
+    actions = master.receive(packet_from("10.9.2.1", counter=80_000), 5.0)
+    assert [a.advert.counter for a in actions if isinstance(a, SendAdvert)] == [80_001]
     assert master.receive(packet_from("10.9.2.1", counter=80_001), 6.0) == []
     assert master.next_deadline() == 6.0 + 3
+    assert master.rejected[wire.Reject.STALE] == 0
 
 
-def test_without_the_replay_check_a_master_steps_down_like_ucarp_with_one_more_advert() -> None:
-    master = started_master("10.9.1.2", replay_check=False)
-    actions = master.receive(packet_from("10.9.2.1"), 5.0)
-    assert [type(a) for a in actions] == [SendAdvert, Transition, RunScript]
+def test_the_farewell_counter_with_a_bow_out_is_still_stale() -> None:
+    master = started_master("10.9.1.2")
+    master.receive(packet_from("10.9.2.1", counter=80_000), 5.0)
+    replayed = master.receive(packet_from("10.9.2.1", 255, 255, counter=80_001), 5.5)
+    assert replayed == [Dropped(wire.Reject.STALE, IPv4Address("10.9.2.1"))]
+    assert master.state is State.BACKUP
 
 
 def test_master_keeps_vip_for_equal_interval_from_little_endian_higher_address() -> None:
