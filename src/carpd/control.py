@@ -22,6 +22,8 @@ from typing import Any
 MAX_REQUEST = 4096
 MAX_CLIENTS = 16
 MAX_NESTING = 16
+BACKLOG = 64
+ACCEPTS_PER_TURN = 64
 IDLE_TIMEOUT = 2.0
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
@@ -54,7 +56,7 @@ class ControlServer:
             self._listener.bind(str(path))
         finally:
             os.umask(old_umask)
-        self._listener.listen(MAX_CLIENTS)
+        self._listener.listen(BACKLOG)
         self._listener.setblocking(False)
 
     def fileno(self) -> int:

@@ -175,10 +175,12 @@ class Engine:
                 self._announce()  # the up action may have added more addresses
 
     def _on_control(self, _fileobj: Any) -> None:
-        conn, evicted = self.control.accept()
-        for old in evicted:
-            self._drop_client(old)
-        if conn is not None:
+        for _ in range(control.ACCEPTS_PER_TURN):  # a burst of clients must not fill the backlog
+            conn, evicted = self.control.accept()
+            for old in evicted:
+                self._drop_client(old)
+            if conn is None:
+                return
             self._selector.register(conn, selectors.EVENT_READ, self._on_control_client)
 
     def _on_control_client(self, conn: Any) -> None:

@@ -14,6 +14,7 @@ when the run standing in for it ends.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import select
@@ -232,9 +233,24 @@ def _dies_with_us(argv: list[str]) -> list[str]:
     """The script (not what it starts) is killed if the engine dies while it runs: a dead
     engine's up script must not add the VIP after the release has removed it.  setpriv
     (util-linux, essential) sets the parent-death signal, then execs the script itself."""
-    if os.access(SETPRIV, os.X_OK):
-        return [SETPRIV, "--pdeathsig", "KILL", "--", *argv]
-    return argv
+    return [SETPRIV, "--pdeathsig", "KILL", "--", *argv] if _setpriv_works() else argv
+
+
+@functools.cache
+def _setpriv_works() -> bool:
+    """Whether setpriv can run here: in a sandbox with a narrow capability bounding set
+    (systemd/strict.conf) it fails before it runs anything, so scripts run without it."""
+    if not os.access(SETPRIV, os.X_OK):
+        return False
+    try:
+        probe = subprocess.run([SETPRIV, "--pdeathsig", "KILL", "--", "/bin/true"],
+                               capture_output=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    if probe.returncode != 0:
+        log.warning("scripts will outlive a killed engine: %s fails here: %s", SETPRIV,
+                    probe.stderr.decode(errors="replace").strip())
+    return probe.returncode == 0
 
 
 def _let_go(read_fd: int, closed: bool) -> None:
