@@ -387,3 +387,19 @@ def test_stopping_waits_for_the_drain_beyond_the_units_stop_timeout(booted: Boot
     assert result == "success", booted.inside("journalctl -b --no-pager | tail -30").stdout
     assert "drain" in booted.inside(f"journalctl -b -u {unit} --no-pager").stdout
     assert not node.holds_vip()
+
+
+def test_restarting_networking_restarts_the_engine_and_leaves_one_of_everything(
+        booted: Booted) -> None:
+    node, unit = booted.node, "carpd@eth0.service"
+    assert wait_for(lambda: booted.state(unit) == "active", BOOT)
+    assert wait_for(node.holds_vip, ELECTION)
+    before = booted.main_pid(unit)
+    restarted = booted.inside("systemctl restart networking.service")
+    assert restarted.returncode == 0, restarted.stderr
+    assert wait_for(lambda: booted.state(unit) == "active" and booted.main_pid(unit) != before,
+                    30.0), booted.inside(f"systemctl status {unit} | tail -20").stdout
+    assert wait_for(node.holds_vip, ELECTION)
+    engines = booted.inside("grep -a -l -e '[/]usr/sbin/carpd' /proc/[0-9]*/cmdline "
+                            "2>/dev/null | wc -l").stdout.strip()
+    assert engines == "1", booted.inside("cat /proc/[0-9]*/cmdline | tr '\\0' ' '").stdout
