@@ -1,0 +1,322 @@
+"""The nginx pair of the README from the installed package: two trixie nodes (chroots in network
+namespaces on one bridge), each with the installed carpd and Debian's own nginx, the VIP's
+stanza tracking nginx with the check the package ships (/usr/share/carpd/checks/http-url), and a
+client in a third namespace asking the VIP for a page 100 times a second. When the MASTER's
+nginx dies its carpd bows out and the peer serves; when nginx comes back nothing moves (no
+preempt)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pkgtools import (
+    HANDOVER,
+    NET,
+    VIP,
+    Installed,
+    Node,
+    Overlay,
+    Pair,
+    Stage,
+    VipWatch,
+    forbid_service_starts,
+    ifup_both,
+    in_root,
+    interfaces_file,
+    record,
+    run,
+)
+
+PORT = 80  # Debian's default site
+CHECK = f"/usr/share/carpd/checks/http-url http://127.0.0.1:{PORT}/"
+INTERVAL, FALL, RISE = 0.5, 2, 2
+TRACK = f"""\
+    ucarp-track-script {CHECK}
+    ucarp-track-interval {INTERVAL}
+    ucarp-track-fall {FALL}
+    ucarp-track-rise {RISE}
+"""
+CLIENT = f"{NET}.50"
+# From the kill to the client's first answer from the peer: `fall` failed checks (the first
+# within an interval of the kill), the check's own run time, one handover and the client's ARP
+# and retry period. The issue's goal for the bench is fall x interval + 100 ms.
+MOVE_WITHIN = FALL * INTERVAL + 1.0
+
+
+@pytest.fixture(scope="module")
+def with_nginx(installed: Installed, tmp_path_factory: pytest.TempPathFactory) -> Installed:
+    """The installed package plus Debian's nginx (apt-get from the trixie archive, as the
+    package's own dependencies are), a layer over the installed one; nginx is not started."""
+    overlay = Overlay(tmp_path_factory.mktemp("nginx"), installed.lowers)
+    try:
+        forbid_service_starts(overlay.root)
+        with Stage("apt-get install nginx in trixie with carpd"):
+            in_root(overlay.root, ["apt-get", "install", "-y", "-q", "--no-install-recommends",
+                                   "nginx"])
+    finally:
+        overlay.unmount()
+    return Installed(layer=overlay.upper, lowers=(overlay.upper, *installed.lowers),
+                     deb_in_root=installed.deb_in_root)
+
+
+class Segment:
+    """Network namespaces with their eth0 on one bridge (itself in a namespace of its own),
+    all removed by close()."""
+
+    def __init__(self) -> None:
+        self.tag = uuid.uuid4().hex[:8]
+        self.made: list[str] = []
+        self.hub = self._netns("hub")
+        run(["ip", "-n", self.hub, "link", "add", "br0", "type", "bridge"])
+        run(["ip", "-n", self.hub, "link", "set", "br0", "up"])
+
+    def _netns(self, name: str) -> str:
+        netns = f"carpd-hp-{self.tag}-{name}"
+        run(["ip", "netns", "add", netns])
+        self.made.append(netns)
+        return netns
+
+    def netns(self, name: str) -> str:
+        netns = self._netns(name)
+        run(["ip", "-n", netns, "link", "set", "lo", "up"])
+        run(["ip", "-n", netns, "link", "add", "eth0", "type", "veth", "peer", "name",
+             f"p-{name}", "netns", self.hub])
+        run(["ip", "-n", self.hub, "link", "set", f"p-{name}", "master", "br0", "up"])
+        return netns
+
+    def close(self) -> None:
+        for netns in reversed(self.made):
+            run(["ip", "netns", "del", netns], check=False)
+
+
+def web_node(segment: Segment, layers: Installed, base: Path, name: str, host: int,
+             advskew: int) -> Node:
+    """A node with the VIP's stanza (no preempt) tracking its nginx, which serves its name."""
+    overlay = Overlay(base / name, layers.lowers)
+    node = Node(name, segment.netns(name), overlay, f"{NET}.{host}", layers.deb_in_root)
+    stanza = interfaces_file(node.address, advskew, preempt=False)
+    assert "    ucarp-master no\n" in stanza
+    (node.root / "etc/network/interfaces").write_text(
+        stanza.replace("    ucarp-master no\n", "    ucarp-master no\n" + TRACK))
+    (node.root / "run/network").mkdir(parents=True, exist_ok=True)
+    (node.root / "var/www/html/index.html").write_text(f"{name}\n")
+    (node.root / "usr/sbin/policy-rc.d").unlink()
+    return node
+
+
+@dataclass
+class Web:
+    pair: Pair
+    a: Node
+    b: Node
+    client: str  # its network namespace
+
+
+@pytest.fixture
+def web(with_nginx: Installed, tmp_path: Path) -> Iterator[Web]:
+    """a (advskew 0) and b (advskew 100), neither preempting, each with its nginx running,
+    and a client namespace on the same bridge; nothing is up yet."""
+    segment = Segment()
+    nodes: list[Node] = []
+    try:
+        for name, host, advskew in (("a", 11, 0), ("b", 12, 100)):
+            nodes.append(web_node(segment, with_nginx, tmp_path, name, host, advskew))
+        client = segment.netns("client")
+        run(["ip", "-n", client, "addr", "add", f"{CLIENT}/24", "dev", "eth0"])
+        run(["ip", "-n", client, "link", "set", "eth0", "up"])
+        for node in nodes:
+            start_nginx(node)
+        yield Web(Pair(nodes[0], nodes[1]), nodes[0], nodes[1], client)
+    finally:
+        for node in nodes:
+            node.stop_everything()  # the engines, their checks and nginx
+        segment.close()
+        for node in nodes:
+            node.overlay.unmount()
+
+
+# ---------------------------------------------------------------------------------------------
+# nginx and the client
+
+
+def nginx_master(node: Node) -> int | None:
+    """The PID of the node's running nginx master process, if any."""
+    try:
+        pid = int((node.root / "run/nginx.pid").read_text())
+    except (OSError, ValueError):
+        return None
+    argv = node.processes().get(pid, [])
+    return pid if argv and argv[0].startswith("nginx: master") else None
+
+
+def serves(node: Node) -> bool:
+    """Whether nginx answers on the node's own loopback (the check's URL)."""
+    result = run(["ip", "netns", "exec", node.netns, sys.executable, "-c", ASK_ONCE,
+                  f"127.0.0.1:{PORT}"], check=False)
+    return result.returncode == 0 and result.output.strip() == node.name
+
+
+def start_nginx(node: Node) -> None:
+    node.run("nginx")  # Debian's configuration: it forks, the master writes /run/nginx.pid
+    wait_until(lambda: nginx_master(node) is not None and serves(node), 10,
+               f"nginx serving on {node.name}")
+
+
+def kill_nginx(node: Node) -> float:
+    """End the node's nginx by its master's PID (SIGTERM: the master ends its workers too);
+    returns when it was killed (time.monotonic())."""
+    pid = nginx_master(node)
+    assert pid is not None, f"no nginx on {node.name}"
+    workers = [p for p, argv in node.processes().items() if argv[0].startswith("nginx:")]
+    killed = time.monotonic()
+    os.kill(pid, signal.SIGTERM)
+    wait_until(lambda: not set(workers) & set(node.processes()), 10, "nginx gone")
+    assert not serves(node)
+    return killed
+
+
+ASK_ONCE = """\
+import http.client, sys
+host, port = sys.argv[1].split(":")
+c = http.client.HTTPConnection(host, int(port), timeout=1)
+c.request("GET", "/")
+print(c.getresponse().read().decode().strip())
+"""
+
+# The client: a GET of the VIP every 10 ms (a new connection each), one line per request:
+# "MONOTONIC_TIME ANSWER", the answer "-" when there was none.
+ASK_LOOP = """\
+import http.client, sys, time
+while True:
+    t = time.monotonic()
+    try:
+        c = http.client.HTTPConnection(sys.argv[1], int(sys.argv[2]), timeout=0.2)
+        c.request("GET", "/")
+        answer = c.getresponse().read().decode().strip() or "?"
+        c.close()
+    except Exception:
+        answer = "-"
+    print(f"{t:.4f} {answer}", flush=True)
+    time.sleep(max(0.0, 0.01 - (time.monotonic() - t)))
+"""
+
+
+@dataclass
+class Client:
+    """The client's requests so far: (time, answer)."""
+
+    log: Path
+    proc: subprocess.Popen[bytes]
+
+    def answers(self) -> list[tuple[float, str]]:
+        found = []
+        for line in self.log.read_text().splitlines():
+            t, _, answer = line.partition(" ")
+            if answer:
+                found.append((float(t), answer))
+        return found
+
+    def first(self, answer: str, after: float) -> float | None:
+        return next((t for t, a in self.answers() if t >= after and a == answer), None)
+
+
+@contextlib.contextmanager
+def client(netns: str, log: Path) -> Iterator[Client]:
+    with log.open("wb") as out:
+        proc = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-c", ASK_LOOP,
+                                 VIP, str(PORT)], stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT)
+    try:
+        yield Client(log, proc)
+    finally:
+        proc.kill()  # by its PID: the one process this started
+        proc.wait()
+
+
+# ---------------------------------------------------------------------------------------------
+# Waiting and the engine's status
+
+
+def wait_until(condition: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"after {timeout} s, not {what}")
+
+
+def status(node: Node) -> dict[str, Any]:
+    """`carpctl status eth0 --json` on the node: its one engine's reply."""
+    result = node.run("carpctl", "status", "eth0", "--json", check=False)
+    replies = json.loads(result.output[result.output.index("["):])
+    assert len(replies) == 1, replies
+    reply: dict[str, Any] = replies[0]
+    return reply
+
+
+def healthy(node: Node) -> bool:
+    return status(node).get("healthy") is True
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_the_nginx_pair_from_the_package_the_vip_follows_nginx_and_stays_when_it_returns(
+        web: Web, tmp_path: Path) -> None:
+    a, b, pair = web.a, web.b, web.pair
+    assert ifup_both(pair) is a
+    wait_until(lambda: healthy(a) and healthy(b), 10, "both nodes healthy")
+    checks = status(a)["health"]
+    assert [(c["kind"], c["name"], c["healthy"]) for c in checks] == [
+        ("script", CHECK, True)], checks
+    assert status(a)["why"] is None
+
+    with client(web.client, tmp_path / "client.log") as asking:
+        wait_until(lambda: asking.first(a.name, 0.0) is not None, 10, "the client served by a")
+
+        # nginx dies on the MASTER: its carpd bows out, b takes the VIP and serves
+        with VipWatch(pair) as watch:
+            killed = kill_nginx(a)
+            pair.wait_holder(b, timeout=MOVE_WITHIN + 5)
+            wait_until(lambda: asking.first(b.name, killed) is not None, 5,
+                       "the client served by b")
+        served = asking.first(b.name, killed)
+        assert served is not None
+        failed = sum(1 for t, answer in asking.answers() if killed <= t < served)
+        record("nginx killed on the MASTER -> the client's first answer from the peer",
+               served - killed)
+        record("nginx killed on the MASTER: the client's requests without an answer", failed)
+        record("nginx killed on the MASTER: longest time the VIP was on no node",
+               watch.longest_gap())
+        assert served - killed <= MOVE_WITHIN, f"served by b {served - killed:.3f} s after"
+        assert watch.longest_gap() <= HANDOVER, f"VIP on no node for {watch.longest_gap():.3f}"
+        shown = status(a)
+        assert shown["state"] == "BACKUP" and shown["healthy"] is False, shown
+        assert shown["why"].startswith(f"unhealthy: check '{CHECK}' failing since"), shown
+        assert shown["health"][0]["rc"] == 1 and "http://127.0.0.1" in \
+            shown["health"][0]["output"], shown
+
+        # nginx back on a: it is healthy again after `rise` passes, and nothing moves
+        with VipWatch(pair) as watch:
+            back = time.monotonic()
+            start_nginx(a)
+            wait_until(lambda: healthy(a), RISE * INTERVAL + 5, "a healthy again")
+            time.sleep(4.0)  # more than a's master-down interval: it would have taken over
+        assert status(a)["why"] is None and status(a)["state"] == "BACKUP"
+        assert not any(held_a for _, held_a, _ in watch.samples), "the VIP went back to a"
+        assert pair.holders() == [b]
+        since = [answer for t, answer in asking.answers() if t >= back]
+        assert since and set(since) == {b.name}, sorted(set(since))

@@ -1,0 +1,142 @@
+"""Maintenance that survives a reboot, from the installed package on a booted Debian 13: the
+MASTER (a, systemd-nspawn, carpd@eth0.service started by networking.service) is demoted with
+`carpctl demote eth0 --persistent` and stays demoted, its peer (b, a chroot node) holding the
+VIP, across a restart of the unit, a reinstall of the package and a reboot of the container,
+until `carpctl promote`; a purge removes the state under /var/lib/carpd."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from typing import Any
+
+from pkgtools import CLEAN_PATH, VHID, Booted, Node, Pair, Stage, VipWatch
+
+UNIT = "carpd@eth0.service"
+BOOT = 120.0
+PERSISTED = f"var/lib/carpd/demoted/eth0.{VHID}"
+# a has advskew 0 and preempt: undemoted, it takes the VIP back from b within its master-down
+# interval (3 x advbase 1 s) of starting; watching this long shows that it does not.
+WATCH = 5.0
+
+
+def status(a: Booted) -> dict[str, Any]:
+    """`carpctl status eth0 --json` in the container: its one engine's reply."""
+    result = a.run("carpctl", "status", "eth0", "--json", check=False)
+    replies = json.loads(result.output[result.output.index("["):])
+    assert len(replies) == 1, replies
+    reply: dict[str, Any] = replies[0]
+    return reply
+
+
+def wait_engine(a: Booted, other_than: int = 0) -> int:
+    """Wait until carpd@eth0 is active with a main PID other than other_than and its engine
+    answers on its control socket; returns that PID."""
+    a.wait(lambda: a.unit_state(UNIT) == "active" and a.main_pid(UNIT) not in (0, other_than),
+           60, f"{UNIT} active (again)")
+    a.wait(lambda: "error" not in status(a), 30, "the engine answering")
+    return a.main_pid(UNIT)
+
+
+def assert_still_demoted(pair: Pair, a: Booted, b: Node, when: str) -> None:
+    """Over WATCH seconds the VIP stays on b only, and a's engine says it is BACKUP because of
+    the persistent demotion."""
+    with VipWatch(pair) as watch:
+        time.sleep(WATCH)
+    assert not any(held_a for _, held_a, _ in watch.samples), f"{when}: the VIP went to a"
+    assert pair.holders() == [b], f"{when}: the VIP is on {[n.name for n in pair.holders()]}"
+    shown = status(a)
+    assert shown["state"] == "BACKUP" and shown["demoted"] is True, (when, shown)
+    assert shown["demotion"]["persistent"] is True, (when, shown)
+    assert str(shown["why"]).startswith("demoted (persistent)"), (when, shown)
+    text = a.run("carpctl", "status", "eth0").output
+    assert "why: demoted (persistent)" in text, (when, text)
+    assert (a.root / PERSISTED).is_file(), when
+
+
+def boot_again(a: Booted) -> None:
+    """Power the container off (SIGTERM to systemd-nspawn, as the fixture's finalizer does) and
+    boot the same root again in the same network namespace: /run starts empty, /var stays."""
+    a.nspawn.terminate()
+    assert a.nspawn.wait(timeout=90) == 0, a.console_tail()
+    with a.console.open("ab") as out:
+        a.nspawn = subprocess.Popen(
+            ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--boot",
+             "--capability=CAP_NET_ADMIN,CAP_NET_RAW",
+             f"--network-namespace-path=/run/netns/{a.netns}", "-D", str(a.root)],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            env={"PATH": CLEAN_PATH, "SYSTEMD_NSPAWN_TMPFS_TMP": "0"})
+
+
+def power_off(a: Booted, first: subprocess.Popen[bytes]) -> None:
+    """Finalizer for a container this test booted (the fixture powers off only its own)."""
+    if a.nspawn is not first and a.nspawn.poll() is None:
+        a.nspawn.terminate()
+        try:
+            a.nspawn.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            a.nspawn.kill()
+            a.nspawn.wait()
+
+
+def test_a_persistent_demotion_survives_unit_restart_reinstall_and_reboot_until_promoted(
+        systemd_pair: Pair) -> None:
+    pair = systemd_pair
+    a, b = pair.a, pair.b
+    assert isinstance(a, Booted) and isinstance(b, Node)
+    first = a.nspawn
+    try:
+        with Stage("persistent demotion: boot until carpd@eth0.service answers"):
+            a.wait(lambda: a.unit_state("networking.service") == "active", BOOT,
+                   "networking.service active")
+            pid = wait_engine(a)
+        b.run("ifup", "eth0")
+        pair.wait_holder(a, timeout=20)
+        assert status(a)["demotion"] is None and status(a)["why"] is None
+
+        demoted = a.run("carpctl", "demote", "eth0", "--persistent", check=False)
+        assert demoted.returncode == 0, demoted.output
+        pair.wait_holder(b, timeout=5)
+        persisted = a.root / PERSISTED
+        assert persisted.is_file()
+        assert persisted.stat().st_mode & 0o777 == 0o644 and persisted.stat().st_uid == 0
+        assert_still_demoted(pair, a, b, "demoted")
+
+        restarted = a.run("systemctl", "restart", UNIT, check=False)
+        assert restarted.returncode == 0, restarted.output
+        pid = wait_engine(a, other_than=pid)
+        assert_still_demoted(pair, a, b, "after systemctl restart")
+
+        with Stage("persistent demotion: dpkg -i of the same .deb"):
+            a.run("dpkg", "-i", a.deb_in_root, timeout=180)
+        pid = wait_engine(a, other_than=pid)
+        assert_still_demoted(pair, a, b, "after reinstalling the package")
+
+        a.run("touch", "/run/before-reboot")
+        with Stage("persistent demotion: reboot (power off, boot the same root)"):
+            boot_again(a)
+            a.wait(lambda: a.unit_state("networking.service") == "active", BOOT,
+                   "networking.service active after the reboot")
+            wait_engine(a)
+        assert a.run("test", "-e", "/run/before-reboot", check=False).returncode == 1, \
+            "not a new boot: /run was kept"
+        assert_still_demoted(pair, a, b, "after a reboot")
+
+        promoted = a.run("carpctl", "promote", "eth0", check=False)
+        assert promoted.returncode == 0, promoted.output
+        pair.wait_holder(a, timeout=10)  # advskew 0 and preempt: it takes the VIP back
+        shown = status(a)
+        assert shown["demoted"] is False and shown["demotion"] is None, shown
+        assert shown["why"] is None and shown["state"] == "MASTER", shown
+        assert not persisted.exists()
+
+        # demoted again, then purged: nothing of carpd's state is left
+        a.run("carpctl", "demote", "eth0", "--persistent")
+        assert persisted.is_file()
+        with Stage("persistent demotion: dpkg --purge carpd"):
+            a.run("dpkg", "--purge", "carpd", timeout=180)
+        assert not (a.root / "var/lib/carpd").exists()
+    finally:
+        power_off(a, first)
+
