@@ -1,0 +1,232 @@
+"""The test bed of bench/health.py: two nodes each running an HTTP server and a CARP engine (carpd
+tracking its own server with a check script, or ucarp, which tracks nothing), a client node, and
+one fault: the MASTER's HTTP server is SIGKILLed (by PID) and, later, started again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lab"))
+
+from netns import CARPD, Daemon, Network, Node, in_netns
+
+from common import PORT, REPO, Processes, kill_namespace_processes, start_server, wait_until
+
+ADVBASE = 1
+REPO_CHECK = REPO / "share" / "checks" / "http-url"
+HOST_PYTHON = "/usr/bin/python3"  # not a pyenv shim: a check runs several times a second
+
+_OWN_CHECK = """#!{python} -IS
+# The bench's own check (used when share/checks/http-url is missing): exit 0 when
+# http://127.0.0.1:PORT/ answers 200 within 1 s.
+import socket, sys
+try:
+    with socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=1.0) as s:
+        s.sendall(b"GET / HTTP/1.0\\r\\nHost: 127.0.0.1\\r\\n\\r\\n")
+        head = s.recv(64)
+except OSError as error:
+    print(error)
+    sys.exit(1)
+print(head.split(b"\\r\\n")[0].decode(errors="replace"))
+sys.exit(0 if head.startswith((b"HTTP/1.0 200", b"HTTP/1.1 200")) else 1)
+"""
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """How carpd is told to watch its node's HTTP server."""
+
+    check: str
+    """The --track-script value: a command line (absolute path first)."""
+    interval: float
+    fall: int
+    rise: int
+
+    def argv(self) -> list[str]:
+        return ["--track-script", self.check, "--track-interval", f"{self.interval:g}",
+                "--track-fall", str(self.fall), "--track-rise", str(self.rise)]
+
+    @property
+    def goal(self) -> float:
+        """The issue's goal for the time from a kill to the first success via the peer."""
+        return self.fall * self.interval + 0.1
+
+
+def check_command(directory: Path, prefer_repo: bool = True) -> str:
+    """The repo's shipped http-url check if it is there, else a small one written here."""
+    if prefer_repo and REPO_CHECK.exists() and os.access(REPO_CHECK, os.X_OK):
+        return f"{REPO_CHECK} http://127.0.0.1:{PORT}/"
+    script = directory / "check-http"
+    script.write_text(_OWN_CHECK.format(python=HOST_PYTHON))
+    script.chmod(0o755)
+    return f"{script} {PORT}"
+
+
+def carpd_tracks() -> bool:
+    """Whether this tree's carpd takes --track-script (the options may not have landed yet)."""
+    done = subprocess.run([*CARPD, "--help"], capture_output=True, text=True, timeout=30,
+                          check=False)
+    return "--track-script" in done.stdout
+
+
+@dataclass
+class Kill:
+    index: int
+    master: str
+    peer: str
+    kill: float
+    """Wall time just before the MASTER's HTTP server was SIGKILLed."""
+    vip_moved: float | None = None
+    """When the peer was first seen holding the VIP (polled every 20 ms)."""
+    bow_out: float | None = None
+    """Kernel time on the bridge of the master's first bow-out advert after the kill."""
+    restarted: float | None = None
+    """When the killed server was started again."""
+    first_success: float | None = None
+    """End of the client's first successful request answered by the peer after the kill."""
+    sent: int = 0
+    failed: int = 0
+    """Requests ending after the kill and started before the next kill that did not succeed."""
+    outcomes: dict[str, int] = field(default_factory=dict)
+    error: str | None = None
+
+    def to_first_success(self, cap: float) -> float:
+        """Kill -> first success via the peer, at most ``cap`` (never, or later: ``cap``)."""
+        if self.first_success is None:
+            return cap
+        return min(self.first_success - self.kill, cap)
+
+    def capped(self, cap: float) -> bool:
+        return self.first_success is None or self.first_success - self.kill >= cap
+
+
+class Cluster:
+    """Nodes a and b (HTTP server + engine ``kind``) and a client node, on one bridge."""
+
+    def __init__(self, kind: str, directory: Path, tracking: Tracking | None,
+                 quiet: float) -> None:
+        self.kind = kind
+        self.directory = directory
+        self.tracking = tracking
+        self.quiet = quiet
+        self.procs = Processes()
+        self.net = Network(directory, prefix="carpbk")
+        self.namespaces = [self.net.switch]
+        self.servers: dict[str, subprocess.Popen[bytes]] = {}
+        self.daemons: dict[str, Daemon] = {}
+
+    def close(self) -> None:
+        self.procs.close()
+        kill_namespace_processes(self.namespaces)
+        self.net.close()
+
+    def _add(self, address: str, name: str) -> Node:
+        node = self.net.add_node(address, name)
+        self.namespaces.append(node.ns)
+        return node
+
+    def setup(self) -> None:
+        self.a = self._add("10.9.0.1", "a")
+        self.b = self._add("10.9.0.2", "b")
+        self.client_node = self._add("10.9.0.10", "cl")
+        self.nodes = {"a": self.a, "b": self.b}
+        for name in self.nodes:
+            self.start_server(name)
+        self.daemons["a"] = self._start_engine(self.a)
+        if not wait_until(lambda: self.net.holders() == [self.a], 3 * ADVBASE + 5):
+            raise RuntimeError(f"{self.kind} on a never became MASTER")
+        self.daemons["b"] = self._start_engine(self.b)
+        self.settle()
+
+    def _start_engine(self, node: Node) -> Daemon:
+        extra = self.tracking.argv() if self.tracking else []
+        return node.start(self.kind, advbase=ADVBASE, extra=extra)
+
+    # ---- the HTTP servers -------------------------------------------------------------------
+
+    def start_server(self, name: str) -> None:
+        node = self.nodes[name]
+        self.servers[name] = start_server(self.procs, node.ns, name,
+                                          self.directory / f"server-{name}.log")
+        if not wait_until(lambda: self.listening(node), 10, interval=0.02):
+            raise RuntimeError(f"the HTTP server on {name} does not accept connections")
+
+    def listening(self, node: Node) -> bool:
+        with in_netns(node.ns):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        with sock:
+            sock.settimeout(0.5)
+            return sock.connect_ex(("127.0.0.1", PORT)) == 0
+
+    def kill_server(self, name: str) -> None:
+        server = self.servers[name]
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(server.pid, signal.SIGKILL)
+        server.wait(timeout=10)
+
+    # ---- a stable pair ----------------------------------------------------------------------
+
+    def healthy(self) -> bool:
+        """Both servers up and, when carpd reports it, both engines healthy (the restarted
+        node's check has passed ``rise`` times)."""
+        if not all(s.poll() is None for s in self.servers.values()):
+            return False
+        if self.kind != "carpd" or self.tracking is None:
+            return True
+        for daemon in self.daemons.values():
+            with contextlib.suppress(OSError, ValueError):
+                if daemon.status().get("healthy") is False:
+                    return False
+        return True
+
+    def settle(self, timeout: float = 20) -> Node:
+        """Exactly one node holds the VIP, unchanged for ``quiet`` s, engines alive, healthy."""
+        def stable() -> Node | None:
+            holders = self.net.holders()
+            alive = all(d.alive() for d in self.daemons.values())
+            if len(holders) != 1 or not alive or not self.healthy():
+                return None
+            time.sleep(self.quiet)
+            return holders[0] if self.net.holders() == holders and self.healthy() else None
+
+        holder: Node | None = wait_until(stable, timeout, interval=0.1)
+        if holder is None:
+            dead = [n for n, d in self.daemons.items() if not d.alive()]
+            raise RuntimeError(f"no stable MASTER within {timeout} s: holders "
+                               f"{[n.name for n in self.net.holders()]}, exited {dead}")
+        return holder
+
+    # ---- one fault --------------------------------------------------------------------------
+
+    def kill(self, index: int, cap: float, linger: float) -> Kill:
+        """SIGKILL the current MASTER's server; wait until the peer holds the VIP (at most
+        ``cap`` s) and ``linger`` s more so the client gets through; start the server again."""
+        master = self.settle()
+        peer = self.b if master is self.a else self.a
+        time.sleep(random.uniform(0, ADVBASE))  # at any point of the advert and check cycles
+        record = Kill(index, master.name, peer.name, time.time())
+        self.kill_server(master.name)
+        if wait_until(lambda: self.net.holders() == [peer], cap, interval=0.02):
+            record.vip_moved = time.time()
+            time.sleep(linger)
+        left = record.kill + cap - time.time()
+        if record.vip_moved is None and left > 0:
+            time.sleep(left)
+        record.restarted = time.time()
+        self.start_server(master.name)
+        bow_outs = [f for f in self.net.capture.frames(source=master.address, since=record.kill)
+                    if f.bow_out]
+        if bow_outs:
+            record.bow_out = bow_outs[0].time
+        return record
