@@ -34,6 +34,9 @@ ANSWER_SPACING = 0.5
 TRANSITION_BURST = 4
 TRANSITIONS_PER_SECOND = 2.0
 """Adverts may cause at most TRANSITION_BURST transitions at once, refilled at this rate."""
+LAST_RESORT_ADVSKEW = 255
+"""An unhealthy MASTER advertises this advskew (its advbase unchanged): it holds the VIP only as
+a last resort, and a healthy node that hears it takes over (preempt or not)."""
 
 
 class State(enum.Enum):
@@ -218,6 +221,9 @@ class VirtualHost:
     link_up: bool = True
     demoted_until: float | None = None
     """While set, never take over: ``inf`` until promoted, a time for a temporary step-down."""
+    demoted_since: float | None = None
+    healthy: bool = True
+    """The node's own checks pass (see :meth:`set_health`)."""
     master: Peer | None = None
     accepted: int = 0
     rejected: Counter[wire.Reject] = field(default_factory=Counter)
@@ -315,6 +321,8 @@ class VirtualHost:
         """Step down with a bow-out advert so a peer takes over at once; stay BACKUP until
         ``until`` (for ever by default: until :meth:`promote`).  A demotion already running for
         longer is kept: SIGUSR2 must not cut short an operator's demotion."""
+        if not self._demoted(now):
+            self.demoted_since = now
         if not self._demoted(now) or until > (self.demoted_until or 0.0):
             self.demoted_until = until
         actions: list[Action] = []
@@ -345,9 +353,36 @@ class VirtualHost:
         """End a demotion: the election runs normally again."""
         was_demoted = self._demoted(now)
         self.demoted_until = None
+        self.demoted_since = None
         if was_demoted and self.state is State.BACKUP:
             self._arm_master_down(now)
         return []
+
+    def set_health(self, healthy: bool, now: float) -> list[Action]:
+        """The node's checks changed their verdict.  An unhealthy MASTER bows out (a healthy
+        peer takes over at once, preempt or not) and drains; an unhealthy node then never
+        takes the VIP from a live master, and takes it only as a last resort: when its
+        master-down timer (one advert interval longer than a healthy node's) expires."""
+        if healthy == self.healthy:
+            return []
+        self.healthy = healthy
+        if self._master_down_at is not None:  # a healthy peer's timer must run out first
+            shift = self.params.advert_interval
+            self._master_down_at += -shift if healthy else shift
+        if healthy or self.state is not State.MASTER:
+            return []
+        bow_out: list[Action] = [self._advert(wire.BOW_OUT, wire.BOW_OUT)]
+        return bow_out + self._set_state(State.BACKUP, "unhealthy: bowing out", now,
+                                         planned=True)
+
+    def demotion_in_force(self, now: float) -> bool:
+        """A demotion (operator's or a temporary step-down) keeps this host BACKUP now."""
+        return self._demoted(now)
+
+    @property
+    def last_resort(self) -> bool:
+        """MASTER although unhealthy: no healthier node has taken the VIP."""
+        return self.state is State.MASTER and not self.healthy
 
     def stop(self, now: float) -> list[Action]:
         """Shutting down: bow out if MASTER so a peer takes over at once, then release."""
@@ -428,10 +463,15 @@ class VirtualHost:
         theirs = received.advert.interval_ticks
         if self._demoted(now):
             return self._keep_backup(now)
-        if self.params.preempt and self.params.interval_ticks < theirs:
+        if not self.healthy:
+            return self._unhealthy_backup_hears(bowing_out, now)
+        ours = self.params.interval_ticks
+        if self.params.preempt and ours < theirs:
             reason = f"preempting slower master {received.source}"
         elif bowing_out:
             reason = f"master {received.source} is bowing out"
+        elif _is_last_resort(received.advert) and ours < theirs:
+            reason = f"master {received.source} holds the VIP only as a last resort (unhealthy)"
         else:
             return self._keep_backup(now)
         limited = self._transition_allowed(received.source, now)
@@ -439,6 +479,14 @@ class VirtualHost:
             return limited + self._keep_backup(now)
         actions = self._take_over(reason, now)
         return actions + (self._forward_strays(received.source, now) if bowing_out else [])
+
+    def _unhealthy_backup_hears(self, bowing_out: bool, now: float) -> list[Action]:
+        """Never take the VIP from a live master; when it bows out, give a healthy peer one
+        advert interval to take over first (its advert re-arms our timer)."""
+        if bowing_out:
+            self._master_down_at = now + self.params.advert_interval
+            return []
+        return self._keep_backup(now)
 
     def _is_master_bowing_out(self, received: wire.Received) -> bool:
         """A bow-out is exactly advbase 255, advskew 255, from the master we have been hearing:
@@ -452,7 +500,7 @@ class VirtualHost:
 
     def _master_hears(self, received: wire.Received, now: float) -> list[Action]:
         theirs = received.advert.interval_ticks
-        ours = self.params.interval_ticks
+        ours = self._interval_ticks()
         if theirs < ours or (theirs == ours and self._loses_tie_to(received.source)):
             limited = self._transition_allowed(received.source, now)
             if limited is not None:
@@ -461,7 +509,7 @@ class VirtualHost:
             # One more advert as we step down, as ucarp does: the preferred master hears that
             # there was another master and announces the VIP again (after a partition, our
             # gratuitous ARP may have moved the LAN's caches to us).
-            farewell = self._advert(self.params.advbase, self.params.advskew)
+            farewell = self._advert(self.params.advbase, self._advskew())
             self._farewell = farewell.advert.counter
             actions: list[Action] = [farewell]
             reason = f"preferred master {received.source} advertised"
@@ -484,7 +532,7 @@ class VirtualHost:
                 self.params.advert_interval:
             return []
         self._answered_at = now
-        return [self._advert(self.params.advbase, self.params.advskew)]
+        return [self._advert(self.params.advbase, self._advskew())]
 
     def _loses_tie_to(self, other: IPv4Address) -> bool:
         return tie_break_key(other) < tie_break_key(self.params.source)
@@ -495,14 +543,18 @@ class VirtualHost:
             self._arm_master_down(now)
             return []
         self.demoted_until = None
-        return self._take_over("master down timer expired", now)
+        self.demoted_since = None
+        reason = "master down timer expired"
+        if not self.healthy:
+            reason += " (unhealthy: holding the VIP as a last resort)"
+        return self._take_over(reason, now)
 
     def _take_over(self, reason: str, now: float) -> list[Action]:
         actions = self.end_drain(now, release=False) + self._set_state(State.MASTER, reason, now)
         return [*actions, SendGratuitousArp(), *self._send_ad(now)]
 
     def _send_ad(self, now: float) -> list[Action]:
-        actions: list[Action] = [self._advert(self.params.advbase, self.params.advskew)]
+        actions: list[Action] = [self._advert(self.params.advbase, self._advskew())]
         self._advert_at = now + self.params.advert_interval
         if self._garp_at_advert is not None and self.sent >= self._garp_at_advert:
             self._garp_at_advert = None
@@ -606,7 +658,15 @@ class VirtualHost:
             self._garp_at = now + self.params.reannounce
 
     def _arm_master_down(self, now: float) -> None:
-        self._master_down_at = now + self.params.master_down_interval
+        extra = 0.0 if self.healthy else self.params.advert_interval
+        self._master_down_at = now + self.params.master_down_interval + extra
+
+    def _advskew(self) -> int:
+        return self.params.advskew if self.healthy else LAST_RESORT_ADVSKEW
+
+    def _interval_ticks(self) -> int:
+        """Our advert interval as peers see it (an unhealthy node's advskew is 255)."""
+        return self.params.advbase * TICKS_PER_SECOND + self._advskew()
 
     def _demoted(self, now: float) -> bool:
         return self.demoted_until is not None and now < self.demoted_until
@@ -628,3 +688,7 @@ class VirtualHost:
 
 def _is_bow_out(advert: wire.Advert) -> bool:
     return advert.advbase == wire.BOW_OUT and advert.advskew == wire.BOW_OUT
+
+
+def _is_last_resort(advert: wire.Advert) -> bool:
+    return advert.advskew == LAST_RESORT_ADVSKEW and advert.advbase != wire.BOW_OUT

@@ -140,6 +140,9 @@ class Cluster:
     def promote(self, name: str) -> None:
         self._dispatch(self.nodes[name], self[name].promote(self.now))
 
+    def set_health(self, name: str, healthy: bool) -> None:
+        self._dispatch(self.nodes[name], self[name].set_health(healthy, self.now))
+
     def inject(self, name: str, packet: bytes) -> None:
         """Hand ``packet`` to one node now, as if it came off the link."""
         node = self.nodes[name]
