@@ -4,9 +4,12 @@
                                       check every stanza's ucarp-* options; each problem as
                                       ``file:line: message``; exit 1 if there is any; warn of a
                                       ucarp-password in a file every user can read
-- ``carpctl status [IFACE] [--json]``  what each engine says on its control socket
-- ``carpctl demote IFACE``            make IFACE's engines step back (persists across restarts)
-- ``carpctl promote IFACE``           undo ``demote``
+- ``carpctl status [IFACE [VHID]] [--json]``  what each engine says on its control socket, and
+                                      why it is BACKUP (demoted, unhealthy) if it is
+- ``carpctl demote IFACE [VHID] [--persistent]``  make the engines step back (a plain demotion
+                                      persists across engine restarts, a persistent one across
+                                      reboots and upgrades too)
+- ``carpctl promote IFACE [VHID]``    undo ``demote``, either kind
 """
 
 from __future__ import annotations
@@ -35,9 +38,15 @@ _PLACE = re.compile(r"^(.*?):(\d+): ")
 
 # -- check ----------------------------------------------------------------------------------
 
-def _where(iface: interfaces.Iface, option: str | None) -> interfaces.Where:
-    lines = [o.where for o in iface.options if o.name == option]
-    return lines[-1] if lines else iface.where
+def _where(iface: interfaces.Iface, problem: ucarp.Problem) -> interfaces.Where:
+    """The line of the option at fault: of an option given several times (ucarp-track-script),
+    the one whose value the problem quotes, else the last."""
+    lines = [o for o in iface.options if o.name == problem.option]
+    if not lines:
+        return iface.where
+    quoting = [o for o in lines if any(repr(value) in problem.message
+                                       for value in (o.value, *o.value.split()))]
+    return (quoting or lines)[-1].where
 
 
 def _stanza_options(iface: interfaces.Iface) -> dict[str, str]:
@@ -59,7 +68,7 @@ def _check_iface(iface: interfaces.Iface, parsed: interfaces.Interfaces) -> list
                                        address=addresses[0] if addresses else None,
                                        check_interface=False)
     except ucarp.StanzaError as error:
-        return [f"{_where(iface, p.option)}: {iface}: {p}" for p in error.problems]
+        return [f"{_where(iface, p)}: {iface}: {p}" for p in error.problems]
     missing = ucarp.missing_alias(options, parsed)
     return [f"{iface.where}: {iface}: {missing}"] if missing else []
 
@@ -147,19 +156,28 @@ def _print_ifupdown_note(args: argparse.Namespace) -> None:
 
 # -- the running engines --------------------------------------------------------------------
 
-def _sockets(state_dir: Path, interface: str | None) -> list[Path]:
+def _sockets(state_dir: Path, interface: str | None, vhid: int | None = None) -> list[Path]:
+    if interface is not None and vhid is not None:
+        path = control.socket_path(state_dir, interface, vhid)
+        return [path] if path.exists() else []
     found = sorted(state_dir.glob("*.sock"))
     if interface is not None:
         found = [p for p in found if p.name.rsplit(".", 2)[0] == interface]
     return found
 
 
-def _ask(path: Path, cmd: str) -> dict[str, Any]:
+def _ask(path: Path, request: dict[str, Any]) -> dict[str, Any]:
     try:
-        return control.request(path, {"cmd": cmd})
+        return control.request(path, request)
     except (OSError, ValueError) as error:
         name = path.name.removesuffix(".sock")
         return {"interface": name.rsplit(".", 1)[0], "error": f"no answer on {path}: {error}"}
+
+
+def _one_line(text: str) -> str:
+    """``text`` safe to print on one terminal line: a check's output may hold line breaks or
+    escape sequences."""
+    return "".join(c if c.isprintable() else " " for c in text).strip()
 
 
 def _ago(since: Any, now: float) -> str:
@@ -181,8 +199,11 @@ def _table(replies: list[dict[str, Any]]) -> str:
         rows.append([str(r.get("interface")), str(r.get("vhid")), str(r.get("vip")),
                      str(r.get("state")), _ago(r.get("since"), now), str(r.get("master") or "-"),
                      "yes" if r.get("demoted") else "no", str(r.get("pid"))])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    table = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        why = r.get("why")
+        if why:  # under its group's row: why it is BACKUP, or MASTER only as a last resort
+            rows.append([f"  why: {_one_line(str(why))}"])
+    widths = [max(len(row[i]) for row in rows if len(row) > 1) for i in range(len(rows[0]))]
+    table = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)).rstrip()
              for row in rows]
     return "\n".join(table + [f"{r.get('interface')}: {r['error']}" for r in replies
                               if "error" in r])
@@ -217,42 +238,78 @@ def _why_not_running(state_dir: Path, interface: str) -> str:
 def _missing_engines(state_dir: Path, interface: str | None,
                      replies: list[dict[str, Any]]) -> list[dict[str, Any]]:
     answered = {r.get("interface") for r in replies if "error" not in r}
+    # an engine of another VHID on the interface (status IFACE VHID) runs all the same
+    running = answered | {p.name.rsplit(".", 2)[0] for p in _sockets(state_dir, interface)}
     return [{"interface": name, "state": "NOT RUNNING", "error": _why_not_running(state_dir, name)}
-            for name in _configured(state_dir, interface) if name not in answered]
+            for name in _configured(state_dir, interface) if name not in running]
+
+
+def _no_engine(args: argparse.Namespace) -> int:
+    where = f" on {args.interface}" if args.interface else ""
+    where += f" vhid {args.vhid}" if args.vhid is not None else ""
+    print(f"carpctl: no carpd engine{where} (no control socket in {args.state_dir})",
+          file=sys.stderr)
+    return EXIT_NO_ENGINE
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
     _print_ifupdown_note(args)
-    replies = [_ask(p, "status") for p in _sockets(args.state_dir, args.interface)]
+    replies = [_ask(p, {"cmd": "status"})
+               for p in _sockets(args.state_dir, args.interface, args.vhid)]
     replies += _missing_engines(args.state_dir, args.interface, replies)
-    if args.json:
+    if args.json:  # the replies as they are: demotion, healthy, health and why too
         print(json.dumps(replies, indent=2))
     elif replies:
         print(_table(replies))
     if not replies:
-        where = f" on {args.interface}" if args.interface else ""
-        print(f"carpctl: no carpd engine{where} (no control socket in {args.state_dir})",
-              file=sys.stderr)
-        return EXIT_NO_ENGINE
+        return _no_engine(args)
     return 1 if any("error" in r for r in replies) else 0
 
 
+def _steer_request(args: argparse.Namespace) -> dict[str, Any]:
+    if getattr(args, "persistent", False):
+        return {"cmd": args.command, "persistent": True}
+    return {"cmd": args.command}
+
+
+def _steered(args: argparse.Namespace, reply: dict[str, Any]) -> str | None:
+    """What went wrong with ``reply``, or None when the engine did as asked."""
+    if "error" in reply or reply.get("ok") is False:
+        return str(reply.get("error", reply))
+    demotion = reply.get("demotion")
+    if getattr(args, "persistent", False) and not (
+            isinstance(demotion, dict) and demotion.get("persistent") is True):
+        return ("demoted, but the engine did not record the demotion as persistent (is it "
+                "older than carpctl?): it will not survive a reboot")
+    return None
+
+
 def _cmd_steer(args: argparse.Namespace) -> int:
-    sockets = _sockets(args.state_dir, args.interface)
+    sockets = _sockets(args.state_dir, args.interface, args.vhid)
     if not sockets:
-        print(f"carpctl: no carpd engine on {args.interface} (no control socket in "
-              f"{args.state_dir})", file=sys.stderr)
-        return EXIT_NO_ENGINE
+        return _no_engine(args)
     failed = False
+    done = f"{args.command}d" + (" (persistent)" if getattr(args, "persistent", False) else "")
     for path in sockets:
-        reply = _ask(path, args.command)
-        if "error" in reply or reply.get("ok") is False:
+        reply = _ask(path, _steer_request(args))
+        problem = _steered(args, reply)
+        if problem is not None:
             failed = True
-            print(f"carpctl: {path.name}: {reply.get('error', reply)}", file=sys.stderr)
+            print(f"carpctl: {path.name}: {problem}", file=sys.stderr)
         else:
             print(f"{reply.get('interface', args.interface)} vhid {reply.get('vhid', '?')}: "
-                  f"{args.command}d, now {reply.get('state', '?')}")
+                  f"{done}, now {reply.get('state', '?')}")
     return 1 if failed else 0
+
+
+def _vhid(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 255:
+        raise argparse.ArgumentTypeError(f"{text!r}: a VHID is a number from 1 to 255")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -264,15 +321,20 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="check an interfaces file and its ucarp-* options")
     c.add_argument("file", nargs="?", type=Path, default=interfaces.DEFAULT_FILE)
     c.set_defaults(run=_cmd_check)
-    s = sub.add_parser("status", help="show the engines' state")
+    s = sub.add_parser("status", help="show the engines' state, and why one is BACKUP")
     s.add_argument("interface", nargs="?")
+    s.add_argument("vhid", nargs="?", type=_vhid, help="only this group's engine")
     s.add_argument("--json", action="store_true", help="print the engines' replies as JSON")
     s.set_defaults(run=_cmd_status)
     for name, text in (("demote", "make IFACE's engines step back to BACKUP and stay there"),
                        ("promote", "let IFACE's engines take part in the election again")):
         d = sub.add_parser(name, help=text)
         d.add_argument("interface")
+        d.add_argument("vhid", nargs="?", type=_vhid, help="only this group's engine")
         d.set_defaults(run=_cmd_steer)
+        if name == "demote":
+            d.add_argument("--persistent", action="store_true",
+                           help="stay demoted across reboots and upgrades too, until promote")
     return p
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import socket
 import stat
 from ipaddress import IPv4Address
@@ -17,6 +18,7 @@ from typing import Annotated, Any
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -34,6 +36,10 @@ FACILITIES = (
 )
 
 Octet = Annotated[int, Field(ge=0, le=255)]
+Count = Annotated[int, Field(ge=1, le=255)]
+Seconds = Annotated[float, Field(gt=0, le=3600)]
+IFNAMSIZ = 16
+"""Linux's limit on an interface name, its final NUL included."""
 
 
 HIDDEN = "<hidden>"
@@ -74,6 +80,68 @@ def without_secret(error: ValidationError, key: str) -> ValidationError:
     return ValidationError.from_exception_data(error.title, details, hide_input=True)
 
 
+def _executable_file(path: Path) -> bool:
+    return path.is_file() and os.access(path, os.X_OK)
+
+
+COMMAND_ALLOWED = "allowed: a command line (a string) or its words (a list of strings)"
+
+
+def _words(value: Any) -> Any:
+    """One command: a line of words (split as the shell would, without running one), or
+    already its words."""
+    if isinstance(value, list | tuple):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(COMMAND_ALLOWED)
+    try:
+        return shlex.split(value)
+    except ValueError as error:
+        raise ValueError(f"cannot be split into words: {str(error).lower()}") from None
+
+
+def _runnable(command: tuple[str, ...]) -> tuple[str, ...]:
+    if not command or not command[0]:
+        raise ValueError("no command given: allowed: an absolute path to an executable file, "
+                         "then its arguments")
+    if not command[0].startswith("/"):
+        raise ValueError("the command must start with an absolute path to an executable file")
+    if not _executable_file(Path(command[0])):
+        raise ValueError(f"{command[0]} must be an existing executable file")
+    return command
+
+
+def _commands(value: Any) -> Any:
+    # a single command on its own (JSON written by hand) is a list of one
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"allowed: a list of commands, each {COMMAND_ALLOWED.split(': ')[1]}")
+    return value
+
+
+def _interface_names(value: Any) -> Any:
+    """Names apart, whether given one by one or several in a string ("eth1 eth2")."""
+    if isinstance(value, str):
+        return value.split()
+    if isinstance(value, list | tuple):
+        return [name for item in value
+                for name in (item.split() if isinstance(item, str) else [item])]
+    return value
+
+
+def _interface_name(name: str) -> str:
+    if not 0 < len(name) < IFNAMSIZ or any(c in name for c in "/:") or name != "".join(
+            name.split()):
+        raise ValueError(f"not an interface name: allowed: 1 to {IFNAMSIZ - 1} characters, "
+                         "without '/', ':' or whitespace")
+    return name
+
+
+Command = Annotated[tuple[str, ...], BeforeValidator(_words), AfterValidator(_runnable)]
+InterfaceName = Annotated[str, AfterValidator(_interface_name)]
+
+
 class Options(BaseModel):
     """What one carpd engine runs with."""
 
@@ -108,6 +176,14 @@ class Options(BaseModel):
     state_dir: Path = Path("/run/carpd")
     password_on_command_line: bool = False
     replay_check: bool = True
+    track_script: Annotated[tuple[Command, ...], BeforeValidator(_commands)] = ()
+    track_interval: Seconds = 1.0
+    track_timeout: Seconds | None = None
+    track_fall: Count = 2
+    track_rise: Count = 2
+    track_interface: Annotated[tuple[InterfaceName, ...],
+                               BeforeValidator(_interface_names)] = ()
+    persist_dir: Path = Path("/var/lib/carpd")
 
     @field_validator("interface")
     @classmethod
@@ -121,7 +197,7 @@ class Options(BaseModel):
     @field_validator("upscript", "downscript")
     @classmethod
     def _executable(cls, value: Path | None) -> Path | None:
-        if value is not None and not (value.is_file() and os.access(value, os.X_OK)):
+        if value is not None and not _executable_file(value):
             raise ValueError("must be an existing executable file")
         return value
 
@@ -168,7 +244,10 @@ FLAGS: dict[str, str] = {
     "downscript": "-d/--downscript", "facility": "-f/--facility", "mcast": "-m/--mcast",
     "xparam": "-x/--xparam", "pidfile": "--pidfile", "script_timeout": "--script-timeout",
     "state_dir": "--state-dir", "drain": "--drain", "reannounce": "--reannounce",
-    "replay_check": "--no-replay-check",
+    "replay_check": "--no-replay-check", "track_script": "--track-script",
+    "track_interval": "--track-interval", "track_timeout": "--track-timeout",
+    "track_fall": "--track-fall", "track_rise": "--track-rise",
+    "track_interface": "--track-interface", "persist_dir": "--persist-dir",
 }
 
 
@@ -190,7 +269,9 @@ def describe(error: ValidationError, flags: dict[str, str], given: dict[str, Any
         name = str(item["loc"][0]) if item["loc"] else ""
         flag = flags.get(name, name or "options")
         message = str(item["msg"]).removeprefix("Value error, ")
-        shown = given.get(name, item.get("input"))
+        # one of several values (a --track-script of two): that one
+        one_of_several = len(item["loc"]) > 1 and isinstance(item["loc"][1], int)
+        shown = item.get("input") if one_of_several else given.get(name, item.get("input"))
         value = HIDDEN if name == "password" else repr(_plain(shown))
         lines.append(f"{flag}: {value}: {message}" if name else f"{flag}: {message}")
     return "\n".join(lines)
@@ -285,6 +366,17 @@ def parser() -> argparse.ArgumentParser:
       "off)")
     a("--no-replay-check", dest="replay_check", action="store_false",
       help="accept adverts whose counter is not newer (replay protection off)")
+    a("--track-script", action="append", metavar="'PATH [ARGS]'",
+      help="healthy while this command exits 0 (repeatable: all must pass)")
+    a("--track-interval", metavar="SECONDS", help="run the checks this often (default 1)")
+    a("--track-timeout", metavar="SECONDS",
+      help="a check running longer fails (default: the interval, at least 1 s)")
+    a("--track-fall", metavar="N", help="failures in a row that make a check fail (default 2)")
+    a("--track-rise", metavar="N", help="passes in a row that make it pass again (default 2)")
+    a("--track-interface", action="append", metavar="IFACE",
+      help="unhealthy while IFACE has no carrier (repeatable; also \"eth1 eth2\")")
+    a("--persist-dir", metavar="DIR",
+      help="where demotions that survive a reboot are kept (default /var/lib/carpd)")
     return p
 
 

@@ -119,6 +119,13 @@ class UcarpStanza(BaseModel):
     drain: Once | None = Field(None, alias="ucarp-drain")
     reannounce: Once | None = Field(None, alias="ucarp-reannounce")
     replay_check: Flag = Field(True, alias="ucarp-replay-check")
+    # may be given several times: ifupdown joins the values with a newline
+    track_script: str | None = Field(None, alias="ucarp-track-script")
+    track_interval: Once | None = Field(None, alias="ucarp-track-interval")
+    track_timeout: Once | None = Field(None, alias="ucarp-track-timeout")
+    track_fall: Once | None = Field(None, alias="ucarp-track-fall")
+    track_rise: Once | None = Field(None, alias="ucarp-track-rise")
+    track_interface: str | None = Field(None, alias="ucarp-track-interface")
 
     @model_validator(mode="after")
     def _one_password(self) -> UcarpStanza:
@@ -150,8 +157,13 @@ OPTION_NAMES: dict[str, str] = {
     "neutral": "ucarp-neutral", "ignoreifstate": "ucarp-ignoreifstate", "mcast": "ucarp-mcast",
     "debug": "ucarp-debug", "srcip": "ucarp-srcip", "drain": "ucarp-drain",
     "reannounce": "ucarp-reannounce", "replay_check": "ucarp-replay-check",
+    "track_script": "ucarp-track-script", "track_interval": "ucarp-track-interval",
+    "track_timeout": "ucarp-track-timeout", "track_fall": "ucarp-track-fall",
+    "track_rise": "ucarp-track-rise", "track_interface": "ucarp-track-interface",
     "interface": "interface",
 }
+REPEATABLE = ("ucarp-track-script", "ucarp-track-interface")
+"""Options that may be given more than once (ifupdown joins the values with a newline)."""
 
 
 def missing_options(raw: Mapping[str, str]) -> list[str]:
@@ -231,6 +243,15 @@ def _password(raw: Mapping[str, str]) -> bytes:
             "-o/--passfile", "ucarp-passfile", 1))]) from None
 
 
+def _value(option: str, value: str) -> Any:
+    """What :func:`config.build` takes for one option as ifupdown hands it over."""
+    if option in BOOLEANS:
+        return _flag(value)
+    if option == "ucarp-track-script":
+        return value.split("\n")  # one command per line (config splits each into words)
+    return value  # ucarp-track-interface: config splits it on whitespace, newlines too
+
+
 def _given(raw: Mapping[str, str], reported: set[str | None]) -> dict[str, Any]:
     """The values :func:`config.build` should check: those not reported wrong already."""
     field_of = {option: name for name, option in OPTION_NAMES.items()}
@@ -239,7 +260,7 @@ def _given(raw: Mapping[str, str], reported: set[str | None]) -> dict[str, Any]:
     for option, value in raw.items():
         if option in reported or option not in field_of:
             continue
-        given[field_of[option]] = _flag(value) if option in BOOLEANS else value
+        given[field_of[option]] = _value(option, value)
     if not reported & {"ucarp-password", "ucarp-passfile"}:
         given["password"] = _password(raw)
     return given
