@@ -10,7 +10,7 @@ import errno
 import logging
 import select
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
@@ -186,3 +186,104 @@ class LinkMonitor:
 
     def close(self) -> None:
         self._sock.close()
+
+
+AF_UNSPEC = 0
+READS_PER_CALL = 64
+
+
+class NamedLinkMonitor:
+    """Whether each of several interfaces, named, exists and has carrier, followed as links
+    come and go, are renamed, moved to another namespace or lose carrier.
+
+    The state is a dump taken once the event socket is bound (an event from before the dump,
+    read after it, only repeats a state the dump already had), then kept up to date from link
+    events.  After ENOBUFS (events lost) the socket is reopened and the state dumped afresh.
+    A bridge port's own notifications (family AF_BRIDGE: a DELLINK when it leaves the bridge)
+    are not about the link and are ignored.
+    """
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self.names = frozenset(names)
+        self.reopened = 0
+        """How often the socket was reopened (after an overflow or :meth:`resync`)."""
+        self._sock = _link_socket()
+        self._links: dict[str, tuple[int, bool]] = {}
+        """name -> (index, carrier) of the tracked names that exist."""
+        try:
+            self._links = self._dump()
+        except BaseException:
+            self._sock.close()
+            raise
+
+    def fileno(self) -> int:
+        return int(self._sock.fileno())
+
+    def carriers(self) -> dict[str, bool | None]:
+        """Each tracked name's carrier; None when no interface has that name."""
+        return {name: self._links[name][1] if name in self._links else None
+                for name in self.names}
+
+    def read(self) -> bool:
+        """Apply the events waiting; True if :meth:`carriers` may have changed."""
+        before = dict(self._links)
+        try:
+            messages = self._drain()
+        except OSError as error:
+            if error.errno != errno.ENOBUFS:
+                raise
+            log.warning("netlink link events overflowed; re-reading the tracked interfaces")
+            self.resync()
+        else:
+            for msg in messages:
+                self._apply(msg)
+        return self._links != before
+
+    def resync(self) -> None:
+        """Reopen the event socket and dump the links afresh."""
+        sock = _link_socket()
+        self._sock.close()
+        self._sock = sock
+        self.reopened += 1
+        self._links = self._dump()
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def _apply(self, msg: Any) -> None:
+        if msg.get("family", AF_UNSPEC) != AF_UNSPEC:
+            return
+        kind = msg["header"]["type"]
+        index = msg.get("index")
+        name = msg.get_attr("IFLA_IFNAME")
+        for tracked, (known, _carrier) in list(self._links.items()):
+            if known == index and (kind == RTM_DELLINK or name != tracked):
+                del self._links[tracked]  # gone, or renamed away
+        if kind == RTM_NEWLINK and name in self.names:
+            self._links[name] = (int(index), carrier_of(int(msg["flags"])))
+
+    def _drain(self) -> list[Any]:
+        """What is waiting, in at most :data:`READS_PER_CALL` reads (the socket stays readable
+        if more is)."""
+        messages: list[Any] = []
+        for _ in range(READS_PER_CALL):
+            if not select.select([self._sock], [], [], 0)[0]:
+                break
+            messages += self._sock.get()
+        return messages
+
+    def _dump(self) -> dict[str, tuple[int, bool]]:
+        for _attempt in range(DUMP_ATTEMPTS):
+            with suppress(NetlinkDumpInterrupted), _ipr() as ipr:
+                return {
+                    str(name): (int(msg["index"]), carrier_of(int(msg["flags"])))
+                    for msg in ipr.get_links()
+                    if (name := msg.get_attr("IFLA_IFNAME")) in self.names
+                }
+        raise OSError(errno.EINTR, f"link dump interrupted {DUMP_ATTEMPTS} times")
+
+
+def _link_socket() -> Any:
+    sock = IPRSocket()
+    sock.bind(groups=RTMGRP_LINK)
+    return sock
