@@ -1,0 +1,617 @@
+"""Health and interface tracking (issue 11) with real carpd engines, real check scripts, the real
+ucarp and real links, in network namespaces.
+
+Every node's check is a shell script of its own (see :class:`Check`): it passes, fails (exit 7,
+"service down") while the test's ``sick`` file exists, and hangs (``sleep 1000``) while its
+``hang`` file exists.  Checks run every :data:`INTERVAL` seconds with fall and rise
+:data:`FALL`/:data:`RISE` unless a test says otherwise; adverts use advbase 1 (master down after
+3 s).  Node a (advskew 0) is the preferred node, b (advskew 100) the slower one.  The timing bounds
+allow for a loaded 2-core CI machine; the wire is read from the bridge with kernel timestamps
+(lab/netns.py's Capture).
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import stat
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import pytest
+from netns import CARPD, CarpFrame, Daemon, Network, Node, run, wait_for
+
+pytestmark = [pytest.mark.netns]
+
+ADVBASE = 1
+MASTER_DOWN = 3.0  # advbase 1 x deadratio 3
+SLACK = 0.75  # scheduling on a loaded CI machine
+DRAIN = 2.0  # carpd keeps the VIP this long after a planned release (--drain's default)
+UCARP_LATE = 1.25  # ucarp reads packets through libpcap's 1 s buffer
+INTERVAL = 0.5
+FALL = 2
+RISE = 2
+TIMEOUT = 1.0
+LAST_RESORT_SKEW = 255
+PREFERRED_SKEW = 0
+SLOWER_SKEW = 100
+
+
+# ---- checks, nodes and daemons ---------------------------------------------------------------
+
+
+_CHECK = """#!/bin/sh
+# the health check of {node}: hangs while {hang} exists, fails while {sick} exists
+[ -e {hang} ] && exec sleep 1000
+if [ -e {sick} ]; then echo "service down"; exit 7; fi
+exit 0
+"""
+
+
+@dataclass(frozen=True)
+class Check:
+    """A check script for one node, steered by files the test creates and removes."""
+
+    path: Path
+    sick_file: Path
+    hang_file: Path
+
+    @classmethod
+    def make(cls, net: Network, node: Node) -> Check:
+        folder = net.directory / f"check-{node.name}"
+        folder.mkdir()
+        check = cls(folder / "check", folder / "sick", folder / "hang")
+        check.path.write_text(_CHECK.format(node=node.name, sick=check.sick_file,
+                                            hang=check.hang_file))
+        check.path.chmod(0o755)
+        return check
+
+    def fail(self) -> float:
+        """Make the check fail from now on; return the wall time."""
+        self.sick_file.touch()
+        return time.time()
+
+    def hang(self) -> float:
+        self.hang_file.touch()
+        return time.time()
+
+    def pass_again(self) -> float:
+        self.sick_file.unlink(missing_ok=True)
+        self.hang_file.unlink(missing_ok=True)
+        return time.time()
+
+
+def track(check: Check | None = None, *, interfaces: tuple[str, ...] = (), rise: int = RISE,
+          timeout: float = TIMEOUT) -> list[str]:
+    """The engine options that track ``check`` and ``interfaces``."""
+    options = [f"--track-interface={name}" for name in interfaces]
+    if check is not None:
+        options += ["--track-script", str(check.path), "--track-interval", str(INTERVAL),
+                    "--track-fall", str(FALL), "--track-rise", str(rise),
+                    "--track-timeout", str(timeout)]
+    return options
+
+
+def status(daemon: Daemon) -> dict[str, Any] | None:
+    """Its status, or None while its control socket is not up yet; fails if it died."""
+    assert daemon.alive(), f"{daemon} exited {daemon.process.returncode}:\n{daemon.log()}"
+    try:
+        return daemon.status()
+    except OSError:
+        return None
+
+
+def field(daemon: Daemon, name: str) -> Any:
+    reply = status(daemon)
+    return None if reply is None else reply.get(name)
+
+
+def healthy(daemon: Daemon) -> bool | None:
+    value = field(daemon, "healthy")
+    assert value is None or isinstance(value, bool), f"{daemon}: healthy is {value!r}"
+    return value
+
+
+def start_master(net: Network, node: Node, kind: str = "carpd", **options: Any) -> Daemon:
+    """Start ``kind`` alone on ``node``; return once it holds the VIP (and, if carpd, is
+    healthy)."""
+    daemon = node.start(kind, **options)
+    wait_for(lambda: daemon.alive() and net.holders() == [node],
+             MASTER_DOWN + UCARP_LATE + 1 + 3)
+    if kind == "carpd":
+        wait_for(lambda: healthy(daemon) is True, 5)
+    return daemon
+
+
+def start_backup(net: Network, node: Node, master: Node, kind: str = "carpd",
+                 **options: Any) -> Daemon:
+    """Start ``kind`` (advskew 100 unless given) on ``node``; return once it listens to
+    ``master``."""
+    options.setdefault("advskew", SLOWER_SKEW)
+    daemon = node.start(kind, **options)
+    if kind == "carpd":
+        wait_for(lambda: field(daemon, "state") == "BACKUP"
+                 and field(daemon, "master") == str(master.address), MASTER_DOWN + 2)
+    else:
+        wait_for(daemon.events, 5)  # its down script at start
+        time.sleep(UCARP_LATE)
+    assert net.holders() == [master], f"{daemon} took the VIP from the running master"
+    return daemon
+
+
+def adverts(net: Network, node: Node, since: float = 0.0) -> list[CarpFrame]:
+    return net.capture.frames(source=node.address, vhid=1, since=since)
+
+
+def bow_out(net: Network, node: Node, since: float, timeout: float) -> CarpFrame:
+    return net.capture.wait_frame(lambda f: f.source == node.address and f.bow_out, timeout,
+                                  since=since)
+
+
+def first_advert(net: Network, node: Node, since: float, timeout: float) -> CarpFrame:
+    return net.capture.wait_frame(lambda f: f.source == node.address and not f.bow_out,
+                                  timeout, since=since)
+
+
+def state_changes(daemon: Daemon, since: float) -> list[str]:
+    """The scripts it ran since ``since``: "up" on becoming MASTER, "down" on leaving it."""
+    return [e.event for e in daemon.events() if e.time >= since]
+
+
+def script_entry(reply: dict[str, Any], check: Check) -> dict[str, Any]:
+    entries = [e for e in reply["health"] if e["kind"] == "script"
+               and str(check.path) in e["name"]]
+    assert len(entries) == 1, reply["health"]
+    entry: dict[str, Any] = entries[0]
+    return entry
+
+
+def assert_unhealthy_because_of(daemon: Daemon, check: Check, state: str = "BACKUP") -> None:
+    """Its status says: ``state``, unhealthy, and why (the check, failing with exit 7)."""
+    reply = status(daemon)
+    assert reply is not None
+    assert reply["state"] == state, reply
+    assert reply["healthy"] is False, reply
+    assert reply["why"] is not None and str(check.path) in reply["why"], reply["why"]
+    entry = script_entry(reply, check)
+    assert entry["healthy"] is False
+    assert entry["rc"] == 7 and "service down" in entry["output"], entry
+
+
+def node_pids(node: Node) -> list[int]:
+    return [int(p) for p in run("ip", "netns", "pids", node.ns, check=False).stdout.split()]
+
+
+def commands_in(node: Node) -> list[str]:
+    found = []
+    for pid in node_pids(node):
+        try:
+            found.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:
+            continue
+    return found
+
+
+@pytest.fixture
+def lab(net: Network) -> Iterator[Network]:
+    """``net``, and when the test ends: every process left in its node namespaces (a check the
+    engine may have left hanging) killed by pid before the namespaces go."""
+    try:
+        yield net
+    finally:
+        for node in net.nodes:
+            for daemon in node.daemons:
+                daemon.kill()
+            for pid in node_pids(node):
+                run("kill", "-KILL", str(pid), check=False)
+
+
+def pair(lab: Network, *, a_preempt: bool = False, a_rise: int = RISE, b_kind: str = "carpd",
+         b_preempt: bool = False) -> tuple[Node, Node, Check, Check, Daemon, Daemon]:
+    """a (checked, advskew 0) as MASTER and b (advskew 100; checked if carpd) as BACKUP."""
+    a, b = lab.add_node("10.9.1.2"), lab.add_node("10.9.1.3")
+    check_a, check_b = Check.make(lab, a), Check.make(lab, b)
+    master = start_master(lab, a, advskew=PREFERRED_SKEW, preempt=a_preempt,
+                          extra=track(check_a, rise=a_rise))
+    backup = start_backup(lab, b, a, b_kind, preempt=b_preempt,
+                          extra=track(check_b) if b_kind == "carpd" else [])
+    return a, b, check_a, check_b, master, backup
+
+
+# ---- an unhealthy MASTER ------------------------------------------------------------------------
+
+
+def test_unhealthy_master_bows_out_and_the_peer_takes_over_at_once_without_preempt(
+        lab: Network) -> None:
+    a, b, check_a, _, master, backup = pair(lab)
+
+    sick = check_a.fail()
+    took_over = FALL * INTERVAL + 1.0 + SLACK
+    bow = bow_out(lab, a, sick, took_over)
+    first = first_advert(lab, b, sick, took_over + 1)
+    print(f"bow-out {bow.time - sick:.3f} s, take-over {first.time - sick:.3f} s after the "
+          "check started failing")
+    # one failure is not enough: it bows out only at the fall-th failure in a row
+    assert bow.time - sick >= (FALL - 1) * INTERVAL - 0.1
+    assert first.time - sick <= took_over
+    assert first.time - bow.time < SLACK, "the peer did not take over at the bow-out"
+    wait_for(lambda: lab.holders() == [b], DRAIN + SLACK + 1)
+    assert_unhealthy_because_of(master, check_a)
+    assert field(backup, "state") == "MASTER" and healthy(backup) is True
+
+    settled = time.time()
+    time.sleep(3)
+    assert lab.holders() == [b]
+    assert state_changes(master, settled) == state_changes(backup, settled) == []
+    assert adverts(lab, a, since=bow.time + 0.001) == [], "the unhealthy node kept advertising"
+
+
+class Holders:
+    """Who holds the VIP, sampled every 50 ms in a thread: (wall time, node names)."""
+
+    def __init__(self, net: Network) -> None:
+        self.samples: list[tuple[float, tuple[str, ...]]] = []
+        self._net = net
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.05):
+            names = tuple(n.name for n in self._net.holders())
+            self.samples.append((time.time(), names))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def longest(self, count: int) -> float:
+        """The longest stretch of samples with ``count`` holders, in seconds."""
+        longest, start = 0.0, None
+        for when, names in self.samples:
+            if len(names) == count:
+                start = when if start is None else start
+                longest = max(longest, when - start)
+            else:
+                start = None
+        return longest
+
+
+def assert_last_resort(lab: Network, holder: Node, other: Node, checks: dict[str, Check],
+                       daemons: dict[str, Daemon], since: float) -> None:
+    """``holder`` keeps the VIP as MASTER though unhealthy, advertising advskew 255; ``other``
+    listens to it."""
+    assert_unhealthy_because_of(daemons[holder.name], checks[holder.name], state="MASTER")
+    assert healthy(daemons[other.name]) is False
+    assert field(daemons[other.name], "state") == "BACKUP"
+    assert field(daemons[other.name], "master") == str(holder.address)
+    sent = adverts(lab, holder, since=since)
+    assert len(sent) >= 2, sent
+    assert {(f.advert.advbase, f.advert.advskew) for f in sent} == {(ADVBASE, LAST_RESORT_SKEW)}
+    assert adverts(lab, other, since=since) == []
+
+
+def test_when_both_nodes_are_unhealthy_exactly_one_keeps_the_vip_advertising_advskew_255(
+        lab: Network) -> None:
+    a, b, check_a, check_b, master, backup = pair(lab)
+    check_b.fail()
+    wait_for(lambda: healthy(backup) is False, FALL * (INTERVAL + TIMEOUT) + SLACK)
+    time.sleep(2)
+    assert lab.holders() == [a], "an unhealthy BACKUP took the VIP from a live MASTER"
+    assert state_changes(backup, time.time() - 2) == []
+
+    holders = Holders(lab)
+    try:
+        sick = check_a.fail()
+        wait_for(lambda: healthy(master) is False, FALL * INTERVAL + 1 + SLACK)
+        time.sleep(ADVBASE + DRAIN + MASTER_DOWN)
+        settled = time.time()
+        time.sleep(6)
+    finally:
+        holders.stop()
+    assert len(holders.samples) > 50
+    print(f"no holder for at most {holders.longest(0):.2f} s, two for at most "
+          f"{holders.longest(2):.2f} s")
+    assert holders.longest(0) <= MASTER_DOWN, "the VIP was on no node"
+    assert holders.longest(2) <= DRAIN + SLACK, "the VIP was on both nodes"
+    assert not [names for when, names in holders.samples if when >= settled and len(names) != 1]
+    (holder,) = lab.holders()
+    other = b if holder is a else a
+    print(f"{holder.name} holds the VIP as a last resort")
+    daemons, checks = {"a": master, "b": backup}, {"a": check_a, "b": check_b}
+    assert_last_resort(lab, holder, other, checks, daemons, settled)
+    assert state_changes(master, settled) == state_changes(backup, settled) == []
+    assert sick < settled
+
+
+def test_nodes_unhealthy_from_the_start_still_put_the_vip_on_exactly_one(lab: Network) -> None:
+    a, b = lab.add_node("10.9.1.2"), lab.add_node("10.9.1.3")
+    checks = {n.name: Check.make(lab, n) for n in (a, b)}
+    for check in checks.values():
+        check.fail()
+    daemons = {n.name: n.start("carpd", advskew=skew, extra=track(checks[n.name]))
+               for n, skew in ((a, PREFERRED_SKEW), (b, SLOWER_SKEW))}
+
+    # master down (3 s), one interval longer for an unhealthy node, and start-up
+    wait_for(lambda: len(lab.holders()) == 1, MASTER_DOWN + ADVBASE + 3 + SLACK)
+    time.sleep(ADVBASE + DRAIN)
+    settled = time.time()
+    time.sleep(5)
+    (holder,) = lab.holders()
+    other = b if holder is a else a
+    assert_last_resort(lab, holder, other, checks, daemons, settled)
+    assert state_changes(daemons["a"], settled) == state_changes(daemons["b"], settled) == []
+
+
+# ---- recovery -----------------------------------------------------------------------------------
+
+
+def test_recovered_node_without_preempt_stays_backup_while_the_healthy_peer_is_master(
+        lab: Network) -> None:
+    a, b, check_a, _, master, backup = pair(lab)
+    check_a.fail()
+    wait_for(lambda: lab.holders() == [b], FALL * INTERVAL + 1 + SLACK + DRAIN + 1)
+
+    check_a.pass_again()
+    wait_for(lambda: healthy(master) is True, RISE * INTERVAL + 1 + SLACK)
+    recovered = time.time()
+    time.sleep(MASTER_DOWN + 1)
+    assert lab.holders() == [b]
+    assert field(master, "state") == "BACKUP" and field(master, "why") is None
+    assert field(master, "master") == str(b.address)
+    assert state_changes(master, recovered) == state_changes(backup, recovered) == []
+    assert {f.advert.advskew for f in adverts(lab, b, since=recovered)} == {SLOWER_SKEW}
+
+
+def test_recovered_node_with_preempt_and_the_better_advskew_takes_the_vip_back_after_rise(
+        lab: Network) -> None:
+    rise = 3
+    a, b, check_a, _, master, backup = pair(lab, a_preempt=True, a_rise=rise)
+    check_a.fail()
+    wait_for(lambda: lab.holders() == [b], FALL * INTERVAL + 1 + SLACK + DRAIN + 1)
+    time.sleep(MASTER_DOWN)
+    assert lab.holders() == [b], "an unhealthy node preempted"
+    assert field(master, "state") == "BACKUP"
+
+    healed = check_a.pass_again()
+    first = first_advert(lab, a, healed, rise * INTERVAL + INTERVAL + ADVBASE + SLACK + 2)
+    took = first.time - healed
+    print(f"took the VIP back {took:.3f} s after the check passed again (rise {rise})")
+    assert (rise - 1) * INTERVAL - 0.1 <= took <= rise * INTERVAL + INTERVAL + ADVBASE + SLACK
+    assert first.advert.advskew == PREFERRED_SKEW
+    wait_for(lambda: lab.holders() == [a], DRAIN + SLACK + 1)
+    assert field(master, "state") == "MASTER" and healthy(master) is True
+    assert field(backup, "state") == "BACKUP"
+    settled = time.time()
+    time.sleep(2.5)
+    assert lab.holders() == [a]
+    assert state_changes(master, settled) == state_changes(backup, settled) == []
+
+
+# ---- a hung check -------------------------------------------------------------------------------
+
+
+def hung_checks(node: Node) -> int:
+    return sum(1 for command in commands_in(node) if command.startswith("sleep 1000"))
+
+
+def answers_at_once(daemon: Daemon) -> bool:
+    asked = time.monotonic()
+    reply = status(daemon)
+    return reply is not None and time.monotonic() - asked < 0.5
+
+
+def test_hung_check_on_the_backup_makes_it_unhealthy_and_moves_nothing(lab: Network) -> None:
+    a, b, _, check_b, master, backup = pair(lab)
+    before = status(master)
+    assert before is not None
+
+    hung = check_b.hang()
+    wait_for(lambda: healthy(backup) is False, FALL * (TIMEOUT + INTERVAL) + 1 + SLACK)
+    took = time.time() - hung
+    print(f"unhealthy {took:.3f} s after the check started hanging")
+    assert took >= TIMEOUT - 0.1, "a hung check failed before its timeout"
+    assert answers_at_once(backup)
+    time.sleep(MASTER_DOWN + 1)
+    assert lab.holders() == [a]
+    after = status(master)
+    assert after is not None and after["state"] == "MASTER" and after["since"] == before["since"]
+    assert field(backup, "state") == "BACKUP" and healthy(backup) is False
+    assert str(check_b.path) in str(field(backup, "why"))
+    assert state_changes(master, hung) == state_changes(backup, hung) == []
+    assert adverts(lab, b, since=hung) == []
+    # a check past its timeout is ended, not left to pile up
+    assert hung_checks(b) <= 2, commands_in(b)
+
+
+def test_hung_check_on_the_master_keeps_its_adverts_on_time_until_it_bows_out(
+        lab: Network) -> None:
+    a, b, check_a, _, master, backup = pair(lab)
+
+    hung = check_a.hang()
+    bow = bow_out(lab, a, hung, FALL * (TIMEOUT + INTERVAL) + 1 + SLACK)
+    print(f"bowed out {bow.time - hung:.3f} s after the check started hanging")
+    assert bow.time - hung >= TIMEOUT - 0.1
+    sent = [f for f in adverts(lab, a, since=hung - 2 * ADVBASE) if f.time <= bow.time]
+    gaps = [later.time - earlier.time for earlier, later in pairwise(sent)]
+    print("advert gaps:", " ".join(f"{gap:.3f}" for gap in gaps))
+    assert len(sent) >= 3 and max(gaps) <= ADVBASE + 0.3, "a hung check delayed the adverts"
+    first = first_advert(lab, b, hung, MASTER_DOWN + 2)
+    assert bow.time <= first.time < bow.time + SLACK, "the peer took over before the bow-out"
+    wait_for(lambda: lab.holders() == [b], DRAIN + SLACK + 1)
+    assert answers_at_once(master)
+    reply = status(master)
+    assert reply is not None and reply["state"] == "BACKUP" and reply["healthy"] is False
+    assert str(check_a.path) in str(reply["why"])
+    time.sleep(2)
+    assert lab.holders() == [b]
+    assert hung_checks(a) <= 2, commands_in(a)
+
+
+# ---- a tracked interface ------------------------------------------------------------------------
+
+
+def tracked_link(net: Network, node: Node) -> str:
+    """A veth ``eth1`` in ``node`` whose other end (returned) is in the switch namespace, plugged
+    into nothing: setting that end down takes eth1's carrier away."""
+    peer = f"t{node.name}{net.tag[-8:]}"
+    run("ip", "link", "add", "eth1", "netns", node.ns, "type", "veth", "peer", "name", peer,
+        "netns", net.switch)
+    run("ip", "-n", net.switch, "link", "set", peer, "up")
+    run("ip", "-n", node.ns, "link", "set", "eth1", "up")
+    wait_for(lambda: carrier(node, "eth1"), 5)
+    return peer
+
+
+def carrier(node: Node, interface: str) -> bool:
+    return node.exec("cat", f"/sys/class/net/{interface}/carrier", check=False).stdout == "1\n"
+
+
+def test_tracked_interface_losing_carrier_makes_the_master_bow_out_at_once_and_come_back(
+        lab: Network) -> None:
+    a, b = lab.add_node("10.9.1.2"), lab.add_node("10.9.1.3")
+    peer = tracked_link(lab, a)
+    master = start_master(lab, a, advskew=PREFERRED_SKEW, preempt=True,
+                          extra=track(interfaces=("eth1",)))
+    backup = start_backup(lab, b, a)
+
+    cut = time.time()
+    run("ip", "-n", lab.switch, "link", "set", peer, "down")
+    bow = bow_out(lab, a, cut, 2.0 + 1)
+    print(f"bowed out {bow.time - cut:.3f} s after eth1 lost its carrier")
+    assert bow.time - cut < 2.0
+    first = first_advert(lab, b, cut, MASTER_DOWN + 2)
+    assert first.time - bow.time < SLACK, "the peer did not take over at the bow-out"
+    wait_for(lambda: lab.holders() == [b], DRAIN + SLACK + 1)
+    reply = status(master)
+    assert reply is not None and reply["state"] == "BACKUP" and reply["healthy"] is False
+    assert "eth1" in str(reply["why"])
+    (entry,) = [e for e in reply["health"] if e["kind"] == "interface"]
+    assert entry["name"] == "eth1" and entry["healthy"] is False
+
+    restored = time.time()
+    run("ip", "-n", lab.switch, "link", "set", peer, "up")
+    wait_for(lambda: healthy(master) is True, 5)
+    print(f"healthy again {time.time() - restored:.3f} s after the carrier came back")
+    # preempting, with the better advskew: it takes the VIP back at b's next advert
+    wait_for(lambda: lab.holders() == [a], ADVBASE + DRAIN + SLACK + 2)
+    assert field(master, "state") == "MASTER" and field(master, "why") is None
+    assert field(backup, "state") == "BACKUP"
+
+
+def test_tracked_interface_that_does_not_exist_keeps_the_node_unhealthy(lab: Network) -> None:
+    a, b = lab.add_node("10.9.1.2"), lab.add_node("10.9.1.3")
+    start_master(lab, a, advskew=SLOWER_SKEW)
+    missing = b.start("carpd", advskew=PREFERRED_SKEW, preempt=True,
+                      extra=track(interfaces=("nosuch0",)))
+    wait_for(lambda: healthy(missing) is False, 5)
+    time.sleep(MASTER_DOWN + 1)
+    assert lab.holders() == [a], "an unhealthy node preempted"
+    assert "nosuch0" in str(field(missing, "why"))
+
+
+# ---- a mixed cluster: ucarp as the peer ---------------------------------------------------------
+
+
+@pytest.mark.ucarp
+@pytest.mark.parametrize("ucarp_preempt", [True, False], ids=["ucarp-P", "ucarp-no-P"])
+def test_ucarp_peer_takes_over_from_an_unhealthy_carpd_master(
+        lab: Network, ucarp_preempt: bool) -> None:
+    """carpd (advskew 0, checked) is MASTER, Debian's ucarp (advskew 100) its BACKUP; carpd's
+    check starts failing.  carpd bows out (an advert with advbase 255, advskew 255), drains and
+    goes silent as an unhealthy BACKUP.
+
+    What ucarp does with that bow-out does not depend on -P: ucarp's BACKUP treats a master
+    advertising an interval longer than its own master-down time (255 s > 3 x 1 s) as down at
+    once ("the master is going to advertise at such a low frequency that it is guaranteed to
+    time out"), so with or without -P it takes over as soon as it reads the bow-out (through its
+    libpcap buffer: up to about a second late), not at master down.  carpd, unhealthy, never
+    takes the VIP back from the live ucarp MASTER.
+    """
+    a, b, check_a, _, carpd, ucarp = pair(lab, b_kind="ucarp", b_preempt=ucarp_preempt)
+
+    sick = check_a.fail()
+    bow = bow_out(lab, a, sick, FALL * INTERVAL + 1 + SLACK)
+    first = first_advert(lab, b, sick, MASTER_DOWN + UCARP_LATE + SLACK + 2)
+    took = first.time - bow.time
+    print(f"ucarp ({'with' if ucarp_preempt else 'without'} -P) took over {took:.3f} s after "
+          "the bow-out")
+    assert 0 <= took < UCARP_LATE + 0.5 < MASTER_DOWN
+    wait_for(lambda: lab.holders() == [b], DRAIN + SLACK + 1)
+    assert ucarp.is_master() and not carpd.is_master()
+    settled = time.time()
+    time.sleep(MASTER_DOWN + 1)
+    assert lab.holders() == [b]
+    assert adverts(lab, a, since=bow.time + 0.001) == [], "the unhealthy carpd kept advertising"
+    assert_unhealthy_because_of(carpd, check_a)
+    assert field(carpd, "master") == str(b.address)
+    assert state_changes(carpd, settled) == state_changes(ucarp, settled) == []
+
+
+# ---- a demotion that survives reboots ----------------------------------------------------------
+
+
+def carpctl(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [CARPD[0], "-m", "carpd.carpctl", "--state-dir", str(daemon.directory / "state"), *args],
+        capture_output=True, text=True, timeout=30, check=False)
+
+
+def reboot(daemon: Daemon, **options: Any) -> Daemon:
+    """Stop the engine, wipe its run dir (as a reboot does /run) and start a new one with a new
+    state dir and the same options."""
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait_exit(10) == 0
+    shutil.rmtree(daemon.directory / "state")
+    again = daemon.node.start("carpd", **options)
+    wait_for(lambda: status(again) is not None, 5)
+    return again
+
+
+@pytest.mark.parametrize("persistent", [True, False], ids=["persistent", "plain"])
+def test_persistent_demotion_survives_a_reboot_until_promoted_and_a_plain_one_does_not(
+        lab: Network, persistent: bool) -> None:
+    a, b = lab.add_node("10.9.1.2"), lab.add_node("10.9.1.3")
+    persist = lab.directory / "persist"
+    options: dict[str, Any] = {"advskew": PREFERRED_SKEW, "preempt": True,
+                               "extra": ["--persist-dir", str(persist)]}
+    first = start_master(lab, a, **options)
+    start_backup(lab, b, a)
+
+    demote = carpctl(first, "demote", "eth0", *(["--persistent"] if persistent else []))
+    assert demote.returncode == 0, demote.stderr
+    wait_for(lambda: lab.holders() == [b], ADVBASE + DRAIN + SLACK + 1)
+    reply = status(first)
+    assert reply is not None and reply["demoted"] is True
+    assert reply["demotion"]["persistent"] is persistent
+    assert "demoted" in str(reply["why"])
+    marker = persist / "demoted" / "eth0.1"
+    assert marker.exists() is persistent
+    if persistent:
+        assert stat.S_IMODE(marker.stat().st_mode) == 0o644
+
+    second = reboot(first, **options)
+    if not persistent:  # preempting, with the better advskew: it takes the VIP back
+        wait_for(lambda: lab.holders() == [a], MASTER_DOWN + ADVBASE + SLACK + 2)
+        assert field(second, "demoted") is False
+        return
+    time.sleep(MASTER_DOWN + 2)
+    assert lab.holders() == [b], "the persistent demotion did not survive the reboot"
+    reply = status(second)
+    assert reply is not None and reply["state"] == "BACKUP" and reply["demoted"] is True
+    assert reply["demotion"]["persistent"] is True
+    assert "demoted (persistent)" in str(reply["why"])
+
+    promote = carpctl(second, "promote", "eth0")
+    assert promote.returncode == 0, promote.stderr
+    wait_for(lambda: lab.holders() == [a], ADVBASE + DRAIN + SLACK + 2)
+    assert not marker.exists()
+    reply = status(second)
+    assert reply is not None and reply["demoted"] is False and reply["demotion"] is None
+    assert reply["why"] is None
