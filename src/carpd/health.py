@@ -200,7 +200,7 @@ class Health:
             if failing.kind == "interface":
                 return f"unhealthy: interface {failing.name} down since {since}: {failing.output}"
             return (f"unhealthy: check '{failing.name}' failing since {since} "
-                    f"({self._outcome(failing.rc)}): {one_line(failing.output)}")
+                    f"({self._outcome(failing.rc)}){_said(failing.output)}")
 
     def close(self) -> None:
         """Stop: kill running checks (never waiting for them) and the link watcher."""
@@ -307,8 +307,8 @@ class Health:
         what = ("now failing" if changed else "still failing" if not healthy
                 else f"failed ({streak} of {check.state.fall} in a row to turn failing)")
         quiet = f" [{held} more failed runs not logged]" if held else ""
-        log.warning("health check '%s' %s (%s): %s%s", check.name, what, self._outcome(rc),
-                    one_line(output), quiet)
+        log.warning("health check '%s' %s (%s)%s%s", check.name, what, self._outcome(rc),
+                    _said(output), quiet)
 
     # ---- tracked interfaces (one watcher thread) --------------------------------------------
 
@@ -393,3 +393,7 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
 def one_line(text: str) -> str:
     """``text`` with its line breaks and runs of white space made single spaces."""
     return " ".join(text.split())
+
+
+def _said(output: str) -> str:
+    return f": {one_line(output)}" if output else ""
