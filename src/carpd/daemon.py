@@ -19,7 +19,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
-from carpd import control, election, netlink, sdnotify, wire
+from carpd import control, election, health, netlink, sdnotify, wire
 from carpd.arpguard import ArpGuard, StrayForwarder
 from carpd.config import Options, stop_budget
 from carpd.election import Action, Script, State
@@ -63,6 +63,10 @@ class Engine:
         self._release_guard_after_down = False
         self._up_pending = 0
         self._src_mac = wire.ucarp_source_mac(options.vhid) if options.ucarp_mac else self.info.mac
+        self.health = health.Health(
+            options.track_script, options.track_interval, options.track_timeout,
+            options.track_fall, options.track_rise, options.track_interface)
+        self._persistent_demotion = False
 
     # ---- set-up -------------------------------------------------------------------------------
 
@@ -70,6 +74,27 @@ class Engine:
     def demote_marker(self) -> Path:
         o = self.options
         return o.state_dir / f"{o.interface}.{o.vhid}.demoted"
+
+    @property
+    def persistent_demote_marker(self) -> Path:
+        """Survives reboots and upgrades, until ``carpctl promote``."""
+        o = self.options
+        return o.persist_dir / "demoted" / f"{o.interface}.{o.vhid}"
+
+    def _demoted_at_start(self, now: float) -> None:
+        self._persistent_demotion = self.persistent_demote_marker.exists()
+        marker = self.persistent_demote_marker if self._persistent_demotion else \
+            self.demote_marker
+        if self._persistent_demotion or self.demote_marker.exists():
+            self.host.demote(now)
+            log.info("demoted (%s exists): staying BACKUP until promoted", marker)
+
+    def _start_health(self, now: float) -> None:
+        if not self.health.active:
+            return
+        self.health.start()
+        self._selector.register(self.health, selectors.EVENT_READ, self._on_health)
+        self.host.set_health(self.health.healthy, now)  # before start(): only the verdict
 
     def run(self) -> int:
         watchdog = Watchdog(self.options.interface, self.options.addr)  # before any thread
@@ -83,9 +108,8 @@ class Engine:
         if self.monitor is not None:
             sel.register(self.monitor, selectors.EVENT_READ, self._on_link_event)
         now = time.monotonic()
-        if self.demote_marker.exists():
-            self.host.demote(now)
-            log.info("demoted (%s exists): staying BACKUP until promoted", self.demote_marker)
+        self._demoted_at_start(now)
+        self._start_health(now)
         if not self.info.carrier and self.monitor is not None:
             self.host.link_changed(False, now)  # before start: starts in INIT, waits for carrier
         self._carry_out(self.host.start(now))
@@ -157,6 +181,17 @@ class Engine:
             log.warning("%s was deleted from %s while MASTER: running the up action again",
                         vip, self.options.interface)
             self._carry_out(self.host.vip_lost(now))
+
+    def _on_health(self, _fileobj: Any) -> None:
+        if not self.health.read():
+            return
+        healthy = self.health.healthy
+        if healthy:
+            log.warning("healthy again: every check passes")
+        else:
+            log.warning("unhealthy: %s", self.health.why())
+        self._carry_out(self.host.set_health(healthy, time.monotonic()))
+        sdnotify.notify(f"STATUS={self.status_summary()}")
 
     def _holds_vip(self) -> bool:
         try:
@@ -296,23 +331,55 @@ class Engine:
 
     def status(self) -> dict[str, Any]:
         h = self.host
-        wall = time.time() - time.monotonic()
+        now = time.monotonic()
+        wall = time.time() - now
         return {
             "interface": self.options.interface, "vhid": h.params.vhid,
             "vip": str(h.params.vip), "srcip": str(h.params.source), "state": h.state.value,
-            "since": round(h.since + wall, 3), "demoted": h.demoted_until is not None,
+            "since": round(h.since + wall, 3), "demoted": h.demotion_in_force(now),
+            "demotion": self._demotion(now, wall), "healthy": h.healthy,
+            "health": self.health.status(wall), "why": self._why(now, wall),
             "master": str(h.master.address) if h.master else None,
             "master_since": round(h.master.since + wall, 3) if h.master else None,
             "pid": _pid(), "sent": h.sent, "accepted": h.accepted,
             "rejected": {reason.name.lower(): n for reason, n in h.rejected.items()},
         }
 
+    def _demotion(self, now: float, wall: float) -> dict[str, Any] | None:
+        h = self.host
+        if not h.demotion_in_force(now) or h.demoted_since is None:
+            return None
+        until = h.demoted_until
+        return {"persistent": self._persistent_demotion,
+                "until": None if until is None or until == float("inf") else
+                round(until + wall, 3),
+                "since": round(h.demoted_since + wall, 3)}
+
+    def _why(self, now: float, wall: float) -> str | None:
+        """Why this node is BACKUP, or holds the VIP only as a last resort (one line)."""
+        demotion = self._demotion(now, wall)
+        if demotion is not None:
+            since = _clock(demotion["since"])
+            if demotion["until"] is not None:
+                return f"stepped down since {since}, until {_clock(demotion['until'])}"
+            kind = "demoted (persistent)" if demotion["persistent"] else "demoted"
+            return f"{kind} since {since}: carpctl promote {self.options.interface} ends it"
+        if self.host.healthy:
+            return None
+        last_resort = ": holding the VIP as a last resort" if self.host.last_resort else ""
+        return f"unhealthy: {self.health.why()}{last_resort}"
+
     def status_summary(self) -> str:
         """One line for `systemctl status`: ``MASTER of 10.0.0.1 (vhid 3) since 12:03:04``."""
         h = self.host
         since = time.strftime("%H:%M:%S", time.localtime(time.time() - time.monotonic()
                                                           + h.since))
-        return f"{h.state.value} of {h.params.vip} (vhid {h.params.vhid}) since {since}"
+        line = f"{h.state.value} of {h.params.vip} (vhid {h.params.vhid}) since {since}"
+        if not h.healthy:
+            line += " (unhealthy" + (": last resort)" if h.last_resort else ")")
+        elif h.demotion_in_force(time.monotonic()):
+            line += " (demoted)"
+        return line
 
     def status_line(self) -> str:
         s = self.status()
@@ -326,22 +393,38 @@ class Engine:
         if cmd == "status":
             return {"ok": True, **self.status()}
         if cmd == "demote":
-            try:
-                self.demote_marker.touch(mode=0o644)
-            except OSError as error:
-                return {"ok": False, "error": f"not demoted: cannot record it in "
-                                              f"{self.demote_marker}: {error.strerror}"}
+            persistent = request.get("persistent") is True
+            error = self._record_demotion(persistent)
+            if error is not None:
+                return {"ok": False, "error": error}
+            self._persistent_demotion = self._persistent_demotion or persistent
             self._carry_out(self.host.demote(now))
             return {"ok": True, **self.status()}
         if cmd == "promote":
-            try:
-                self.demote_marker.unlink(missing_ok=True)
-            except OSError as error:
-                return {"ok": False, "error": f"not promoted: cannot remove "
-                                              f"{self.demote_marker}: {error.strerror}"}
+            for marker in (self.persistent_demote_marker, self.demote_marker):
+                try:
+                    marker.unlink(missing_ok=True)
+                except OSError as error:
+                    return {"ok": False, "error": f"not promoted: cannot remove "
+                                                  f"{marker}: {error.strerror}"}
+            self._persistent_demotion = False
             self._carry_out(self.host.promote(now))
             return {"ok": True, **self.status()}
         return {"ok": False, "error": f"unknown command {cmd!r}: allowed: status, demote, promote"}
+
+    def _record_demotion(self, persistent: bool) -> str | None:
+        """Write the demotion's markers (the persistent one under PERSIST_DIR); the error
+        to answer, or None."""
+        marker = self.demote_marker
+        try:
+            marker.touch(mode=0o644)
+            if persistent:
+                marker = self.persistent_demote_marker
+                marker.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+                marker.touch(mode=0o644)
+        except OSError as error:
+            return f"not demoted: cannot record it in {marker}: {error.strerror}"
+        return None
 
     # ---- shutting down ------------------------------------------------------------------------
 
@@ -355,6 +438,7 @@ class Engine:
         drained = self.scripts.drain(self.options.script_timeout + SCRIPT_DRAIN_SLACK)
         if not drained:
             log.error("scripts still running at exit")
+        self.health.close()
         self._release_vip(was_master)
         self.arp_guard.release()
         self.forwarder.release()
@@ -384,6 +468,10 @@ class Engine:
             why = "the down script left it" if was_master else "it was there without us"
             log.warning("removed %s from %s at exit: %s", self.host.params.vip,
                         self.options.interface, why)
+
+
+def _clock(wall: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(wall))
 
 
 def _pid() -> int:
