@@ -10,6 +10,7 @@ import pytest
 
 from carpd import carpctl, config
 from carpd.ifupdown import main as ifupdown_main
+from carpd.ifupdown import stanza as ucarp
 
 DEBIAN = Path(__file__).resolve().parents[2] / "debian"
 
@@ -52,3 +53,22 @@ def test_man_page_names_its_command_and_section(page: str) -> None:
     name = page.removesuffix(".8")
     header = page_text(page).splitlines()[0]
     assert header.startswith(f".TH {name.upper()} 8 ")
+
+
+def test_ifupdown_page_documents_every_stanza_option() -> None:
+    text = page_text("carpd-ifupdown.8")
+    missing = [o for o in ucarp.KNOWN if not re.search(rf"(?<![\w-]){o}(?![\w-])", text)]
+    assert missing == [], f"carpd-ifupdown.8 does not mention {missing}"
+
+
+def section(page: str, name: str) -> str:
+    text = page_text(page)
+    start = text.index(f".SH {name}\n")
+    return text[start:text.index("\n.SH ", start + 1)]
+
+
+def test_carpd_page_lists_every_ready_made_check_under_checks() -> None:
+    shipped = sorted(p.name for p in (DEBIAN.parent / "share" / "checks").iterdir())
+    listed = section("carpd.8", "CHECKS")
+    assert shipped, "no ready-made checks in share/checks"
+    assert [name for name in shipped if f".BI {name} " not in listed] == []
