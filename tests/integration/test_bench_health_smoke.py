@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +30,14 @@ def run_bench(tmp_path: Path) -> tuple[subprocess.CompletedProcess[str], dict[st
     if not shutil.which(UCARP):
         pytest.skip(f"needs Debian's ucarp at {UCARP} (.ci/apt-packages installs it)")
     out = tmp_path / "health.json"
-    done = subprocess.run([sys.executable, str(BENCH), "--quick", "--json", str(out),
-                           "--keep", str(tmp_path / "logs")],
-                          capture_output=True, text=True, timeout=240, check=False)
-    print(done.stdout, done.stderr)
+    # a short folder for the logs: the engines' control sockets live there (sun_path 108 bytes)
+    with tempfile.TemporaryDirectory(prefix="carpd-hs-") as logs:
+        done = subprocess.run([sys.executable, str(BENCH), "--quick", "--json", str(out),
+                               "--keep", logs],
+                              capture_output=True, text=True, timeout=240, check=False)
+        print(done.stdout, done.stderr)
+        for log in sorted(Path(logs).glob("*/*/stderr.log")):  # shown if the test fails
+            print(f"==== {log.relative_to(logs)}\n{log.read_text(errors='replace')[-3000:]}")
     assert done.returncode == 0, done.stderr
     return done, json.loads(out.read_text())
 
