@@ -192,15 +192,40 @@ AF_UNSPEC = 0
 READS_PER_CALL = 64
 
 
+class LinkTable:
+    """The links that carry the tracked names, as link messages describe them (pure).
+
+    A bridge port's own notifications (family AF_BRIDGE: a DELLINK when it leaves the bridge,
+    the link itself staying) are not about the link and are ignored."""
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self.names = frozenset(names)
+        self.links: dict[str, tuple[int, bool]] = {}
+        """name -> (index, carrier) of the tracked names that exist."""
+
+    def carriers(self) -> dict[str, bool | None]:
+        """Each tracked name's carrier; None when no interface has that name."""
+        return {name: self.links[name][1] if name in self.links else None
+                for name in self.names}
+
+    def apply(self, kind: int, family: int, index: int, name: str | None, flags: int) -> None:
+        """One RTM_NEWLINK or RTM_DELLINK message."""
+        if family != AF_UNSPEC:
+            return
+        for tracked, (known, _carrier) in list(self.links.items()):
+            if known == index and (kind == RTM_DELLINK or name != tracked):
+                del self.links[tracked]  # gone, or renamed away
+        if kind == RTM_NEWLINK and name in self.names:
+            self.links[name] = (index, carrier_of(flags))
+
+
 class NamedLinkMonitor:
     """Whether each of several interfaces, named, exists and has carrier, followed as links
-    come and go, are renamed, moved to another namespace or lose carrier.
+    come and go, are renamed, moved to another namespace or lose carrier (:class:`LinkTable`).
 
     The state is a dump taken once the event socket is bound (an event from before the dump,
     read after it, only repeats a state the dump already had), then kept up to date from link
     events.  After ENOBUFS (events lost) the socket is reopened and the state dumped afresh.
-    A bridge port's own notifications (family AF_BRIDGE: a DELLINK when it leaves the bridge)
-    are not about the link and are ignored.
     """
 
     def __init__(self, names: Iterable[str]) -> None:
@@ -208,10 +233,9 @@ class NamedLinkMonitor:
         self.reopened = 0
         """How often the socket was reopened (after an overflow or :meth:`resync`)."""
         self._sock = _link_socket()
-        self._links: dict[str, tuple[int, bool]] = {}
-        """name -> (index, carrier) of the tracked names that exist."""
+        self._table = LinkTable(self.names)
         try:
-            self._links = self._dump()
+            self._table = self._dump()
         except BaseException:
             self._sock.close()
             raise
@@ -221,12 +245,11 @@ class NamedLinkMonitor:
 
     def carriers(self) -> dict[str, bool | None]:
         """Each tracked name's carrier; None when no interface has that name."""
-        return {name: self._links[name][1] if name in self._links else None
-                for name in self.names}
+        return self._table.carriers()
 
     def read(self) -> bool:
         """Apply the events waiting; True if :meth:`carriers` may have changed."""
-        before = dict(self._links)
+        before = dict(self._table.links)
         try:
             messages = self._drain()
         except OSError as error:
@@ -236,8 +259,8 @@ class NamedLinkMonitor:
             self.resync()
         else:
             for msg in messages:
-                self._apply(msg)
-        return self._links != before
+                _apply(self._table, msg)
+        return self._table.links != before
 
     def resync(self) -> None:
         """Reopen the event socket and dump the links afresh."""
@@ -245,22 +268,10 @@ class NamedLinkMonitor:
         self._sock.close()
         self._sock = sock
         self.reopened += 1
-        self._links = self._dump()
+        self._table = self._dump()
 
     def close(self) -> None:
         self._sock.close()
-
-    def _apply(self, msg: Any) -> None:
-        if msg.get("family", AF_UNSPEC) != AF_UNSPEC:
-            return
-        kind = msg["header"]["type"]
-        index = msg.get("index")
-        name = msg.get_attr("IFLA_IFNAME")
-        for tracked, (known, _carrier) in list(self._links.items()):
-            if known == index and (kind == RTM_DELLINK or name != tracked):
-                del self._links[tracked]  # gone, or renamed away
-        if kind == RTM_NEWLINK and name in self.names:
-            self._links[name] = (int(index), carrier_of(int(msg["flags"])))
 
     def _drain(self) -> list[Any]:
         """What is waiting, in at most :data:`READS_PER_CALL` reads (the socket stays readable
@@ -272,15 +283,20 @@ class NamedLinkMonitor:
             messages += self._sock.get()
         return messages
 
-    def _dump(self) -> dict[str, tuple[int, bool]]:
+    def _dump(self) -> LinkTable:
         for _attempt in range(DUMP_ATTEMPTS):
             with suppress(NetlinkDumpInterrupted), _ipr() as ipr:
-                return {
-                    str(name): (int(msg["index"]), carrier_of(int(msg["flags"])))
-                    for msg in ipr.get_links()
-                    if (name := msg.get_attr("IFLA_IFNAME")) in self.names
-                }
+                table = LinkTable(self.names)
+                for msg in ipr.get_links():
+                    _apply(table, msg)
+                return table
         raise OSError(errno.EINTR, f"link dump interrupted {DUMP_ATTEMPTS} times")
+
+
+def _apply(table: LinkTable, msg: Any) -> None:
+    name = msg.get_attr("IFLA_IFNAME")
+    table.apply(int(msg["header"]["type"]), int(msg.get("family", AF_UNSPEC)),
+                int(msg["index"]), None if name is None else str(name), int(msg["flags"]))
 
 
 def _link_socket() -> Any:

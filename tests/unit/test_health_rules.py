@@ -1,4 +1,5 @@
-"""Health checks' fall/rise rules on a fake clock, and what a monitor says before it starts."""
+"""Health checks' fall/rise rules on a fake clock, what a monitor says before it starts, and
+how link messages move the tracked interfaces' state (no socket: the messages' fields)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,10 @@ import itertools
 import pytest
 
 from carpd.health import FallRise, Health, default_timeout, one_line
+from carpd.netlink import IFF_RUNNING, IFF_UP, RTM_DELLINK, RTM_NEWLINK, LinkTable
+
+CARRIER = IFF_UP | IFF_RUNNING
+AF_BRIDGE = 7
 
 
 def feed(rule: FallRise, results: str, start: float = 0.0) -> list[bool]:
@@ -106,3 +111,41 @@ def test_before_any_result_every_check_is_listed_as_passing_since_creation() -> 
         assert health.why() is None
     finally:
         health.close()
+
+
+def table_after(*messages: tuple[int, int, int, str, int]) -> dict[str, bool | None]:
+    """The tracked eth1's and eth2's carriers after link ``messages`` (kind, family, index,
+    name, flags)."""
+    table = LinkTable(["eth1", "eth2"])
+    for message in messages:
+        table.apply(*message)
+    return table.carriers()
+
+
+def test_a_tracked_link_has_carrier_only_when_up_and_running() -> None:
+    assert table_after((RTM_NEWLINK, 0, 5, "eth1", CARRIER), (RTM_NEWLINK, 0, 6, "eth2", IFF_UP),
+                       (RTM_NEWLINK, 0, 7, "eth3", CARRIER)) == {"eth1": True, "eth2": False}
+
+
+def test_a_tracked_link_that_is_deleted_or_never_seen_does_not_exist() -> None:
+    assert table_after((RTM_NEWLINK, 0, 5, "eth1", CARRIER),
+                       (RTM_DELLINK, 0, 5, "eth1", CARRIER)) == {"eth1": None, "eth2": None}
+
+
+def test_a_link_renamed_away_leaves_its_name_and_one_renamed_to_it_takes_it() -> None:
+    renamed_away = (RTM_NEWLINK, 0, 5, "eth1", CARRIER), (RTM_NEWLINK, 0, 5, "old", CARRIER)
+    assert table_after(*renamed_away) == {"eth1": None, "eth2": None}
+    assert table_after(*renamed_away, (RTM_NEWLINK, 0, 9, "eth1", CARRIER),
+                       (RTM_NEWLINK, 0, 5, "old", 0)) == {"eth1": True, "eth2": None}
+
+
+def test_a_deleted_link_no_longer_owns_a_name_another_link_took() -> None:
+    assert table_after((RTM_NEWLINK, 0, 5, "eth1", CARRIER), (RTM_NEWLINK, 0, 5, "x", 0),
+                       (RTM_NEWLINK, 0, 9, "eth1", CARRIER),
+                       (RTM_DELLINK, 0, 5, "x", 0)) == {"eth1": True, "eth2": None}
+
+
+def test_a_bridge_port_leaving_its_bridge_is_still_there() -> None:
+    assert table_after((RTM_NEWLINK, 0, 5, "eth1", CARRIER),
+                       (RTM_DELLINK, AF_BRIDGE, 5, "eth1", CARRIER),
+                       (RTM_NEWLINK, AF_BRIDGE, 5, "eth1", 0)) == {"eth1": True, "eth2": None}
