@@ -78,13 +78,32 @@ def check(path: Path) -> tuple[list[str], int]:
     return check_parsed(interfaces.parse(path))
 
 
-def check_parsed(parsed: interfaces.Interfaces) -> tuple[list[str], int]:
-    """:func:`check` of what :func:`interfaces.parse` read."""
+def _first_only(iface: interfaces.Iface) -> list[str]:
+    """ifupdown2 hands a hook only the first value of an option given several times: each
+    ucarp-track-script or ucarp-track-interface line after the first would be ignored."""
+    problems = []
+    for name in ucarp.REPEATABLE:
+        lines = [o for o in iface.options if o.name == name]
+        if len(lines) < 2:
+            continue
+        instead = ("name them all on one line" if name == "ucarp-track-interface" else
+                   "give one (a script of your own may run several checks)")
+        problems.append(f"{lines[1].where}: {iface}: {name}: given {len(lines)} times, but "
+                        f"ifupdown2 passes only the first to carpd: {instead}")
+    return problems
+
+
+def check_parsed(parsed: interfaces.Interfaces,
+                 ifupdown2: bool = False) -> tuple[list[str], int]:
+    """:func:`check` of what :func:`interfaces.parse` read; ``ifupdown2``: as ifupdown2 will
+    run the hooks."""
     problems = list(parsed.errors)
     seen: dict[str, interfaces.Iface] = {}
     carp = [i for i in parsed.ifaces if _stanza_options(i) and not parsed.is_template(i)]
     for iface in carp:
         problems += _check_iface(iface, parsed)
+        if ifupdown2:
+            problems += _first_only(iface)
         first = seen.setdefault(iface.name, iface)
         if first is not iface:
             problems.append(f"{iface.where}: {iface}: ucarp-* options for {iface.name} again "
@@ -119,7 +138,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     # it lives until the command ends: spare the cyclic collector rescanning it for every
     # stanza checked (which made checking superlinear in the stanzas)
     gc.freeze()
-    problems, count = check_parsed(parsed)
+    problems, count = check_parsed(parsed, ifupdown2=_flavour(args) == "ifupdown2")
     for line in problems + password_warnings_parsed(parsed):
         print(line)
     if problems:
@@ -143,6 +162,13 @@ def ifupdown_note(status_file: Path = DPKG_STATUS) -> str | None:
         return ("note: neither ifupdown nor ifupdown2 is installed: ucarp-* stanzas start "
                 "nothing; run carpd directly or install ifupdown")
     return None
+
+
+def _flavour(args: argparse.Namespace) -> str | None:
+    try:
+        return ifupdown_status(args.dpkg_status).flavour
+    except OSError:
+        return None
 
 
 def _print_ifupdown_note(args: argparse.Namespace) -> None:

@@ -189,6 +189,55 @@ def test_check_accepts_good_track_options(tmp_path: Path) -> None:
         """) == []
 
 
+IFUPDOWN2_STATUS = """\
+Package: ifupdown2
+Status: install ok installed
+Architecture: all
+Version: 3.0.0-1.2
+"""
+
+REPEATED = """\
+    iface eth0 inet static
+        address 10.0.0.2/24
+        ucarp-vid 3
+        ucarp-vip 10.0.0.1
+        ucarp-password secret
+        ucarp-upscript /bin/true
+        ucarp-downscript /bin/true
+        ucarp-track-script /bin/true
+        ucarp-track-interface eth1
+        ucarp-track-script /bin/true 80
+        ucarp-track-interface eth2
+        ucarp-track-script /bin/true 443
+    """
+
+
+def test_check_under_ifupdown2_refuses_what_it_would_drop_of_repeated_track_options(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # ifupdown2 hands a hook the first value of an option given several times, and only that
+    status = tmp_path / "status"
+    status.write_text(IFUPDOWN2_STATUS)
+    path = tmp_path / "interfaces"
+    path.write_text(textwrap.dedent(REPEATED))
+    path.chmod(0o600)
+    assert carpctl.main(["--dpkg-status", str(status), "check", str(path)]) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        f"{path}:10: iface eth0 inet static: ucarp-track-script: given 3 times, but ifupdown2 "
+        "passes only the first to carpd: give one (a script of your own may run several "
+        "checks)",
+        f"{path}:11: iface eth0 inet static: ucarp-track-interface: given 2 times, but "
+        "ifupdown2 passes only the first to carpd: name them all on one line"]
+
+
+def test_check_under_ifupdown_accepts_repeated_track_options(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "interfaces"
+    path.write_text(textwrap.dedent(REPEATED))
+    path.chmod(0o600)
+    assert carpctl.main(["--dpkg-status", "/nonexistent", "check", str(path)]) == 0
+    assert capsys.readouterr().out == f"{path}: OK (1 ucarp stanza(s))\n"
+
+
 @pytest.mark.netns
 def test_real_ifup_hands_repeated_track_scripts_to_the_engine_as_separate_commands(
         lab: Lab) -> None:
