@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ from pkgtools import (
 )
 
 PORT = 80  # Debian's default site
-CHECK = f"/usr/share/carpd/checks/http-url http://127.0.0.1:{PORT}/"
+CHECK = "/usr/share/carpd/checks/http-url http://127.0.0.1/"  # as in docs/nginx-pair.md
 INTERVAL, FALL, RISE = 0.5, 2, 2
 TRACK = f"""\
     ucarp-track-script {CHECK}
@@ -249,13 +249,15 @@ def client(netns: str, log: Path) -> Iterator[Client]:
 # Waiting and the engine's status
 
 
-def wait_until(condition: Any, timeout: float, what: str) -> None:
+def wait_until(condition: Callable[[], object], timeout: float, what: str,
+               detail: Callable[[], object] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
             return
         time.sleep(0.05)
-    raise AssertionError(f"after {timeout} s, not {what}")
+    raise AssertionError(f"after {timeout} s, not {what}"
+                         + (f": {detail()}" if detail is not None else ""))
 
 
 def status(node: Node) -> dict[str, Any]:
@@ -278,7 +280,8 @@ def test_the_nginx_pair_from_the_package_the_vip_follows_nginx_and_stays_when_it
         web: Web, tmp_path: Path) -> None:
     a, b, pair = web.a, web.b, web.pair
     assert ifup_both(pair) is a
-    wait_until(lambda: healthy(a) and healthy(b), 10, "both nodes healthy")
+    wait_until(lambda: healthy(a) and healthy(b), 10, "both nodes healthy",
+               lambda: (status(a), status(b)))
     checks = status(a)["health"]
     assert [(c["kind"], c["name"], c["healthy"]) for c in checks] == [
         ("script", CHECK, True)], checks
@@ -313,7 +316,8 @@ def test_the_nginx_pair_from_the_package_the_vip_follows_nginx_and_stays_when_it
         with VipWatch(pair) as watch:
             back = time.monotonic()
             start_nginx(a)
-            wait_until(lambda: healthy(a), RISE * INTERVAL + 5, "a healthy again")
+            wait_until(lambda: healthy(a), RISE * INTERVAL + 5, "a healthy again",
+                       lambda: status(a))
             time.sleep(4.0)  # more than a's master-down interval: it would have taken over
         assert status(a)["why"] is None and status(a)["state"] == "BACKUP"
         assert not any(held_a for _, held_a, _ in watch.samples), "the VIP went back to a"

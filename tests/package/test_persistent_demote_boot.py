@@ -67,6 +67,18 @@ def boot_again(a: Booted) -> None:
              f"--network-namespace-path=/run/netns/{a.netns}", "-D", str(a.root)],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             env={"PATH": CLEAN_PATH, "SYSTEMD_NSPAWN_TMPFS_TMP": "0"})
+    deadline = time.monotonic() + 30
+    while not has_init(a):
+        assert time.monotonic() < deadline and a.nspawn.poll() is None, a.console_tail()
+        time.sleep(0.1)
+
+
+def has_init(a: Booted) -> bool:
+    try:
+        a.leader()
+    except AssertionError:
+        return False
+    return True
 
 
 def power_off(a: Booted, first: subprocess.Popen[bytes]) -> None:
