@@ -210,6 +210,7 @@ def test_a_failing_check_is_logged_when_it_changes_and_then_rarely(
     wait_for(lambda: runs.exists() and len(runs.read_text().split()) >= 20, 10)
     flag.touch()
     wait_healthy(health, True, 5)
+    wait_for(lambda: "passing again" in caplog.text, 5)  # logged just after the change
     health.close()
     lines = [r.getMessage() for r in caplog.records if check[0] in r.getMessage()]
     assert lines == [f"health check '{check[0]}' now failing (exit 1): down",
