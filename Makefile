@@ -43,6 +43,7 @@ bench: venv
 	$(PY) bench/lossy.py --json bench-lossy.json
 	$(PY) bench/parse.py --json bench-parse.json
 	$(PY) bench/faults.py --json bench-faults.json
+	$(PY) bench/health.py --json bench-health.json
 
 # A million frames through decoding and the election core, invariants checked after each call
 # (make test runs a 20,000-frame slice: tests/unit/test_fuzz_slice.py).
