@@ -1,0 +1,171 @@
+"""``carpd-ifupdown regen IFACE``: write ``/run/carpd/IFACE.conf`` again, from the stanza.
+
+The hook writes an engine's options to ``IFACE.conf`` in the shape the carpd that ran it knew.
+After an upgrade the new carpd may know another shape (an option renamed, added, dropped), so
+carpd's maintainer scripts run this, with the *new* code, before restarting each engine: the
+stanza that ``ifup`` brought up is read again from the interfaces file that ifup read (the
+``-i`` recorded in ``IFACE.env``, else ``/etc/network/interfaces``), its logical name from
+ifupdown's state (``ifstate.IFACE`` in ``--state-dir``, else ``/run/network``), and its
+``ucarp-*`` options go through the same checks and the same writer as at ``ifup``.  The result is
+loaded the way ``carpd --config`` loads it before it replaces ``IFACE.conf``.
+
+Exit status 0: ``IFACE.conf`` is what this carpd would write (rewritten or already so); 1: it
+cannot be (no such stanza any more, or the new carpd refuses a value): the old file is kept and
+each problem printed, and the engine is best left running as it is; 3: no ``IFACE.conf`` (the
+interface was taken down meanwhile): nothing to do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from carpd.ifupdown import interfaces, runtime
+from carpd.ifupdown import stanza as ucarp
+from carpd.ifupdown.hook import ENV_INTERFACES, ENV_STATE_DIR
+from carpd.ifupdown.runtime import Paths
+
+EXIT_CANNOT = 1
+EXIT_GONE = 3
+DEFAULT_STATE_DIR = Path("/run/network")
+
+
+class RegenError(Exception):
+    """IFACE.conf cannot be written again; each line of the message is a problem."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where the stanza of a running engine is: the interfaces file and its logical name."""
+
+    file: Path
+    logical: str
+
+
+def source_of(paths: Paths) -> Source:
+    env = runtime.read_env(paths.env)
+    state_dir = Path(env.get(ENV_STATE_DIR) or DEFAULT_STATE_DIR)
+    return Source(Path(env.get(ENV_INTERFACES) or interfaces.DEFAULT_FILE),
+                  logical_name(paths.interface, state_dir))
+
+
+def logical_name(interface: str, state_dir: Path) -> str:
+    """The logical interface ifupdown brought up as ``interface`` (``IFACE=LOGICAL`` in its
+    state), else the interface itself."""
+    for name in (f"ifstate.{interface}", "ifstate"):
+        text = runtime.read_text(state_dir / name) or ""
+        for line in text.splitlines():
+            physical, sep, logical = line.strip().partition("=")
+            if sep and physical == interface and logical:
+                return logical
+    return interface
+
+
+def stanza_options(iface: interfaces.Iface) -> dict[str, str]:
+    """The ``ucarp-*`` options as ifupdown hands them to the hook (a repeated one joined by
+    newline)."""
+    raw: dict[str, str] = {}
+    for option in iface.options:
+        if option.name.startswith(ucarp.PREFIX):
+            earlier = raw.get(option.name)
+            raw[option.name] = option.value if earlier is None else f"{earlier}\n{option.value}"
+    return raw
+
+
+def find_stanza(parsed: interfaces.Interfaces, source: Source) -> interfaces.Iface:
+    found = [i for i in parsed.find(source.logical, "inet") if stanza_options(i)]
+    if len(found) != 1:
+        how = "no" if not found else f"{len(found)}"
+        raise RegenError("\n".join([*parsed.errors,
+                                    f"{source.file}: {how} 'iface {source.logical} inet' "
+                                    "stanza(s) with ucarp-* options"]))
+    return found[0]
+
+
+def conf_for(paths: Paths, source: Source) -> str:
+    """What the hook would write to IFACE.conf for the stanza now; RegenError if nothing."""
+    parsed = interfaces.parse(source.file)
+    iface = find_stanza(parsed, source)
+    addresses = [o.value for o in iface.options if o.name == "address"]
+    try:
+        options = ucarp.engine_options(stanza_options(iface), interface=paths.interface,
+                                       family=iface.family, method=iface.method,
+                                       address=addresses[0] if addresses else None)
+    except ucarp.StanzaError as error:
+        raise RegenError("\n".join(f"{iface.where}: {iface}: {p}"
+                                   for p in error.problems)) from None
+    missing = ucarp.missing_alias(options, parsed)
+    if missing:
+        raise RegenError(f"{iface.where}: {iface}: {missing}")
+    return runtime.conf_text(options)
+
+
+def _loads(path: Path) -> None:
+    """RegenError unless the engine would accept path as its --config."""
+    from carpd import config
+
+    try:
+        config.from_command_line(["--config", str(path)])
+    except (config.ConfigError, SystemExit) as error:
+        raise RegenError(f"{path}: the engine refuses it: {error}") from None
+
+
+def regenerate(paths: Paths) -> bool | None:
+    """Write IFACE.conf again from the stanza: True if it changed, False if it was so already,
+    None if there is none (the interface is down); RegenError if it cannot be."""
+    if not paths.conf.exists():
+        return None
+    text = conf_for(paths, source_of(paths))
+    with runtime.locked(paths.hook_lock):
+        current = runtime.read_text(paths.conf)
+        if current is None:
+            return None
+        if current == text:
+            return False
+        candidate = paths.run_dir / f".{paths.interface}.conf.regen"
+        try:
+            runtime.write_private(candidate, text)
+            _loads(candidate)
+            os.replace(candidate, paths.conf)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                candidate.unlink()
+    return True
+
+
+def run(interface: str, run_dir: Path = runtime.RUN_DIR) -> int:
+    paths = Paths(interface, run_dir)
+    try:
+        changed = regenerate(paths)
+    except (RegenError, interfaces.ReadError, OSError, ValueError) as error:
+        for line in str(error).splitlines():
+            print(f"carpd: {interface}: {line}", file=sys.stderr)
+        return EXIT_CANNOT
+    if changed is None:
+        print(f"carpd: {interface}: no {paths.conf}: not running", file=sys.stderr)
+        return EXIT_GONE
+    what = "written again from its stanza" if changed else "already as its stanza says"
+    print(f"carpd: {interface}: {paths.conf} {what}", file=sys.stderr)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="carpd-ifupdown regen",
+                                description="write IFACE's engine options again from its stanza")
+    p.add_argument("interface")
+    p.add_argument("--run-dir", type=Path, default=runtime.RUN_DIR,
+                   help=f"where the per-interface files live (default {runtime.RUN_DIR})")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return run(args.interface, args.run_dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
