@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from netns import CARPD, CarpFrame, Daemon, Network, Node, run, wait_for
+from netns import CARPD, VIP, CarpFrame, Daemon, Network, Node, run, wait_for
 
 pytestmark = [pytest.mark.netns]
 
@@ -349,6 +349,84 @@ def test_nodes_unhealthy_from_the_start_still_put_the_vip_on_exactly_one(lab: Ne
     assert state_changes(daemons["a"], settled) == state_changes(daemons["b"], settled) == []
 
 
+def test_unhealthy_backup_takes_over_one_advert_interval_after_master_down(
+        lab: Network) -> None:
+    a, b, _, check_b, master, backup = pair(lab)
+    check_b.fail()
+    wait_for(lambda: healthy(backup) is False, FALL * INTERVAL + 1 + SLACK)
+
+    master.kill()
+    a.remove_address(VIP)  # a crashed daemon leaves its VIP behind
+    killed = time.time()
+    first = first_advert(lab, b, killed, 2 * MASTER_DOWN + 2)
+    last = adverts(lab, a)[-1]
+    gap = first.time - last.time
+    # b's master-down time (3 x advbase + advskew/256), then one advert interval of its own
+    expected = MASTER_DOWN + SLOWER_SKEW / 256 + ADVBASE + SLOWER_SKEW / 256
+    print(f"took over {gap:.3f} s after the last advert (expected {expected:.3f} s)")
+    assert expected - 0.1 <= gap <= expected + SLACK
+    assert first.advert.advskew == LAST_RESORT_SKEW
+    wait_for(lambda: lab.holders() == [b], 2)
+    assert_unhealthy_because_of(backup, check_b, state="MASTER")
+
+
+def wait_last_resort(lab: Network, node: Node) -> None:
+    """Until ``node`` alone holds the VIP and advertises advskew 255."""
+    since = time.time()
+    net_wait = MASTER_DOWN + 2 * ADVBASE + DRAIN + SLACK + 2
+    wait_for(lambda: lab.holders() == [node], net_wait)
+    first_advert(lab, node, since, net_wait)
+    assert {f.advert.advskew for f in adverts(lab, node, since=time.time() - 0.5)} <= {
+        LAST_RESORT_SKEW}
+
+
+def test_healthy_node_takes_the_vip_from_a_last_resort_master_without_preempt(
+        lab: Network) -> None:
+    a, b, check_a, check_b, master, backup = pair(lab)
+    check_b.fail()
+    wait_for(lambda: healthy(backup) is False, FALL * INTERVAL + 1 + SLACK)
+    check_a.fail()
+    wait_last_resort(lab, b)
+
+    healed = check_a.pass_again()
+    bound = RISE * INTERVAL + INTERVAL + ADVBASE + SLOWER_SKEW / 256 + SLACK
+    first = first_advert(lab, a, healed, bound + 2)
+    print(f"took the VIP back {first.time - healed:.3f} s after its check passed again")
+    assert first.time - healed <= bound
+    assert first.advert.advskew == PREFERRED_SKEW
+    wait_for(lambda: lab.holders() == [a], DRAIN + SLACK + 1)
+    assert field(master, "state") == "MASTER" and healthy(master) is True
+    assert field(backup, "state") == "BACKUP" and field(backup, "master") == str(a.address)
+    settled = time.time()
+    time.sleep(2.5)
+    assert lab.holders() == [a]
+    assert state_changes(master, settled) == state_changes(backup, settled) == []
+
+
+def test_demoted_node_leaves_the_vip_to_an_unhealthy_peer_until_promoted(lab: Network) -> None:
+    a, b, _, check_b, master, backup = pair(lab)
+    check_b.fail()
+    wait_for(lambda: healthy(backup) is False, FALL * INTERVAL + 1 + SLACK)
+
+    assert master.control("demote")["ok"] is True
+    wait_last_resort(lab, b)
+    settled = time.time()
+    time.sleep(MASTER_DOWN + 1)
+    assert lab.holders() == [b], "a demoted node took the VIP"
+    assert field(master, "state") == "BACKUP" and field(master, "demoted") is True
+    assert healthy(master) is True and field(backup, "state") == "MASTER"
+    assert {f.advert.advskew for f in adverts(lab, b, since=settled)} == {LAST_RESORT_SKEW}
+    assert adverts(lab, a, since=settled) == []
+
+    promoted = time.time()
+    assert master.control("promote")["ok"] is True
+    # healthy again in the election, and preferred to a last-resort master: it takes over at
+    # b's next advert, preempt or not
+    first = first_advert(lab, a, promoted, ADVBASE + SLOWER_SKEW / 256 + SLACK + 2)
+    assert first.time - promoted <= ADVBASE + SLOWER_SKEW / 256 + SLACK
+    wait_for(lambda: lab.holders() == [a], DRAIN + SLACK + 1)
+
+
 # ---- recovery -----------------------------------------------------------------------------------
 
 
@@ -416,7 +494,8 @@ def test_hung_check_on_the_backup_makes_it_unhealthy_and_moves_nothing(lab: Netw
     wait_for(lambda: healthy(backup) is False, FALL * (TIMEOUT + INTERVAL) + 1 + SLACK)
     took = time.time() - hung
     print(f"unhealthy {took:.3f} s after the check started hanging")
-    assert took >= TIMEOUT - 0.1, "a hung check failed before its timeout"
+    # fall runs in a row, each failing only at its timeout
+    assert took >= FALL * TIMEOUT - 0.1, "a hung check failed before its timeout"
     assert answers_at_once(backup)
     time.sleep(MASTER_DOWN + 1)
     assert lab.holders() == [a]
@@ -437,7 +516,7 @@ def test_hung_check_on_the_master_keeps_its_adverts_on_time_until_it_bows_out(
     hung = check_a.hang()
     bow = bow_out(lab, a, hung, FALL * (TIMEOUT + INTERVAL) + 1 + SLACK)
     print(f"bowed out {bow.time - hung:.3f} s after the check started hanging")
-    assert bow.time - hung >= TIMEOUT - 0.1
+    assert bow.time - hung >= FALL * TIMEOUT - 0.1
     sent = [f for f in adverts(lab, a, since=hung - 2 * ADVBASE) if f.time <= bow.time]
     gaps = [later.time - earlier.time for earlier, later in pairwise(sent)]
     print("advert gaps:", " ".join(f"{gap:.3f}" for gap in gaps))
@@ -552,6 +631,39 @@ def test_ucarp_peer_takes_over_from_an_unhealthy_carpd_master(
     assert_unhealthy_because_of(carpd, check_a)
     assert field(carpd, "master") == str(b.address)
     assert state_changes(carpd, settled) == state_changes(ucarp, settled) == []
+
+
+@pytest.mark.ucarp
+@pytest.mark.parametrize("ucarp_preempt", [True, False], ids=["ucarp-P", "ucarp-no-P"])
+def test_ucarp_joining_a_last_resort_carpd_master_sees_only_a_slower_master(
+        lab: Network, ucarp_preempt: bool) -> None:
+    """carpd alone and unhealthy holds the VIP as a last resort, advertising advbase 1 with
+    advskew 255: an interval of 1.996 s as ucarp reckons it.  ucarp (advskew 100: 1.39 s)
+    joins.  ucarp knows nothing of health: with -P it preempts the slower master (and carpd,
+    hearing a faster master, steps down); without -P it stays BACKUP, since 2 s adverts are well
+    within its 3 s master-down time, and the VIP stays on the unhealthy carpd."""
+    a, b = lab.add_node("10.9.1.2"), lab.add_node("10.9.1.3")
+    check_a = Check.make(lab, a)
+    check_a.fail()
+    carpd = a.start("carpd", advskew=PREFERRED_SKEW, extra=track(check_a))
+    wait_last_resort(lab, a)
+
+    joined = time.time()
+    ucarp = b.start("ucarp", advskew=SLOWER_SKEW, preempt=ucarp_preempt)
+    if ucarp_preempt:
+        first = first_advert(lab, b, joined, MASTER_DOWN + UCARP_LATE + 2)
+        print(f"ucarp -P preempted {first.time - joined:.3f} s after it started")
+        wait_for(lambda: lab.holders() == [b], UCARP_LATE + SLACK + 1)
+        assert field(carpd, "state") == "BACKUP" and healthy(carpd) is False
+        settled = time.time()
+        time.sleep(MASTER_DOWN + 1)
+        assert lab.holders() == [b] and adverts(lab, a, since=settled) == []
+        return
+    wait_for(ucarp.events, 5)  # its down script at start
+    time.sleep(MASTER_DOWN + UCARP_LATE + 2)
+    assert lab.holders() == [a]
+    assert not ucarp.is_master() and adverts(lab, b, since=joined) == []
+    assert_unhealthy_because_of(carpd, check_a, state="MASTER")
 
 
 # ---- a demotion that survives reboots ----------------------------------------------------------
