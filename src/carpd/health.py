@@ -190,7 +190,8 @@ class Health:
             return [check.status(wall_offset) for check in self._checks()]
 
     def why(self) -> str | None:
-        """The first failing check, in one line; None if none is failing."""
+        """The first failing check, in one line (the engine puts "unhealthy: " before it);
+        None if none is failing."""
         with self._lock:
             failing = next((c for c in self._checks() if not c.state.healthy), None)
             if failing is None:
@@ -198,8 +199,8 @@ class Health:
             since = time.strftime("%H:%M:%S", time.localtime(
                 failing.state.since - self._clock() + time.time()))
             if failing.kind == "interface":
-                return f"unhealthy: interface {failing.name} down since {since}: {failing.output}"
-            return (f"unhealthy: check '{failing.name}' failing since {since} "
+                return f"interface {failing.name} down since {since}: {failing.output}"
+            return (f"check '{failing.name}' failing since {since} "
                     f"({self._outcome(failing.rc)}){_said(failing.output)}")
 
     def close(self) -> None:

@@ -93,7 +93,7 @@ def test_a_check_script_turns_the_node_unhealthy_and_healthy_again(
     assert status["since"] > 1000.0
     why = health.why()
     assert why is not None
-    assert why.startswith(f"unhealthy: check '{check[0]}' failing since ")
+    assert why.startswith(f"check '{check[0]}' failing since ")
     assert why.endswith(f"(exit 3): {flag} is gone")
 
     flag.touch()
@@ -306,7 +306,7 @@ def test_a_tracked_interface_missing_at_start_is_unhealthy_at_once(
     health = started_in(netns, monitor(monitors, [], ["trk2", "absent0"]))
     wait_healthy(health, False, 1)
     assert [s["healthy"] for s in health.status(0.0)] == [True, False]
-    assert re.fullmatch(r"unhealthy: interface absent0 down since \d\d:\d\d:\d\d: "
+    assert re.fullmatch(r"interface absent0 down since \d\d:\d\d:\d\d: "
                         r"no such interface", health.why() or "")
 
 
@@ -361,6 +361,6 @@ def test_scripts_and_interfaces_together(
     wait_for(lambda: link_state(health, "trk5") == (True, "carrier"), 1)
     health.read()
     assert not health.healthy
-    assert (health.why() or "").startswith("unhealthy: check ")
+    assert (health.why() or "").startswith("check ")
     flag.touch()
     wait_healthy(health, True, 5)
