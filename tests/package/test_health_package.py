@@ -309,8 +309,12 @@ def test_the_nginx_pair_from_the_package_the_vip_follows_nginx_and_stays_when_it
         shown = status(a)
         assert shown["state"] == "BACKUP" and shown["healthy"] is False, shown
         assert shown["why"].startswith(f"unhealthy: check '{CHECK}' failing since"), shown
-        assert shown["health"][0]["rc"] == 1 and "http://127.0.0.1" in \
-            shown["health"][0]["output"], shown
+        assert shown["health"][0]["rc"] == 1, shown
+        assert shown["health"][0]["output"] == "http://127.0.0.1/: Connection refused", shown
+        text = a.run("carpctl", "status", "eth0").output
+        assert f"why: unhealthy: check '{CHECK}' failing since" in text, text
+        log = (a.root / "run/carpd/eth0.log").read_text(errors="replace")
+        assert "http://127.0.0.1/: Connection refused" in log, log[-2000:]
 
         # nginx back on a: it is healthy again after `rise` passes, and nothing moves
         with VipWatch(pair) as watch:
