@@ -7,11 +7,13 @@ until `carpctl promote`; a purge removes the state under /var/lib/carpd."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
-from pkgtools import CLEAN_PATH, VHID, Booted, Node, Pair, Stage, VipWatch
+from pkgtools import CLEAN_PATH, VHID, Booted, Built, Node, Pair, Stage, VipWatch, run
 
 UNIT = "carpd@eth0.service"
 BOOT = 120.0
@@ -92,9 +94,26 @@ def power_off(a: Booted, first: subprocess.Popen[bytes]) -> None:
             a.nspawn.wait()
 
 
-def test_a_persistent_demotion_survives_unit_restart_reinstall_and_reboot_until_promoted(
-        systemd_pair: Pair) -> None:
+def newer_version(built: Built, folder: Path) -> tuple[Path, str]:
+    """The built .deb as a later version (dpkg-deb -R, the control file's Version plus
+    "+upgrade1", dpkg-deb -b): to dpkg an upgrade, to carpd the same code. Returns the .deb and
+    its version."""
+    tree = folder / "tree"
+    run(["dpkg-deb", "-R", str(built.deb), str(tree)])
+    control = tree / "DEBIAN/control"
+    text = control.read_text()
+    line = next(line for line in text.splitlines() if line.startswith("Version: "))
+    version = line.removeprefix("Version: ") + "+upgrade1"
+    control.write_text(text.replace(line, f"Version: {version}"))
+    deb = folder / f"carpd_{version}_all.deb"
+    run(["dpkg-deb", "--root-owner-group", "-b", str(tree), str(deb)])
+    return deb, version
+
+
+def test_a_persistent_demotion_survives_unit_restart_upgrade_and_reboot_until_promoted(
+        systemd_pair: Pair, built: Built, tmp_path: Path) -> None:
     pair = systemd_pair
+    newer, version = newer_version(built, tmp_path)
     a, b = pair.a, pair.b
     assert isinstance(a, Booted) and isinstance(b, Node)
     first = a.nspawn
@@ -112,7 +131,7 @@ def test_a_persistent_demotion_survives_unit_restart_reinstall_and_reboot_until_
         pair.wait_holder(b, timeout=5)
         persisted = a.root / PERSISTED
         assert persisted.is_file()
-        assert persisted.stat().st_mode & 0o777 == 0o644 and persisted.stat().st_uid == 0
+        mode, owner = persisted.stat().st_mode & 0o777, persisted.stat().st_uid  # checked last
         assert_still_demoted(pair, a, b, "demoted")
 
         restarted = a.run("systemctl", "restart", UNIT, check=False)
@@ -122,8 +141,16 @@ def test_a_persistent_demotion_survives_unit_restart_reinstall_and_reboot_until_
 
         with Stage("persistent demotion: dpkg -i of the same .deb"):
             a.run("dpkg", "-i", a.deb_in_root, timeout=180)
-        pid = wait_engine(a, other_than=pid)
+        pid = wait_engine(a)  # the same version: postinst may leave the engine running
         assert_still_demoted(pair, a, b, "after reinstalling the package")
+
+        upgrade = f"/root/{newer.name}"
+        shutil.copy2(newer, a.root / upgrade.lstrip("/"))
+        with Stage("persistent demotion: dpkg -i of a newer version"):
+            a.run("dpkg", "-i", upgrade, timeout=180)
+        assert a.run("dpkg-query", "-W", "-f", "${Version}", "carpd").output == version
+        pid = wait_engine(a, other_than=pid)  # an upgrade restarts the engine on the new code
+        assert_still_demoted(pair, a, b, "after upgrading the package")
 
         a.run("touch", "/run/before-reboot")
         with Stage("persistent demotion: reboot (power off, boot the same root)"):
@@ -149,6 +176,7 @@ def test_a_persistent_demotion_survives_unit_restart_reinstall_and_reboot_until_
         with Stage("persistent demotion: dpkg --purge carpd"):
             a.run("dpkg", "--purge", "carpd", timeout=180)
         assert not (a.root / "var/lib/carpd").exists()
+        assert (oct(mode), owner) == (oct(0o644), 0), "the persistent marker's mode and owner"
     finally:
         power_off(a, first)
 
