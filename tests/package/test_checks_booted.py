@@ -22,6 +22,15 @@ def booted(pair: Pair) -> tuple[Booted, Node]:
     return a, b
 
 
+def per_run(a: Booted, command: str, runs: int = 20) -> float:
+    """Seconds one run of command takes inside the container (the mean of runs)."""
+    out = a.run("sh", "-c", f"s=$(date +%s%N); for i in $(seq {runs}); do {command} "
+                ">/dev/null 2>&1; done; echo $(( $(date +%s%N) - s ))").output
+    seconds = int(out.split()[-1]) / runs / 1e9
+    print(f"{command}: {seconds * 1000:.1f} ms a run")
+    return seconds
+
+
 def test_unit_active_passes_for_a_running_unit_and_fails_for_a_missing_one(
         systemd_pair: Pair) -> None:
     a, _ = booted(systemd_pair)
@@ -31,6 +40,8 @@ def test_unit_active_passes_for_a_running_unit_and_fails_for_a_missing_one(
     assert (failed.returncode, failed.output) == (1, "nonexistent.service is inactive\n")
     usage = a.run(f"{CHECKS}/unit-active", check=False)
     assert usage.returncode == 2 and usage.output.startswith("usage: unit-active UNIT")
+    record("checks: one run of unit-active systemd-journald.service",
+           per_run(a, f"{CHECKS}/unit-active systemd-journald.service"))
 
 
 def test_the_python_checks_run_on_trixies_python_as_installed(systemd_pair: Pair) -> None:
@@ -48,6 +59,10 @@ def test_the_python_checks_run_on_trixies_python_as_installed(systemd_pair: Pair
     assert (refused.returncode, refused.output) == (
         1, "http://127.0.0.1:1/: Connection refused\n")
     assert a.run(f"{CHECKS}/http-url", "ftp://x/", check=False).returncode == 2
+    per_run(a, "/usr/bin/python3 -IS -c pass")  # printed, to compare with
+    for name, args in (("tcp-port", "1"), ("http-url", "http://127.0.0.1:1/")):
+        record(f"checks: one run of {name} {args} (refused) on trixie's python3",
+               per_run(a, f"{CHECKS}/{name} {args}"))
 
 
 WEB_STANDIN = "[Unit]\nDescription=stand-in for nginx\n[Service]\nExecStart=/bin/sleep infinity\n"
