@@ -129,6 +129,29 @@ def test_fall_failed_runs_are_needed_before_the_node_is_unhealthy(
     assert len(runs.read_text().split()) >= 4
 
 
+def test_checks_start_every_interval(tmp_path: Path, monitors: list[Health]) -> None:
+    runs = tmp_path / "runs"
+    health = monitor(monitors, [script(tmp_path, "check", f"echo run >> {runs}\n")],
+                     interval=0.2)
+    health.start()
+    time.sleep(2)
+    health.close()
+    assert 4 <= len(runs.read_text().split()) <= 20  # 10 expected; bounds for a busy machine
+
+
+def test_a_slow_check_is_not_started_again_before_it_ends(
+        tmp_path: Path, monitors: list[Health]) -> None:
+    log = tmp_path / "log"
+    busy = tmp_path / "busy"
+    check = script(tmp_path, "slow", f"test -e {busy} && echo overlap >> {log}\n"
+                                     f"touch {busy}; sleep 0.3; rm {busy}; echo run >> {log}\n")
+    health = monitor(monitors, [check], interval=0.05, timeout=10)
+    health.start()
+    wait_for(lambda: log.exists() and len(log.read_text().split()) >= 4, 10)
+    health.close()
+    assert "overlap" not in log.read_text()
+
+
 def test_a_hung_check_is_killed_at_its_timeout_and_counts_as_failed(
         tmp_path: Path, monitors: list[Health]) -> None:
     pids = tmp_path / "pids"
@@ -332,17 +355,19 @@ def test_link_events_lost_to_an_overflow_are_read_afresh(
     add_veth(netns, "trk4", "trk4p")
     health = started_in(netns, monitor(monitors, [], ["trk4"]))
     wait_healthy(health, True, 1)
-    # The watcher stalls on the monitor's lock while thousands of link events overflow its
-    # socket's buffer; the last of them leaves the link without carrier.
-    batch = "link set trk4p down\nlink set trk4p up\n" * 3000 + "link set trk4p down\n"
+    # The watcher, with a change in hand, stalls on the monitor's lock while thousands of link
+    # events overflow its socket's buffer; the last of them, lost, gives the carrier back.
     with health._lock:
+        ip(netns, "link", "set", "trk4p", "down")
+        time.sleep(0.3)
+        batch = "link set trk4p up\nlink set trk4p down\n" * 3000 + "link set trk4p up\n"
         subprocess.run(["ip", "-n", netns, "-batch", "-"], input=batch, text=True, check=True,
                        timeout=120)
-        time.sleep(0.2)
-    wait_healthy(health, False, 1)
-    assert "netlink link events overflowed" in caplog.text
-    ip(netns, "link", "set", "trk4p", "up")  # events are heard again
+    wait_for(lambda: "netlink link events overflowed" in caplog.text, 1)
     wait_healthy(health, True, 1)
+    assert link_state(health, "trk4") == (True, "carrier")
+    ip(netns, "link", "set", "trk4p", "down")  # events are heard again
+    wait_healthy(health, False, 1)
 
 
 def test_scripts_and_interfaces_together(
