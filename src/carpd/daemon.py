@@ -341,7 +341,7 @@ class Engine:
             "health": self.health.status(wall), "why": self._why(now, wall),
             "master": str(h.master.address) if h.master else None,
             "master_since": round(h.master.since + wall, 3) if h.master else None,
-            "pid": _pid(), "sent": h.sent, "accepted": h.accepted,
+            "pid": _pid(), "sent": h.sent, "accepted": h.accepted, "transitions": h.transitions,
             "rejected": {reason.name.lower(): n for reason, n in h.rejected.items()},
         }
 

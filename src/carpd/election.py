@@ -228,6 +228,8 @@ class VirtualHost:
     accepted: int = 0
     rejected: Counter[wire.Reject] = field(default_factory=Counter)
     sent: int = 0
+    transitions: int = 0
+    """State changes since start (INIT -> BACKUP included)."""
     _running: bool = False
     _counter: int | None = None
     """The counter of our last advert (ucarp style: the last accepted one)."""
@@ -628,6 +630,7 @@ class VirtualHost:
         old = self.state
         self.state = new
         self.since = now
+        self.transitions += 1
         if new is not State.BACKUP:
             self.master = None  # only a BACKUP has a master to report
         self._advert_at = None

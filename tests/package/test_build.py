@@ -46,6 +46,9 @@ def test_package_installs_commands_hooks_docs_and_man_pages(built: Built) -> Non
     files = contents(built.deb)
     for path in ("/usr/sbin/carpd", "/usr/sbin/carpctl", "/usr/libexec/carpd/engines"):
         assert files[path].startswith("-rwxr-xr-x"), path
+    for check in ("unit-active", "tcp-port", "http-url"):
+        assert files[f"/usr/share/carpd/checks/{check}"] == "-rwxr-xr-x", check
+    assert "/usr/share/doc/carpd/nginx-pair.md" in files
     for phase in ("up", "down"):
         hook = f"/etc/network/if-{phase}.d/carpd"
         assert files[hook] == "-rwxr-xr-x", hook
