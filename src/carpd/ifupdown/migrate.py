@@ -10,9 +10,10 @@ For each stanza carpd takes over (an ``inet`` stanza of an interface with ``ucar
 1. its ``ucarp-*`` options are checked as the if-up hook checks them; on a problem the ucarp
    daemon is left running and the problem printed (fix the stanza, run this again);
 2. the ucarp daemon of that interface and vhid is found.  Only a process of this system (our
-   root and network namespace) whose program is the ucarp binary (``/usr/sbin/ucarp``, or
-   ``/usr/sbin/ucarp (deleted)`` once the package is gone) and whose uids are all 0 counts;
-   only then is its command line read, for ``-i/-v/-a/-s/-b/-k/-M`` (never the password);
+   root and network namespace) whose uids are all 0 and whose program is root's ucarp binary
+   (``/usr/sbin/ucarp`` itself, or a deleted ``/usr/sbin/ucarp`` once the package is gone)
+   counts; only then is its command line read, for ``-i/-v/-a/-s/-b/-k/-M`` (never the
+   password);
 3. it is MASTER if it is heard advertising (its own adverts, for one interval) or its VIP is on
    the interface.  A MASTER is frozen (SIGSTOP: it sends nothing more), its addresses are
    removed, and the bow-out advert ucarp never sends goes out for it (advbase 255, advskew 255,
@@ -54,7 +55,7 @@ from carpd.ifupdown import stanza as ucarp
 from carpd.ifupdown.runtime import Paths
 
 UCARP = "/usr/sbin/ucarp"
-UCARP_PROGRAMS = (UCARP, f"{UCARP} (deleted)")
+DELETED = " (deleted)"
 # ucarp 1.5.2's own getopt strings
 SHORT_OPTIONS = "i:s:v:p:Pa:hb:k:x:nu:d:Dr:zf:Bo:SM"
 LONG_OPTIONS = ["interface=", "srcip=", "mcast=", "vhid=", "pass=", "passfile=", "preempt",
@@ -144,17 +145,30 @@ def _same(path_a: str, path_b: str) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
+def _is_ucarp(pid: int) -> bool:
+    """Its program is root's ucarp binary: the installed /usr/sbin/ucarp itself, or, once the
+    package is gone, a deleted /usr/sbin/ucarp (a process in another mount namespace, such as a
+    chroot's, sees our root's path with a prefix: the caller checks that its root is ours)."""
+    program = os.stat(f"/proc/{pid}/exe")
+    if program.st_uid != 0 or program.st_mode & 0o022:
+        return False
+    with contextlib.suppress(FileNotFoundError):
+        installed = os.stat(UCARP)
+        return (program.st_dev, program.st_ino) == (installed.st_dev, installed.st_ino)
+    name = os.readlink(f"/proc/{pid}/exe")
+    return name.endswith(DELETED) and name.removesuffix(DELETED).endswith(UCARP)
+
+
 def _trusted(pid: int) -> bool:
     """A ucarp daemon of this system run by root: never decided by what any user can set."""
     try:
-        if os.readlink(f"/proc/{pid}/exe") not in UCARP_PROGRAMS:
-            return False
         with open(f"/proc/{pid}/status", encoding="utf-8", errors="replace") as f:
             fields = dict(line.split(":", 1) for line in f if ":" in line)
         uids = fields.get("Uid", "").split()
         return (len(uids) == 4 and all(uid == "0" for uid in uids)
                 and _same(f"/proc/{pid}/root", "/")
-                and _same(f"/proc/{pid}/ns/net", "/proc/self/ns/net"))
+                and _same(f"/proc/{pid}/ns/net", "/proc/self/ns/net")
+                and _is_ucarp(pid))
     except OSError:
         return False
 
