@@ -114,7 +114,8 @@ class Check:
 
     def status(self, wall_offset: float) -> dict[str, Any]:
         return {"kind": self.kind, "name": self.name, "healthy": self.state.healthy,
-                "since": self.state.since + wall_offset, "rc": self.rc, "output": self.output}
+                "since": round(self.state.since + wall_offset, 3), "rc": self.rc,
+                "output": self.output}
 
 
 class Health:
