@@ -5,7 +5,12 @@
                                       ``file:line: message``; exit 1 if there is any; warn of a
                                       ucarp-password in a file every user can read
 - ``carpctl status [IFACE [VHID]] [--json]``  what each engine says on its control socket, and
-                                      why it is BACKUP (demoted, unhealthy) if it is
+                                      why it is BACKUP (demoted, unhealthy) if it is; configured
+                                      engines that do not run; whether each VIP really is on its
+                                      interface when that contradicts the state
+- ``carpctl metrics [IFACE] [--textfile DIR]``  the same as Prometheus text, printed or written
+                                      at once to DIR/carpd.prom (node-exporter's textfile
+                                      collector)
 - ``carpctl demote IFACE [VHID] [--persistent]``  make the engines step back (a plain demotion
                                       persists across engine restarts, a persistent one across
                                       reboots and upgrades too)
@@ -22,10 +27,11 @@ import re
 import subprocess
 import sys
 import time
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
-from carpd import control
+from carpd import control, metrics
 from carpd.debian_status import DPKG_STATUS, ifupdown_status
 from carpd.ifupdown import interfaces
 from carpd.ifupdown import stanza as ucarp
@@ -133,12 +139,13 @@ def password_warnings_parsed(parsed: interfaces.Interfaces) -> list[str]:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    _print_ifupdown_note(args)
     parsed = interfaces.parse(args.file)  # once: it may be large, and may change meanwhile
     # it lives until the command ends: spare the cyclic collector rescanning it for every
     # stanza checked (which made checking superlinear in the stanzas)
     gc.freeze()
     problems, count = check_parsed(parsed, ifupdown2=_flavour(args) == "ifupdown2")
+    if count:  # what ifupdown runs matters only to ucarp-* stanzas
+        _print_ifupdown_note(args)
     for line in problems + password_warnings_parsed(parsed):
         print(line)
     if problems:
@@ -228,11 +235,39 @@ def _table(replies: list[dict[str, Any]]) -> str:
         why = r.get("why")
         if why:  # under its group's row: why it is BACKUP, or MASTER only as a last resort
             rows.append([f"  why: {_one_line(str(why))}"])
+        contradiction = _vip_contradiction(r)
+        if contradiction:
+            rows.append([f"  vip: {contradiction}"])
     widths = [max(len(row[i]) for row in rows if len(row) > 1) for i in range(len(rows[0]))]
     table = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)).rstrip()
              for row in rows]
     return "\n".join(table + [f"{r.get('interface')}: {r['error']}" for r in replies
                               if "error" in r])
+
+
+def _vip_present(reply: dict[str, Any]) -> bool | None:
+    """Whether the group's VIP is on its interface, read from the kernel; None if unknown (no
+    such interface, or no VIP in the reply)."""
+    from carpd import netlink  # pyroute2: only when there are engines to look at
+
+    try:
+        vip = IPv4Address(str(reply["vip"]))
+        return netlink.interface_info(str(reply["interface"])).has(vip)
+    except (KeyError, ValueError, LookupError, OSError):
+        return None
+
+
+def _vip_contradiction(reply: dict[str, Any]) -> str | None:
+    """What is wrong when the VIP's presence contradicts the state: a MASTER without it (its up
+    action failed, or someone removed it), a BACKUP with it (left behind, or added by ifupdown2
+    at ifup: clients may reach this node)."""
+    present, state = reply.get("vip_present"), reply.get("state")
+    vip, interface = reply.get("vip"), reply.get("interface")
+    if present is False and state == "MASTER":
+        return f"MASTER, but {vip} is not on {interface}"
+    if present is True and state in ("BACKUP", "INIT"):
+        return f"{state}, but {vip} is on {interface} (left behind, or added by someone else)"
+    return None
 
 
 def _configured(state_dir: Path, interface: str | None) -> list[str]:
@@ -279,9 +314,13 @@ def _no_engine(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    _print_ifupdown_note(args)
+    if _configured(args.state_dir, args.interface):  # engines the ifupdown hooks started
+        _print_ifupdown_note(args)
     replies = [_ask(p, {"cmd": "status"})
                for p in _sockets(args.state_dir, args.interface, args.vhid)]
+    for reply in replies:
+        if "error" not in reply:
+            reply["vip_present"] = _vip_present(reply)
     replies += _missing_engines(args.state_dir, args.interface, replies)
     if args.json:  # the replies as they are: demotion, healthy, health and why too
         print(json.dumps(replies, indent=2))
@@ -290,6 +329,46 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if not replies:
         return _no_engine(args)
     return 1 if any("error" in r for r in replies) else 0
+
+
+def _conf_group(path: Path) -> tuple[int | None, str | None]:
+    """The VHID and VIP an engine's IFACE.conf names (None if it cannot be read: it is
+    root's only)."""
+    try:
+        conf = json.loads(path.read_text())
+        return int(conf["vhid"]), str(conf["addr"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, None
+
+
+def _metrics_engines(state_dir: Path, interface: str | None) -> list[metrics.Engine]:
+    """Every engine with a control socket (with its reply), then every configured engine
+    without one."""
+    found = []
+    for path in _sockets(state_dir, interface):
+        name, _, vhid = path.name.removesuffix(".sock").rpartition(".")
+        found.append(metrics.Engine(name, int(vhid) if vhid.isdigit() else None,
+                                    status=_ask(path, {"cmd": "status"})))
+    running = {engine.interface for engine in found}
+    for name in _configured(state_dir, interface):
+        if name not in running:
+            group, vip = _conf_group(state_dir / f"{name}.conf")
+            found.append(metrics.Engine(name, group, vip))
+    return found
+
+
+def _cmd_metrics(args: argparse.Namespace) -> int:
+    text = metrics.exposition(_metrics_engines(args.state_dir, args.interface))
+    if args.textfile is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        metrics.write_textfile(args.textfile, text)
+    except OSError as error:
+        print(f"carpctl: cannot write {args.textfile / metrics.TEXTFILE_NAME}: "
+              f"{error.strerror or error}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    return 0
 
 
 def _steer_request(args: argparse.Namespace) -> dict[str, Any]:
@@ -352,6 +431,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("vhid", nargs="?", type=_vhid, help="only this group's engine")
     s.add_argument("--json", action="store_true", help="print the engines' replies as JSON")
     s.set_defaults(run=_cmd_status)
+    m = sub.add_parser("metrics", help="print the engines' state and counters as Prometheus text")
+    m.add_argument("interface", nargs="?")
+    m.add_argument("--textfile", type=Path, metavar="DIR",
+                   help=f"write it at once to DIR/{metrics.TEXTFILE_NAME} instead (for "
+                        f"node-exporter: {metrics.TEXTFILE_DIR})")
+    m.set_defaults(run=_cmd_metrics)
     for name, text in (("demote", "make IFACE's engines step back to BACKUP and stay there"),
                        ("promote", "let IFACE's engines take part in the election again")):
         d = sub.add_parser(name, help=text)
