@@ -367,7 +367,8 @@ class Engine:
         if self.host.healthy:
             return None
         last_resort = ": holding the VIP as a last resort" if self.host.last_resort else ""
-        return f"unhealthy: {self.health.why()}{last_resort}"
+        failing = self.health.why() or "a check failed and has passed since (awaiting rise)"
+        return f"unhealthy: {failing}{last_resort}"
 
     def status_summary(self) -> str:
         """One line for `systemctl status`: ``MASTER of 10.0.0.1 (vhid 3) since 12:03:04``."""

@@ -124,6 +124,29 @@ class LinkEvents:
     """Events overflowed: anything may have happened (the carrier is read afresh)."""
 
 
+def link_events(messages: Iterable[Any], ifindex: int) -> LinkEvents:
+    """What netlink ``messages`` say about interface ``ifindex``.  Link messages of another
+    family are skipped: when a port leaves its bridge the kernel sends an AF_BRIDGE
+    RTM_DELLINK for it while the link itself stays."""
+    carrier = None
+    removed = set()
+    for msg in messages:
+        if msg.get("index") != ifindex:
+            continue
+        kind = msg["header"]["type"]
+        if kind in (RTM_NEWLINK, RTM_DELLINK) and msg.get("family", 0) != 0:
+            continue
+        if kind == RTM_DELLINK:
+            carrier = False
+        elif kind == RTM_NEWLINK:
+            carrier = carrier_of(int(msg["flags"]))
+        elif kind == RTM_DELADDR and msg.get("family") == socket.AF_INET:
+            address = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+            if address:
+                removed.add(IPv4Address(address))
+    return LinkEvents(carrier, frozenset(removed))
+
+
 class LinkMonitor:
     """Carrier changes and deleted addresses of one interface, as they happen."""
 
@@ -157,21 +180,7 @@ class LinkMonitor:
             self._sock = self._open()
             self.reopened += 1
             return LinkEvents(self._current_carrier(), lost_events=True)
-        carrier = None
-        removed = set()
-        for msg in messages:
-            if msg.get("index") != self.ifindex:
-                continue
-            kind = msg["header"]["type"]
-            if kind == RTM_DELLINK:
-                carrier = False
-            elif kind == RTM_NEWLINK:
-                carrier = carrier_of(int(msg["flags"]))
-            elif kind == RTM_DELADDR and msg.get("family") == socket.AF_INET:
-                address = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
-                if address:
-                    removed.add(IPv4Address(address))
-        return LinkEvents(carrier, frozenset(removed))
+        return link_events(messages, self.ifindex)
 
     def _drain(self) -> list[Any]:
         messages: list[Any] = []

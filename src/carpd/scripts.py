@@ -174,7 +174,9 @@ class ScriptRunner:
                     output.read_available(read_fd, OUTPUT_GRACE)
                     return None
                 # woken now and then: a request for the other script may come meanwhile
-                ready = select.select([ended, read_fd], [], [], min(left, OBSOLETE_POLL))[0]
+                # a pipe closed by the script stays readable at end-of-file: stop watching it
+                watched = [ended] if output.closed else [ended, read_fd]
+                ready = select.select(watched, [], [], min(left, OBSOLETE_POLL))[0]
                 if read_fd in ready:
                     output.read_available(read_fd, 0.0)
         finally:

@@ -283,3 +283,15 @@ def test_a_script_dies_with_the_engine(tmp_path: Path) -> None:
         assert not Path(f"/proc/{script_pid}").exists(), "the script outlived the engine"
     finally:
         proc.kill()
+
+
+def test_a_script_that_closes_its_output_and_runs_on_costs_no_cpu_while_it_runs(
+        tmp_path: Path) -> None:
+    """A closed pipe stays readable at end-of-file: watching it would spin the runner."""
+    quiet = script(tmp_path, "quiet", "exec >&- 2>&-\nsleep 2\n")
+    runner = ScriptRunner({Script.UP: [quiet], Script.DOWN: None}, 10)
+    runner.start()
+    before = time.process_time()
+    runner.submit(Script.UP)
+    assert wait_finished(runner, 1) == [Finished(Script.UP, 0)]
+    assert time.process_time() - before < 0.1  # a spin burns about 0.3 s of CPU over the 2 s
