@@ -10,12 +10,14 @@ carpd engines) run on each node.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import shutil
+import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from itertools import pairwise
@@ -26,12 +28,12 @@ from pkgtools import (
     NET,
     REPO,
     VHID,
+    VIP,
     Built,
     Node,
     Overlay,
     Pair,
     Stage,
-    VipWatch,
     forbid_service_starts,
     in_root,
     interfaces_file,
@@ -129,13 +131,15 @@ def _ucarp_node(lab: Lab, layer: UcarpLayer, base: Path, name: str, host: int, a
     return node
 
 
-@pytest.fixture
-def ucarp_pair(ucarp_layer: UcarpLayer, tmp_path: Path) -> Iterator[Pair]:
-    """a (advskew 0, ucarp-master yes) and b (advskew 100), Debian's ucarp on both, not up yet."""
+@pytest.fixture(params=[False, True], ids=["a-no-preempt", "a-preempts"])
+def ucarp_pair(request: pytest.FixtureRequest, ucarp_layer: UcarpLayer,
+               tmp_path: Path) -> Iterator[Pair]:
+    """a (advskew 0) and b (advskew 100, ucarp-master no), Debian's ucarp on both, not up yet;
+    a with ucarp-master yes (preempt) or no."""
     lab = Lab()
     nodes: list[Node] = []
     try:
-        nodes.append(_ucarp_node(lab, ucarp_layer, tmp_path, "a", 11, 0, True))
+        nodes.append(_ucarp_node(lab, ucarp_layer, tmp_path, "a", 11, 0, request.param))
         nodes.append(_ucarp_node(lab, ucarp_layer, tmp_path, "b", 12, 100, False))
         yield Pair(nodes[0], nodes[1])
     finally:
@@ -147,6 +151,13 @@ def ucarp_pair(ucarp_layer: UcarpLayer, tmp_path: Path) -> Iterator[Pair]:
 
 
 # -- watching the daemons -------------------------------------------------------------------
+
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
 
 def ucarp_daemons(node: Node) -> list[int]:
     found = []
@@ -160,9 +171,11 @@ def ucarp_daemons(node: Node) -> list[int]:
     return sorted(found)
 
 
-def daemons(node: Node) -> int:
-    """CARP daemons on the node (the pair has one vhid): ucarp's and carpd's engines."""
-    return len(ucarp_daemons(node)) + len(node.engines())
+def daemons(node: Node) -> list[int]:
+    """CARP daemons on the node (the pair has one vhid): ucarp's and carpd's engines, but not
+    their children (a script forked and not yet exec'd has its parent's command line)."""
+    pids = ucarp_daemons(node) + node.engines()
+    return [pid for pid in pids if _parent(pid) not in pids]
 
 
 @dataclass
@@ -171,6 +184,7 @@ class DaemonWatch:
 
     nodes: tuple[Node, ...]
     most: dict[str, int] = field(default_factory=dict)
+    worst: dict[str, str] = field(default_factory=dict)
     samples: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -188,28 +202,91 @@ class DaemonWatch:
     def _run(self) -> None:
         while not self._stop.is_set():
             for node in self.nodes:
-                self.most[node.name] = max(self.most.get(node.name, 0), daemons(node))
+                found = daemons(node)
+                if len(found) > self.most.get(node.name, 0):
+                    self.most[node.name] = len(found)
+                    self.worst[node.name] = "; ".join(
+                        f"{pid} (parent {_parent(pid)}): {' '.join(node.processes()[pid][:3])}"
+                        for pid in found if pid in node.processes())
             self.samples += 1
             time.sleep(0.01)
 
 
-def time_on_no_node(watch: VipWatch) -> float:
-    """Total time no node held the VIP, counting each sampling interval that touches such a
-    moment as wholly without it (an upper bound)."""
-    total = 0.0
-    for (t0, a0, b0), (t1, a1, b1) in pairwise(watch.samples):
-        if not (a0 or b0) or not (a1 or b1):
-            total += t1 - t0
-    return total
+@dataclass
+class VipEvents:
+    """Every time the VIP is added to or deleted from each node's eth0, as the kernel reports it
+    (`ip -ts monitor address` in each namespace): exact, where sampling would miss short moments."""
+
+    nodes: tuple[Node, ...]
+    events: list[tuple[float, str, bool]] = field(default_factory=list)
+    """(wall time, node name, held from then on)"""
+    initial: dict[str, bool] = field(default_factory=dict)
+    started: float = 0.0
+    ended: float = 0.0
+    _monitors: list[subprocess.Popen[str]] = field(default_factory=list)
+    _threads: list[threading.Thread] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __enter__(self) -> VipEvents:
+        for node in self.nodes:
+            monitor = subprocess.Popen(["ip", "-n", node.netns, "-ts", "monitor", "address"],
+                                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                       text=True, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+            self._monitors.append(monitor)
+            thread = threading.Thread(target=self._read, args=(node.name, monitor), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        time.sleep(0.3)  # subscribed
+        self.started = time.time()
+        self.initial = {node.name: node.holds() for node in self.nodes}
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.ended = time.time()
+        for monitor in self._monitors:
+            monitor.terminate()
+            monitor.wait()
+        for thread in self._threads:
+            thread.join()
+
+    def _read(self, name: str, monitor: subprocess.Popen[str]) -> None:
+        assert monitor.stdout is not None
+        for line in monitor.stdout:
+            if not line.startswith("[") or f" inet {VIP}/" not in line:
+                continue
+            stamp, rest = line[1:].split("] ", 1)
+            when = datetime.datetime.fromisoformat(stamp).timestamp()
+            with self._lock:
+                self.events.append((when, name, not rest.startswith("Deleted")))
+
+    def timeline(self) -> list[tuple[float, dict[str, bool]]]:
+        """(since, who holds) from the start to the end."""
+        held = dict(self.initial)
+        line = [(self.started, dict(held))]
+        for when, name, holds in sorted(self.events):
+            if when >= self.started:
+                held[name] = holds
+                line.append((when, dict(held)))
+        return line
+
+    def seconds(self, condition: Callable[[dict[str, bool]], bool],
+                after: float = 0.0, before: float = float("inf")) -> float:
+        """How long ``condition`` held between ``after`` and ``before`` (wall times)."""
+        line = self.timeline()
+        total = 0.0
+        for (since, held), (until, _next) in pairwise([*line, (self.ended, {})]):
+            start, end = max(since, after), min(until, before)
+            if end > start and condition(held):
+                total += end - start
+        return total
 
 
-def on_both(watch: VipWatch) -> int:
-    return sum(1 for _t, a, b in watch.samples if a and b)
+def on_no_node(held: dict[str, bool]) -> bool:
+    return not any(held.values())
 
 
-def sampling_interval(watch: VipWatch) -> float:
-    times = [t for t, _a, _b in watch.samples]
-    return max((b - a for a, b in pairwise(times)), default=0.0)
+def on_every_node(held: dict[str, bool]) -> bool:
+    return all(held.values())
 
 
 def install_carpd(node: Node) -> str:
@@ -238,6 +315,7 @@ def test_a_ucarp_pair_migrated_node_by_node_keeps_the_vip_on_exactly_one_node(
         ucarp_pair: Pair) -> None:
     a, b = ucarp_pair.a, ucarp_pair.b
     assert isinstance(a, Node) and isinstance(b, Node)
+    preempt = "ucarp-master yes" in (a.root / "etc/network/interfaces").read_text()
     with Stage("migrate: ifup eth0 with Debian's ucarp on both"):
         for node in (a, b):
             node.run("ifup", "eth0")
@@ -245,30 +323,40 @@ def test_a_ucarp_pair_migrated_node_by_node_keeps_the_vip_on_exactly_one_node(
     assert [len(ucarp_daemons(n)) for n in (a, b)] == [1, 1]
     assert [n.engines() for n in (a, b)] == [[], []]
 
-    outputs = {}
-    with DaemonWatch((a, b)) as counting, VipWatch(ucarp_pair) as watch:
-        time.sleep(0.5)
+    outputs, marks = {}, {}
+    with DaemonWatch((a, b)) as counting, VipEvents((a, b)) as vip:
+        assert vip.initial == {"a": True, "b": False}
         for node in (b, a):  # the BACKUP first, then the MASTER
             with Stage(f"migrate: apt install carpd + migrate on {node.name}"):
                 outputs[node.name] = install_carpd(node)
+            marks[node.name] = time.time()
             assert ucarp_daemons(node) == [], outputs[node.name]
             assert len(node.engines()) == 1, outputs[node.name]
-        time.sleep(4.0)  # a's engine preempts b (ucarp-master yes, advskew 0)
+        time.sleep(4.0)  # with preempt, a's engine takes the VIP back from b
     log = "\n".join(f"--- {name}:\n{text}" for name, text in outputs.items())
-    no_node, both = time_on_no_node(watch), on_both(watch)
-    record("migrate: total time the VIP was on no node", no_node)
-    record("migrate: samples with the VIP on both nodes", both)
-    record("migrate: longest VIP sampling interval", sampling_interval(watch))
-    record("migrate: most CARP daemons on one node at once", max(counting.most.values()))
+    tag = "a preempts" if preempt else "a does not preempt"
+    no_node = vip.seconds(on_no_node)
+    both_migrating = vip.seconds(on_every_node, before=marks["a"])
+    both_after = vip.seconds(on_every_node, after=marks["a"])
+    record(f"migrate ({tag}): VIP on no node, in total", no_node)
+    record(f"migrate ({tag}): VIP on both nodes while migrating", both_migrating)
+    record(f"migrate ({tag}): VIP on both nodes after, as a's engine preempts", both_after)
+    record(f"migrate ({tag}): VIP changes", len(vip.events))
+    record(f"migrate ({tag}): most CARP daemons on one node at once", max(counting.most.values()))
+    timeline = "\n".join(f"{since - vip.started:8.3f} s  {held}" for since, held in
+                          vip.timeline())
     assert counting.samples > 100
-    assert counting.most == {"a": 1, "b": 1}, f"two daemons for one vhid: {counting.most}\n{log}"
-    assert both == 0, f"the VIP was on both nodes in {both} samples\n{log}"
-    assert no_node <= MAX_TIME_ON_NO_NODE, f"the VIP was on no node for {no_node:.3f} s\n{log}"
+    assert counting.most == {"a": 1, "b": 1}, \
+        f"two daemons for one vhid: {counting.worst}\n{log}"
+    assert both_migrating == 0.0, f"the VIP was on both nodes while migrating:\n{timeline}\n{log}"
+    assert no_node <= MAX_TIME_ON_NO_NODE, f"the VIP on no node for {no_node:.3f} s:\n" \
+        f"{timeline}\n{log}"
     assert f"vhid {VHID}: ucarp" in outputs["a"] and "is MASTER" in outputs["a"], log
     assert "took over after" in outputs["a"], log
     assert "is BACKUP" in outputs["b"], log
     assert "pkg-test-secret" not in log
 
-    states = sorted(engine_state(node) for node in (a, b))
-    assert states == ["BACKUP", "MASTER"], log
-    assert ucarp_pair.holders() == [a]
+    states = {node.name: engine_state(node) for node in (a, b)}
+    master = a if preempt else b
+    assert states[master.name] == "MASTER" and len(set(states.values())) == 2, (states, log)
+    assert ucarp_pair.holders() == [master]
