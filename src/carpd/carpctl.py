@@ -347,8 +347,10 @@ def _metrics_engines(state_dir: Path, interface: str | None) -> list[metrics.Eng
     found = []
     for path in _sockets(state_dir, interface):
         name, _, vhid = path.name.removesuffix(".sock").rpartition(".")
-        found.append(metrics.Engine(name, int(vhid) if vhid.isdigit() else None,
-                                    status=_ask(path, {"cmd": "status"})))
+        reply = _ask(path, {"cmd": "status"})
+        # one that does not answer (a killed engine leaves its socket): what its conf says
+        vip = _conf_group(state_dir / f"{name}.conf")[1] if "error" in reply else None
+        found.append(metrics.Engine(name, int(vhid) if vhid.isdigit() else None, vip, reply))
     running = {engine.interface for engine in found}
     for name in _configured(state_dir, interface):
         if name not in running:

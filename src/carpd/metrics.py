@@ -101,8 +101,12 @@ def _families() -> dict[str, Family]:
     return {name: Family(f"carpd_{name}", kind, text) for name, kind, text in specs}
 
 
+def _answered(engine: Engine) -> bool:
+    return engine.status is not None and "error" not in engine.status
+
+
 def _group_labels(engine: Engine) -> Labels:
-    status = engine.status or {}
+    status = engine.status if engine.status is not None and _answered(engine) else {}
     vhid = status.get("vhid", engine.vhid)
     vip = status.get("vip", engine.vip)
     return (("interface", str(status.get("interface", engine.interface))),
@@ -152,10 +156,8 @@ def exposition(engines: Iterable[Engine]) -> str:
     families = _families()
     for engine in engines:
         labels = _group_labels(engine)
-        answered = engine.status is not None and "error" not in engine.status
-        families["up"].add(labels, 1.0 if answered else 0.0)
-        if answered:
-            assert engine.status is not None
+        families["up"].add(labels, 1.0 if _answered(engine) else 0.0)
+        if engine.status is not None and _answered(engine):
             _add_group(families, labels, engine.status)
     return "".join(line + "\n" for family in families.values() for line in family.lines())
 

@@ -220,6 +220,18 @@ def test_a_socket_that_does_not_answer_is_an_engine_down_named_by_its_socket(
         ({"interface": "eth0.100", "vhid": "4", "vip": ""}, 0.0)]
 
 
+def test_a_killed_engine_left_its_socket_down_labelled_from_its_conf(
+        state_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (state_dir / "eth0.conf").write_text(json.dumps({"interface": "eth0", "vhid": 7,
+                                                     "addr": "10.0.0.7"}))
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as dead:  # bound, not listening
+        dead.bind(str(control.socket_path(state_dir, "eth0", 7)))
+        families = parse(carpctl_metrics(state_dir, capsys))
+    assert [(s.labels, s.value) for s in families["carpd_up"].samples] == [
+        (group("eth0", 7, "10.0.0.7"), 0.0)]
+    assert families["carpd_state"].samples == []
+
+
 def test_with_no_engine_the_text_is_still_valid_and_empty_of_samples(
         state_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     families = parse(carpctl_metrics(state_dir, capsys))
