@@ -60,7 +60,9 @@ def _install_carpd(root: Path, interfaces: str, dropin: Path | None = None) -> N
     site = root / "usr/lib/python3/dist-packages/carpd"
     shutil.copytree(ROOT / "src/carpd", site, ignore=shutil.ignore_patterns("__pycache__"))
     for command, module in COMMANDS.items():
-        path = root / "usr/sbin" / command
+        folder = root / ("usr/libexec/carpd" if command == "carpd-ifupdown" else "usr/sbin")
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / command
         path.write_text(f"#!/usr/bin/python3\nimport sys\nfrom {module} import main\n"
                         "sys.exit(main())\n")
         path.chmod(0o755)

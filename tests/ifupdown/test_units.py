@@ -17,12 +17,21 @@ RETRY_UNIT = ROOT / "systemd" / "carpd-retry@.service"
 def _verify(lab: Lab, unit: Path) -> subprocess.CompletedProcess[str]:
     if shutil.which("systemd-analyze") is None:
         pytest.skip("needs systemd-analyze (package systemd, see .ci/apt-packages)")
-    node = lab.node()  # where carpd and carpd-ifupdown are on systemd's search path
+    node = lab.node()
     folder = node.home / "units"
     folder.mkdir()
     name = unit.name.replace("@.", "@eth0.") if "@." in unit.name else "carpd@eth0.service"
     (folder / name).write_text(unit.read_text())
-    return node.sh(f"SYSTEMD_LOG_LEVEL=info systemd-analyze verify --man=no {folder / name}")
+    # The unit names the commands where the package installs them (verify checks that they
+    # are executable): the node's wrappers, overlaid on /usr/sbin and /usr/libexec/carpd.
+    libexec = node.home / "libexec"
+    (libexec / "carpd").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(node.home / "bin" / "carpd-ifupdown", libexec / "carpd")
+    overlays = " && ".join(f"mount -t overlay overlay -o lowerdir={upper}:{path} {path}"
+                           for upper, path in ((node.home / "bin", "/usr/sbin"),
+                                               (libexec, "/usr/libexec")))
+    return node.sh(f"{overlays} && "
+                   f"SYSTEMD_LOG_LEVEL=info systemd-analyze verify --man=no {folder / name}")
 
 
 NEWER_THAN_DEBIAN_12 = ("RestartSteps", "RestartMaxDelaySec", "RestartMode")

@@ -89,13 +89,14 @@ def test_template_units_are_not_enabled_or_started_at_install(built: Built) -> N
             assert stem not in text, f"{name} acts on {template}"
 
 
-def test_relations_name_trixies_packages_and_conflict_with_ucarp(built: Built) -> None:
+def test_relations_name_trixies_packages_and_conflict_with_ucarp_and_ifupdown2(
+        built: Built) -> None:
     depends = [item.strip() for item in control(built.deb, "Depends").split(",")]
-    for wanted in ("python3-pydantic (>= 2)", "python3-pyroute2 (>= 0.7.7)",
-                   "python3-debian (>= 1.0.1)", "iproute2", "ifupdown | ifupdown2",
+    for wanted in ("python3-pydantic (>= 2.10)", "python3-pyroute2 (>= 0.7.7)",
+                   "python3-debian (>= 1.0.1)", "iproute2", "ifupdown (>= 0.8)",
                    "libnftables1"):
         assert wanted in depends
-    assert control(built.deb, "Conflicts") == "ucarp"
+    assert control(built.deb, "Conflicts") == "ifupdown2, ucarp"
     assert control(built.deb, "Architecture") == "all"
     assert control(built.deb, "Section") == "net"
     assert control(built.deb, "Version") == "0.1.0-1"

@@ -25,9 +25,9 @@ def test_installed_carpd_runs_on_trixies_python(installed: Installed, tmp_path: 
     try:
         result = in_root(overlay.root, [CARPD, "--help"])
         assert "--interface" in result.output and "--config" in result.output
-        for command in ("carpctl", "carpd-ifupdown"):
+        for command in ("/usr/sbin/carpctl", "/usr/libexec/carpd/carpd-ifupdown"):
             result = in_root(overlay.root, [command, "--help"])
-            assert result.output.startswith(f"usage: {command}"), result.output
+            assert result.output.startswith(f"usage: {Path(command).name}"), result.output
         result = in_root(overlay.root, ["python3", "-c",
                                         "from carpd.debian_status import ifupdown_status; "
                                         "print(ifupdown_status().flavour)"])
