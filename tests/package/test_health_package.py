@@ -1,9 +1,9 @@
-"""The nginx pair of the README from the installed package: two trixie nodes (chroots in network
-namespaces on one bridge), each with the installed carpd and Debian's own nginx, the VIP's
-stanza tracking nginx with the check the package ships (/usr/share/carpd/checks/http-url), and a
-client in a third namespace asking the VIP for a page 100 times a second. When the MASTER's
-nginx dies its carpd bows out and the peer serves; when nginx comes back nothing moves (no
-preempt)."""
+"""The nginx pair of docs/nginx-pair.md from the installed package: two trixie nodes (chroots
+in network namespaces on one bridge), each with the installed carpd and Debian's own nginx, the
+VIP's stanza tracking nginx with the check the package ships (/usr/share/carpd/checks/http-url),
+and a client in a third namespace asking the VIP for a page 100 times a second. When the MASTER's
+nginx dies its carpd bows out and the peer serves; when nginx comes back nothing moves without
+preempt, and with it (web1 of the document) the VIP comes back by a planned hand-over."""
 
 from __future__ import annotations
 
@@ -102,14 +102,14 @@ class Segment:
 
 
 def web_node(segment: Segment, layers: Installed, base: Path, name: str, host: int,
-             advskew: int) -> Node:
-    """A node with the VIP's stanza (no preempt) tracking its nginx, which serves its name."""
+             advskew: int, preempt: bool) -> Node:
+    """A node with the VIP's stanza tracking its nginx, which serves its name."""
     overlay = Overlay(base / name, layers.lowers)
     node = Node(name, segment.netns(name), overlay, f"{NET}.{host}", layers.deb_in_root)
-    stanza = interfaces_file(node.address, advskew, preempt=False)
-    assert "    ucarp-master no\n" in stanza
-    (node.root / "etc/network/interfaces").write_text(
-        stanza.replace("    ucarp-master no\n", "    ucarp-master no\n" + TRACK))
+    stanza = interfaces_file(node.address, advskew, preempt)
+    master = f"    ucarp-master {'yes' if preempt else 'no'}\n"
+    assert master in stanza
+    (node.root / "etc/network/interfaces").write_text(stanza.replace(master, master + TRACK))
     (node.root / "run/network").mkdir(parents=True, exist_ok=True)
     (node.root / "var/www/html/index.html").write_text(f"{name}\n")
     (node.root / "usr/sbin/policy-rc.d").unlink()
@@ -124,15 +124,14 @@ class Web:
     client: str  # its network namespace
 
 
-@pytest.fixture
-def web(with_nginx: Installed, tmp_path: Path) -> Iterator[Web]:
-    """a (advskew 0) and b (advskew 100), neither preempting, each with its nginx running,
-    and a client namespace on the same bridge; nothing is up yet."""
+def web_pair(layers: Installed, base: Path, preempt: bool) -> Iterator[Web]:
+    """a (advskew 0, preempt as asked) and b (advskew 100, no preempt), each with its nginx
+    running, and a client namespace on the same bridge; nothing is up yet."""
     segment = Segment()
     nodes: list[Node] = []
     try:
-        for name, host, advskew in (("a", 11, 0), ("b", 12, 100)):
-            nodes.append(web_node(segment, with_nginx, tmp_path, name, host, advskew))
+        for name, host, advskew, first in (("a", 11, 0, preempt), ("b", 12, 100, False)):
+            nodes.append(web_node(segment, layers, base, name, host, advskew, first))
         client = segment.netns("client")
         run(["ip", "-n", client, "addr", "add", f"{CLIENT}/24", "dev", "eth0"])
         run(["ip", "-n", client, "link", "set", "eth0", "up"])
@@ -145,6 +144,18 @@ def web(with_nginx: Installed, tmp_path: Path) -> Iterator[Web]:
         segment.close()
         for node in nodes:
             node.overlay.unmount()
+
+
+@pytest.fixture
+def web(with_nginx: Installed, tmp_path: Path) -> Iterator[Web]:
+    """Neither node preempts."""
+    yield from web_pair(with_nginx, tmp_path, preempt=False)
+
+
+@pytest.fixture
+def web_as_documented(with_nginx: Installed, tmp_path: Path) -> Iterator[Web]:
+    """a preempts (ucarp-master yes), as web1 of docs/nginx-pair.md."""
+    yield from web_pair(with_nginx, tmp_path, preempt=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,49 +206,78 @@ c.request("GET", "/")
 print(c.getresponse().read().decode().strip())
 """
 
-# The client: a GET of the VIP every 10 ms (a new connection each), one line per request:
-# "MONOTONIC_TIME ANSWER", the answer "-" when there was none.
+# The client: a GET of the VIP every 10 ms, each on a new connection in a thread of its own
+# with a timeout of CLIENT_TIMEOUT (longer than TCP's first SYN retransmission, 1 s: a packet
+# lost while the VIP moves is sent again, as for any client), one line per request when it
+# ends: "SENT LATENCY ANSWER" (monotonic seconds; the answer "-" and the error's name when
+# there was none).
+CLIENT_TIMEOUT = 3.0
 ASK_LOOP = """\
-import http.client, sys, time
-while True:
-    t = time.monotonic()
+import http.client, sys, threading, time
+host, port, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+lock = threading.Lock()
+def ask(sent):
     try:
-        c = http.client.HTTPConnection(sys.argv[1], int(sys.argv[2]), timeout=0.2)
+        c = http.client.HTTPConnection(host, port, timeout=timeout)
         c.request("GET", "/")
         answer = c.getresponse().read().decode().strip() or "?"
         c.close()
-    except Exception:
-        answer = "-"
-    print(f"{t:.4f} {answer}", flush=True)
-    time.sleep(max(0.0, 0.01 - (time.monotonic() - t)))
+    except Exception as error:
+        answer = "-" + type(error).__name__
+    with lock:
+        print(f"{sent:.4f} {time.monotonic() - sent:.4f} {answer}", flush=True)
+due = time.monotonic()
+while True:
+    threading.Thread(target=ask, args=(time.monotonic(),), daemon=True).start()
+    due += 0.01
+    time.sleep(max(0.0, due - time.monotonic()))
 """
+
+
+@dataclass(frozen=True)
+class Request:
+    sent: float
+    latency: float
+    answer: str  # the node that answered, or "-" and the error
+
+    @property
+    def failed(self) -> bool:
+        return self.answer.startswith("-")
 
 
 @dataclass
 class Client:
-    """The client's requests so far: (time, answer)."""
+    """The client's requests that have ended so far."""
 
     log: Path
     proc: subprocess.Popen[bytes]
 
-    def answers(self) -> list[tuple[float, str]]:
+    def requests(self, start: float = 0.0, end: float = float("inf")) -> list[Request]:
+        """Those sent from start to end, in the order sent."""
         found = []
         for line in self.log.read_text().splitlines():
-            t, _, answer = line.partition(" ")
-            if answer:
-                found.append((float(t), answer))
-        return found
+            fields = line.split(" ", 2)
+            if len(fields) == 3 and fields[2]:  # not a line still being written
+                request = Request(float(fields[0]), float(fields[1]), fields[2])
+                if start <= request.sent < end:
+                    found.append(request)
+        return sorted(found, key=lambda r: r.sent)
 
     def first(self, answer: str, after: float) -> float | None:
-        return next((t for t, a in self.answers() if t >= after and a == answer), None)
+        """When the first request sent after `after` answered by `answer` ended."""
+        ended = [r.sent + r.latency for r in self.requests(after) if r.answer == answer]
+        return min(ended, default=None)
+
+    def failed(self, start: float, end: float) -> list[Request]:
+        return [r for r in self.requests(start, end) if r.failed]
 
 
 @contextlib.contextmanager
 def client(netns: str, log: Path) -> Iterator[Client]:
     with log.open("wb") as out:
         proc = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-c", ASK_LOOP,
-                                 VIP, str(PORT)], stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT)
+                                 VIP, str(PORT), str(CLIENT_TIMEOUT)],
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
     try:
         yield Client(log, proc)
     finally:
@@ -276,8 +316,10 @@ def healthy(node: Node) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
-def test_the_nginx_pair_from_the_package_the_vip_follows_nginx_and_stays_when_it_returns(
-        web: Web, tmp_path: Path) -> None:
+def fail_over(web: Web, asking: Client) -> None:
+    """Both nodes healthy, a MASTER serving the client; then a's nginx is killed: the client
+    gets answers from b within MOVE_WITHIN, the VIP never on no node longer than a handover,
+    and a says why it is BACKUP."""
     a, b, pair = web.a, web.b, web.pair
     assert ifup_both(pair) is a
     wait_until(lambda: healthy(a) and healthy(b), 10, "both nodes healthy",
@@ -286,45 +328,83 @@ def test_the_nginx_pair_from_the_package_the_vip_follows_nginx_and_stays_when_it
     assert [(c["kind"], c["name"], c["healthy"]) for c in checks] == [
         ("script", CHECK, True)], checks
     assert status(a)["why"] is None
+    wait_until(lambda: asking.first(a.name, 0.0) is not None, 10, "the client served by a")
 
+    with VipWatch(pair) as watch:
+        killed = kill_nginx(a)
+        pair.wait_holder(b, timeout=MOVE_WITHIN + 5)
+        wait_until(lambda: asking.first(b.name, killed) is not None, 5, "the client served by b")
+    served = asking.first(b.name, killed)
+    assert served is not None
+    record("nginx killed on the MASTER -> the client's first answer from the peer",
+           served - killed)
+    record("nginx killed on the MASTER: the client's requests without an answer",
+           len(asking.failed(killed, served)))
+    record("nginx killed on the MASTER: longest time the VIP was on no node",
+           watch.longest_gap())
+    assert served - killed <= MOVE_WITHIN, f"served by b {served - killed:.3f} s after"
+    assert watch.longest_gap() <= HANDOVER, f"VIP on no node for {watch.longest_gap():.3f}"
+
+    shown = status(a)
+    assert shown["state"] == "BACKUP" and shown["healthy"] is False, shown
+    assert shown["why"].startswith(f"unhealthy: check '{CHECK}' failing since"), shown
+    assert shown["health"][0]["rc"] == 1, shown
+    assert shown["health"][0]["output"] == "http://127.0.0.1/: Connection refused", shown
+    text = a.run("carpctl", "status", "eth0").output
+    assert f"why: unhealthy: check '{CHECK}' failing since" in text, text
+    log = (a.root / "run/carpd/eth0.log").read_text(errors="replace")
+    assert "http://127.0.0.1/: Connection refused" in log, log[-2000:]
+
+
+def test_the_nginx_pair_from_the_package_the_vip_follows_nginx_and_stays_when_it_returns(
+        web: Web, tmp_path: Path) -> None:
+    a, b, pair = web.a, web.b, web.pair
     with client(web.client, tmp_path / "client.log") as asking:
-        wait_until(lambda: asking.first(a.name, 0.0) is not None, 10, "the client served by a")
+        fail_over(web, asking)
 
-        # nginx dies on the MASTER: its carpd bows out, b takes the VIP and serves
-        with VipWatch(pair) as watch:
-            killed = kill_nginx(a)
-            pair.wait_holder(b, timeout=MOVE_WITHIN + 5)
-            wait_until(lambda: asking.first(b.name, killed) is not None, 5,
-                       "the client served by b")
-        served = asking.first(b.name, killed)
-        assert served is not None
-        failed = sum(1 for t, answer in asking.answers() if killed <= t < served)
-        record("nginx killed on the MASTER -> the client's first answer from the peer",
-               served - killed)
-        record("nginx killed on the MASTER: the client's requests without an answer", failed)
-        record("nginx killed on the MASTER: longest time the VIP was on no node",
-               watch.longest_gap())
-        assert served - killed <= MOVE_WITHIN, f"served by b {served - killed:.3f} s after"
-        assert watch.longest_gap() <= HANDOVER, f"VIP on no node for {watch.longest_gap():.3f}"
-        shown = status(a)
-        assert shown["state"] == "BACKUP" and shown["healthy"] is False, shown
-        assert shown["why"].startswith(f"unhealthy: check '{CHECK}' failing since"), shown
-        assert shown["health"][0]["rc"] == 1, shown
-        assert shown["health"][0]["output"] == "http://127.0.0.1/: Connection refused", shown
-        text = a.run("carpctl", "status", "eth0").output
-        assert f"why: unhealthy: check '{CHECK}' failing since" in text, text
-        log = (a.root / "run/carpd/eth0.log").read_text(errors="replace")
-        assert "http://127.0.0.1/: Connection refused" in log, log[-2000:]
-
-        # nginx back on a: it is healthy again after `rise` passes, and nothing moves
+        # nginx back on a: healthy again after `rise` passes, and without preempt nothing moves
         with VipWatch(pair) as watch:
             back = time.monotonic()
             start_nginx(a)
             wait_until(lambda: healthy(a), RISE * INTERVAL + 5, "a healthy again",
                        lambda: status(a))
-            time.sleep(4.0)  # more than a's master-down interval: it would have taken over
+            time.sleep(4.0)  # a few advertisements: time for a wrong move to show
         assert status(a)["why"] is None and status(a)["state"] == "BACKUP"
         assert not any(held_a for _, held_a, _ in watch.samples), "the VIP went back to a"
         assert pair.holders() == [b]
-        since = [answer for t, answer in asking.answers() if t >= back]
-        assert since and set(since) == {b.name}, sorted(set(since))
+        since = {r.answer for r in asking.requests(back)}
+        assert since == {b.name}, since
+
+
+def test_the_nginx_pair_as_documented_the_vip_comes_back_by_a_planned_hand_over(
+        web_as_documented: Web, tmp_path: Path) -> None:
+    web = web_as_documented
+    a, pair = web.a, web.pair
+    with client(web.client, tmp_path / "client.log") as asking:
+        fail_over(web, asking)
+
+        # nginx back on a (preempt, the better advskew): once healthy it takes the VIP back
+        with VipWatch(pair) as watch:
+            back = time.monotonic()
+            start_nginx(a)
+            pair.wait_holder(a, timeout=RISE * INTERVAL + 5)
+            wait_until(lambda: asking.first(a.name, back) is not None, 5,
+                       "the client served by a again")
+            until = time.monotonic() + 1.0
+            time.sleep(until + CLIENT_TIMEOUT + 0.5 - time.monotonic())  # every request ended
+        taken = watch.first(0, after=back)
+        assert taken is not None
+        during = asking.requests(back, until)
+        lost = [(round(r.sent - taken, 3), r.answer[1:]) for r in during if r.failed]
+        record("nginx back on the preferred node -> it holds the VIP", taken - back)
+        record("nginx back on the preferred node: the client's requests without an answer",
+               len(lost))
+        record("nginx back on the preferred node: the client's slowest answer",
+               max(r.latency for r in during))
+        record("nginx back on the preferred node: longest time the VIP was on no node",
+               watch.longest_gap())
+        assert status(a)["state"] == "MASTER" and status(a)["why"] is None
+        assert watch.longest_gap() <= HANDOVER, f"VIP on no node for {watch.longest_gap():.3f}"
+        assert len(during) >= 100 * (until - back) * 0.9, "the client did not ask 100 times a s"
+        assert lost == [], f"requests without an answer (sent so many seconds after a took " \
+            f"the VIP, the error): {lost}"
