@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import shutil
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from carpd import carpctl, config
+from carpd import carpctl, config, daemon, metrics
 from carpd.ifupdown import main as ifupdown_main
 from carpd.ifupdown import stanza as ucarp
 
@@ -48,17 +52,66 @@ def test_man_page_documents_every_option_and_command(page: str,
     assert missing == [], f"{page} does not mention {missing}"
 
 
-@pytest.mark.parametrize("page", ["carpd.8", "carpctl.8", "carpd-ifupdown.8"])
+PAGES = ["carpd.8", "carpctl.8", "carpd-ifupdown.8", "carpd-interfaces.5"]
+
+
+@pytest.mark.parametrize("page", PAGES)
 def test_man_page_names_its_command_and_section(page: str) -> None:
-    name = page.removesuffix(".8")
+    name, number = page.rsplit(".", 1)
     header = page_text(page).splitlines()[0]
-    assert header.startswith(f".TH {name.upper()} 8 ")
+    assert header.startswith(f".TH {name.upper()} {number} ")
 
 
-def test_ifupdown_page_documents_every_stanza_option() -> None:
-    text = page_text("carpd-ifupdown.8")
-    missing = [o for o in ucarp.KNOWN if not re.search(rf"(?<![\w-]){o}(?![\w-])", text)]
-    assert missing == [], f"carpd-ifupdown.8 does not mention {missing}"
+def entries(page: str, name: str) -> list[str]:
+    """The tags of a section's entries: the first word of each line after a .TP."""
+    lines = section(page, name).splitlines()
+    return [lines[n + 1].split()[1] for n, line in enumerate(lines[:-1])
+            if line == ".TP" and len(lines[n + 1].split()) > 1]
+
+
+def test_interfaces_page_has_an_entry_for_every_stanza_option() -> None:
+    documented = entries("carpd-interfaces.5", "OPTIONS")
+    missing = [o for o in ucarp.KNOWN if o not in documented]
+    assert missing == [], f"carpd-interfaces.5 has no entry for {missing}"
+    assert sorted(documented) == sorted(ucarp.KNOWN), "an entry for an option that is not"
+
+
+def test_the_other_pages_send_stanza_options_to_the_interfaces_page() -> None:
+    for page in ("carpd-ifupdown.8", "carpd.8", "carpctl.8"):
+        assert "carpd-interfaces (5)" in page_text(page), page
+
+
+def test_carpd_page_documents_every_signal_the_engine_handles() -> None:
+    handled = {s.name for s in (*daemon.EXIT_SIGNALS, signal.SIGUSR1, signal.SIGUSR2)}
+    body = section("carpd.8", "SIGNALS").split("\n", 1)[1]  # after the heading
+    documented = set(re.findall(r"\bSIG[A-Z0-9]+\b", body))
+    assert documented == handled
+
+
+@pytest.mark.parametrize("page", ["carpd.8", "carpctl.8", "carpd-interfaces.5"])
+def test_page_has_examples(page: str) -> None:
+    assert ".EX\n" in section(page, "EXAMPLES")
+
+
+def test_carpctl_page_documents_every_metric() -> None:
+    families = [f.name for f in metrics._families().values()]
+    text = section("carpctl.8", "COMMANDS")
+    assert [f for f in families if not re.search(rf"(?<![\w-]){f}(?![\w-])", text)] == []
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_man_has_no_warning_about_the_page(page: str) -> None:
+    if shutil.which("man") is None:
+        pytest.skip("needs man(1) (man-db) to format the page")
+    env = {**os.environ, "LC_ALL": "C.UTF-8", "MANWIDTH": "80"}
+    result = subprocess.run(["man", "--warnings", "-l", "-Tutf8", str(DEBIAN / page)],
+                            capture_output=True, text=True, env=env, check=False)
+    assert (result.returncode, result.stderr) == (0, "")
+
+
+def test_every_page_is_installed() -> None:
+    listed = (DEBIAN / "carpd.manpages").read_text().split()
+    assert [p for p in PAGES if f"debian/{p}" not in listed] == []
 
 
 def section(page: str, name: str) -> str:
