@@ -64,7 +64,7 @@ LONG_OPTIONS = ["interface=", "srcip=", "mcast=", "vhid=", "pass=", "passfile=",
                 "facility=", "xparam="]
 LISTEN_MARGIN = 0.5
 """Seconds beyond one advert interval to listen for the MASTER's own advert."""
-FIRST_BOW_OUT_WAIT = 0.1
+FIRST_BOW_OUT_WAIT = 0.02
 """Seconds to wait for a peer to take over after the first bow-out before sending the second."""
 TAKEOVER_WAIT = 1.0
 """Seconds to wait for a peer's advert after the bow-outs (only to say what happened)."""
