@@ -408,3 +408,9 @@ def test_the_nginx_pair_as_documented_the_vip_comes_back_by_a_planned_hand_over(
         assert len(during) >= 100 * (until - back) * 0.9, "the client did not ask 100 times a s"
         assert lost == [], f"requests without an answer (sent so many seconds after a took " \
             f"the VIP, the error): {lost}"
+        # A planned hand-over: the preempted MASTER drains (keeps the VIP, stops answering ARP
+        # for it) while the LAN learns the new MASTER's MAC, so a connection opened meanwhile
+        # is answered at once, never after TCP's SYN retransmission (1 s).
+        waited = [(round(r.sent - taken, 3), r.latency) for r in during if r.latency >= 1.0]
+        assert waited == [], f"requests answered only after a SYN retransmission (sent so " \
+            f"many seconds after a took the VIP, their latency): {waited}"
