@@ -50,9 +50,10 @@ TRACK = f"""\
 """
 CLIENT = f"{NET}.50"
 # From the kill to the client's first answer from the peer: `fall` failed checks (the first
-# within an interval of the kill), the check's own run time, one handover and the client's ARP
-# and retry period. The issue's goal for the bench is fall x interval + 100 ms.
-MOVE_WITHIN = FALL * INTERVAL + 1.0
+# within an interval of the kill), the check's own run time (a python3 start), one handover and
+# the client's 10 ms period. The issue's goal for bench/health is fall x interval + 100 ms;
+# this leaves room for a loaded machine.
+MOVE_WITHIN = FALL * INTERVAL + 0.5
 
 
 @pytest.fixture(scope="module")
