@@ -24,6 +24,7 @@ import pytest
 from pkgtools import (
     HANDOVER,
     NET,
+    PASSWORD,
     VIP,
     Installed,
     Node,
@@ -109,7 +110,14 @@ def web_node(segment: Segment, layers: Installed, base: Path, name: str, host: i
     node = Node(name, segment.netns(name), overlay, f"{NET}.{host}", layers.deb_in_root)
     stanza = interfaces_file(node.address, advskew, preempt)
     master = f"    ucarp-master {'yes' if preempt else 'no'}\n"
-    assert master in stanza
+    password = f"    ucarp-password {PASSWORD}\n"
+    assert master in stanza and password in stanza
+    # the password in a file readable by root alone, as docs/nginx-pair.md makes it
+    folder = node.root / "etc/carpd"
+    folder.mkdir(mode=0o700)
+    (folder / "eth0.pass").write_text(PASSWORD + "\n")
+    (folder / "eth0.pass").chmod(0o600)
+    stanza = stanza.replace(password, "    ucarp-passfile /etc/carpd/eth0.pass\n")
     (node.root / "etc/network/interfaces").write_text(stanza.replace(master, master + TRACK))
     (node.root / "run/network").mkdir(parents=True, exist_ok=True)
     (node.root / "var/www/html/index.html").write_text(f"{name}\n")
