@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -86,6 +87,66 @@ def test_the_two_bow_out_counters_are_half_a_circle_apart_so_one_is_always_newer
                 continue
             second = (first + migrate.HALF_CIRCLE) % wire.COUNTER_MODULUS
             assert wire.counter_newer(first, newest) != wire.counter_newer(second, newest)
+
+
+# -- which processes migrate takes for Debian's ucarp daemons ---------------------------------
+
+UCARP = "/usr/sbin/ucarp"
+
+
+@pytest.fixture
+def two_netns() -> Iterator[tuple[str, str]]:
+    """Two network namespaces, each with a veth pair up and 192.0.2.1/24 on v0."""
+    if os.geteuid() != 0 or not os.access(UCARP, os.X_OK):
+        pytest.skip("needs root (network namespaces) and Debian's ucarp (see .ci/apt-packages)")
+    tag = os.urandom(4).hex()
+    made: list[str] = []
+    try:
+        for name in ("mine", "other"):
+            netns = f"carpd-migrate-{tag}-{name}"
+            subprocess.run(["ip", "netns", "add", netns], check=True)
+            made.append(netns)
+            for argv in (["link", "add", "v0", "type", "veth", "peer", "name", "v1"],
+                         ["link", "set", "v0", "up"], ["link", "set", "v1", "up"],
+                         ["addr", "add", "192.0.2.1/24", "dev", "v0"]):
+                subprocess.run(["ip", "-n", netns, *argv], check=True)
+        yield made[0], made[1]
+    finally:
+        for netns in made:
+            subprocess.run(["ip", "netns", "del", netns], check=False)
+
+
+def test_migrate_takes_only_roots_ucarp_binary_in_its_own_network_namespace(
+        two_netns: tuple[str, str], tmp_path: Path) -> None:
+    mine, other = two_netns
+    ucarp = [UCARP, "-i", "v0", "-s", "192.0.2.1", "-v", "9", "-a", "192.0.2.99",
+             "-u", "/bin/true", "-d", "/bin/true", "-p", "secret"]
+    as_nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                 "--inh-caps=+net_raw,+net_admin", "--ambient-caps=+net_raw,+net_admin"]
+    lookalike = ["bash", "-c", 'exec -a "$0" sleep 60', UCARP]
+    started = {name: subprocess.Popen(["ip", "netns", "exec", netns, *argv],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+               for name, netns, argv in (("root's", mine, ucarp),
+                                         ("nobody's", mine, [*as_nobody, *ucarp]),
+                                         ("another namespace's", other, ucarp),
+                                         ("look-alike", mine, lookalike))}
+    try:
+        time.sleep(1.0)
+        assert all(p.poll() is None for p in started.values()), \
+            {name: p.returncode for name, p in started.items()}
+        script = ("import json; from carpd.ifupdown.migrate import find_daemons; "
+                  "found, unreadable = find_daemons(); "
+                  "print(json.dumps([[d.pid, d.args.interface, d.args.vhid, str(d.args.vip)] "
+                  "for d in found]))")
+        result = subprocess.run(["ip", "netns", "exec", mine, sys.executable, "-c", script],
+                                capture_output=True, text=True, check=True)
+        found = json.loads(result.stdout)
+        assert found == [[started["root's"].pid, "v0", 9, "192.0.2.99"]], \
+            (found, {name: p.pid for name, p in started.items()})
+    finally:
+        for process in started.values():
+            process.terminate()
+            process.wait()
 
 
 # -- the pair -------------------------------------------------------------------------------
