@@ -138,7 +138,7 @@ BUILD = "/build"
 
 def test_package_build_on_trixie_runs_the_unit_tests(trixie: Path, tmp_path: Path) -> None:
     """dpkg-buildpackage in trixie with its Build-Depends (python3-pydantic 2.10,
-    python3-pytest...): dh_auto_test runs tests/unit, and they pass."""
+    python3-pytest...), not as root: dh_auto_test runs tests/unit, and they pass."""
     overlay = Overlay(tmp_path / "build", [trixie])
     try:
         root = overlay.root
@@ -147,9 +147,13 @@ def test_package_build_on_trixie_runs_the_unit_tests(trixie: Path, tmp_path: Pat
         copy_tree(source)
         with Stage("apt-get build-dep in trixie"):
             in_root(root, ["apt-get", "build-dep", "-y", "-q", f"{BUILD}/carpd"], timeout=900)
+        # as a buildd builds: not as root (Rules-Requires-Root: no)
+        in_root(root, ["chown", "-R", "nobody:nogroup", BUILD])
         with Stage("dpkg-buildpackage -b in trixie (dh_auto_test runs tests/unit)"):
-            result = in_root(root, ["sh", "-c", f"cd {BUILD}/carpd && "
-                                    "env -u DEB_BUILD_OPTIONS dpkg-buildpackage -us -uc -b"],
+            result = in_root(root, ["setpriv", "--reuid=nobody", "--regid=nogroup",
+                                    "--clear-groups", "sh", "-c",
+                                    f"cd {BUILD}/carpd && env -u DEB_BUILD_OPTIONS HOME=/tmp "
+                                    "dpkg-buildpackage -us -uc -b"],
                              timeout=1200, check=False)
     finally:
         overlay.unmount()
@@ -197,22 +201,35 @@ def _status(root: Path, package: str) -> str:
                    check=False).output.strip()
 
 
-def test_dpkg_refuses_ifupdown2_while_carpd_is_installed(installed: Installed,
-                                                         tmp_path: Path) -> None:
-    """As apt runs it (--auto-deconfigure): without the Conflicts, dpkg would remove ifupdown,
-    deconfigure carpd and unpack ifupdown2 beside carpd, whose hooks it would then run."""
+def test_with_ifupdown2_forced_in_by_dpkg_the_hook_starts_no_engine(installed: Installed,
+                                                                   tmp_path: Path) -> None:
+    """dpkg --auto-deconfigure (as apt runs it, here by hand) removes ifupdown, deconfigures
+    carpd, whose Conflicts then no longer count, and unpacks ifupdown2 beside it: the hook,
+    run by ifupdown2 as by ifupdown, must refuse to start an engine and say why, yet still stop
+    one that runs."""
     overlay = Overlay(tmp_path / "dpkg", installed.lowers)
     try:
         root = overlay.root
+        forbid_service_starts(root)
         in_root(root, ["sh", "-c", "cd /tmp && apt-get download -q ifupdown2"])
         [deb] = (root / "tmp").glob("ifupdown2_*.deb")
-        result = in_root(root, ["dpkg", "--auto-deconfigure", "-i", f"/tmp/{deb.name}"],
-                         check=False)
-        states = {name: _status(root, name) for name in ("carpd", "ifupdown", "ifupdown2")}
+        in_root(root, ["dpkg", "--auto-deconfigure", "-i", f"/tmp/{deb.name}"], check=False)
+        states = {name: _status(root, name)[:2] for name in ("carpd", "ifupdown2")}
+        options = ["IFACE=eth0", "LOGICAL=eth0", "ADDRFAM=inet", "METHOD=static",
+                   "IF_ADDRESS=192.0.2.11/24", "IF_UCARP_VID=7", "IF_UCARP_VIP=192.0.2.100",
+                   "IF_UCARP_PASSWORD=pkg-test-secret"]
+        up = in_root(root, ["env", "MODE=start", "PHASE=post-up", *options,
+                            "/etc/network/if-up.d/carpd"], check=False)
+        started = (root / "run/carpd/eth0.conf").exists()
+        (root / "run/carpd").mkdir(parents=True, exist_ok=True)
+        down = in_root(root, ["env", "MODE=stop", "PHASE=pre-down", *options,
+                              "/etc/network/if-down.d/carpd"], check=False)
     finally:
         overlay.unmount()
-    assert result.returncode != 0 and "conflicting packages" in result.output, result.output
-    assert states == {"carpd": "ii", "ifupdown": "ii", "ifupdown2": "un"}, states
+    assert states["carpd"][1] in "UHF" and states["ifupdown2"] == "ii", states
+    assert up.returncode == 1 and "works with ifupdown, not ifupdown2" in up.output, up.output
+    assert not started
+    assert down.returncode == 0 and "ifupdown2" not in down.output, down.output
 
 
 def test_apt_removes_carpd_to_install_ifupdown2_or_netscript(installed: Installed,
