@@ -479,8 +479,9 @@ class VirtualHost:
         limited = self._transition_allowed(received.source, now)
         if limited is not None:
             return limited + self._keep_backup(now)
-        actions = self._take_over(reason, now)
-        return actions + (self._forward_strays(received.source, now) if bowing_out else [])
+        # The master we take over from drains (it bowed out, or we preempt it): pass its
+        # connections back to it.
+        return self._take_over(reason, now) + self._forward_strays(received.source, now)
 
     def _unhealthy_backup_hears(self, bowing_out: bool, now: float) -> list[Action]:
         """Never take the VIP from a live master; when it bows out, give a healthy peer one
@@ -515,7 +516,11 @@ class VirtualHost:
             self._farewell = farewell.advert.counter
             actions: list[Action] = [farewell]
             reason = f"preferred master {received.source} advertised"
-            return actions + self._set_state(State.BACKUP, reason, now)
+            # Preempted by a preferred master (one back from maintenance, or healthy again) is
+            # a planned hand-over: drain, while it passes our connections back to us.  Two
+            # equal masters meeting after a partition release at once.
+            planned = theirs < ours
+            return actions + self._set_state(State.BACKUP, reason, now, planned=planned)
         # Answer at once: our counter is now past theirs, so the other MASTER hears us (it drops
         # what is not newer) and steps down within one link delay, not one interval later.
         if not self.params.replay_check:  # as ucarp: announce, and again two adverts later
