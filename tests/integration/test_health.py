@@ -178,7 +178,11 @@ def assert_unhealthy_because_of(daemon: Daemon, check: Check, state: str = "BACK
     assert reply is not None
     assert reply["state"] == state, reply
     assert reply["healthy"] is False, reply
-    assert reply["why"] is not None and str(check.path) in reply["why"], reply["why"]
+    why = reply["why"]
+    assert isinstance(why, str) and why.startswith(f"unhealthy: check '{check.path}' failing "
+                                                   "since "), why
+    assert "(exit 7): service down" in why, why
+    assert why.endswith(": holding the VIP as a last resort") is (state == "MASTER"), why
     entry = script_entry(reply, check)
     assert entry["healthy"] is False
     assert entry["rc"] == 7 and "service down" in entry["output"], entry
@@ -354,6 +358,8 @@ def test_unhealthy_backup_takes_over_one_advert_interval_after_master_down(
     a, b, _, check_b, master, backup = pair(lab)
     check_b.fail()
     wait_for(lambda: healthy(backup) is False, FALL * INTERVAL + 1 + SLACK)
+    # b, unhealthy now, hears one more advert: its timer is armed afresh, not only moved on
+    first_advert(lab, a, time.time() + 0.05, ADVBASE + SLACK)
 
     master.kill()
     a.remove_address(VIP)  # a crashed daemon leaves its VIP behind
@@ -453,8 +459,10 @@ def test_recovered_node_with_preempt_and_the_better_advskew_takes_the_vip_back_a
     a, b, check_a, _, master, backup = pair(lab, a_preempt=True, a_rise=rise)
     check_a.fail()
     wait_for(lambda: lab.holders() == [b], FALL * INTERVAL + 1 + SLACK + DRAIN + 1)
+    watched = time.time()
     time.sleep(MASTER_DOWN)
     assert lab.holders() == [b], "an unhealthy node preempted"
+    assert adverts(lab, a, since=watched) == [], "an unhealthy node preempted"
     assert field(master, "state") == "BACKUP"
 
     healed = check_a.pass_again()
@@ -502,7 +510,9 @@ def test_hung_check_on_the_backup_makes_it_unhealthy_and_moves_nothing(lab: Netw
     after = status(master)
     assert after is not None and after["state"] == "MASTER" and after["since"] == before["since"]
     assert field(backup, "state") == "BACKUP" and healthy(backup) is False
-    assert str(check_b.path) in str(field(backup, "why"))
+    assert str(field(backup, "why")).startswith(f"unhealthy: check '{check_b.path}' failing "
+                                                "since "), field(backup, "why")
+    assert "(timed out after 1 s)" in str(field(backup, "why"))
     assert state_changes(master, hung) == state_changes(backup, hung) == []
     assert adverts(lab, b, since=hung) == []
     # a check past its timeout is ended, not left to pile up
@@ -570,7 +580,8 @@ def test_tracked_interface_losing_carrier_makes_the_master_bow_out_at_once_and_c
     wait_for(lambda: lab.holders() == [b], DRAIN + SLACK + 1)
     reply = status(master)
     assert reply is not None and reply["state"] == "BACKUP" and reply["healthy"] is False
-    assert "eth1" in str(reply["why"])
+    assert str(reply["why"]).startswith("unhealthy: interface eth1 down since "), reply["why"]
+    assert str(reply["why"]).endswith(": no carrier"), reply["why"]
     (entry,) = [e for e in reply["health"] if e["kind"] == "interface"]
     assert entry["name"] == "eth1" and entry["healthy"] is False
 
@@ -592,6 +603,8 @@ def test_tracked_interface_that_does_not_exist_keeps_the_node_unhealthy(lab: Net
     wait_for(lambda: healthy(missing) is False, 5)
     time.sleep(MASTER_DOWN + 1)
     assert lab.holders() == [a], "an unhealthy node preempted"
+    assert adverts(lab, b) == [], "an unhealthy node preempted (and gave the VIP back)"
+    assert state_changes(missing, 0) == ["down"]  # at start only
     assert "nosuch0" in str(field(missing, "why"))
 
 
