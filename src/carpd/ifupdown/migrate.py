@@ -210,7 +210,7 @@ def find_daemons() -> tuple[list[UcarpDaemon], list[int]]:
 
 @dataclass(frozen=True)
 class Takeover:
-    """An ``inet`` stanza with ``ucarp-*`` options, and what ifupdown says of its interface."""
+    """A stanza with ``ucarp-*`` options, and what ifupdown says of its interface."""
 
     iface: interfaces.Iface
     physical: str | None
@@ -240,6 +240,13 @@ class Takeover:
         if missing:
             raise ucarp.StanzaError([missing])
         return options
+
+    def refused(self, parsed: interfaces.Interfaces) -> bool:
+        try:
+            self.options(parsed)
+        except ucarp.StanzaError:
+            return True
+        return False
 
     def hook_env(self) -> dict[str, str]:
         """The environment ifupdown gives the if-up hook for this stanza."""
@@ -278,8 +285,8 @@ def takeovers(parsed: interfaces.Interfaces, up: Mapping[str, str]) -> list[Take
     found = []
     for iface in parsed.ifaces:
         raw = stanza_options(iface)
-        if raw and iface.family == "inet" and ":" not in iface.name \
-                and not parsed.is_template(iface):
+        # alias and non-inet stanzas too: carpd refuses them, and says so if ucarp ran them
+        if raw and not parsed.is_template(iface):
             found.append(Takeover(iface, up.get(iface.name), raw))
     return found
 
@@ -404,39 +411,58 @@ def _remove(interface: str, addresses: list[IPv4Address]) -> None:
             netlink.remove_address(interface, address)
 
 
-def stop_daemon(daemon: UcarpDaemon, options: Options) -> None:
-    """Stop one ucarp daemon, handing its VIP over first if it is MASTER."""
-    args, key = daemon.args, bytes(options.password)
-    source = args.srcip or options.srcip
-    where = f"{args.interface} vhid {args.vhid}: ucarp (pid {daemon.pid})"
-    tap = CarpTap(args.interface, args.vhid, args.broadcast) if source is not None else None
+def _open_tap(args: UcarpArgs, where: str) -> CarpTap | None:
+    try:
+        return CarpTap(args.interface, args.vhid, args.broadcast)
+    except (OSError, LookupError) as error:
+        say(f"{where}: cannot listen or send on {args.interface} ({error}): no bow-out")
+        return None
+
+
+def hand_over(daemon: UcarpDaemon, key: bytes, source: IPv4Address | None,
+              where: str) -> None:
+    """If the daemon is MASTER: freeze it, remove its addresses, bow out for it."""
+    args = daemon.args
+    tap = _open_tap(args, where) if source is not None else None
     try:
         heard = listen_to_own(tap, args, key, source) if tap and source else Heard()
-        held = _held(args.interface, args.vip)
         if heard.foreign_key:
             say(f"{where}: warning: its adverts are not signed with the stanza's password: "
                 "its peers may not hear the bow-out")
-        if heard.advertising or held:
-            daemon.signal(signal.SIGSTOP)  # silent from now on, as if it had died
-            _remove(args.interface, held)
-            gone = ", ".join(str(a) for a in held) or "nothing"
-            say(f"{where} is MASTER: frozen; removed {gone} from {args.interface}")
-            if tap and source:
-                say(f"{where}: bow-out sent from {source}: "
-                    f"{bow_out(tap, args, key, source, heard.counter)}")
-        else:
+        held = _held(args.interface, args.vip)
+        if not (heard.advertising or held):
             say(f"{where} is BACKUP")
+            return
+        daemon.signal(signal.SIGSTOP)  # silent from now on, as if it had died
+        _remove(args.interface, held)
+        gone = ", ".join(str(a) for a in held) or "nothing"
+        say(f"{where} is MASTER: frozen; removed {gone} from {args.interface}")
+        if tap and source:
+            say(f"{where}: bow-out sent from {source}: "
+                f"{bow_out(tap, args, key, source, heard.counter)}")
+    except OSError as error:
+        say(f"{where}: hand-over failed ({error}): stopping it all the same")
     finally:
         if tap is not None:
             tap.close()
-    daemon.signal(signal.SIGTERM)
-    daemon.signal(signal.SIGCONT)
-    if daemon.wait(STOP_WAIT):
-        say(f"{where} stopped")
-    else:
-        daemon.signal(signal.SIGKILL)
-        daemon.wait(STOP_WAIT)
-        say(f"{where} did not stop within {STOP_WAIT:g} s: killed")
+
+
+def stop_daemon(daemon: UcarpDaemon, options: Options) -> None:
+    """Stop one ucarp daemon, handing its VIP over first if it is MASTER."""
+    args = daemon.args
+    where = f"{args.interface} vhid {args.vhid}: ucarp (pid {daemon.pid})"
+    try:
+        hand_over(daemon, bytes(options.password), args.srcip or options.srcip, where)
+    finally:
+        # also after a failure: a frozen daemon must not stay behind
+        daemon.signal(signal.SIGTERM)
+        daemon.signal(signal.SIGCONT)
+        if daemon.wait(STOP_WAIT):
+            say(f"{where} stopped")
+        else:
+            daemon.signal(signal.SIGKILL)
+            daemon.wait(STOP_WAIT)
+            say(f"{where} did not stop within {STOP_WAIT:g} s: killed")
     _remove(args.interface, _held(args.interface, args.vip))
 
 
@@ -458,6 +484,19 @@ def start_engine(takeover: Takeover, run_dir: Path) -> bool:
     return True
 
 
+def _refused(takeover: Takeover, error: ucarp.StanzaError, mine: list[UcarpDaemon]) -> bool:
+    """Say why carpd cannot take the stanza over, if anything runs or would run for it;
+    False if so."""
+    if not mine and takeover.physical is None:
+        return True  # nothing runs for it: ifup (and carpctl check) will say what is wrong
+    problems = "\n".join(f"{takeover.iface}: {p}" for p in error.problems)
+    left = ("ucarp keeps running (pid " + ", ".join(str(d.pid) for d in mine) + ")"
+            if mine else "no engine started")
+    say(f"{problems}\ncarpd cannot take this stanza over; {left}: fix it, then run "
+        f"{sys.argv[0]} again")
+    return False
+
+
 def migrate_stanza(takeover: Takeover, parsed: interfaces.Interfaces,
                    daemons: list[UcarpDaemon], run_dir: Path) -> bool:
     """Hand over from this stanza's ucarp daemon (if any) to carpd; False on a problem."""
@@ -466,34 +505,33 @@ def migrate_stanza(takeover: Takeover, parsed: interfaces.Interfaces,
     try:
         options = takeover.options(parsed)
     except ucarp.StanzaError as error:
-        problems = "\n".join(f"{takeover.iface}: {p}" for p in error.problems)
-        left = "; ucarp keeps running (pid " + ", ".join(str(d.pid) for d in mine) + ")" \
-            if mine else ""
-        say(f"{problems}\ncarpd cannot take this stanza over{left}: fix it, then run "
-            f"{sys.argv[0]} again")
-        return False
+        return _refused(takeover, error, mine)
     with runtime.locked(Paths(takeover.name, run_dir).hook_lock):  # no ifup meanwhile
         for daemon in mine:
             stop_daemon(daemon, options)
+            daemons.remove(daemon)
+            daemon.close()
     return start_engine(takeover, run_dir)
 
 
 def main(argv: list[str] | None = None, run_dir: Path = runtime.RUN_DIR) -> int:
     del argv  # no options
+    if os.geteuid() != 0:
+        say("must run as root")
+        return 1
     parsed = interfaces.parse(interfaces.DEFAULT_FILE)
     daemons, unreadable = find_daemons()
     try:
         ok = True
-        claimed: set[int] = set()
-        for takeover in takeovers(parsed, up_interfaces()):
-            claimed |= {d.pid for d in daemons if d.args.interface == takeover.name
-                        and d.args.vhid == takeover.vhid()}
+        # the stanzas carpd takes over first: a refused one (the interface's inet6 stanza, say)
+        # then finds only the daemons that are really its own
+        found = takeovers(parsed, up_interfaces())
+        for takeover in sorted(found, key=lambda t: t.refused(parsed)):
             ok = migrate_stanza(takeover, parsed, daemons, run_dir) and ok
         for daemon in daemons:
-            if daemon.pid not in claimed:
-                say(f"ucarp (pid {daemon.pid}) on {daemon.args.interface} vhid "
-                    f"{daemon.args.vhid}: no stanza of {interfaces.DEFAULT_FILE} carpd takes "
-                    "over names it: left alone")
+            say(f"ucarp (pid {daemon.pid}) on {daemon.args.interface} vhid "
+                f"{daemon.args.vhid}: no stanza of {interfaces.DEFAULT_FILE} with ucarp-* "
+                "options names it: left alone")
         for pid in unreadable:
             say(f"ucarp (pid {pid}): its command line cannot be read: left alone")
     finally:
