@@ -157,10 +157,13 @@ class Engine:
             # netlink moves the election; the socket works again when the link comes back.
             log.info("reading frames on %s: %s", self.options.interface, error.strerror)
             return
+        ucarp_mac = wire.ucarp_source_mac(self.options.vhid)
         for frame in frames:
             packet = wire.strip_ethernet(frame, self.options.mcast)
             if packet is not None:
-                self._carry_out(self.host.receive(packet, time.monotonic()))
+                # carpd sends from the NIC's MAC, ucarp from 00:00:5e:00:00:VHID
+                carpd_peer = frame[6:12] != ucarp_mac
+                self._carry_out(self.host.receive(packet, time.monotonic(), carpd_peer))
 
     def _on_link_event(self, _fileobj: Any) -> None:
         assert self.monitor is not None

@@ -267,8 +267,10 @@ class VirtualHost:
             actions.append(RunScript(Script.DOWN))
         return actions
 
-    def receive(self, packet: bytes, now: float) -> list[Action]:
-        """An IPv4 packet from the interface."""
+    def receive(self, packet: bytes, now: float, sender_drains: bool = False) -> list[Action]:
+        """An IPv4 packet from the interface.  ``sender_drains``: it came from a carpd node (its
+        own MAC, not ucarp's ``00:00:5e:00:00:VHID``), which drains when preempted and passes
+        a drained master's connections back: a hand-over between two such nodes is planned."""
         result = wire.inspect(packet, self._expect)
         if isinstance(result, wire.Reject):
             return self._drop(result, packet)
@@ -285,8 +287,8 @@ class VirtualHost:
             self._arm_master_down(now)
             return []
         if self.state is State.BACKUP:
-            return self._backup_hears(result, now)
-        return self._master_hears(result, now)
+            return self._backup_hears(result, now, sender_drains)
+        return self._master_hears(result, now, sender_drains)
 
     def handle_timer(self, now: float) -> list[Action]:
         actions: list[Action] = []
@@ -459,7 +461,8 @@ class VirtualHost:
 
     # ---- the election ---------------------------------------------------------------------
 
-    def _backup_hears(self, received: wire.Received, now: float) -> list[Action]:
+    def _backup_hears(self, received: wire.Received, now: float,
+                      sender_drains: bool) -> list[Action]:
         bowing_out = self._is_master_bowing_out(received)
         self._note_master(received, now)
         theirs = received.advert.interval_ticks
@@ -479,9 +482,12 @@ class VirtualHost:
         limited = self._transition_allowed(received.source, now)
         if limited is not None:
             return limited + self._keep_backup(now)
-        # The master we take over from drains (it bowed out, or we preempt it): pass its
-        # connections back to it.
-        return self._take_over(reason, now) + self._forward_strays(received.source, now)
+        # The master we take over from drains (it bowed out, or a carpd master we preempt):
+        # pass its connections back to it.
+        actions = self._take_over(reason, now)
+        if bowing_out or sender_drains:
+            actions += self._forward_strays(received.source, now)
+        return actions
 
     def _unhealthy_backup_hears(self, bowing_out: bool, now: float) -> list[Action]:
         """Never take the VIP from a live master; when it bows out, give a healthy peer one
@@ -501,7 +507,8 @@ class VirtualHost:
         self._arm_master_down(now)
         return []
 
-    def _master_hears(self, received: wire.Received, now: float) -> list[Action]:
+    def _master_hears(self, received: wire.Received, now: float,
+                      sender_drains: bool) -> list[Action]:
         theirs = received.advert.interval_ticks
         ours = self._interval_ticks()
         if theirs < ours or (theirs == ours and self._loses_tie_to(received.source)):
@@ -516,10 +523,11 @@ class VirtualHost:
             self._farewell = farewell.advert.counter
             actions: list[Action] = [farewell]
             reason = f"preferred master {received.source} advertised"
-            # Preempted by a preferred master (one back from maintenance, or healthy again) is
-            # a planned hand-over: drain, while it passes our connections back to us.  Two
-            # equal masters meeting after a partition release at once.
-            planned = theirs < ours
+            # Preempted by a preferred carpd master (one back from maintenance, or healthy
+            # again) is a planned hand-over: drain, while it passes our connections back to us.
+            # Preempted by ucarp (which forwards nothing), or two equal masters meeting after a
+            # partition: release at once.
+            planned = sender_drains and theirs < ours
             return actions + self._set_state(State.BACKUP, reason, now, planned=planned)
         # Answer at once: our counter is now past theirs, so the other MASTER hears us (it drops
         # what is not newer) and steps down within one link delay, not one interval later.

@@ -828,28 +828,42 @@ def test_planned_step_down_drains_then_runs_the_down_script() -> None:
     assert master.next_deadline() == 5.0 + 3 + skew(50)
 
 
-def test_preempted_by_a_preferred_master_drains_like_any_planned_release() -> None:
-    # issue 11: a node back in health takes the VIP back "with a planned hand-over"
+def test_stepping_down_to_a_preferred_master_releases_at_once_even_with_a_drain() -> None:
     master = started_master(advskew=50, drain=2.0)
     actions = master.receive(packet_from("10.0.0.9"), 5.0)
+    assert RunScript(Script.DOWN) in actions and StartDrain() not in actions
+    assert not master.draining
+
+
+def test_preempted_by_a_preferred_carpd_master_drains_like_any_planned_release() -> None:
+    # issue 11: a node back in health takes the VIP back "with a planned hand-over"
+    master = started_master(advskew=50, drain=2.0)
+    actions = master.receive(packet_from("10.0.0.9"), 5.0, sender_drains=True)
     assert StartDrain() in actions and RunScript(Script.DOWN) not in actions
     assert master.draining
     assert master.handle_timer(7.0) == [RunScript(Script.DOWN), EndDrain()]
 
 
-def test_stepping_down_to_an_equal_master_after_a_partition_releases_at_once() -> None:
+def test_stepping_down_to_an_equal_carpd_master_after_a_partition_releases_at_once() -> None:
     master = started_master("10.0.0.9", drain=2.0)
-    actions = master.receive(packet_from("10.0.0.1"), 5.0)  # equal timing, wins the tie
+    actions = master.receive(packet_from("10.0.0.1"), 5.0, sender_drains=True)  # wins the tie
     assert master.state is State.BACKUP
     assert RunScript(Script.DOWN) in actions and StartDrain() not in actions
     assert not master.draining
 
 
-def test_preempting_master_passes_the_drained_connections_back() -> None:
+def test_preempting_a_carpd_master_passes_its_drained_connections_back() -> None:
+    backup = backup_hearing("10.0.0.9", advskew=0, preempt=True, drain=2.0)
+    actions = backup.receive(packet_from("10.0.0.9", advskew=100), 1.0, sender_drains=True)
+    assert backup.state is State.MASTER
+    assert ForwardStrays(IPv4Address("10.0.0.9")) in actions
+
+
+def test_preempting_a_ucarp_master_forwards_nothing_to_it() -> None:
     backup = backup_hearing("10.0.0.9", advskew=0, preempt=True, drain=2.0)
     actions = backup.receive(packet_from("10.0.0.9", advskew=100), 1.0)
     assert backup.state is State.MASTER
-    assert ForwardStrays(IPv4Address("10.0.0.9")) in actions
+    assert not any(isinstance(a, ForwardStrays) for a in actions)
 
 
 def test_stop_as_master_bows_out_and_drains() -> None:
