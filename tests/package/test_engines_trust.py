@@ -10,11 +10,14 @@ never run the module as root, while carpd's own supervisor is still restarted an
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pkgtools import NET, PASSWORD, Node, Pair, Stage
+import pytest
+from pkgtools import NET, PASSWORD, Built, Node, Pair, Stage
+from test_upgrade import newer
 
 NOBODY = 65534
 BAIT_DIR = "/tmp/x"
@@ -102,6 +105,18 @@ def _running_as(pid: int) -> int | None:
     return int(fields["Uid"].split()[0])
 
 
+@pytest.fixture(scope="module")
+def upgrade_deb(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This tree's .deb as a newer version (a reinstall of the same version restarts
+    nothing)."""
+    return newer(built, built.deb, tmp_path_factory.mktemp("upgrade"))
+
+
+def _upgrade(node: Node, deb: Path) -> str:
+    shutil.copy2(deb, node.root / "root/carpd_upgrade.deb")
+    return node.run("dpkg", "-i", "/root/carpd_upgrade.deb", timeout=180).output
+
+
 def _root_supervisors(node: Node) -> list[int]:
     return sorted(pid for pid, argv in node.processes().items()
                   if "carpd.ifupdown.main" in argv[:3] and _running_as(pid) == 0)
@@ -123,10 +138,10 @@ def _bait_beside_carpds_own_supervisor(pair: Pair) -> tuple[Node, Bait, int]:
 
 
 def test_upgrade_restarts_carpds_own_supervisor_but_never_signals_nor_runs_lookalikes(
-        pair: Pair) -> None:
+        pair: Pair, upgrade_deb: Path) -> None:
     node, bait, supervisor = _bait_beside_carpds_own_supervisor(pair)
-    with Stage("trust: upgrade (dpkg -i of the same version) beside nobody's bait"):
-        upgrade = node.run("dpkg", "-i", node.deb_in_root, timeout=180).output
+    with Stage("trust: upgrade (dpkg -i of a newer version) beside nobody's bait"):
+        upgrade = _upgrade(node, upgrade_deb)
     bait.assert_untouched("after the upgrade")
     restarted = _root_supervisors(node)
     assert len(restarted) == 1 and restarted != [supervisor], \
@@ -167,7 +182,7 @@ def _start_by_hand(node: Node, vhid: int) -> int:
 
 
 def test_an_engine_started_by_hand_runs_on_after_an_upgrade_with_a_note_and_remove_stops_it(
-        pair: Pair) -> None:
+        pair: Pair, upgrade_deb: Path) -> None:
     node = pair.a
     assert isinstance(node, Node)
     node.run("ifup", "eth0")
@@ -175,7 +190,7 @@ def test_an_engine_started_by_hand_runs_on_after_an_upgrade_with_a_note_and_remo
     assert _running_as(by_hand) == 0
 
     with Stage("trust: upgrade beside an engine started by hand"):
-        upgrade = node.run("dpkg", "-i", node.deb_in_root, timeout=180).output
+        upgrade = _upgrade(node, upgrade_deb)
     assert f"pid {by_hand} runs the old code; restart it yourself" in upgrade, upgrade
     assert _running_as(by_hand) == 0, f"the engine started by hand is gone:\n{upgrade}"
     assert len(_root_engines(node)) == 2

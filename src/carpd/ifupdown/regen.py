@@ -13,6 +13,16 @@ Exit status 0: ``IFACE.conf`` is what this carpd would write (rewritten or alrea
 cannot be (no such stanza any more, or the new carpd refuses a value): the old file is kept and
 each problem printed, and the engine is best left running as it is; 3: no ``IFACE.conf`` (the
 interface was taken down meanwhile): nothing to do.
+
+``--hand-over``: run while the maintainer scripts stop an engine that may be MASTER, to make its
+bow-out count.  carpd 0.1.0, like a lone ucarp MASTER, draws a fresh random counter for every
+advert, its bow-out included; a newer carpd peer takes over at once only on a counter newer than
+the newest it accepted, so it drops such a bow-out half the time and waits for the master-down
+interval, longer than the drain.  This listens to the engine's own adverts (it prints
+``listening`` once it does); when the engine bows out and no peer advertises within
+:data:`PEER_WAIT`, it sends the bow-out again for it, signed with the stanza's password, with the
+counter after the engine's last and then that plus 2**63 (of two counters half a circle apart,
+one is always newer), while the engine still drains (the VIP stays on the link meanwhile).
 """
 
 from __future__ import annotations
@@ -21,17 +31,31 @@ import argparse
 import contextlib
 import os
 import sys
+import time
 from dataclasses import dataclass
+from ipaddress import IPv4Address
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from carpd.ifupdown import interfaces, runtime
 from carpd.ifupdown import stanza as ucarp
 from carpd.ifupdown.hook import ENV_INTERFACES, ENV_STATE_DIR
 from carpd.ifupdown.runtime import Paths
 
+if TYPE_CHECKING:
+    from carpd.config import Options
+    from carpd.ifupdown.migrate import CarpTap
+    from carpd.wire import Expect
+
 EXIT_CANNOT = 1
 EXIT_GONE = 3
 DEFAULT_STATE_DIR = Path("/run/network")
+PEER_WAIT = 0.05
+"""Seconds a peer may take to advertise after the engine's own bow-out before we send ours."""
+SECOND_WAIT = 0.02
+"""Seconds between our two bow-outs (the first may be older than what the peer holds)."""
+HAND_OVER_TIMEOUT = 120.0
+"""The most this listens (the maintainer scripts end it once the engine is gone)."""
 
 
 class RegenError(Exception):
@@ -137,6 +161,100 @@ def regenerate(paths: Paths) -> bool | None:
     return True
 
 
+# -- hand-over: the engine's bow-out, again, with a counter its peers take -----------------
+
+
+def _options(paths: Paths) -> Options:
+    from carpd import config
+
+    return config.from_command_line(["--config", str(paths.conf)])
+
+
+def _source(options: Options) -> IPv4Address | None:
+    from carpd import netlink
+
+    if options.srcip is not None:
+        return options.srcip
+    return netlink.interface_info(options.interface).primary_address()
+
+
+def _bow_out_packet(options: Options, source: IPv4Address, counter: int) -> bytes:
+    from carpd import wire
+
+    advert = wire.Advert(options.vhid, wire.BOW_OUT, wire.BOW_OUT, counter)
+    return wire.encode_packet(advert, bytes(options.password), options.addr, source,
+                              int.from_bytes(os.urandom(2), "big"), options.mcast)
+
+
+def _own_bow_out(tap: CarpTap, expect: Expect, source: IPv4Address,
+                 deadline: float) -> int | None:
+    """The counter of the engine's own bow-out, once it is sent (None: none by deadline)."""
+    from carpd import wire
+
+    for packet, sent in tap.frames(deadline):
+        if not sent or packet[12:16] != source.packed:
+            continue
+        result = wire.inspect(packet, expect)
+        if isinstance(result, wire.Received) and result.advert.advbase == wire.BOW_OUT:
+            return result.advert.counter
+    return None
+
+
+def _peer_advertised(tap: CarpTap, expect: Expect, seconds: float) -> IPv4Address | None:
+    from carpd import wire
+
+    for packet, sent in tap.frames(time.monotonic() + seconds):
+        result = None if sent else wire.inspect(packet, expect)
+        if isinstance(result, wire.Received) and result.advert.advbase != wire.BOW_OUT:
+            return result.source
+    return None
+
+
+def hand_over(paths: Paths, timeout: float = HAND_OVER_TIMEOUT) -> str:
+    """Listen until the engine bows out, then make sure a peer hears a bow-out it takes."""
+    from carpd import wire
+    from carpd.ifupdown.migrate import CarpTap
+
+    options = _options(paths)
+    source = _source(options)
+    if source is None or options.mcast != wire.DEFAULT_GROUP:
+        print("listening", flush=True)
+        return "no source address, or a group of its own: the engine's bow-out only"
+    tap = CarpTap(options.interface, options.vhid, options.nomcast)
+    try:
+        print("listening", flush=True)
+        key = bytes(options.password)
+        own = wire.Expect(options.vhid, key, options.addr, IPv4Address(0), tap.group)
+        last = _own_bow_out(tap, own, source, time.monotonic() + timeout)
+        if last is None:
+            return "no bow-out (the engine was BACKUP)"
+        peers = wire.Expect(options.vhid, key, options.addr, source, tap.group)
+        peer = _peer_advertised(tap, peers, PEER_WAIT)
+        if peer is not None:
+            return f"{peer} took over on the engine's own bow-out"
+        first = (last + 1) % wire.COUNTER_MODULUS
+        for counter, wait in ((first, SECOND_WAIT),
+                              ((first + wire.COUNTER_MODULUS // 2) % wire.COUNTER_MODULUS, 1.0)):
+            tap.send(_bow_out_packet(options, source, counter))
+            peer = _peer_advertised(tap, peers, wait)
+            if peer is not None:
+                return f"{peer} took over on the bow-out sent again for the engine"
+        return "no peer advertised after the bow-outs"
+    finally:
+        tap.close()
+
+
+def run_hand_over(interface: str, run_dir: Path) -> int:
+    try:
+        what = hand_over(Paths(interface, run_dir))
+    except (ImportError, OSError, ValueError, LookupError) as error:
+        print("listening", flush=True)  # nothing to wait for
+        print(f"carpd: {interface}: hand-over: {error}", file=sys.stderr)
+        return EXIT_CANNOT
+    print(f"carpd: {interface}: hand-over: {what}", file=sys.stderr)
+    return 0
+
+
 def run(interface: str, run_dir: Path = runtime.RUN_DIR) -> int:
     paths = Paths(interface, run_dir)
     try:
@@ -159,11 +277,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("interface")
     p.add_argument("--run-dir", type=Path, default=runtime.RUN_DIR,
                    help=f"where the per-interface files live (default {runtime.RUN_DIR})")
+    p.add_argument("--hand-over", action="store_true",
+                   help="instead: while the engine stops, make sure its peers hear it bow out")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.hand_over:
+        return run_hand_over(args.interface, args.run_dir)
     return run(args.interface, args.run_dir)
 
 
