@@ -188,6 +188,14 @@ def assert_unhealthy_because_of(daemon: Daemon, check: Check, state: str = "BACK
     assert entry["rc"] == 7 and "service down" in entry["output"], entry
 
 
+def assert_drained(daemon: Daemon, peer_took_over: float) -> None:
+    """``daemon`` stepped down by plan: it kept the VIP for the drain after its peer took over,
+    then ran its down script."""
+    (down,) = [e for e in daemon.events() if e.event == "down" and e.time > peer_took_over]
+    held = down.time - peer_took_over
+    assert DRAIN - 0.3 <= held <= DRAIN + SLACK, f"{daemon} released the VIP after {held:.3f} s"
+
+
 def node_pids(node: Node) -> list[int]:
     return [int(p) for p in run("ip", "netns", "pids", node.ns, check=False).stdout.split()]
 
@@ -246,6 +254,7 @@ def test_unhealthy_master_bows_out_and_the_peer_takes_over_at_once_without_preem
     assert first.time - sick <= took_over
     assert first.time - bow.time < SLACK, "the peer did not take over at the bow-out"
     wait_for(lambda: lab.holders() == [b], DRAIN + SLACK + 1)
+    assert_drained(master, first.time)
     assert_unhealthy_because_of(master, check_a)
     assert field(backup, "state") == "MASTER" and healthy(backup) is True
 
@@ -433,6 +442,31 @@ def test_demoted_node_leaves_the_vip_to_an_unhealthy_peer_until_promoted(lab: Ne
     wait_for(lambda: lab.holders() == [a], DRAIN + SLACK + 1)
 
 
+def test_lone_unhealthy_node_takes_the_vip_back_as_a_last_resort_within_master_down(
+        lab: Network) -> None:
+    """Alone, an unhealthy MASTER still bows out and drains (it cannot know nobody will take
+    over), then takes the VIP back when its master-down timer expires: the VIP is on no node
+    for the master-down time plus one advert interval, less the drain."""
+    (a,) = (lab.add_node("10.9.1.2"),)
+    check = Check.make(lab, a)
+    daemon = start_master(lab, a, advskew=PREFERRED_SKEW, extra=track(check))
+    holders = Holders(lab)
+    try:
+        sick = check.fail()
+        bow = bow_out(lab, a, sick, FALL * INTERVAL + 1 + SLACK)
+        first = first_advert(lab, a, bow.time + 0.001, MASTER_DOWN + ADVBASE + SLACK + 1)
+        wait_for(lambda: lab.holders() == [a], 2)
+        time.sleep(2)
+    finally:
+        holders.stop()
+    print(f"took the VIP back {first.time - bow.time:.3f} s after its bow-out, none held it "
+          f"for {holders.longest(0):.3f} s")
+    assert first.time - bow.time <= MASTER_DOWN + ADVBASE + SLACK
+    assert first.advert.advskew == LAST_RESORT_SKEW
+    assert holders.longest(0) <= MASTER_DOWN, "the VIP was on no node"
+    assert_unhealthy_because_of(daemon, check, state="MASTER")
+
+
 # ---- recovery -----------------------------------------------------------------------------------
 
 
@@ -472,6 +506,7 @@ def test_recovered_node_with_preempt_and_the_better_advskew_takes_the_vip_back_a
     assert (rise - 1) * INTERVAL - 0.1 <= took <= rise * INTERVAL + INTERVAL + ADVBASE + SLACK
     assert first.advert.advskew == PREFERRED_SKEW
     wait_for(lambda: lab.holders() == [a], DRAIN + SLACK + 1)
+    assert_drained(backup, first.time)  # preempted by a carpd: a planned hand-over
     assert field(master, "state") == "MASTER" and healthy(master) is True
     assert field(backup, "state") == "BACKUP"
     settled = time.time()
@@ -593,6 +628,26 @@ def test_tracked_interface_losing_carrier_makes_the_master_bow_out_at_once_and_c
     wait_for(lambda: lab.holders() == [a], ADVBASE + DRAIN + SLACK + 2)
     assert field(master, "state") == "MASTER" and field(master, "why") is None
     assert field(backup, "state") == "BACKUP"
+
+
+def test_tracked_interface_deleted_and_created_again_is_followed_by_name(
+        lab: Network) -> None:
+    a, b = lab.add_node("10.9.1.2"), lab.add_node("10.9.1.3")
+    peer = tracked_link(lab, a)
+    master = start_master(lab, a, advskew=PREFERRED_SKEW, preempt=True,
+                          extra=track(interfaces=("eth1",)))
+    start_backup(lab, b, a)
+
+    deleted = time.time()
+    run("ip", "-n", lab.switch, "link", "del", peer)  # both ends of the veth go
+    bow = bow_out(lab, a, deleted, 2.0 + 1)
+    assert bow.time - deleted < 2.0
+    wait_for(lambda: lab.holders() == [b], DRAIN + SLACK + 1)
+    assert str(field(master, "why")).endswith(": no such interface"), field(master, "why")
+
+    tracked_link(lab, a)
+    wait_for(lambda: healthy(master) is True, 5)
+    wait_for(lambda: lab.holders() == [a], ADVBASE + DRAIN + SLACK + 2)
 
 
 def test_tracked_interface_that_does_not_exist_keeps_the_node_unhealthy(lab: Network) -> None:
