@@ -16,7 +16,17 @@ from pathlib import Path
 import pytest
 from debian.changelog import Changelog
 from debian.deb822 import Deb822, PkgRelation
-from pkgtools import REPO, Installed, Overlay, Stage, copy_tree, forbid_service_starts, in_root
+from pkgtools import (
+    REPO,
+    Booted,
+    Installed,
+    Overlay,
+    Pair,
+    Stage,
+    copy_tree,
+    forbid_service_starts,
+    in_root,
+)
 
 CONTROL = REPO / "debian" / "control"
 UNITS = sorted((REPO / "systemd").glob("*.service"))
@@ -248,3 +258,25 @@ def test_apt_removes_carpd_to_install_ifupdown2_or_netscript(installed: Installe
     assert re.search(r"^Remv carpd ", netscript, re.M), netscript
     assert states == {"carpd": "rc", "ifupdown": "rc", "ifupdown2": "ii"}, states
     assert not hooks_left  # the conffiles in /etc/network now do nothing
+
+
+def test_journalctl_t_carpd_shows_the_engines_lines(systemd_pair: Pair) -> None:
+    """On a booted trixie, the engine of carpd@eth0 (syslog to /dev/log, as by default) and
+    whatever the unit writes to stderr are found with `journalctl -t carpd`."""
+    a = systemd_pair.a
+    assert isinstance(a, Booted)
+    a.wait(lambda: a.unit_state("carpd@eth0.service") == "active", 150,
+           "carpd@eth0.service active")
+    systemd_pair.wait_holder(a, timeout=20)
+
+    def logged() -> bool:
+        out = a.run("journalctl", "-t", "carpd", "-o", "cat", "--no-pager", check=False).output
+        return "-> MASTER" in out
+
+    try:
+        a.wait(logged, 10, "the engine's MASTER line under `journalctl -t carpd`")
+    except AssertionError:
+        identifiers = a.run("journalctl", "-u", "carpd@eth0.service", "-o",
+                            "verbose", "--no-pager", check=False).output
+        found = sorted(set(re.findall(r"SYSLOG_IDENTIFIER=(.*)", identifiers)))
+        raise AssertionError(f"identifiers of carpd@eth0's lines: {found}") from None
