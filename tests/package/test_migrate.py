@@ -194,15 +194,17 @@ def _ucarp_node(lab: Lab, layer: UcarpLayer, base: Path, name: str, host: int, a
 
 @pytest.fixture(params=[False, True], ids=["a-no-preempt", "a-preempts"])
 def ucarp_pair(request: pytest.FixtureRequest, ucarp_layer: UcarpLayer,
-               tmp_path: Path) -> Iterator[Pair]:
+               tmp_path: Path) -> Iterator[tuple[Pair, str]]:
     """a (advskew 0) and b (advskew 100, ucarp-master no), Debian's ucarp on both, not up yet;
-    a with ucarp-master yes (preempt) or no."""
+    a with ucarp-master yes (preempt) or no; and a client's namespace on the same bridge."""
     lab = Lab()
     nodes: list[Node] = []
     try:
         nodes.append(_ucarp_node(lab, ucarp_layer, tmp_path, "a", 11, 0, request.param))
         nodes.append(_ucarp_node(lab, ucarp_layer, tmp_path, "b", 12, 100, False))
-        yield Pair(nodes[0], nodes[1])
+        client = lab.node_netns("c")
+        subprocess.run(["ip", "-n", client, "link", "set", "eth0", "up"], check=True)
+        yield Pair(nodes[0], nodes[1]), client
     finally:
         for node in nodes:
             node.stop_everything()
@@ -342,6 +344,86 @@ class VipEvents:
         return total
 
 
+ARP_PROBE = r"""
+import select, socket, struct, sys, time
+vip = socket.inet_aton(sys.argv[1])
+net = sys.argv[2]
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806))
+s.bind(("eth0", 0x0806))
+mac = s.getsockname()[4]
+def request(seq):
+    me = socket.inet_aton(f"{net}.{200 + seq % 50}")
+    arp = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, mac, me, bytes(6), vip)
+    return b"\xff" * 6 + mac + b"\x08\x06" + arp
+seq, sent, next_at = 0, {}, time.monotonic()
+while True:
+    if time.monotonic() >= next_at:
+        seq += 1
+        s.send(request(seq))
+        sent[seq % 50] = seq
+        print(f"P {seq} {time.time():.6f}", flush=True)
+        next_at = max(next_at + 0.02, time.monotonic())
+    ready, _, _ = select.select([s], [], [], max(0.0, next_at - time.monotonic()))
+    if ready:
+        f = s.recv(128)
+        if len(f) >= 42 and f[20:22] == b"\x00\x02" and f[28:32] == vip:
+            residue = f[41] - 200
+            if 0 <= residue < 50 and residue in sent:
+                print(f"R {sent[residue]} {time.time():.6f} {f[22:28].hex()}", flush=True)
+"""
+PROBE_INTERVAL = 0.02
+
+
+@dataclass
+class ArpProbe:
+    """A client on the bridge asks who has the VIP every 20 ms (each request from its own
+    source address, so each reply names the request it answers) and notes who answers: what
+    the LAN sees, whatever addresses the nodes hold (a draining node holds the VIP but drops
+    ARP for it)."""
+
+    netns: str
+    probes: dict[int, float] = field(default_factory=dict)
+    answers: dict[int, set[str]] = field(default_factory=dict)
+    _process: subprocess.Popen[str] | None = None
+    _thread: threading.Thread | None = None
+
+    def __enter__(self) -> ArpProbe:
+        self._process = subprocess.Popen(
+            ["ip", "netns", "exec", self.netns, "/usr/bin/python3", "-u", "-c", ARP_PROBE,
+             VIP, NET], stdout=subprocess.PIPE, text=True,
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        assert self._process is not None and self._thread is not None
+        self._process.terminate()
+        self._process.wait()
+        self._thread.join()
+
+    def _read(self) -> None:
+        assert self._process is not None and self._process.stdout is not None
+        for line in self._process.stdout:
+            kind, seq, when, *mac = line.split()
+            if kind == "P":
+                self.probes[int(seq)] = float(when)
+            else:
+                self.answers.setdefault(int(seq), set()).update(mac)
+
+    def rounds(self, after: float) -> list[tuple[float, set[str]]]:
+        """(sent at, who answered) of each request sent after ``after`` (wall time), but the
+        last few (their answers may still be on the way)."""
+        return [(when, self.answers.get(seq, set()))
+                for seq, when in sorted(self.probes.items())[:-5] if when >= after]
+
+    def unanswered_seconds(self, after: float) -> float:
+        return PROBE_INTERVAL * sum(1 for _when, who in self.rounds(after) if not who)
+
+    def answered_by_two(self, after: float) -> list[float]:
+        return [when - after for when, who in self.rounds(after) if len(who) > 1]
+
+
 def on_no_node(held: dict[str, bool]) -> bool:
     return not any(held.values())
 
@@ -351,9 +433,9 @@ def on_every_node(held: dict[str, bool]) -> bool:
 
 
 def install_carpd(node: Node) -> tuple[str, str]:
-    """apt install ./carpd.deb (ucarp goes; postinst runs migrate), then migrate once more,
-    which must find nothing left to do.  A package whose postinst does not run migrate yet gets
-    it from the tree, run once.  Returns what the installation, then migrate, printed."""
+    """apt install ./carpd.deb (ucarp goes; postinst runs migrate), then migrate once more (a
+    package that does not ship it yet gets it from the tree).  Returns what the installation,
+    then migrate, printed."""
     output = node.run("apt-get", "install", "-y", "-q", "--no-install-recommends",
                       node.deb_in_root, timeout=300).output
     assert "The following packages will be REMOVED" in output and "ucarp" in output, output
@@ -362,9 +444,7 @@ def install_carpd(node: Node) -> tuple[str, str]:
         script.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / "debian/carpd-migrate", script)
         script.chmod(0o755)
-    again = node.run(f"/{MIGRATE}", timeout=120).output
-    if "carpd-migrate:" in output:
-        assert "ucarp (pid" not in again and "engine already runs: left alone" in again, again
+    again = node.run(f"/{MIGRATE}", timeout=120, check=False).output
     return output, again
 
 
@@ -385,46 +465,62 @@ def engine_state(node: Node) -> str:
 
 
 def test_a_ucarp_pair_migrated_node_by_node_keeps_the_vip_on_exactly_one_node(
-        ucarp_pair: Pair) -> None:
-    a, b = ucarp_pair.a, ucarp_pair.b
+        ucarp_pair: tuple[Pair, str]) -> None:
+    pair, client = ucarp_pair
+    a, b = pair.a, pair.b
     assert isinstance(a, Node) and isinstance(b, Node)
     preempt = "ucarp-master yes" in (a.root / "etc/network/interfaces").read_text()
     with Stage("migrate: ifup eth0 with Debian's ucarp on both"):
         for node in (a, b):
             node.run("ifup", "eth0")
-        ucarp_pair.wait_holder(a)
+        pair.wait_holder(a)
     assert [len(ucarp_daemons(n)) for n in (a, b)] == [1, 1]
     assert [n.engines() for n in (a, b)] == [[], []]
 
     outputs, marks = {}, {}
-    with DaemonWatch((a, b)) as counting, VipEvents((a, b)) as vip:
+    with DaemonWatch((a, b)) as counting, VipEvents((a, b)) as vip, ArpProbe(client) as arp:
         assert vip.initial == {"a": True, "b": False}
+        time.sleep(0.5)
         for node in (b, a):  # the BACKUP first, then the MASTER
             with Stage(f"migrate: apt install carpd (+ migrate) on {node.name}"):
                 installing, again = install_carpd(node)
             outputs[node.name] = installing if "carpd-migrate:" in installing \
                 else installing + again
+            if "carpd-migrate:" in installing:  # postinst ran it: nothing left to do
+                assert "ucarp (pid" not in again and "already runs: left alone" in again, again
             assert ucarp_daemons(node) == [], outputs[node.name]
             (engine,) = node.engines()
             marks[node.name] = started_at(engine)
         time.sleep(4.0)  # with preempt, a's engine takes the VIP back from b
     log = "\n".join(f"--- {name}:\n{text}" for name, text in outputs.items())
+    log += "".join(f"\n--- {node.name}'s engine:\n" + (node.root / "run/carpd/eth0.log")
+                   .read_text(errors="replace")[-3000:] for node in (a, b))
     tag = "a preempts" if preempt else "a does not preempt"
     no_node = vip.seconds(on_no_node)
     both_migrating = vip.seconds(on_every_node, before=marks["a"])
     both_after = vip.seconds(on_every_node, after=marks["a"])
+    unanswered = arp.unanswered_seconds(vip.started)
+    answered_by_two = arp.answered_by_two(vip.started)
     record(f"migrate ({tag}): VIP on no node, in total", no_node)
     record(f"migrate ({tag}): VIP on both nodes while migrating", both_migrating)
-    record(f"migrate ({tag}): VIP on both nodes after, as a's engine preempts", both_after)
-    record(f"migrate ({tag}): VIP changes", len(vip.events))
+    record(f"migrate ({tag}): VIP on both nodes after (a's engine preempts, b drains)",
+           both_after)
+    record(f"migrate ({tag}): ARP for the VIP unanswered (20 ms probes), in total", unanswered)
+    record(f"migrate ({tag}): ARP probes answered by both nodes", len(answered_by_two))
+    record(f"migrate ({tag}): ARP probes sent", len(arp.rounds(vip.started)))
     record(f"migrate ({tag}): most CARP daemons on one node at once", max(counting.most.values()))
     timeline = "\n".join(f"{since - vip.started:8.3f} s  {held}" for since, held in
                           vip.timeline())
-    assert counting.samples > 100
+    print(f"{tag}:\n{timeline}")
+    assert counting.samples > 100 and len(arp.rounds(vip.started)) > 500
     assert counting.most == {"a": 1, "b": 1}, \
         f"two daemons for one vhid: {counting.worst}\n{log}"
     assert both_migrating == 0.0, f"the VIP was on both nodes while migrating:\n{timeline}\n{log}"
+    assert answered_by_two == [], f"both nodes answered ARP for the VIP at " \
+        f"{[round(t, 3) for t in answered_by_two]} s:\n{timeline}\n{log}"
     assert no_node <= MAX_TIME_ON_NO_NODE, f"the VIP on no node for {no_node:.3f} s:\n" \
+        f"{timeline}\n{log}"
+    assert unanswered <= MAX_TIME_ON_NO_NODE, f"ARP unanswered for {unanswered:.3f} s:\n" \
         f"{timeline}\n{log}"
     assert f"vhid {VHID}: ucarp" in outputs["a"] and "is MASTER" in outputs["a"], log
     assert "took over after" in outputs["a"], log
@@ -434,4 +530,49 @@ def test_a_ucarp_pair_migrated_node_by_node_keeps_the_vip_on_exactly_one_node(
     states = {node.name: engine_state(node) for node in (a, b)}
     master = a if preempt else b
     assert states[master.name] == "MASTER" and len(set(states.values())) == 2, (states, log)
-    assert ucarp_pair.holders() == [master]
+    assert pair.holders() == [master]
+
+
+@pytest.fixture
+def ucarp_node(ucarp_layer: UcarpLayer, tmp_path: Path) -> Iterator[Node]:
+    """One node with Debian's ucarp, alone on its bridge, not up yet."""
+    lab = Lab()
+    node: Node | None = None
+    try:
+        node = _ucarp_node(lab, ucarp_layer, tmp_path, "a", 11, 0, False)
+        yield node
+    finally:
+        if node is not None:
+            node.stop_everything()
+        lab.close()
+        if node is not None:
+            node.overlay.unmount()
+
+
+def test_a_stanza_carpd_refuses_keeps_its_ucarp_until_fixed_and_migrate_runs_again(
+        ucarp_node: Node) -> None:
+    interfaces = ucarp_node.root / "etc/network/interfaces"
+    # ucarp runs advskew 300 as 44 (8 bits), silently; carpd refuses it
+    interfaces.write_text(interfaces.read_text().replace("ucarp-advskew 0",
+                                                         "ucarp-advskew 300"))
+    ucarp_node.run("ifup", "eth0")
+    (daemon,) = ucarp_daemons(ucarp_node)
+
+    installing, again = install_carpd(ucarp_node)
+    output = installing + again
+    assert "ucarp-advskew: '300': Input should be less than or equal to 255" in output, output
+    assert f"ucarp keeps running (pid {daemon})" in output, output
+    assert "no stanza" not in output, output
+    assert ucarp_daemons(ucarp_node) == [daemon] and ucarp_node.engines() == [], output
+    result = ucarp_node.run(f"/{MIGRATE}", check=False)
+    assert result.returncode == 1, result.output
+
+    interfaces.write_text(interfaces.read_text().replace("ucarp-advskew 300",
+                                                         "ucarp-advskew 44"))
+    fixed = ucarp_node.run(f"/{MIGRATE}").output
+    assert f"ucarp (pid {daemon}) stopped" in fixed and "carpd's engine started" in fixed, fixed
+    assert ucarp_daemons(ucarp_node) == [] and len(ucarp_node.engines()) == 1, fixed
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not ucarp_node.holds():
+        time.sleep(0.1)
+    assert ucarp_node.holds(), "alone, carpd's engine takes the VIP after the master-down time"

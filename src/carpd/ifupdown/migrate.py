@@ -505,6 +505,9 @@ def migrate_stanza(takeover: Takeover, parsed: interfaces.Interfaces,
     try:
         options = takeover.options(parsed)
     except ucarp.StanzaError as error:
+        for daemon in mine:  # the stanza's own: left running, not "named by no stanza"
+            daemons.remove(daemon)
+            daemon.close()
         return _refused(takeover, error, mine)
     with runtime.locked(Paths(takeover.name, run_dir).hook_lock):  # no ifup meanwhile
         for daemon in mine:
