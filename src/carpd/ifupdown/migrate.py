@@ -14,8 +14,8 @@ For each stanza carpd takes over (an ``inet`` stanza of an interface with ``ucar
    (``/usr/sbin/ucarp`` itself, or a deleted ``/usr/sbin/ucarp`` once the package is gone)
    counts; only then is its command line read, for ``-i/-v/-a/-s/-b/-k/-M`` (never the
    password);
-3. it is MASTER if it is heard advertising (its own adverts, for one interval) or its VIP is on
-   the interface.  A MASTER is frozen (SIGSTOP: it sends nothing more), its addresses are
+3. it is MASTER if it is heard advertising (its own adverts, for one interval, 3 s at most) or
+   its VIP is on the interface.  A MASTER is frozen (SIGSTOP: it sends nothing more), its addresses are
    removed, and the bow-out advert ucarp never sends goes out for it (advbase 255, advskew 255,
    its source address, vhid and VIP, signed with the stanza's password), so that the peer takes
    over at once rather than after the master-down interval;
@@ -64,6 +64,8 @@ LONG_OPTIONS = ["interface=", "srcip=", "mcast=", "vhid=", "pass=", "passfile=",
                 "facility=", "xparam="]
 LISTEN_MARGIN = 0.5
 """Seconds beyond one advert interval to listen for the MASTER's own advert."""
+LISTEN_AT_MOST = 3.0
+"""Seconds of an advert interval listened to at most (a MASTER also holds the VIP)."""
 FIRST_BOW_OUT_WAIT = 0.02
 """Seconds to wait for a peer to take over after the first bow-out before sending the second."""
 TAKEOVER_WAIT = 1.0
@@ -178,6 +180,24 @@ def _argv(pid: int) -> list[str]:
         return [os.fsdecode(a) for a in f.read().split(b"\0")[:-1]]
 
 
+UNREADABLE = "unreadable"
+
+
+def _read_trusted(pid: int, pidfd: int) -> UcarpArgs | str | None:
+    """A trusted daemon's arguments, UNREADABLE if they cannot be read, None if untrusted."""
+    try:
+        if not _trusted(pid):
+            return None
+        args = parse_ucarp_args(_argv(pid))
+        # still the process the pidfd names, and still trusted after its argv was read
+        signal.pidfd_send_signal(pidfd, 0)
+        if not _trusted(pid):
+            return None
+    except OSError:
+        return None
+    return UNREADABLE if args is None else args
+
+
 def find_daemons() -> tuple[list[UcarpDaemon], list[int]]:
     """The trusted ucarp daemons, and the pids of those whose command line cannot be read.
     Each pidfd is opened before the checks, so a pid reused meanwhile is never signalled."""
@@ -190,18 +210,12 @@ def find_daemons() -> tuple[list[UcarpDaemon], list[int]]:
             pidfd = os.pidfd_open(pid)
         except OSError:
             continue
-        try:
-            args = parse_ucarp_args(_argv(pid)) if _trusted(pid) else None
-            # still the process the pidfd names, and still trusted after its argv was read
-            signal.pidfd_send_signal(pidfd, 0)
-            trusted = _trusted(pid)
-        except OSError:
-            args, trusted = None, False
-        if trusted and args is not None:
+        args = _read_trusted(pid, pidfd)
+        if isinstance(args, UcarpArgs):
             daemons.append(UcarpDaemon(pid, pidfd, args))
             continue
         os.close(pidfd)
-        if trusted:
+        if args is UNREADABLE:
             unreadable.append(pid)
     return sorted(daemons, key=lambda d: d.pid), unreadable
 
@@ -227,8 +241,9 @@ class Takeover:
         return found[0] if found else None
 
     def vhid(self) -> int | None:
+        """The vhid as ucarp ran it (it kept the low 8 bits of ucarp-vid 263: 7)."""
         with contextlib.suppress(ValueError):
-            return int(self.raw.get("ucarp-vid", "").strip())
+            return int(self.raw.get("ucarp-vid", "").strip()) & 0xFF
         return None
 
     def options(self, parsed: interfaces.Interfaces) -> Options:
@@ -359,7 +374,8 @@ def listen_to_own(tap: CarpTap, args: UcarpArgs, key: bytes, source: IPv4Address
     """The daemon's own adverts for one interval: a BACKUP sends none."""
     expect = wire.Expect(args.vhid, key, args.vip, IPv4Address(0), tap.group)
     heard = Heard()
-    for packet, sent in tap.frames(time.monotonic() + args.interval + LISTEN_MARGIN):
+    listen = min(args.interval, LISTEN_AT_MOST) + LISTEN_MARGIN
+    for packet, sent in tap.frames(time.monotonic() + listen):
         if not sent or packet[12:16] != source.packed:
             continue
         result = wire.inspect(packet, expect)
@@ -491,7 +507,7 @@ def _refused(takeover: Takeover, error: ucarp.StanzaError, mine: list[UcarpDaemo
         return True  # nothing runs for it: ifup (and carpctl check) will say what is wrong
     problems = "\n".join(f"{takeover.iface}: {p}" for p in error.problems)
     left = ("ucarp keeps running (pid " + ", ".join(str(d.pid) for d in mine) + ")"
-            if mine else "no engine started")
+            if mine else "carpd runs nothing for it")
     say(f"{problems}\ncarpd cannot take this stanza over; {left}: fix it, then run "
         f"{sys.argv[0]} again")
     return False
