@@ -5,20 +5,22 @@ hook from the ``ucarp-*`` stanzas of /etc/network/interfaces, outlive the packag
 ``Conflicts: ucarp`` causes when carpd is installed).  carpd's postinst runs this on first install
 and upgrade; it is also safe to run by hand at any time, as often as wanted.
 
-For each stanza carpd takes over (an ``inet`` stanza of an interface with ``ucarp-*`` options):
+For each stanza with ``ucarp-*`` options (those carpd takes over first):
 
-1. its ``ucarp-*`` options are checked as the if-up hook checks them; on a problem the ucarp
-   daemon is left running and the problem printed (fix the stanza, run this again);
+1. its ``ucarp-*`` options are checked as the if-up hook checks them; on a problem (an alias or
+   inet6 stanza, a value ucarp wrapped to 8 bits, a missing script) its ucarp daemon is left
+   running and the problem printed: fix the stanza, run this again;
 2. the ucarp daemon of that interface and vhid is found.  Only a process of this system (our
    root and network namespace) whose uids are all 0 and whose program is root's ucarp binary
    (``/usr/sbin/ucarp`` itself, or a deleted ``/usr/sbin/ucarp`` once the package is gone)
    counts; only then is its command line read, for ``-i/-v/-a/-s/-b/-k/-M`` (never the
    password);
 3. it is MASTER if it is heard advertising (its own adverts, for one interval, 3 s at most) or
-   its VIP is on the interface.  A MASTER is frozen (SIGSTOP: it sends nothing more), its addresses are
-   removed, and the bow-out advert ucarp never sends goes out for it (advbase 255, advskew 255,
-   its source address, vhid and VIP, signed with the stanza's password), so that the peer takes
-   over at once rather than after the master-down interval;
+   its VIP is on the interface.  A MASTER is frozen (SIGSTOP: it sends nothing more), its
+   addresses are removed (first, so the VIP is never on two nodes), and the bow-out advert
+   ucarp never sends goes out for it (advbase 255, advskew 255, its source address, vhid and
+   VIP, signed with the stanza's password), so that the peer takes over at once rather than
+   after the master-down interval;
 4. it is stopped (SIGTERM, SIGKILL if it lingers) and waited for;
 5. then, if ifupdown has the interface up and no carpd engine runs for it, the engine is started
    exactly as the if-up hook starts it.  So there are never two daemons for one vhid.
