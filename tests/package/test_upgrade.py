@@ -19,6 +19,7 @@ released), it is repacked as 0.1.0-1+upgrade1 (the same files) so that dpkg sees
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -246,6 +247,29 @@ def age_conf(node: Node) -> None:
     path.chmod(0o600)
 
 
+def up_backup_first(pair: Pair) -> None:
+    """ifup b, then a: a (the quicker master-down) becomes MASTER while b listens, so b has
+    heard a by the time a holds the VIP (a BACKUP acts only on the bow-out of the master it
+    hears)."""
+    for node in (pair.b, pair.a):
+        assert isinstance(node, Node)
+        node.run("ifup", "eth0")
+    pair.wait_holder(pair.a)
+
+
+def wait_heard(node: Node, master: str, timeout: float = 10.0) -> None:
+    """Until node's engine names master as the MASTER it hears (carpctl status --json)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = node.run("carpctl", "status", "eth0", "--json", check=False).output
+        with contextlib.suppress(ValueError):
+            replies = json.loads(out)
+            if any(isinstance(r, dict) and r.get("master") == master for r in replies):
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"{node.name} does not hear {master} as MASTER:\n{out}")
+
+
 BROKEN_STANZA = """
 iface eth1 inet manual
     ucarp-vid 300
@@ -258,9 +282,7 @@ def test_rolling_upgrade_from_0_1_0_restarts_each_engine_on_a_fresh_conf_vip_hel
         old_pair: Pair) -> None:
     a, b = old_pair.a, old_pair.b
     assert isinstance(a, Node) and isinstance(b, Node)
-    for node in (a, b):
-        node.run("ifup", "eth0")
-    old_pair.wait_holder(a)
+    up_backup_first(old_pair)
     before = {node.name: supervised(node) for node in (a, b)}
     age_conf(b)
     with (a.root / "etc/network/interfaces").open("a") as interfaces:
@@ -331,8 +353,7 @@ def test_abort_paths_bring_back_what_prerm_stopped_and_abort_upgrade_stops_nothi
     assert isinstance(a, Node) and isinstance(b, Node)
     for node in (a, b):
         node.run("dpkg", "-i", NEW_IN_ROOT, timeout=180)
-        node.run("ifup", "eth0")
-    old_pair.wait_holder(a)
+    up_backup_first(old_pair)
     version = deb_field(a.root / NEW_IN_ROOT.lstrip("/"), "Version")
     scripts = "/var/lib/dpkg/info/carpd"
 
@@ -361,8 +382,7 @@ def test_a_failed_removal_runs_abort_remove_and_the_engine_comes_back(old_pair: 
     assert isinstance(a, Node) and isinstance(b, Node)
     for node in (a, b):
         node.run("dpkg", "-i", NEW_IN_ROOT, timeout=180)
-        node.run("ifup", "eth0")
-    old_pair.wait_holder(a)
+    up_backup_first(old_pair)
     py3clean = a.root / "usr/bin/py3clean"
     py3clean.rename(py3clean.with_name("py3clean.real"))
     py3clean.write_text("#!/bin/sh\nexit 1\n")
@@ -463,6 +483,7 @@ def test_upgrade_from_apt_daily_upgrade_service_restarts_the_unit_which_outlives
         a.wait(lambda: a.unit_state(UNIT) == "active", 30, f"{UNIT} active")
     b.run("ifup", "eth0")
     old_systemd_pair.wait_holder(a, timeout=20)
+    wait_heard(b, f"{NET}.11")
     first = a.main_pid(UNIT)
     a.run("python3", "-c", AGE_CONF)
 
