@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,12 +28,13 @@ SLACK = 1.0
 DRAIN = 2.0
 
 CHECK = """#!/bin/sh
-if [ -e {sick} ]; then echo "service down"; exit 7; fi
+if [ -e "$1" ]; then echo "service down"; exit 7; fi
 exit 0
 """
 
 TRACK = """\
 ucarp-track-script {check}
+ucarp-track-script /bin/true
 ucarp-track-interval {interval}
 ucarp-track-fall {fall}
 ucarp-track-rise 2
@@ -58,11 +58,12 @@ def _tracked_link(lab: Lab, node: Node) -> str:
     return peer
 
 
-def _check_script(node: Node) -> Path:
+def _check_script(node: Node) -> str:
+    """The check command (the script and its argument) for ``node``."""
     path = node.home / "check"
-    path.write_text(CHECK.format(sick=node.home / "sick"))
+    path.write_text(CHECK)
     path.chmod(0o755)
-    return path
+    return f"{path} {node.home / 'sick'}"
 
 
 def _status(node: Node) -> dict[str, Any]:
@@ -73,7 +74,7 @@ def _status(node: Node) -> dict[str, Any]:
     return reply
 
 
-def _up_tracked_pair(lab: Lab) -> tuple[dict[str, str], dict[str, Path]]:
+def _up_tracked_pair(lab: Lab) -> tuple[dict[str, str], dict[str, str]]:
     peers, checks = {}, {}
     for number in (1, 2):
         node = lab.node()
@@ -99,7 +100,8 @@ def test_failing_check_or_lost_carrier_on_the_master_moves_the_eth0_ucarp_alias(
         reply = _status(node)
         assert reply["healthy"] is True, reply
         tracked = {(entry["kind"], entry["name"]) for entry in reply["health"]}
-        assert tracked == {("script", str(checks[node.name])), ("interface", "eth1")}, reply
+        assert tracked == {("script", checks[node.name]), ("script", "/bin/true"),
+                           ("interface", "eth1")}, reply
 
     watch = backup.watch_for_address(VIP)
     failed = time.time()
@@ -120,7 +122,7 @@ def test_failing_check_or_lost_carrier_on_the_master_moves_the_eth0_ucarp_alias(
 
     reply = _status(master)
     assert (reply["state"], reply["healthy"]) == ("BACKUP", False), reply
-    assert (str(checks[master.name]) if cause == "script" else "eth1") in reply["why"]
+    assert (checks[master.name] if cause == "script" else "eth1") in reply["why"]
     assert _status(backup)["state"] == "MASTER"
     time.sleep(3)  # and it stays that way
     assert [n.holds_vip() for n in lab.nodes] == [n is backup for n in lab.nodes]

@@ -47,16 +47,17 @@ SLOWER_SKEW = 100
 
 
 _CHECK = """#!/bin/sh
-# the health check of {node}: hangs while {hang} exists, fails while {sick} exists
-[ -e {hang} ] && exec sleep 1000
-if [ -e {sick} ]; then echo "service down"; exit 7; fi
+# the health check of {node}: hangs while the file $2 exists, fails while the file $1 exists
+[ -e "$2" ] && exec sleep 1000
+if [ -e "$1" ]; then echo "service down"; exit 7; fi
 exit 0
 """
 
 
 @dataclass(frozen=True)
 class Check:
-    """A check script for one node, steered by files the test creates and removes."""
+    """A check script for one node, steered by files the test creates and removes (the
+    engine runs it with their paths as arguments: ``--track-script 'PATH SICK HANG'``)."""
 
     path: Path
     sick_file: Path
@@ -67,10 +68,13 @@ class Check:
         folder = net.directory / f"check-{node.name}"
         folder.mkdir()
         check = cls(folder / "check", folder / "sick", folder / "hang")
-        check.path.write_text(_CHECK.format(node=node.name, sick=check.sick_file,
-                                            hang=check.hang_file))
+        check.path.write_text(_CHECK.format(node=node.name))
         check.path.chmod(0o755)
         return check
+
+    @property
+    def command(self) -> str:
+        return f"{self.path} {self.sick_file} {self.hang_file}"
 
     def fail(self) -> float:
         """Make the check fail from now on; return the wall time."""
@@ -92,7 +96,7 @@ def track(check: Check | None = None, *, interfaces: tuple[str, ...] = (), rise:
     """The engine options that track ``check`` and ``interfaces``."""
     options = [f"--track-interface={name}" for name in interfaces]
     if check is not None:
-        options += ["--track-script", str(check.path), "--track-interval", str(INTERVAL),
+        options += ["--track-script", check.command, "--track-interval", str(INTERVAL),
                     "--track-fall", str(FALL), "--track-rise", str(rise),
                     "--track-timeout", str(timeout)]
     return options
@@ -166,7 +170,7 @@ def state_changes(daemon: Daemon, since: float) -> list[str]:
 
 def script_entry(reply: dict[str, Any], check: Check) -> dict[str, Any]:
     entries = [e for e in reply["health"] if e["kind"] == "script"
-               and str(check.path) in e["name"]]
+               and e["name"] == check.command]
     assert len(entries) == 1, reply["health"]
     entry: dict[str, Any] = entries[0]
     return entry
@@ -179,8 +183,8 @@ def assert_unhealthy_because_of(daemon: Daemon, check: Check, state: str = "BACK
     assert reply["state"] == state, reply
     assert reply["healthy"] is False, reply
     why = reply["why"]
-    assert isinstance(why, str) and why.startswith(f"unhealthy: check '{check.path}' failing "
-                                                   "since "), why
+    assert isinstance(why, str) and why.startswith(
+        f"unhealthy: check '{check.command}' failing since "), why
     assert "(exit 7): service down" in why, why
     assert why.endswith(": holding the VIP as a last resort") is (state == "MASTER"), why
     entry = script_entry(reply, check)
@@ -545,8 +549,8 @@ def test_hung_check_on_the_backup_makes_it_unhealthy_and_moves_nothing(lab: Netw
     after = status(master)
     assert after is not None and after["state"] == "MASTER" and after["since"] == before["since"]
     assert field(backup, "state") == "BACKUP" and healthy(backup) is False
-    assert str(field(backup, "why")).startswith(f"unhealthy: check '{check_b.path}' failing "
-                                                "since "), field(backup, "why")
+    assert str(field(backup, "why")).startswith(
+        f"unhealthy: check '{check_b.command}' failing since "), field(backup, "why")
     assert "(timed out after 1 s)" in str(field(backup, "why"))
     assert state_changes(master, hung) == state_changes(backup, hung) == []
     assert adverts(lab, b, since=hung) == []
@@ -576,6 +580,23 @@ def test_hung_check_on_the_master_keeps_its_adverts_on_time_until_it_bows_out(
     time.sleep(2)
     assert lab.holders() == [b]
     assert hung_checks(a) <= 2, commands_in(a)
+
+
+def test_engine_stopping_while_a_check_hangs_exits_at_once_and_leaves_no_check_behind(
+        lab: Network) -> None:
+    a, b, check_a, _, master, backup = pair(lab)
+    check_a.hang()
+    wait_for(lambda: hung_checks(a) == 1, INTERVAL + 1)
+
+    stopped = time.monotonic()
+    master.signal(signal.SIGTERM)
+    assert master.wait_exit(DRAIN + 5) == 0
+    took = time.monotonic() - stopped
+    print(f"exited {took:.3f} s after SIGTERM")
+    assert took < DRAIN + SLACK + 1, "the engine waited for its hung check"
+    assert hung_checks(a) == 0, commands_in(a)
+    wait_for(lambda: lab.holders() == [b], 2)
+    assert field(backup, "state") == "MASTER"
 
 
 # ---- a tracked interface ------------------------------------------------------------------------
