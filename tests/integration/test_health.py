@@ -569,7 +569,7 @@ def test_hung_check_on_the_master_keeps_its_adverts_on_time_until_it_bows_out(
     sent = [f for f in adverts(lab, a, since=hung - 2 * ADVBASE) if f.time <= bow.time]
     gaps = [later.time - earlier.time for earlier, later in pairwise(sent)]
     print("advert gaps:", " ".join(f"{gap:.3f}" for gap in gaps))
-    assert len(sent) >= 3 and max(gaps) <= ADVBASE + 0.3, "a hung check delayed the adverts"
+    assert len(sent) >= 3 and max(gaps) <= ADVBASE + 0.5, "a hung check delayed the adverts"
     first = first_advert(lab, b, hung, MASTER_DOWN + 2)
     assert bow.time <= first.time < bow.time + SLACK, "the peer took over before the bow-out"
     wait_for(lambda: lab.holders() == [b], DRAIN + SLACK + 1)
