@@ -97,6 +97,9 @@ class Node:
             wrapper.write_text(f"#!{sys.executable}\nimport sys\n{source}\nsys.exit(main())\n")
             wrapper.chmod(0o755)
         (self.home / "share" / "carpd").symlink_to(ROOT / "share")
+        libexec = self.home / "libexec" / "carpd"  # the hooks run /usr/libexec/carpd/carpd-ifupdown
+        libexec.mkdir(parents=True, exist_ok=True)
+        (libexec / "carpd-ifupdown").symlink_to(self.home / "bin" / "carpd-ifupdown")
 
     def _setup(self) -> str:
         home = self.home
@@ -108,6 +111,7 @@ class Node:
             f"mount --bind {home / 'empty'} /etc/network/if-post-down.d",
             f"mount --bind {home / 'bin'} /usr/local/sbin",
             f"mount -t overlay overlay -o lowerdir={home / 'share'}:/usr/share /usr/share",
+            f"mount -t overlay overlay -o lowerdir={home / 'libexec'}:/usr/libexec /usr/libexec",
         ]
         return " && ".join(mounts)
 
