@@ -512,9 +512,18 @@ def test_upgrade_from_apt_daily_upgrade_service_restarts_the_unit_which_outlives
     cgroup = a.run("cat", f"/proc/{restarted}/cgroup").output
     assert UNIT in cgroup and "apt-daily-upgrade" not in cgroup, cgroup
     assert OBSOLETE not in a.run("cat", f"/{CONF}").output, "conf not written again"
+    assert f"eth0: hand-over: {NET}.12 took over on the" in upgrade.output, upgrade.output
 
     with Stage("upgrade: dpkg-reconfigure and a reinstall under systemd"):
         a.run("dpkg-reconfigure", "carpd", timeout=180)
         a.run("dpkg", "-i", NEW_IN_ROOT, timeout=180)
     assert a.main_pid(UNIT) == restarted, "a reconfigure or reinstall restarted the engine"
     assert old_systemd_pair.holders() == [a]
+
+    scripts = "/var/lib/dpkg/info/carpd"
+    with Stage("upgrade: prerm remove, postinst abort-remove under systemd"):
+        a.run(f"{scripts}.prerm", "remove", timeout=120)
+        assert a.unit_state(UNIT) != "active" and old_systemd_pair.holders() == [b]
+        a.run(f"{scripts}.postinst", "abort-remove", timeout=120)
+        assert a.unit_state(UNIT) == "active", "abort-remove did not start the unit again"
+        old_systemd_pair.wait_holder(a, timeout=20)
