@@ -190,6 +190,7 @@ def assert_unhealthy_because_of(daemon: Daemon, check: Check, state: str = "BACK
     entry = script_entry(reply, check)
     assert entry["healthy"] is False
     assert entry["rc"] == 7 and "service down" in entry["output"], entry
+    assert 0 <= time.time() - entry["since"] < 60, entry  # a wall time, in the recent past
 
 
 def assert_drained(daemon: Daemon, peer_took_over: float) -> None:
@@ -791,6 +792,7 @@ def test_persistent_demotion_survives_a_reboot_until_promoted_and_a_plain_one_do
     reply = status(first)
     assert reply is not None and reply["demoted"] is True
     assert reply["demotion"]["persistent"] is persistent
+    assert 0 <= time.time() - reply["demotion"]["since"] < 60, reply["demotion"]
     assert "demoted" in str(reply["why"])
     marker = persist / "demoted" / "eth0.1"
     assert marker.exists() is persistent
