@@ -1,2 +1,2 @@
 """carpd: CARP virtual-IP failover, a drop-in replacement for ucarp."""
-__version__ = "0.1.0"
+__version__ = "0.2.0"

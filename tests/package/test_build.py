@@ -102,7 +102,7 @@ def test_relations_name_trixies_packages_and_conflict_with_ucarp_and_ifupdown2(
     assert control(built.deb, "Conflicts") == "ifupdown2, ucarp"
     assert control(built.deb, "Architecture") == "all"
     assert control(built.deb, "Section") == "net"
-    assert control(built.deb, "Version") == "0.1.0-1"
+    assert control(built.deb, "Version") == "0.2.0-1"
 
 
 # Every tag is shown; the run must show none (but overridden ones, each with its reason in

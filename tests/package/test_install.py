@@ -3,12 +3,14 @@ in network namespaces running it through real ifup/ifdown: failover, upgrade, re
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
 from pkgtools import (
     CARPD,
     HANDOVER,
+    Built,
     Installed,
     Overlay,
     Pair,
@@ -18,6 +20,7 @@ from pkgtools import (
     in_root,
     record,
 )
+from test_upgrade import newer
 
 
 def test_installed_carpd_runs_on_trixies_python(installed: Installed, tmp_path: Path) -> None:
@@ -84,13 +87,15 @@ def test_ifdown_on_master_hands_the_vip_to_the_backup_within_half_a_second(pair:
 
 
 def test_upgrade_restarts_engines_and_the_vip_is_away_no_longer_than_a_handover(
-        pair: Pair) -> None:
+        pair: Pair, built: Built, tmp_path: Path) -> None:
     master = ifup_both(pair)
     before = {node.name: node.engines() for node in pair.nodes}
     outputs = master.outputs()
+    # a newer version: a reinstall of the same one restarts nothing (test_upgrade.py)
+    shutil.copy2(newer(built, built.deb, tmp_path), master.root / "root/carpd_upgrade.deb")
     with VipWatch(pair) as watch:
-        with Stage("upgrade (dpkg -i of the same version) on the MASTER"):
-            master.run("dpkg", "-i", master.deb_in_root, timeout=180)
+        with Stage("upgrade (dpkg -i of a newer version) on the MASTER"):
+            master.run("dpkg", "-i", "/root/carpd_upgrade.deb", timeout=180)
         pair.wait_holder(master, timeout=15)
         time.sleep(0.5)
     after = {node.name: node.engines() for node in pair.nodes}

@@ -4,16 +4,19 @@ the VIP away no longer than a handover (the peer is a chroot node running the sa
 
 from __future__ import annotations
 
+import shutil
 import time
+from pathlib import Path
 
-from pkgtools import HANDOVER, Booted, Node, Pair, Stage, VipWatch, record
+from pkgtools import HANDOVER, Booted, Built, Node, Pair, Stage, VipWatch, record
+from test_upgrade import newer
 
 UNIT = "carpd@eth0.service"
 BOOT = 120.0
 
 
 def test_under_systemd_upgrade_restarts_the_unit_and_remove_stops_it(
-        systemd_pair: Pair) -> None:
+        systemd_pair: Pair, built: Built, tmp_path: Path) -> None:
     a, b = systemd_pair.a, systemd_pair.b
     assert isinstance(a, Booted) and isinstance(b, Node)
     with Stage("systemd: boot until networking.service and carpd@eth0.service are active"):
@@ -24,9 +27,11 @@ def test_under_systemd_upgrade_restarts_the_unit_and_remove_stops_it(
     systemd_pair.wait_holder(a, timeout=20)
     first = a.main_pid(UNIT)
 
+    # a newer version: a reinstall of the same one restarts nothing (test_upgrade.py)
+    shutil.copy2(newer(built, built.deb, tmp_path), a.root / "root/carpd_upgrade.deb")
     with VipWatch(systemd_pair) as watch:
-        with Stage("systemd: upgrade (dpkg -i of the same version) on the MASTER"):
-            a.run("dpkg", "-i", a.deb_in_root, timeout=180)
+        with Stage("systemd: upgrade (dpkg -i of a newer version) on the MASTER"):
+            a.run("dpkg", "-i", "/root/carpd_upgrade.deb", timeout=180)
         systemd_pair.wait_holder(a, timeout=20)
     record("systemd upgrade: longest time the VIP was on no node", watch.longest_gap())
     assert a.unit_state(UNIT) == "active"

@@ -5,6 +5,10 @@
 - ``carpd-ifupdown supervise IFACE``    keeps IFACE's engine running where systemd is not PID 1
 - ``carpd-ifupdown release IFACE``      after IFACE's engine is gone: the VIP goes too (the systemd
                                         unit's ExecStopPost)
+- ``carpd-ifupdown regen IFACE``        write /run/carpd/IFACE.conf again from IFACE's stanza with
+                                        this carpd's code (carpd's postinst, before restarting
+                                        an engine after an upgrade); ``--hand-over``: while the
+                                        engine stops, make sure its peers hear it bow out
 """
 
 from __future__ import annotations
@@ -29,6 +33,11 @@ def _parser() -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=text)
         command.add_argument("interface")
         command.add_argument("--run-dir", type=Path, default=argparse.SUPPRESS)
+    regen = sub.add_parser("regen", help="write IFACE's engine options again from its stanza")
+    regen.add_argument("interface")
+    regen.add_argument("--run-dir", type=Path, default=argparse.SUPPRESS)
+    regen.add_argument("--hand-over", action="store_true",
+                       help="instead: while the engine stops, make sure its peers hear it bow out")
     return p
 
 
@@ -43,6 +52,12 @@ def main(argv: list[str] | None = None) -> int:
         from carpd.ifupdown import hook
 
         return hook.run(os.environ, args.run_dir)
+    if args.command == "regen":
+        from carpd.ifupdown import regen
+
+        if args.hand_over:
+            return regen.run_hand_over(args.interface, args.run_dir)
+        return regen.run(args.interface, args.run_dir)
     paths = runtime.Paths(args.interface, args.run_dir)
     if args.command == "supervise":
         from carpd.ifupdown import supervisor
