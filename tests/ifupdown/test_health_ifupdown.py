@@ -12,10 +12,13 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from collections.abc import Iterator
+from ipaddress import IPv4Address
 from typing import Any
 
 import pytest
 from ifnodes import VIP, Lab, Node, stanza, wait_for
+from netns import Capture
 
 pytestmark = pytest.mark.netns
 
@@ -87,9 +90,23 @@ def _up_tracked_pair(lab: Lab) -> tuple[dict[str, str], dict[str, str]]:
     return peers, checks
 
 
+@pytest.fixture
+def wire(lab: Lab) -> Iterator[Capture]:
+    """The adverts on the lab's bridge (lab/netns.py's capture, kernel timestamps)."""
+    capture = Capture(lab.switch)
+    try:
+        yield capture
+    finally:
+        capture.close()
+
+
+def _address(node: Node) -> IPv4Address:
+    return IPv4Address(f"10.77.0.{10 + int(node.name.removeprefix('n'))}")
+
+
 @pytest.mark.parametrize("cause", ["script", "carrier"])
 def test_failing_check_or_lost_carrier_on_the_master_moves_the_eth0_ucarp_alias(
-        lab: Lab, cause: str) -> None:
+        lab: Lab, wire: Capture, cause: str) -> None:
     peers, checks = _up_tracked_pair(lab)
     assert wait_for(lambda: sum(n.holds_vip() for n in lab.nodes) == 1, ELECTION), (
         [n.addresses() for n in lab.nodes], [n.log() for n in lab.nodes])
@@ -115,6 +132,10 @@ def test_failing_check_or_lost_carrier_on_the_master_moves_the_eth0_ucarp_alias(
     assert added is not None, backup.log()
     print(f"the peer had the VIP {added - failed:.3f} s after the {cause} failed")
     assert added - failed < bound, (master.log(), backup.log())
+    # the master bowed out, and the peer took over at that (not at the master's next advert)
+    bow = wire.wait_frame(lambda f: f.source == _address(master) and f.bow_out, 1, failed)
+    first = wire.wait_frame(lambda f: f.source == _address(backup), 1, failed)
+    assert failed <= bow.time <= first.time < bow.time + 0.5
     assert backup.addresses()[VIP] == "eth0:ucarp"
     assert wait_for(lambda: not master.holds_vip(), DRAIN + SLACK + 1), master.log()
     assert "eth0:ucarp" in (backup.state / "ifstate").read_text()
