@@ -31,7 +31,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
-from carpd import control, metrics
+from carpd import control, identity, metrics
 from carpd.debian_status import DPKG_STATUS, ifupdown_status
 from carpd.ifupdown import interfaces
 from carpd.ifupdown import stanza as ucarp
@@ -421,7 +421,7 @@ def _vhid(text: str) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="carpctl", description="Check and steer carpd.")
-    p.add_argument("--state-dir", type=Path, default=RUN_DIR,
+    p.add_argument("--state-dir", type=Path, default=identity.namespace_folder(RUN_DIR),
                    help=f"where the engines' control sockets are (default {RUN_DIR})")
     p.add_argument("--dpkg-status", type=Path, default=DPKG_STATUS, help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True)

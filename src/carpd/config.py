@@ -28,7 +28,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from carpd import wire
+from carpd import identity, wire
 
 FACILITIES = (
     "auth", "authpriv", "cron", "daemon", "ftp", "kern", "lpr", "mail", "news", "syslog", "user",
@@ -404,6 +404,14 @@ def _password(args: dict[str, Any]) -> None:
         args["password"] = os.fsencode(args["password"])
 
 
+def _per_namespace(args: dict[str, Any]) -> None:
+    """Under ``ip netns exec NAME`` the default folders are the namespace's own (see
+    :mod:`carpd.identity`), so that each namespace may run its own engine for a vhid."""
+    for name in ("state_dir", "persist_dir"):
+        if name not in args:
+            args[name] = str(identity.namespace_folder(Options.model_fields[name].default))
+
+
 def from_command_line(argv: list[str]) -> Options:
     """Parse ucarp's command line (plus ``--config``) into validated :class:`Options`."""
     given = vars(parser().parse_args(argv))
@@ -415,6 +423,7 @@ def from_command_line(argv: list[str]) -> Options:
         del merged["password"]
     merged.update(given)
     merged["password_on_command_line"] = "password" in given
+    _per_namespace(merged)
     _password(merged)
     if "password" not in merged:
         raise ConfigError("-p/--pass or -o/--passfile: a password is required")

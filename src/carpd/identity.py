@@ -1,0 +1,50 @@
+"""Which network namespace this process runs in: one engine per vhid *per namespace*.
+
+ucarp runs happily as ``ip netns exec blue ucarp -i eth0 -v 1 ...`` and the same in ``red``:
+each namespace has its own eth0.  ``ip netns exec`` gives the command its own network namespace
+but the host's /run, so carpd's default run folder (control sockets, pidfiles, demotions) would
+be shared, and the second engine would take the first for a duplicate.  In such a namespace the
+default folders get a part of their own: ``/run/carpd/netns/NAME`` (NAME as in ``ip netns``).
+Where /run is private to the namespace (a container, a test lab that mounts its own /run) the
+folders stay as they are.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+NETNS_DIR = Path("/run/netns")
+"""Where ``ip netns add`` keeps its named namespaces (bind mounts of their ns/net)."""
+
+
+def _inode(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:  # not root, or no such process: take it as the host's
+        return None
+    return st.st_dev, st.st_ino
+
+
+def own_namespace_name() -> str | None:
+    """The name ``ip netns`` gave the network namespace this process runs in, when /run is
+    the host's (``ip netns exec``); None in the host's namespace, in an unnamed one, or where
+    /run is private (a container, a lab that mounts its own /run: its /run/netns is not the
+    host's)."""
+    ours = _inode("/proc/self/ns/net")
+    if ours is None:
+        return None
+    try:
+        names = sorted(os.listdir(NETNS_DIR))
+    except OSError:
+        return None
+    for name in names:
+        if _inode(str(NETNS_DIR / name)) == ours:
+            return name
+    return None
+
+
+def namespace_folder(base: Path) -> Path:
+    """``base``, or ``base/netns/NAME`` in a namespace that shares the host's /run."""
+    name = own_namespace_name()
+    return base if name is None else base / "netns" / name
