@@ -426,6 +426,8 @@ class Engine:
                 marker = self.persistent_demote_marker
                 marker.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
                 marker.touch(mode=0o644)
+                os.chmod(marker.parent, 0o755)  # the unit's UMask=0077 masks the modes above
+                os.chmod(marker, 0o644)
         except OSError as error:
             return f"not demoted: cannot record it in {marker}: {error.strerror}"
         return None

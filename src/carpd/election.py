@@ -34,6 +34,10 @@ ANSWER_SPACING = 0.5
 TRANSITION_BURST = 4
 TRANSITIONS_PER_SECOND = 2.0
 """Adverts may cause at most TRANSITION_BURST transitions at once, refilled at this rate."""
+LAST_RESORT_RETAKE_INTERVALS = 2
+"""An unhealthy MASTER that bowed out takes the VIP back after this many advert intervals if
+nobody has taken it (an unhealthy peer waits one)."""
+LAST_RESORT_DRAIN_SLACK = 0.1
 LAST_RESORT_ADVSKEW = 255
 """An unhealthy MASTER advertises this advskew (its advbase unchanged): it holds the VIP only as
 a last resort, and a healthy node that hears it takes over (preempt or not)."""
@@ -376,8 +380,19 @@ class VirtualHost:
         if healthy or self.state is not State.MASTER:
             return []
         bow_out: list[Action] = [self._advert(wire.BOW_OUT, wire.BOW_OUT)]
-        return bow_out + self._set_state(State.BACKUP, "unhealthy: bowing out", now,
-                                         planned=True)
+        actions = bow_out + self._set_state(State.BACKUP, "unhealthy: bowing out", now,
+                                            planned=True)
+        self._hold_as_last_resort(now)
+        return actions
+
+    def _hold_as_last_resort(self, now: float) -> None:
+        """After an unhealthy bow-out nobody may take over (a lone node, or every peer
+        unhealthy: those wait one interval).  Take the VIP back after two intervals, and keep
+        it meanwhile (the drain lasts until then), so that it is never on no node."""
+        self._master_down_at = now + LAST_RESORT_RETAKE_INTERVALS * self.params.advert_interval
+        if self._drain_until is not None:
+            self._drain_until = max(self._drain_until,
+                                    self._master_down_at + LAST_RESORT_DRAIN_SLACK)
 
     def demotion_in_force(self, now: float) -> bool:
         """A demotion (operator's or a temporary step-down) keeps this host BACKUP now."""

@@ -186,3 +186,28 @@ def test_unhealthy_master_loses_to_an_equal_healthy_master_after_a_partition() -
     cluster.rejoin(loser)
     cluster.run_for(5.0)
     assert cluster.masters() == [loser]
+
+
+def test_lone_master_turning_unhealthy_never_leaves_the_vip_on_no_node() -> None:
+    cluster = Cluster({"a": params("10.0.0.1", drain=2.0)})
+    cluster.start("a")
+    cluster.run_for(5.0)
+    cluster.clear_logs()
+    at = cluster.now
+    cluster.set_health("a", False)
+    cluster.run_for(10.0)
+    assert cluster.masters() == ["a"]
+    # back as MASTER two intervals after the bow-out, the VIP kept all along: no down script
+    assert cluster.became_master_at("a") == [at + 2.0]
+    assert Script.DOWN not in [s for _, s in cluster.scripts("a")]
+
+
+def test_an_unhealthy_peer_takes_the_vip_before_the_one_that_bowed_out_retakes_it() -> None:
+    cluster = pair(drain=2.0)
+    cluster.set_health("b", False)
+    at = cluster.now
+    cluster.set_health("a", False)
+    cluster.run_for(10.0)
+    assert cluster.masters() == ["b"]
+    assert [t for t in cluster.became_master_at("a") if t > at] == []
+    assert min(cluster.became_master_at("b")) <= at + 1.0 + 100 / 256 + 0.01
