@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := $(shell grep -v '^\s*\#' .ci/apt-packages)
 
-.PHONY: deps venv lint unit test demo bench fuzz clean
+.PHONY: deps venv lint unit test demo bench fuzz clean pyroute2-08
 
 FUZZ_FRAMES ?= 1000000
 FUZZ_SEED ?= 20261201
@@ -49,6 +49,10 @@ bench: venv
 # (make test runs a 20,000-frame slice: tests/unit/test_fuzz_slice.py).
 fuzz: venv
 	$(PY) fuzz/fuzz_core.py --frames $(FUZZ_FRAMES) --seed $(FUZZ_SEED)
+
+# The unit, engine and on-the-wire tests against pyroute2 0.8 (Debian forky's), in a venv of its own.
+pyroute2-08: venv
+	tests/compat/run_pyroute2_08.sh
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache

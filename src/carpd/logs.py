@@ -31,7 +31,11 @@ def setup(facility: str, foreground: bool, debug: bool, tag: str) -> None:
         root.addHandler(stderr)
     if to_syslog:
         syslog = syslog_handler("/dev/log", facility)
-        syslog.setFormatter(logging.Formatter(f"{tag}[{os.getpid()}]: %(message)s"))
+        # journald takes what precedes "[PID]:" as the identifier: "carpd" (`journalctl -t
+        # carpd`, as the unit's SyslogIdentifier=); the rest of the tag goes into the message.
+        ident, _, group = tag.partition("[")
+        where = f"{group.removesuffix(']')}: ".replace("%", "%%") if group else ""
+        syslog.setFormatter(logging.Formatter(f"{ident}[{os.getpid()}]: {where}%(message)s"))
         root.addHandler(syslog)
 
 
