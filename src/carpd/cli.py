@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import sys
+from collections.abc import Callable
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -45,23 +46,30 @@ def main(argv: list[str] | None = None) -> int:
     if options.daemonize:
         _daemonize()
         setup_logging(options.facility, foreground=False, debug=options.debug, tag=tag)
-    pidfile = _write_pidfile(options) if options.daemonize else None
+    pidfiles: list[Path] = []
+
+    def signals_ready() -> None:
+        # Only now: a SIGTERM sent to the pid in the file is handled (the pidfile goes too).
+        if options.daemonize:
+            pidfiles.append(_write_pidfile(options))
+
     try:
-        return _run(engine, options, source)
+        return _run(engine, options, source, signals_ready)
     finally:
-        if pidfile is not None:
+        for pidfile in pidfiles:
             with contextlib.suppress(FileNotFoundError):
                 pidfile.unlink()
 
 
-def _run(engine: Engine, options: Options, source: IPv4Address) -> int:
+def _run(engine: Engine, options: Options, source: IPv4Address,
+         signals_ready: Callable[[], None]) -> int:
     log.info("vhid %d on %s from %s, VIP %s: interval %.3f s, master down after %.3f s",
              options.vhid, options.interface, source, options.addr,
              engine.host.params.advert_interval, engine.host.params.master_down_interval)
     if options.advbase == 0:
         log.warning("advbase 0: the master-down interval is one advert interval, so one lost or "
                     "late advert makes a backup take over")
-    return engine.run()
+    return engine.run(signals_ready)
 
 
 def _source_address(options: Options) -> IPv4Address:

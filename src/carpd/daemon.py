@@ -96,10 +96,12 @@ class Engine:
         self._selector.register(self.health, selectors.EVENT_READ, self._on_health)
         self.host.set_health(self.health.healthy, now)  # before start(): only the verdict
 
-    def run(self) -> int:
+    def run(self, signals_ready: Callable[[], None] | None = None) -> int:
         watchdog = Watchdog(self.options.interface, self.options.addr)  # before any thread
         self.scripts.start()
         wakeup_read = self._install_signals()
+        if signals_ready is not None:
+            signals_ready()
         sel = self._selector
         sel.register(self.link, selectors.EVENT_READ, self._on_frames)
         sel.register(self.scripts, selectors.EVENT_READ, self._on_scripts)
