@@ -299,8 +299,10 @@ def _why_not_running(state_dir: Path, interface: str) -> str:
 def _missing_engines(state_dir: Path, interface: str | None,
                      replies: list[dict[str, Any]]) -> list[dict[str, Any]]:
     answered = {r.get("interface") for r in replies if "error" not in r}
-    # an engine of another VHID on the interface (status IFACE VHID) runs all the same
-    running = answered | {p.name.rsplit(".", 2)[0] for p in _sockets(state_dir, interface)}
+    # an engine of another VHID on the interface (status IFACE VHID) runs all the same; a
+    # socket left behind by a killed engine does not count
+    running = answered | {p.name.rsplit(".", 2)[0] for p in _sockets(state_dir, interface)
+                          if "error" not in _ask(p, {"cmd": "status"})}
     return [{"interface": name, "state": "NOT RUNNING", "error": _why_not_running(state_dir, name)}
             for name in _configured(state_dir, interface) if name not in running]
 

@@ -554,7 +554,14 @@ def migrate_node_by_node(pair: Pair, client: str, preempt: bool, tag: str,
     assert counting.most == {"a": 1, "b": 1}, \
         f"two daemons for one vhid: {counting.worst}\n{log}"
     assert both_migrating == 0.0, f"the VIP was on both nodes while migrating:\n{timeline}\n{log}"
-    assert answered_by_two == [], f"both nodes answered ARP for the VIP at " \
+    # While migrating, never.  Once both run carpd and a preempts, b learns of it from a's
+    # takeover advert and then drops ARP for the VIP (it drains): one 20 ms probe may fall in
+    # that instant.
+    a_engine = marks["a"] - vip.started
+    migrating = [t for t in answered_by_two if t < a_engine]
+    preempting = [t for t in answered_by_two if t >= a_engine]
+    assert migrating == [] and len(preempting) <= (1 if preempt else 0), \
+        f"both nodes answered ARP for the VIP at " \
         f"{[round(t, 3) for t in answered_by_two]} s:\n{timeline}\n{log}"
     assert no_node <= MAX_TIME_ON_NO_NODE, f"the VIP on no node for {no_node:.3f} s:\n" \
         f"{timeline}\n{log}"

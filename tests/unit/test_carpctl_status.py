@@ -35,6 +35,20 @@ def test_a_configured_engine_that_does_not_run_is_listed_with_the_reason(
         assert "the engine exited (exit status 1)" in out
 
 
+def test_a_configured_engine_killed_with_its_socket_left_behind_is_not_running(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+    (tmp_path / "eth9.conf").write_text("{}\n")
+    leftover = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    leftover.bind(str(tmp_path / "eth9.7.sock"))  # bound, never listening: refused
+    leftover.close()
+    code = carpctl.main(["--state-dir", str(tmp_path), "--dpkg-status", "/nonexistent",
+                         "status"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "NOT RUNNING" in out
+
+
 def test_an_interface_with_no_engine_configured_is_not_listed(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = carpctl.main(["--state-dir", str(tmp_path), "--dpkg-status", "/nonexistent",
