@@ -299,12 +299,15 @@ def _why_not_running(state_dir: Path, interface: str) -> str:
 def _missing_engines(state_dir: Path, interface: str | None,
                      replies: list[dict[str, Any]]) -> list[dict[str, Any]]:
     answered = {r.get("interface") for r in replies if "error" not in r}
-    # an engine of another VHID on the interface (status IFACE VHID) runs all the same; a
-    # socket left behind by a killed engine does not count
-    running = answered | {p.name.rsplit(".", 2)[0] for p in _sockets(state_dir, interface)
-                          if "error" not in _ask(p, {"cmd": "status"})}
     return [{"interface": name, "state": "NOT RUNNING", "error": _why_not_running(state_dir, name)}
-            for name in _configured(state_dir, interface) if name not in running]
+            for name in _configured(state_dir, interface)
+            if name not in answered and not _answers(state_dir, name)]
+
+
+def _answers(state_dir: Path, interface: str) -> bool:
+    """An engine of the interface answers (one of another VHID than `status IFACE VHID` asked
+    runs all the same; a socket left behind by a killed engine does not count)."""
+    return any("error" not in _ask(p, {"cmd": "status"}) for p in _sockets(state_dir, interface))
 
 
 def _no_engine(args: argparse.Namespace) -> int:
