@@ -46,7 +46,7 @@ from typing import Any
 
 from carpd import netlink
 from carpd.logs import RateLimiter
-from carpd.scripts import OUTPUT_GRACE, _dies_with_us, _let_go, _Output
+from carpd.scripts import OUTPUT_GRACE, Output, dies_with_us, let_go
 
 log = logging.getLogger("carpd")
 
@@ -246,7 +246,7 @@ class Health:
 
     def _run(self, argv: tuple[str, ...]) -> tuple[int | None, str] | None:
         """Run a check once: (exit status or None if timed out, output); None if stopping."""
-        command = _dies_with_us(list(argv))
+        command = dies_with_us(list(argv))
         try:
             read_fd, write_fd = os.pipe()
         except OSError as error:
@@ -264,7 +264,7 @@ class Health:
         return self._collect(proc, read_fd)
 
     def _collect(self, proc: subprocess.Popen[bytes], read_fd: int) -> tuple[int | None, str]:
-        output = _Output()
+        output = Output()
         try:
             returncode = _wait(proc, read_fd, output, self._timeout)
         except OSError as error:  # say, out of file descriptors for the pidfd
@@ -274,7 +274,7 @@ class Health:
         finally:
             with self._procs_lock:
                 self._running.pop(proc.pid, None)
-            _let_go(read_fd, output.closed)
+            let_go(read_fd, output.closed)
         return returncode, output.kept.decode(errors="replace").strip()[-OUTPUT_KEPT:]
 
     def _spawn(self, command: list[str], write_fd: int) -> subprocess.Popen[bytes] | None:
@@ -362,7 +362,7 @@ class Health:
                 log.warning("tracked interface %s: %s", check.name, check.output)
 
 
-def _wait(proc: subprocess.Popen[bytes], read_fd: int, output: _Output,
+def _wait(proc: subprocess.Popen[bytes], read_fd: int, output: Output,
           timeout: float) -> int | None:
     """Wait for a check's own process to end (not for its output to close: a child it left
     behind may hold that), reading its output; past ``timeout`` kill its process group and

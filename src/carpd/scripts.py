@@ -140,18 +140,18 @@ class ScriptRunner:
         log.info("running %s", " ".join(argv))
         read_fd, write_fd = os.pipe()
         try:
-            proc = subprocess.Popen(_dies_with_us(argv), stdin=subprocess.DEVNULL,
+            proc = subprocess.Popen(dies_with_us(argv), stdin=subprocess.DEVNULL,
                                     stdout=write_fd, stderr=write_fd, start_new_session=True)
         except OSError as error:
             log.error("cannot run %s: %s", argv[0], error.strerror)
             return 127
         finally:
             os.close(write_fd)
-        output = _Output()
+        output = Output()
         try:
             returncode = self._wait(proc, read_fd, output)
         finally:
-            _let_go(read_fd, output.closed)
+            let_go(read_fd, output.closed)
         self._log_output(argv[0], output.text())
         if returncode is None:
             log.error("%s killed: it ran past its %.0f s or the state it was for had passed "
@@ -161,7 +161,7 @@ class ScriptRunner:
         return returncode
 
     def _wait(self, proc: subprocess.Popen[bytes], read_fd: int,
-              output: _Output) -> int | None:
+              output: Output) -> int | None:
         deadline = time.monotonic() + self._timeout
         ended = os.pidfd_open(proc.pid)  # readable once the script's own process has ended
         try:
@@ -198,7 +198,7 @@ class ScriptRunner:
             log.info("%s: %s", Path(name).name, line)
 
 
-class _Output:
+class Output:
     """A script's output: the first MAX_OUTPUT bytes kept, the rest read and counted."""
 
     def __init__(self) -> None:
@@ -231,7 +231,7 @@ class _Output:
         return text
 
 
-def _dies_with_us(argv: list[str]) -> list[str]:
+def dies_with_us(argv: list[str]) -> list[str]:
     """The script (not what it starts) is killed if the engine dies while it runs: a dead
     engine's up script must not add the VIP after the release has removed it.  setpriv
     (util-linux, essential) sets the parent-death signal, then execs the script itself."""
@@ -255,7 +255,7 @@ def _setpriv_works() -> bool:
     return probe.returncode == 0
 
 
-def _let_go(read_fd: int, closed: bool) -> None:
+def let_go(read_fd: int, closed: bool) -> None:
     """Close our end of a script's output, or, if a process it left behind still holds the
     other end, read and discard on a thread until that process closes it: closing now would
     kill it with SIGPIPE at its next write."""
