@@ -17,13 +17,13 @@ from pkgtools import (
     NEEDS,
     NET,
     STAGES,
-    Booted,
     Built,
     Installed,
     Node,
     Overlay,
     Pair,
     Stage,
+    boot_node_a,
     clean_env,
     copy_tree,
     debootstrap,
@@ -31,6 +31,7 @@ from pkgtools import (
     forbid_service_starts,
     in_root,
     interfaces_file,
+    power_off,
     run,
 )
 
@@ -247,33 +248,16 @@ def systemd_pair(built: Built, installed: Installed, trixie_systemd: Path,
         with Stage("apt-get install ./carpd_*.deb in booted-to-be trixie (deps already there)"):
             in_root(root, ["apt-get", "install", "-y", "-q", "--no-install-recommends",
                            deb])
-        (root / "usr/sbin/policy-rc.d").unlink()
-        (root / "etc/hostname").write_text("carpd-a\n")
-        (root / "etc/network/interfaces").write_text(
-            "auto lo\niface lo inet loopback\n\nauto eth0\n"
-            + interfaces_file(f"{NET}.11", 0, True))
-        netns = lab.node_netns("a")
-        console = tmp_path / "console.log"
-        with console.open("wb") as out:
-            nspawn = subprocess.Popen(
-                ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--boot",
-                 "--capability=CAP_NET_ADMIN,CAP_NET_RAW",
-                 f"--network-namespace-path=/run/netns/{netns}", "-D", str(root)],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                env={"PATH": CLEAN_PATH, "SYSTEMD_NSPAWN_TMPFS_TMP": "0"})
-        a = Booted("a", netns, overlay, nspawn, console, deb)
+        a = boot_node_a(overlay, lab.node_netns("a"), tmp_path / "console.log", "carpd-a",
+                        deb)
+        nspawn = a.nspawn
         b = chroot_node(lab, installed, tmp_path, "b", 12, 100, False)
         yield Pair(a, b)
     finally:
         if b is not None:
             b.stop_everything()
         if nspawn is not None:
-            nspawn.terminate()  # the container powers off
-            try:
-                nspawn.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                nspawn.kill()
-                nspawn.wait()
+            power_off(nspawn)
         lab.close()
         if b is not None:
             b.overlay.unmount()

@@ -511,3 +511,33 @@ class Booted:
                 return
             time.sleep(0.2)
         raise AssertionError(f"after {timeout} s, not {what}:\n{self.console_tail()}")
+
+
+def boot_node_a(overlay: Overlay, netns: str, console: Path, hostname: str,
+                deb_in_root: str) -> Booted:
+    """Boot the trixie in ``overlay`` (its policy-rc.d lifted, eth0 as node a's: 192.0.2.11,
+    advskew 0, preempt) under systemd-nspawn in ``netns``, its console in ``console``."""
+    root = overlay.root
+    (root / "usr/sbin/policy-rc.d").unlink()
+    (root / "etc/hostname").write_text(f"{hostname}\n")
+    (root / "etc/network/interfaces").write_text(
+        "auto lo\niface lo inet loopback\n\nauto eth0\n"
+        + interfaces_file(f"{NET}.11", 0, True))
+    with console.open("wb") as out:
+        nspawn = subprocess.Popen(
+            ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--boot",
+             "--capability=CAP_NET_ADMIN,CAP_NET_RAW",
+             f"--network-namespace-path=/run/netns/{netns}", "-D", str(root)],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            env={"PATH": CLEAN_PATH, "SYSTEMD_NSPAWN_TMPFS_TMP": "0"})
+    return Booted("a", netns, overlay, nspawn, console, deb_in_root)
+
+
+def power_off(nspawn: subprocess.Popen[bytes]) -> None:
+    """Stop a booted container (SIGTERM powers it off), killing it after a minute."""
+    nspawn.terminate()
+    try:
+        nspawn.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        nspawn.kill()
+        nspawn.wait()

@@ -36,9 +36,11 @@ from pkgtools import (
     Overlay,
     Pair,
     Stage,
+    boot_node_a,
     forbid_service_starts,
     in_root,
     interfaces_file,
+    power_off,
     record,
 )
 
@@ -674,21 +676,9 @@ def ucarp_systemd_pair(built: Built, trixie_systemd: Path, ucarp_layer: UcarpLay
         with Stage("migrate (systemd): apt-get install ucarp in booted-to-be trixie"):
             in_root(root, ["apt-get", "install", "-y", "-q", "--no-install-recommends",
                            "ucarp"], timeout=600)
-        (root / "usr/sbin/policy-rc.d").unlink()
-        (root / "etc/hostname").write_text("ucarp-a\n")
-        (root / "etc/network/interfaces").write_text(
-            "auto lo\niface lo inet loopback\n\nauto eth0\n"
-            + interfaces_file(f"{NET}.11", 0, True))
-        netns = lab.node_netns("a")
-        console = tmp_path / "console.log"
-        with console.open("wb") as out:
-            nspawn = subprocess.Popen(
-                ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--boot",
-                 "--capability=CAP_NET_ADMIN,CAP_NET_RAW",
-                 f"--network-namespace-path=/run/netns/{netns}", "-D", str(root)],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "SYSTEMD_NSPAWN_TMPFS_TMP": "0"})
-        a = Booted("a", netns, overlay, nspawn, console, deb)
+        a = boot_node_a(overlay, lab.node_netns("a"), tmp_path / "console.log", "ucarp-a",
+                        deb)
+        nspawn = a.nspawn
         b = _ucarp_node(lab, ucarp_layer, tmp_path, "b", 12, 100, False)
         client = lab.node_netns("c")
         subprocess.run(["ip", "-n", client, "link", "set", "eth0", "up"], check=True)
@@ -697,12 +687,7 @@ def ucarp_systemd_pair(built: Built, trixie_systemd: Path, ucarp_layer: UcarpLay
         if b is not None:
             b.stop_everything()
         if nspawn is not None:
-            nspawn.terminate()  # the container powers off
-            try:
-                nspawn.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                nspawn.kill()
-                nspawn.wait()
+            power_off(nspawn)
         lab.close()
         if b is not None:
             b.overlay.unmount()

@@ -31,7 +31,6 @@ from pathlib import Path
 import pytest
 from pkgtools import (
     CACHE,
-    CLEAN_PATH,
     HANDOVER,
     NET,
     REPO,
@@ -43,9 +42,10 @@ from pkgtools import (
     Pair,
     Stage,
     VipWatch,
+    boot_node_a,
     forbid_service_starts,
     in_root,
-    interfaces_file,
+    power_off,
     record,
     run,
 )
@@ -418,33 +418,16 @@ def old_systemd_pair(old_deb: Path, new_deb: Path, installed: Installed, trixie_
         forbid_service_starts(root)
         with Stage("upgrade: dpkg -i 0.1.0 in booted-to-be trixie"):
             in_root(root, ["dpkg", "-i", OLD_IN_ROOT])
-        (root / "usr/sbin/policy-rc.d").unlink()
-        (root / "etc/hostname").write_text("carpd-a\n")
-        (root / "etc/network/interfaces").write_text(
-            "auto lo\niface lo inet loopback\n\nauto eth0\n"
-            + interfaces_file(f"{NET}.11", 0, True))
-        netns = lab.node_netns("a")
-        console = tmp_path / "console.log"
-        with console.open("wb") as out:
-            nspawn = subprocess.Popen(
-                ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--boot",
-                 "--capability=CAP_NET_ADMIN,CAP_NET_RAW",
-                 f"--network-namespace-path=/run/netns/{netns}", "-D", str(root)],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                env={"PATH": CLEAN_PATH, "SYSTEMD_NSPAWN_TMPFS_TMP": "0"})
-        a = Booted("a", netns, overlay, nspawn, console, OLD_IN_ROOT)
+        a = boot_node_a(overlay, lab.node_netns("a"), tmp_path / "console.log", "carpd-a",
+                        OLD_IN_ROOT)
+        nspawn = a.nspawn
         b = chroot_node(lab, installed, tmp_path, "b", 12, 100, False)
         yield Pair(a, b)
     finally:
         if b is not None:
             b.stop_everything()
         if nspawn is not None:
-            nspawn.terminate()
-            try:
-                nspawn.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                nspawn.kill()
-                nspawn.wait()
+            power_off(nspawn)
         lab.close()
         if b is not None:
             b.overlay.unmount()
