@@ -273,7 +273,10 @@ def daemons(host: Node | Booted) -> list[int]:
     """CARP daemons on the node (the pair has one vhid): ucarp's and carpd's engines, but not
     their children (a script forked and not yet exec'd has its parent's command line)."""
     pids = ucarp_daemons(host) + engines(host)
-    return [pid for pid in pids if _parent(pid) not in pids]
+    # a pid whose parent cannot be read any more has ended since it was listed: a child forked
+    # with its parent's command line that exec'd and exited at once (setpriv's probe), not a
+    # daemon
+    return [pid for pid in pids if (parent := _parent(pid)) != 0 and parent not in pids]
 
 
 @dataclass
