@@ -232,8 +232,9 @@ class Ifupdown:
     node's own /run (kept across calls: ifupdown's state in /run/network, also used by the
     ``ifup IFACE:ucarp`` of Debian's vip-up/vip-down, and /run/carpd), and hook folders holding
     only the hooks given.  With ``carpd_commands``, carpd, carpd-ifupdown and carpctl from this
-    tree are on PATH in /usr/local/sbin and its share/ is /usr/share/carpd, as the package
-    installs them.  The host's /etc/network, /run and interfaces are never touched."""
+    tree are on PATH in /usr/local/sbin, carpd-ifupdown is in /usr/libexec/carpd and its share/ is
+    /usr/share/carpd, as the package installs them.  The host's /etc/network, /run and
+    interfaces are never touched."""
 
     def __init__(self, ns: str, directory: Path, interfaces: str,
                  hooks: Mapping[str, Sequence[Path]], carpd_commands: bool = False,
@@ -266,6 +267,10 @@ class Ifupdown:
                 wrapper.write_text(f"#!{sys.executable}\nimport sys\n{first}{source}\n"
                                    "sys.exit(main())\n")
                 wrapper.chmod(0o755)
+            libexec = directory / "libexec" / "carpd"  # the hooks run carpd-ifupdown from here
+            libexec.mkdir(parents=True, exist_ok=True)
+            if not (libexec / "carpd-ifupdown").exists():
+                (libexec / "carpd-ifupdown").symlink_to(directory / "bin" / "carpd-ifupdown")
             (directory / "share").mkdir(exist_ok=True)
             link = directory / "share" / "carpd"
             if not link.exists():
@@ -280,7 +285,9 @@ class Ifupdown:
         if self.carpd_commands:
             lines += [f"mount --bind {self.directory / 'bin'} /usr/local/sbin",
                       "mount -t overlay overlay -o "
-                      f"lowerdir={self.directory / 'share'}:/usr/share /usr/share"]
+                      f"lowerdir={self.directory / 'share'}:/usr/share /usr/share",
+                      "mount -t overlay overlay -o "
+                      f"lowerdir={self.directory / 'libexec'}:/usr/libexec /usr/libexec"]
         return "\n".join([*lines, 'exec "$@"', ""])
 
     def argv(self, *command: str) -> list[str]:
