@@ -33,6 +33,7 @@ from itertools import pairwise
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lab"))
 
 from netns import CARPD, PASSWORD, UCARP, Network, Node
 

@@ -675,7 +675,12 @@ class VirtualHost:
 
     def _send_ad(self, now: float) -> list[Action]:
         actions: list[Action] = [self._advert(self.params.advbase, self._advskew())]
-        self._setrun(now)
+        due = self._timers.get(Timer.ADVERT)
+        # Counted from when it was due, not from when the loop got to it: a loop busy with
+        # many groups must not make every interval longer (a late turn is not caught up).
+        late = now - due if due is not None and 0 <= now - due < self.params.advert_interval \
+            else 0.0
+        self._setrun(now - late)
         if self._garp_at_advert is not None and self.sent >= self._garp_at_advert:
             self._garp_at_advert = None
             actions.append(SendGratuitousArp())

@@ -43,6 +43,11 @@ class Port(Protocol):
 
     def send(self, frame: bytes) -> None: ...
 
+    def interface_info(self, ifname: str) -> netlink.InterfaceInfo:
+        """What the kernel says of ``ifname`` (read once per loop turn: 255 groups announcing
+        at once must not dump the addresses 255 times)."""
+        ...
+
 
 class VipPort:
     """Gratuitous ARP on the VIP's own interface, when the adverts go out on another
@@ -244,7 +249,7 @@ class Group:
         group's script_interface)."""
         addresses = [self.vip]
         with contextlib.suppress(LookupError, OSError):
-            info = netlink.interface_info(self.options.vip_on)
+            info = self.port.interface_info(self.options.vip_on)
             label = alias_label(self.options.scripts_interface)
             addresses += [a for a in info.labelled(label) if a != self.vip]
         for address in addresses:

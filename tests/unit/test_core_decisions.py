@@ -189,3 +189,14 @@ def test_no_input_ever_makes_an_init_to_init_transition() -> None:
                 seen += vh.handle_timer(now)
         assert not [a for a in seen if isinstance(a, Transition)
                     and a.old is a.new is State.INIT]
+
+
+def test_a_late_loop_turn_does_not_push_the_next_advert_back() -> None:
+    vh, now = master()
+    due = vh.next_deadline()
+    assert due is not None
+    vh.handle_timer(due + 0.004)  # the loop got to it 4 ms late (255 groups sending)
+    assert vh.next_deadline() == due + vh.params.advert_interval
+    later = due + vh.params.advert_interval
+    vh.handle_timer(later + 5.0)  # a stalled engine is not caught up with a burst
+    assert vh.next_deadline() == later + 5.0 + vh.params.advert_interval
