@@ -14,7 +14,7 @@ Once all are MASTER the case is measured for SECONDS:
 Goals (issue 9): one group at most 30 MB PSS, N=255 groups at most 40 MB, every advert within
 5 ms of its schedule.  Every namespace and process this starts is removed at the end.
 
-    .venv/bin/python bench/scale.py [--groups 255] [--seconds 60] [--quick] [--json out.json]
+    .venv/bin/python -m bench.scale [--groups 255] [--seconds 60] [--quick] [--json out.json]
 """
 
 from __future__ import annotations
@@ -32,13 +32,9 @@ from ipaddress import IPv4Address
 from itertools import pairwise
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lab"))
-
-from netns import CARPD, PASSWORD, UCARP, Network, Node
-
+from bench.common import machine_line, run_seconds, table, wait_until, write_json
 from carpd import control
-from common import machine_line, run_seconds, table, wait_until, write_json
+from lab.netns import CARPD, PASSWORD, UCARP, Network, Node
 
 GOALS_MB = {1: 30.0, 255: 40.0}
 ADVERT_GOAL_MS = 5.0

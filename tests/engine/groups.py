@@ -11,9 +11,8 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
-from netns import CARPD, PASSWORD, Daemon, Event, Network, Node
-
 from carpd import control
+from lab.netns import CARPD, PASSWORD, Daemon, Event, Network, Node
 
 VIPS = {1: IPv4Address("10.9.1.101"), 2: IPv4Address("10.9.1.102"),
         3: IPv4Address("10.9.1.103")}

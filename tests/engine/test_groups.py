@@ -18,9 +18,9 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 from groups import VIPS, GroupsEngine, group, start_groups
-from netns import Network, Node, in_netns, wait_for
 
 from carpd import control
+from lab.netns import Network, Node, in_netns, wait_for
 
 
 def holds(node: Node, vhid: int) -> bool:
