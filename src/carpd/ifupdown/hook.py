@@ -388,9 +388,10 @@ def _wait_ready(paths: Paths, supervisor: subprocess.Popen[bytes], sockets: list
 def _engine_pid(reply: Mapping[str, Any]) -> int:
     """The pid in a status reply: one group's, or the first of the "groups"."""
     groups = reply.get("groups")
-    if isinstance(groups, list) and groups and isinstance(groups[0], dict):
+    if "pid" not in reply and isinstance(groups, list) and groups and \
+            isinstance(groups[0], dict):
         reply = groups[0]
-    return int(reply.get("pid", reply.get("engine_pid", 0)) or 0)
+    return int(reply.get("pid", 0) or 0)
 
 
 def _failure(paths: Paths, what: str) -> str:
@@ -455,7 +456,9 @@ def _running_vhids(sockets: list[Path]) -> frozenset[int]:
             continue
         groups = reply.get("groups")
         listed = groups if isinstance(groups, list) else [reply]
-        return frozenset(int(g.get("vhid", 0)) for g in listed if isinstance(g, dict))
+        stopping = reply.get("stopping")  # removed, still bowing out, draining, running down
+        return frozenset([*(int(g.get("vhid", 0)) for g in listed if isinstance(g, dict)),
+                          *(int(v) for v in (stopping if isinstance(stopping, list) else []))])
     return frozenset()
 
 
