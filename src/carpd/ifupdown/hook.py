@@ -230,16 +230,24 @@ def refusal(stanza: Stanza, group: Group, data: Mapping[str, Any] | None,
                 f"vhid {group.vhid} already runs on {paths_name(data)}, brought up by "
                 f"'iface {owner.stanza}'{at}: each group of an interface needs a vhid of its "
                 f"own (or take that one down first: ifdown {owner.stanza})")
-    running = runtime.interface_settings(data)
-    wanted = runtime.interface_conf(group.options)
-    differ = sorted(k for k in set(running) | set(wanted) if running.get(k) != wanted.get(k))
-    if differ:
+    differ = _settings_changed(data, group)
+    others = [v for v in runtime.conf_vhids(data) if v != group.vhid]
+    if differ and others:
+        running = runtime.interface_settings(data)
+        wanted = runtime.interface_conf(group.options)
         return (f"{stanza}: {', '.join(differ)}: {running.get(differ[0])!r} for the groups "
                 f"running on {paths_name(data)} (vhid "
                 f"{', '.join(str(v) for v in runtime.conf_vhids(data))}), "
                 f"{wanted.get(differ[0])!r} here: one engine runs all the groups of an "
                 "interface: give them all the same value")
     return None
+
+
+def _settings_changed(data: Mapping[str, Any], group: Group) -> list[str]:
+    """The interface-wide settings in which ``group`` differs from the running engine's."""
+    running = runtime.interface_settings(data)
+    wanted = runtime.interface_conf(group.options)
+    return sorted(k for k in set(running) | set(wanted) if running.get(k) != wanted.get(k))
 
 
 def paths_name(data: Mapping[str, Any]) -> str:
@@ -265,14 +273,24 @@ def _add(paths: Paths, stanza: Stanza, group: Group, env_file: str,
         runtime.write_private(paths.owners, runtime.owners_text(owners), mode=0o644)
         say(f"{paths.interface}: already running; left alone (vhid {group.vhid}, {stanza})")
         return False
+    if running and data is not None and _settings_changed(data, group):
+        # only this group runs (refusal() said so): a reload cannot change what is one per
+        # engine (the socket, the filter, the log)
+        say(f"{paths.interface}: options changed: restarting the engine")
+        _stop(paths)
+        running, data, owners = False, None, {group.vhid: owners[group.vhid]}
+        wanted = runtime.conf_with(None, group)
     if running and not same_env:
         say(f"{paths.interface}: run by another ifup (-i or --state-dir): restarting the "
             "engine")
         _stop(paths)
         running = False
     if running and data is not None:
+        known = group.vhid in runtime.conf_vhids(data)
         _reload(paths, data, wanted, owners)
-        say(f"{stanza}: vhid {group.vhid} added to the engine of {paths.interface}")
+        say(f"{stanza}: options changed: vhid {group.vhid} restarted in the engine of "
+            f"{paths.interface}" if known else
+            f"{stanza}: vhid {group.vhid} added to the engine of {paths.interface}")
         return True
     runtime.write_private(paths.conf, runtime.dumps(wanted))
     runtime.write_private(paths.env, env_file, mode=0o644)
@@ -355,6 +373,8 @@ def _systemctl(*args: str) -> None:
 def _spawn_supervisor(paths: Paths, env: Mapping[str, str]) -> subprocess.Popen[bytes]:
     # a clean environment: the hook's holds the password (IF_UCARP_PASSWORD)
     clean = {"PATH": env.get("PATH", os.defpath), "LANG": "C.UTF-8"}
+    if os.environ.get("PYTHONPATH"):  # the supervisor runs the same carpd as the hook
+        clean["PYTHONPATH"] = os.environ["PYTHONPATH"]
     log = os.open(paths.log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o640)
     try:
         return subprocess.Popen(

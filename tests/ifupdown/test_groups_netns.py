@@ -1,0 +1,150 @@
+"""Several VIP groups per interface through the real ifup/ifdown and carpd's hooks (issue 9):
+Debian's alias form active-active on two nodes, carpd's repeated stanzas, a duplicate vhid
+refused before anything starts."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+from ifnodes import PASSWORD, Lab, Node, wait_for
+
+pytestmark = pytest.mark.netns
+
+ELECTION = 15.0
+VIPS = {1: "10.77.0.101", 2: "10.77.0.102"}
+
+
+def debian_alias_form(number: int, skews: dict[int, int]) -> str:
+    """Node ``number``'s file: eth0 plain, one alias stanza per group with an address of its
+    own (the group's source), and the eth0:N:ucarp stanzas MASTER brings up."""
+    text = textwrap.dedent(f"""\
+        auto eth0
+        iface eth0 inet static
+            address 10.77.0.{10 + number}/24
+        """)
+    for vhid, vip in VIPS.items():
+        text += textwrap.dedent(f"""
+            iface eth0:{vhid} inet static
+                address 10.77.0.{10 * vhid + 20 + number}/24
+                ucarp-vid {vhid}
+                ucarp-vip {vip}
+                ucarp-password {PASSWORD}{vhid}
+                ucarp-advskew {skews[vhid]}
+                ucarp-master yes
+
+            iface eth0:{vhid}:ucarp inet static
+                address {vip}/32
+            """)
+    return text
+
+
+def _ok(result: object, node: Node) -> None:
+    returncode = getattr(result, "returncode", 1)
+    assert returncode == 0, (getattr(result, "stderr", ""), node.log())
+
+
+def _holders(nodes: list[Node], vip: str) -> list[tuple[str, str]]:
+    return [(n.name, n.addresses()[vip]) for n in nodes if vip in n.addresses()]
+
+
+def _conf(node: Node) -> dict[str, object]:
+    data: dict[str, object] = json.loads((node.run_dir / "carpd" / "eth0.conf").read_text())
+    return data
+
+
+def _vhids(node: Node) -> list[int]:
+    groups = _conf(node).get("groups")
+    assert isinstance(groups, list)
+    return [int(g["vhid"]) for g in groups]
+
+
+def test_two_nodes_two_alias_groups_active_active_and_ifdown_of_one_alias_moves_it_alone(
+        lab: Lab) -> None:
+    first, second = lab.node(), lab.node()
+    first.write_interfaces(debian_alias_form(1, {1: 0, 2: 100}))
+    second.write_interfaces(debian_alias_form(2, {1: 100, 2: 0}))
+    nodes = [first, second]
+    for node in nodes:
+        for name in ("eth0", "eth0:1", "eth0:2"):
+            _ok(node.ifup(name), node)
+    assert wait_for(lambda: _holders(nodes, VIPS[1]) == [("n1", "eth0:1:ucarp")]
+                    and _holders(nodes, VIPS[2]) == [("n2", "eth0:2:ucarp")], ELECTION), (
+        [n.addresses() for n in nodes], [n.log() for n in nodes])
+    engines = {n.name: n.engines() for n in nodes}
+    assert all(len(pids) == 1 for pids in engines.values()), engines  # one engine per node
+    assert _vhids(first) == [1, 2] and _vhids(second) == [1, 2]
+
+    _ok(first.ifdown("eth0:1"), first)
+    assert wait_for(lambda: _holders(nodes, VIPS[1]) == [("n2", "eth0:1:ucarp")], 5.0), (
+        [n.addresses() for n in nodes], first.log())
+    assert _holders(nodes, VIPS[2]) == [("n2", "eth0:2:ucarp")]
+    assert {n.name: n.engines() for n in nodes} == engines  # nothing restarted
+    assert _vhids(first) == [2]
+    assert "eth0:1" not in (first.state / "ifstate").read_text()
+
+    _ok(first.ifup("eth0:1"), first)  # back: it preempts its group again, alone
+    assert wait_for(lambda: _holders(nodes, VIPS[1]) == [("n1", "eth0:1:ucarp")], ELECTION), (
+        [n.addresses() for n in nodes], first.log())
+    assert _holders(nodes, VIPS[2]) == [("n2", "eth0:2:ucarp")]
+    assert {n.name: n.engines() for n in nodes} == engines
+    assert _vhids(first) == [1, 2]
+
+    for name in ("eth0:2", "eth0:1"):  # the last group's ifdown stops the engine
+        _ok(first.ifdown(name), first)
+    assert first.engines() == [] and first.supervisors() == []
+    assert not (first.run_dir / "carpd" / "eth0.conf").exists()
+    assert _holders(nodes, VIPS[1]) == [("n2", "eth0:1:ucarp")]
+
+
+NATIVE = textwrap.dedent(f"""\
+    auto eth0
+    iface eth0 inet static
+        address 10.77.0.11/24
+        ucarp-vid 1
+        ucarp-vip {VIPS[1]}
+        ucarp-password {PASSWORD}
+        ucarp-alias eth0:web
+
+    iface eth0 inet manual
+        ucarp-vid 2
+        ucarp-vip {VIPS[2]}
+        ucarp-password {PASSWORD}
+        ucarp-alias eth0:db
+
+    iface eth0:web:ucarp inet static
+        address {VIPS[1]}/32
+
+    iface eth0:db:ucarp inet static
+        address {VIPS[2]}/32
+    """)
+
+
+def test_repeated_stanzas_of_one_interface_run_every_group_in_one_engine(lab: Lab) -> None:
+    node = lab.node()
+    node.write_interfaces(NATIVE)
+    _ok(node.ifup("eth0"), node)
+    assert wait_for(lambda: _holders([node], VIPS[1]) == [("n1", "eth0:web:ucarp")]
+                    and _holders([node], VIPS[2]) == [("n1", "eth0:db:ucarp")], ELECTION), (
+        node.addresses(), node.log())
+    assert len(node.engines()) == 1
+    assert _vhids(node) == [1, 2]
+    _ok(node.ifdown("eth0"), node)
+    assert node.engines() == [] and node.supervisors() == []
+    assert VIPS[1] not in node.addresses() and VIPS[2] not in node.addresses()
+
+
+def test_the_same_vhid_on_two_aliases_fails_ifup_naming_both_and_starts_nothing(
+        lab: Lab) -> None:
+    node = lab.node()
+    node.write_interfaces(debian_alias_form(1, {1: 0, 2: 100}).replace(
+        "ucarp-vid 2", "ucarp-vid 1"))
+    _ok(node.ifup("eth0"), node)
+    result = node.ifup("eth0:1")
+    assert result.returncode != 0
+    path = node.interfaces
+    assert (f"{path}:16: iface eth0:2 inet static: ucarp-vid: '1': vhid 1 on eth0 again, first "
+            f"at {path}:5 (iface eth0:1 inet static)") in result.stderr, result.stderr
+    assert node.engines() == [] and node.supervisors() == []
+    assert not (node.run_dir / "carpd" / "eth0.conf").exists()
