@@ -370,9 +370,11 @@ def _metrics_engines(state_dir: Path, interface: str | None) -> list[metrics.Eng
             continue
         # one that does not answer (a killed engine leaves its socket): what its conf says
         name, vhid = _socket_name(path)
-        conf = dict(_conf_groups(state_dir / f"{name}.conf"))
-        vip = conf.get(vhid) if vhid is not None else None
-        found.append(metrics.Engine(name, vhid, vip, reply))
+        groups = _conf_groups(state_dir / f"{name}.conf")
+        if vhid is None:  # the engine's own IFACE.sock: every group its conf names
+            found += [metrics.Engine(name, group, vip, reply) for group, vip in groups]
+            continue
+        found.append(metrics.Engine(name, vhid, dict(groups).get(vhid), reply))
     running = {engine.interface for engine in found}
     for name in _configured(state_dir, interface):
         if name not in running:
