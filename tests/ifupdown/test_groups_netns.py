@@ -5,7 +5,10 @@ refused before anything starts."""
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 import textwrap
+import threading
 
 import pytest
 from ifnodes import PASSWORD, Lab, Node, wait_for
@@ -46,7 +49,9 @@ def _ok(result: object, node: Node) -> None:
 
 
 def _holders(nodes: list[Node], vip: str) -> list[tuple[str, str]]:
-    return [(n.name, n.addresses()[vip]) for n in nodes if vip in n.addresses()]
+    """(node, label) of each node holding ``vip`` (one look at each node's addresses)."""
+    seen = [(n.name, n.addresses()) for n in nodes]
+    return [(name, addresses[vip]) for name, addresses in seen if vip in addresses]
 
 
 def _conf(node: Node) -> dict[str, object]:
@@ -148,3 +153,86 @@ def test_the_same_vhid_on_two_aliases_fails_ifup_naming_both_and_starts_nothing(
             f"at {path}:5 (iface eth0:1 inet static)") in result.stderr, result.stderr
     assert node.engines() == [] and node.supervisors() == []
     assert not (node.run_dir / "carpd" / "eth0.conf").exists()
+
+
+def _cut(lab: Lab, node: Node, up: bool) -> None:
+    """The node's cable, at the switch: its death (no adverts either way), and its return."""
+    port = f"p{node.name.removeprefix('n')}"
+    subprocess.run(["ip", "-n", lab.switch, "link", "set", port, "up" if up else "down"],
+                   check=True, timeout=10)
+
+
+def _bring_up(nodes: list[Node], skews: list[dict[int, int]]) -> None:
+    for number, (node, skew) in enumerate(zip(nodes, skews, strict=True), start=1):
+        node.write_interfaces(debian_alias_form(number, skew))
+        for name in ("eth0", "eth0:1", "eth0:2"):
+            _ok(node.ifup(name), node)
+
+
+def _expect(nodes: list[Node], masters: dict[int, str], timeout: float = ELECTION) -> None:
+    assert wait_for(lambda: all(_holders(nodes, VIPS[v]) == [(m, f"eth0:{v}:ucarp")]
+                                for v, m in masters.items()), timeout), (
+        masters, [n.addresses() for n in nodes], [n.log() for n in nodes])
+
+
+def test_active_active_node_death_moves_both_groups_and_its_return_restores_both(
+        lab: Lab) -> None:
+    first, second = lab.node(), lab.node()
+    nodes = [first, second]
+    _bring_up(nodes, [{1: 0, 2: 100}, {1: 100, 2: 0}])
+    _expect(nodes, {1: "n1", 2: "n2"})
+    engines = second.engines()
+    _cut(lab, first, up=False)
+    _expect([second], {1: "n2", 2: "n2"})
+    _cut(lab, first, up=True)
+    _expect(nodes, {1: "n1", 2: "n2"})  # ucarp-master yes: n1 preempts its group back
+    assert second.engines() == engines
+
+
+def test_active_active_passive_the_spare_takes_whichever_group_fails(lab: Lab) -> None:
+    nodes = [lab.node(), lab.node(), lab.node()]
+    _bring_up(nodes, [{1: 0, 2: 200}, {1: 200, 2: 0}, {1: 100, 2: 100}])
+    _expect(nodes, {1: "n1", 2: "n2"})
+    _cut(lab, nodes[0], up=False)
+    _expect(nodes[1:], {1: "n3", 2: "n2"})
+    _cut(lab, nodes[0], up=True)
+    _expect(nodes, {1: "n1", 2: "n2"})
+    _cut(lab, nodes[1], up=False)
+    _expect([nodes[0], nodes[2]], {1: "n1", 2: "n3"})
+
+
+MANY = [f"10.77.1.{n}" for n in range(1, 100)]
+
+
+def test_a_group_whose_alias_holds_a_hundred_vips_announces_and_releases_them_all(
+        lab: Lab) -> None:
+    node = lab.node()
+    extra = "".join(f"    up ip addr add {a}/32 dev eth0 label eth0:1:ucarp\n" for a in MANY)
+    text = debian_alias_form(1, {1: 0, 2: 0}).replace(
+        f"    address {VIPS[1]}/32\n", f"    address {VIPS[1]}/32\n{extra}", 1)
+    node.write_interfaces(text)
+    sniffer = lab.sniff_arp()
+    lines: list[str] = []
+    assert sniffer.stdout is not None
+    reader = threading.Thread(target=lambda: lines.extend(iter(sniffer.stdout.readline, "")),
+                              daemon=True)
+    reader.start()
+    for name in ("eth0", "eth0:1", "eth0:2"):
+        _ok(node.ifup(name), node)
+    wanted = {VIPS[1], *MANY}
+    assert wait_for(lambda: wanted <= set(node.addresses()), ELECTION), node.log()
+
+    def announced() -> set[str]:
+        found = set()
+        for line in list(lines):
+            match = re.search(r"who-has (\S+) (\(\S+\) )?tell (\S+),", line)
+            if match and match[1] == match[3]:
+                found.add(match[1])
+        return found
+
+    assert wait_for(lambda: wanted <= announced(), 10.0), sorted(wanted - announced())
+    _ok(node.ifdown("eth0:1"), node)
+    left = node.addresses()
+    assert not wanted & set(left), sorted(wanted & set(left))
+    assert left.get(VIPS[2]) == "eth0:2:ucarp"  # the other group untouched
+    assert _vhids(node) == [2]
