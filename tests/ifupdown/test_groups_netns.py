@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import textwrap
 import threading
+from pathlib import Path
 
 import pytest
 from ifnodes import PASSWORD, Lab, Node, wait_for
@@ -236,3 +238,43 @@ def test_a_group_whose_alias_holds_a_hundred_vips_announces_and_releases_them_al
     assert not wanted & set(left), sorted(wanted & set(left))
     assert left.get(VIPS[2]) == "eth0:2:ucarp"  # the other group untouched
     assert _vhids(node) == [2]
+
+
+DEBIAN_HOOK = Path("/etc/network/if-up.d/ucarp")
+
+
+def _debian_ucarp_ifup(lab: Lab, node: Node, *names: str) -> subprocess.CompletedProcess[str]:
+    """``ifup`` on ``node`` with Debian's ucarp hook instead of carpd's, and the node's file as
+    /etc/network/interfaces (Debian's vip-up runs a plain ``ifup IFACE:ucarp``)."""
+    hooks = node.home / "debian-hooks"
+    hooks.mkdir(exist_ok=True)
+    shutil.copy(DEBIAN_HOOK, hooks / "ucarp")
+    mounts = " && ".join([
+        f"mount --bind {node.run_dir} /run", "mkdir -p /run/network",
+        f"mount --bind {node.interfaces} /etc/network/interfaces",
+        f"mount --bind {hooks} /etc/network/if-up.d",
+        *(f"mount --bind {node.home / 'empty'} /etc/network/if-{phase}.d"
+          for phase in ("down", "pre-up", "post-down"))])
+    return subprocess.run(["ip", "netns", "exec", node.netns, "sh", "-c",
+                           f"{mounts} && ifup {' '.join(names)}"],
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+@pytest.mark.ucarp
+def test_debians_alias_form_against_debians_ucarp_on_the_peer(lab: Lab) -> None:
+    if not DEBIAN_HOOK.exists() or not Path("/usr/share/ucarp/vip-up").exists():
+        pytest.skip("Debian's ucarp package (its if-up.d hook and vip-up) is not installed")
+    carpd, ucarp = lab.node(), lab.node()
+    carpd.write_interfaces(debian_alias_form(1, {1: 0, 2: 100}))
+    ucarp.write_interfaces(debian_alias_form(2, {1: 100, 2: 0}))
+    for name in ("eth0", "eth0:1", "eth0:2"):
+        _ok(carpd.ifup(name), carpd)
+    started = _debian_ucarp_ifup(lab, ucarp, "eth0", "eth0:1", "eth0:2")
+    assert started.returncode == 0, started.stderr
+    assert len([c for c in ucarp.processes().values() if c.startswith("/usr/sbin/ucarp")]) == 2
+    nodes = [carpd, ucarp]
+    _expect(nodes, {1: "n1", 2: "n2"})
+    _ok(carpd.ifdown("eth0:1"), carpd)  # ucarp takes over on carpd's bow-out
+    _expect(nodes, {1: "n2", 2: "n2"}, timeout=2.0)
+    _ok(carpd.ifup("eth0:1"), carpd)
+    _expect(nodes, {1: "n1", 2: "n2"})
