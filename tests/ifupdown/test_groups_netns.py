@@ -8,12 +8,13 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import textwrap
 import threading
 from pathlib import Path
 
 import pytest
-from ifnodes import PASSWORD, Lab, Node, wait_for
+from ifnodes import PASSWORD, ROOT, Lab, Node, wait_for
 
 pytestmark = pytest.mark.netns
 
@@ -278,3 +279,30 @@ def test_debians_alias_form_against_debians_ucarp_on_the_peer(lab: Lab) -> None:
     _expect(nodes, {1: "n2", 2: "n2"}, timeout=2.0)
     _ok(carpd.ifup("eth0:1"), carpd)
     _expect(nodes, {1: "n1", 2: "n2"})
+
+
+@pytest.mark.ucarp
+def test_migrating_debians_ucarp_alias_groups_runs_them_all_in_one_engine(lab: Lab) -> None:
+    """Debian's ucarp, one daemon per alias stanza, handed over to one carpd engine for eth0
+    by the package's migration (as its postinst runs it)."""
+    if not DEBIAN_HOOK.exists() or not Path("/usr/share/ucarp/vip-up").exists():
+        pytest.skip("Debian's ucarp package (its if-up.d hook and vip-up) is not installed")
+    node = lab.node()
+    node.write_interfaces(debian_alias_form(1, {1: 0, 2: 0}))
+    started = _debian_ucarp_ifup(lab, node, "eth0", "eth0:1", "eth0:2")
+    assert started.returncode == 0, started.stderr
+    _expect([node], {1: "n1", 2: "n1"})
+    daemons = [pid for pid, cmd in node.processes().items() if cmd.startswith("/usr/sbin/ucarp")]
+    assert len(daemons) == 2
+
+    script = (f"{node._setup()} && mount --bind {node.interfaces} /etc/network/interfaces && "
+              f"PYTHONPATH={ROOT / 'src'} {sys.executable} -m carpd.ifupdown.migrate")
+    migrated = subprocess.run(["ip", "netns", "exec", node.netns, "sh", "-c", script],
+                              capture_output=True, text=True, timeout=120, check=False)
+    assert migrated.returncode == 0, migrated.stdout + migrated.stderr + node.log()
+    assert not [c for c in node.processes().values() if c.startswith("/usr/sbin/ucarp")]
+    assert len(node.engines()) == 1, node.processes()
+    assert _vhids(node) == [1, 2]
+    owners = json.loads((node.run_dir / "carpd" / "eth0.groups").read_text())
+    assert {v: o["stanza"] for v, o in owners.items()} == {"1": "eth0:1", "2": "eth0:2"}
+    _expect([node], {1: "n1", 2: "n1"})

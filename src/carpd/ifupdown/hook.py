@@ -5,15 +5,19 @@ ifupdown runs the hooks with ``IFACE``, ``LOGICAL``, ``ADDRFAM``, ``METHOD``, ``
 option; ``ucarp-vid 3`` arrives as ``IF_UCARP_VID=3``.
 
 Starting (``MODE=start``, after the interface got its address): every ``ucarp-*`` option is checked
-first; on any problem each is printed, naming the stanza, the option, the value and what is
-allowed, and the hook fails (so does ``ifup``) with nothing started.  Otherwise the engine's options
-go to ``/run/carpd/IFACE.conf`` (0600) and one engine runs for the interface: as the systemd unit
-``carpd@IFACE.service`` when systemd is PID 1, else under :mod:`carpd.ifupdown.supervisor`.  A
-second start with the same options leaves the running engine alone; changed options restart it.
+first, and the stanza against the others of its interface (no vhid twice: both named as
+``file:line``); on any problem each is printed, naming the stanza, the option, the value and what
+is allowed, and the hook fails (so does ``ifup``) with nothing started.  One engine runs every group
+of an interface (a group of the alias stanza ``eth0:1`` runs in eth0's): the group is added to
+``/run/carpd/IFACE.conf`` (0600) and the engine started (as the systemd unit
+``carpd@IFACE.service`` when systemd is PID 1, else under :mod:`carpd.ifupdown.supervisor`), or,
+if it runs, asked to reload (``{"cmd": "reload"}``): the new group starts, the others are left
+alone.  ``IFACE.groups`` records which stanza brought each group up.
 
-Stopping (``MODE=stop``, before the address goes): the engine is stopped and waited for: it bows
-out, so the peer takes over at once, runs its down script and removes the VIP.  Then nothing of it
-is left, whatever the stanza says now.
+Stopping (``MODE=stop``, before the address goes): the groups that stanza (``LOGICAL``) brought up
+are taken out of the conf and the engine reloads: each bows out, so the peer takes over at once,
+drains and runs its down script; the others are untouched.  Without a group left the engine is
+stopped and waited for, and nothing of it is left, whatever the stanza says now.
 """
 
 from __future__ import annotations
@@ -257,15 +261,15 @@ def paths_name(data: Mapping[str, Any]) -> str:
 def _add(paths: Paths, stanza: Stanza, group: Group, env_file: str,
          env: Mapping[str, str]) -> bool:
     """Add ``group`` to the interface's engine: start it, or rewrite its conf and reload."""
+    # The conf lists the groups whose stanzas ifupdown has up, whether or not the engine runs
+    # now: at boot, the unit of the first alias is still queued behind networking.service when
+    # the next alias comes up; a dead engine's groups are up all the same and start with it.
     data = runtime.read_conf(paths.conf)
     owners = _owners(paths, data)
-    running = _running(paths)
-    problem = refusal(stanza, group, data if running else None, owners)
+    problem = refusal(stanza, group, data, owners)
     if problem:
         raise HookError(problem)
-    if not running:
-        data = None  # a conf left behind: what ifup brings up now starts afresh
-        owners = {}
+    running = _running(paths)
     wanted = runtime.conf_with(data, group)
     owners[group.vhid] = runtime.Owner(group.stanza, group.where)
     same_env = runtime.read_text(paths.env) == env_file
@@ -305,6 +309,12 @@ def _launch(paths: Paths, data: Mapping[str, Any], env: Mapping[str, str]) -> No
         subprocess.run(["systemctl", "reset-failed", unit_name(paths.interface)],
                        capture_output=True, check=False)
         _systemctl("start", "--no-block", unit_name(paths.interface))
+        # a start job queued earlier may have run between our look and our write: then the
+        # engine read the conf before this group was in it (a reload is a no-op otherwise)
+        if _running(paths):
+            problem = _ask_reload(paths, _sockets(data))
+            if problem:
+                say(f"{paths.interface}: warning: the engine did not reload: {problem}")
     else:
         supervisor = _spawn_supervisor(paths, env)
         _wait_ready(paths, supervisor, _sockets(data))
@@ -340,18 +350,20 @@ RELOAD_TIMEOUT = 10.0
 
 
 def _ask_reload(paths: Paths, sockets: list[Path]) -> str | None:
-    """None once the engine took up its conf again, else why not."""
-    problem = "it does not answer on " + ", ".join(str(s) for s in sockets)
-    for sock in sockets:
-        try:
-            reply = control.request(sock, {"cmd": "reload"}, timeout=RELOAD_TIMEOUT)
-        except (OSError, ValueError):
-            continue
-        if reply.get("ok"):
-            return None
-        problem = str(reply.get("error", reply))
-        break
-    return problem
+    """None once the engine took up its conf again, else why not.  An engine still starting
+    (``systemctl start --no-block`` at boot, then ``ifup`` of the next alias) has no socket
+    yet: it is waited for, as at a start."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    while True:
+        for sock in sockets:
+            try:
+                reply = control.request(sock, {"cmd": "reload"}, timeout=RELOAD_TIMEOUT)
+            except (OSError, ValueError):
+                continue
+            return None if reply.get("ok") else str(reply.get("error", reply))
+        if time.monotonic() > deadline or not _running(paths):
+            return "it does not answer on " + ", ".join(str(s) for s in sockets)
+        time.sleep(0.05)
 
 
 def _running(paths: Paths) -> bool:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import glob
 import json
 import os
 import subprocess
@@ -95,17 +94,23 @@ class Paths:
     def remove(self) -> None:
         """Everything but the log (kept for a look after the fact) and demotions (kept as a
         setting is): also the control sockets of an engine that was killed and could not
-        remove its own (``IFACE.sock``, ``IFACE.VHID.sock``)."""
-        for path in (self.conf, self.env, self.supervisor, self.owners,
-                     *self.control_sockets()):
+        remove its own (``IFACE.sock``, and ``IFACE.VHID.sock`` of the conf's groups, as an
+        engine of carpd 0.1.0 named it)."""
+        sockets = self.control_sockets()
+        for path in (self.conf, self.env, self.supervisor, self.owners, *sockets):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
     def control_sockets(self) -> list[Path]:
-        own = self.run_dir / f"{self.interface}.sock"
-        per_group = [p for p in self.run_dir.glob(f"{glob.escape(self.interface)}.*.sock")
-                     if p.name.rsplit(".", 2)[0] == self.interface]
-        return ([own] if own.exists() else []) + per_group
+        """The sockets an engine of the conf may have: not those of another interface whose
+        name goes on with a dot (``eth0.10.sock`` is VLAN eth0.10's engine, unless eth0's
+        conf runs vhid 10)."""
+        vhids: list[int] = []
+        with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
+            data = read_conf(self.conf)
+            vhids = conf_vhids(data) if data is not None else []
+        names = [f"{self.interface}.sock", *(f"{self.interface}.{v}.sock" for v in vhids)]
+        return [self.run_dir / name for name in names if (self.run_dir / name).exists()]
 
 
 @dataclass(frozen=True)
