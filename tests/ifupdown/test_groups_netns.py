@@ -306,3 +306,22 @@ def test_migrating_debians_ucarp_alias_groups_runs_them_all_in_one_engine(lab: L
     owners = json.loads((node.run_dir / "carpd" / "eth0.groups").read_text())
     assert {v: o["stanza"] for v, o in owners.items()} == {"1": "eth0:1", "2": "eth0:2"}
     _expect([node], {1: "n1", 2: "n1"})
+
+
+def test_regen_writes_the_same_conf_of_every_group_as_the_hooks_did(lab: Lab) -> None:
+    node = lab.node()
+    node.write_interfaces(debian_alias_form(1, {1: 0, 2: 0}))
+    for name in ("eth0", "eth0:1", "eth0:2"):
+        _ok(node.ifup(name), node)
+    before = (node.run_dir / "carpd" / "eth0.conf").read_text()
+    regen = node.sh("carpd-ifupdown regen eth0")
+    assert regen.returncode == 0, regen.stderr
+    assert "already as its stanza says" in regen.stderr
+    assert (node.run_dir / "carpd" / "eth0.conf").read_text() == before
+    # an upgrade's new option value is written for every group
+    node.write_interfaces(debian_alias_form(1, {1: 10, 2: 20}))
+    regen = node.sh("carpd-ifupdown regen eth0")
+    assert regen.returncode == 0 and "written again from its stanza" in regen.stderr, regen.stderr
+    groups = _conf(node)["groups"]
+    assert isinstance(groups, list)
+    assert [(g["vhid"], g["advskew"]) for g in groups] == [(1, 10), (2, 20)]
