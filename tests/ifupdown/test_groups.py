@@ -327,3 +327,20 @@ def test_regen_writes_every_running_group_from_its_stanza_as_the_hook_does(
         {1: Owner("lo:1"), 2: Owner("lo")}), mode=0o644)
     text = regen.conf_for(paths, regen.Source(path, "lo"))
     assert json.loads(text) == hooked  # vhid 3 is not up: not added
+
+
+def test_ifdown_of_one_group_while_the_engine_is_not_running_keeps_the_others_recorded(
+        tmp_path: Path) -> None:
+    # at boot the engine's unit may still be queued behind networking.service
+    paths = Paths("lo", tmp_path)
+    data = runtime.conf_with(runtime.conf_with(None, _group(1, "lo:1")), _group(2, "lo:2"))
+    runtime.write_private(paths.conf, runtime.dumps(data))
+    runtime.write_private(paths.owners, runtime.owners_text(
+        {1: Owner("lo:1", "f:1"), 2: Owner("lo:2", "f:9")}), mode=0o644)
+    hook.stop(paths, {"IFACE": "lo:1", "LOGICAL": "lo:1", "MODE": "stop"})
+    assert runtime.conf_vhids(json.loads(paths.conf.read_text())) == [2]
+    assert runtime.read_owners(paths) == {2: Owner("lo:2", "f:9")}
+    hook.stop(paths, {"IFACE": "lo:3", "LOGICAL": "lo:3", "MODE": "stop"})  # none of its own
+    assert runtime.conf_vhids(json.loads(paths.conf.read_text())) == [2]
+    hook.stop(paths, {"IFACE": "lo:2", "LOGICAL": "lo:2", "MODE": "stop"})  # the last one
+    assert not paths.conf.exists() and not paths.owners.exists()

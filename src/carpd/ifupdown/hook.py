@@ -231,7 +231,7 @@ def refusal(stanza: Stanza, group: Group, data: Mapping[str, Any] | None,
         at = f" at {owner.where}" if owner.where else ""
         vid = stanza.options.get("ucarp-vid", str(group.vhid))
         return (f"{stanza}{f' ({group.where})' if group.where else ''}: ucarp-vid: {vid!r}: "
-                f"vhid {group.vhid} already runs on {paths_name(data)}, brought up by "
+                f"vhid {group.vhid} already runs on {_on(data)}, brought up by "
                 f"'iface {owner.stanza}'{at}: each group of an interface needs a vhid of its "
                 f"own (or take that one down first: ifdown {owner.stanza})")
     differ = _settings_changed(data, group)
@@ -240,7 +240,7 @@ def refusal(stanza: Stanza, group: Group, data: Mapping[str, Any] | None,
         running = runtime.interface_settings(data)
         wanted = runtime.interface_conf(group.options)
         return (f"{stanza}: {', '.join(differ)}: {running.get(differ[0])!r} for the groups "
-                f"running on {paths_name(data)} (vhid "
+                f"running on {_on(data)} (vhid "
                 f"{', '.join(str(v) for v in runtime.conf_vhids(data))}), "
                 f"{wanted.get(differ[0])!r} here: one engine runs all the groups of an "
                 "interface: give them all the same value")
@@ -254,7 +254,7 @@ def _settings_changed(data: Mapping[str, Any], group: Group) -> list[str]:
     return sorted(k for k in set(running) | set(wanted) if running.get(k) != wanted.get(k))
 
 
-def paths_name(data: Mapping[str, Any]) -> str:
+def _on(data: Mapping[str, Any]) -> str:
     return str(data.get("interface", "?"))
 
 
@@ -441,7 +441,7 @@ def stop(paths: Paths, env: Mapping[str, str] | None = None) -> None:
     logical = (env or {}).get("LOGICAL") or (env or {}).get("IFACE") or paths.interface
     with runtime.locked(paths.hook_lock):
         data = runtime.read_conf(paths.conf)
-        if data is None or not _running(paths):
+        if data is None:
             _stop(paths)
             return
         owners = _owners(paths, data)
@@ -452,27 +452,34 @@ def stop(paths: Paths, env: Mapping[str, str] | None = None) -> None:
         if left is None:
             _stop(paths)
             return
-        _remove_groups(paths, data, left, {v: o for v, o in owners.items() if v not in mine},
-                       mine)
+        others = {v: o for v, o in owners.items() if v not in mine}
+        if _running(paths):
+            _remove_groups(paths, data, left, others, mine)
+            return
+        # not running (its unit still queued at boot, or given up): only the record changes
+        for line in runtime.release(paths, crashed=True, only_if_held=True, vhids=mine):
+            say(f"{paths.interface}: {line}")
+        runtime.write_private(paths.conf, runtime.dumps(left))
+        runtime.write_private(paths.owners, runtime.owners_text(others), mode=0o644)
 
 
 def _remove_groups(paths: Paths, data: Mapping[str, Any], left: Mapping[str, Any],
                    owners: Mapping[int, runtime.Owner], gone: frozenset[int]) -> None:
     """Reload without the groups ``gone``; wait until the engine no longer runs them (each
     bowed out, drained and ran its down script), then take whatever they left."""
+    from carpd import netlink
+
     removed = runtime.conf_without(data, frozenset(runtime.conf_vhids(data)) - gone)
+    engines = [] if removed is None else [runtime.Engine.from_group(g)
+                                          for g in runtime.conf_groups(removed)]
     _reload(paths, data, left, owners)
-    budget = runtime.stop_budget(paths.conf) or 30.0 + STOP_MARGIN
+    budget = max((e.stop_budget for e in engines), default=30.0 + STOP_MARGIN)
     deadline = time.monotonic() + budget
     while time.monotonic() < deadline and gone & _running_vhids(_sockets(left)):
         time.sleep(0.05)
-    if removed is None:
-        return
-    for engine in (runtime.Engine.from_group(g) for g in runtime.conf_groups(removed)):
+    for engine in engines:
         for address in runtime.held_addresses(engine.interface, engine.vip, engine.label):
             with contextlib.suppress(LookupError, OSError):
-                from carpd import netlink
-
                 if netlink.remove_address(engine.interface, address):
                     say(f"{paths.interface}: removed {address} left by vhid {engine.vhid}")
     say(f"{paths.interface}: vhid {', '.join(str(v) for v in sorted(gone))} taken down; "
