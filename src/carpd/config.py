@@ -530,7 +530,7 @@ def _group(shared: dict[str, Any], entry: Any, n: int, path: str) -> Options:
         _password(merged)
         if "password" not in merged:
             raise ConfigError("password or passfile: a password is required")
-        return build(merged)
+        return build(merged, {})  # errors name the file's keys
     except ConfigError as error:
         raise ConfigError("\n".join(f"{where}: {line}" for line in str(error).splitlines())) \
             from None

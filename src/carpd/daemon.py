@@ -93,12 +93,20 @@ class Engine:
         self._stopping = False
         self._exit_by: float | None = None
         self._filtered = sorted(config.vhids)
+        self._infos: dict[str, netlink.InterfaceInfo] = {}
+        """Interface info read during this loop turn (forgotten at the next)."""
         self.watchdog: Watchdog | None = None
 
     # ---- what groups see of the interface (carpd.group.Port) ------------------------------------
 
     def send(self, frame: bytes) -> None:
         self.link.send(frame)
+
+    def interface_info(self, ifname: str) -> netlink.InterfaceInfo:
+        info = self._infos.get(ifname)
+        if info is None:
+            info = self._infos[ifname] = netlink.interface_info(ifname)
+        return info
 
     @property
     def host(self) -> Any:
@@ -171,7 +179,9 @@ class Engine:
         deadlines = [d for d in (*(g.next_deadline() for g in self.all_groups()),
                                  self.control.next_deadline(), self._exit_by) if d is not None]
         timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
-        for key, _events in self._selector.select(timeout):
+        ready = self._selector.select(timeout)
+        self._infos.clear()
+        for key, _events in ready:
             handler: Callable[[Any], None] = key.data
             handler(key.fileobj)
         now = time.monotonic()

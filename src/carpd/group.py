@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import time
 from collections.abc import MutableMapping
 from ipaddress import IPv4Address
@@ -42,6 +43,28 @@ class Port(Protocol):
 
     def send(self, frame: bytes) -> None: ...
 
+    def interface_info(self, ifname: str) -> netlink.InterfaceInfo:
+        """What the kernel says of ``ifname`` (read once per loop turn: 255 groups announcing
+        at once must not dump the addresses 255 times)."""
+        ...
+
+
+class VipPort:
+    """Gratuitous ARP on the VIP's own interface, when the adverts go out on another
+    (a dedicated cluster network, ``vip_interface``): a raw socket that only sends."""
+
+    def __init__(self, ifname: str) -> None:
+        self.ifname = ifname
+        self.mac = netlink.interface_info(ifname).mac
+        self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)  # receives nothing
+
+    def send(self, frame: bytes) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.sendto(frame, (self.ifname, int.from_bytes(frame[12:14], "big")))
+
+    def close(self) -> None:
+        self._sock.close()
+
 
 class _VhidLog(logging.LoggerAdapter):  # type: ignore[type-arg]
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
@@ -63,16 +86,16 @@ class Group:
         self.forwarder = StrayForwarder(options.vip_on, options.vhid, options.addr)
         self.health = health.Health(
             options.track_script, options.track_interval, options.track_timeout,
-            options.track_fall, options.track_rise, options.track_interface)
+            options.track_fall, options.track_rise, _tracked(options))
         self._drops = RateLimiter(time.monotonic)
         self._dest_mac = wire.BROADCAST_MAC if options.nomcast else \
             wire.multicast_mac(options.mcast)
         self._ucarp_mac = wire.ucarp_source_mac(options.vhid)
         self._src_mac = self._ucarp_mac if options.ucarp_mac else port.mac
-        self._release_guard_after_down = False
-        self._up_pending = 0
         self._persistent_demotion = False
         self._was_master = False
+        self._vip_port: Port | VipPort = port if options.vip_on == port.ifname else \
+            VipPort(options.vip_on)
 
     @property
     def vhid(self) -> int:
@@ -98,21 +121,19 @@ class Group:
     def start(self, now: float, carrier: bool) -> None:
         """Start the scripts' worker, the checks and the election (INIT until carrier)."""
         self.scripts.start()
-        self._demoted_at_start(now)
         if self.health.active:
             self.health.start()
             self.host.set_health(self.health.healthy, now)  # before start(): only the verdict
-        if not carrier:
-            self.host.link_changed(False, now)  # before start: starts in INIT, waits for carrier
-        self.carry_out(self.host.start(now))
+        self.carry_out(self.host.start(now, carrier=carrier, demoted=self._demoted_at_start()))
 
-    def _demoted_at_start(self, now: float) -> None:
+    def _demoted_at_start(self) -> bool:
         self._persistent_demotion = self.persistent_demote_marker.exists()
         marker = self.persistent_demote_marker if self._persistent_demotion else \
             self.demote_marker
         if self._persistent_demotion or self.demote_marker.exists():
-            self.host.demote(now)
             self.log.info("demoted (%s exists): staying BACKUP until promoted", marker)
+            return True
+        return False
 
     # ---- inputs -------------------------------------------------------------------------------
 
@@ -159,17 +180,11 @@ class Group:
 
     def on_scripts(self) -> None:
         for finished in self.scripts.finished():
-            if finished.script is Script.DOWN and self._release_guard_after_down:
-                self._release_guard_after_down = False
-                self.arp_guard.release()
-            if finished.script is Script.UP:
-                self._up_pending -= 1
-            if finished.script is Script.UP and self.host.state is State.MASTER:
-                self._announce()  # the up action may have added more addresses
+            self.carry_out(self.host.script_finished(finished.script, time.monotonic()))
 
     def step_down(self, now: float) -> None:
         self.log.info("SIGUSR2: stepping down")
-        self.carry_out(self.host.demote(now, until=now + self.host.step_down_hold))
+        self.carry_out(self.host.step_down(now))
 
     # ---- actions ------------------------------------------------------------------------------
 
@@ -181,17 +196,14 @@ class Group:
                 self._send_advert(action.advert)
         for action in actions:
             if not isinstance(action, election.SendAdvert):
-                self._carry_out_one(action, actions)
+                self._carry_out_one(action)
 
-    def _carry_out_one(self, action: Action, actions: list[Action]) -> None:
+    def _carry_out_one(self, action: Action) -> None:
+        # The core holds gratuitous ARP back while the up script runs (it adds the VIP) and
+        # the end of the ARP rule until the down script has run (Params.await_scripts).
         if isinstance(action, election.SendGratuitousArp):
-            # Announcing before the up action has added the VIP would steer clients to a
-            # host that drops them; the announcement follows the up script instead.
-            if not self._up_pending:
-                self._announce()
+            self._announce()
         elif isinstance(action, election.RunScript):
-            if action.script is Script.UP:
-                self._up_pending += 1
             self.scripts.submit(action.script)
         elif isinstance(action, election.Transition):
             self.log.warning("%s -> %s: %s", action.old.value, action.new.value, action.reason)
@@ -201,7 +213,7 @@ class Group:
         elif isinstance(action, election.StartDrain):
             self._start_drain()
         elif isinstance(action, election.EndDrain):
-            self._end_drain(actions)
+            self.arp_guard.release()
         elif isinstance(action, election.ForwardStrays):
             self._forward_strays(action.to)
         elif isinstance(action, election.StopForwarding):
@@ -211,13 +223,6 @@ class Group:
         self.log.info("draining for %.1f s: keeping %s without answering ARP for it",
                       self.options.drain, self.vip)
         self.arp_guard.engage()
-
-    def _end_drain(self, actions: list[Action]) -> None:
-        """Lift the ARP rule once the VIP is gone: after the down script, if one comes."""
-        if any(isinstance(a, election.RunScript) and a.script is Script.DOWN for a in actions):
-            self._release_guard_after_down = True
-        else:
-            self.arp_guard.release()
 
     def _forward_strays(self, to: IPv4Address) -> None:
         """Pass the draining master's connections back to it: only to another host on our
@@ -244,11 +249,11 @@ class Group:
         group's script_interface)."""
         addresses = [self.vip]
         with contextlib.suppress(LookupError, OSError):
-            info = netlink.interface_info(self.options.vip_on)
+            info = self.port.interface_info(self.options.vip_on)
             label = alias_label(self.options.scripts_interface)
             addresses += [a for a in info.labelled(label) if a != self.vip]
         for address in addresses:
-            self.port.send(wire.encode_gratuitous_arp(self.port.mac, address))
+            self._vip_port.send(wire.encode_gratuitous_arp(self._vip_port.mac, address))
 
     def _log_drop(self, dropped: election.Dropped) -> None:
         held = self._drops.allow(dropped.reason)
@@ -263,34 +268,31 @@ class Group:
         h = self.host
         now = time.monotonic()
         wall = time.time() - now
+        core = h.status(now)
         return {
             "interface": self.options.interface, "vhid": h.params.vhid,
-            "vip": str(h.params.vip), "srcip": str(h.params.source), "state": h.state.value,
-            "since": round(h.since + wall, 3), "demoted": h.demotion_in_force(now),
-            "demotion": self._demotion(now, wall), "healthy": h.healthy,
-            "health": self.health.status(wall), "why": self._why(now, wall),
-            "master": str(h.master.address) if h.master else None,
-            "master_since": round(h.master.since + wall, 3) if h.master else None,
-            "pid": os.getpid(), "sent": h.sent, "accepted": h.accepted,
-            "transitions": h.transitions,
-            "rejected": {reason.name.lower(): n for reason, n in h.rejected.items()},
+            "vip": str(h.params.vip), "srcip": str(h.params.source), "state": core["state"],
+            "since": round(core["since"] + wall, 3), "demoted": core["demoted"],
+            "demotion": self._demotion(core, wall), "healthy": core["healthy"],
+            "health": self.health.status(wall), "why": self._why(core, wall),
+            "master": core["master"],
+            "master_since": _wall(core["master_since"], wall),
+            "pid": os.getpid(), "sent": core["sent"], "accepted": core["accepted"],
+            "transitions": core["transitions"], "rejected": core["rejected"],
             "script_interface": self.options.scripts_interface,
             "vip_interface": self.options.vip_on,
         }
 
-    def _demotion(self, now: float, wall: float) -> dict[str, Any] | None:
-        h = self.host
-        if not h.demotion_in_force(now) or h.demoted_since is None:
+    def _demotion(self, core: dict[str, Any], wall: float) -> dict[str, Any] | None:
+        if not core["demoted"] or core["demoted_since"] is None:
             return None
-        until = h.demoted_until
         return {"persistent": self._persistent_demotion,
-                "until": None if until is None or until == float("inf") else
-                round(until + wall, 3),
-                "since": round(h.demoted_since + wall, 3)}
+                "until": _wall(core["demoted_until"], wall),
+                "since": _wall(core["demoted_since"], wall)}
 
-    def _why(self, now: float, wall: float) -> str | None:
+    def _why(self, core: dict[str, Any], wall: float) -> str | None:
         """Why this node is BACKUP, or holds the VIP only as a last resort (one line)."""
-        demotion = self._demotion(now, wall)
+        demotion = self._demotion(core, wall)
         if demotion is not None:
             since = _clock(demotion["since"])
             if demotion["until"] is not None:
@@ -381,6 +383,8 @@ class Group:
         self._release_vip()
         self.arp_guard.release()
         self.forwarder.release()
+        if isinstance(self._vip_port, VipPort):
+            self._vip_port.close()
 
     def _release_vip(self) -> None:
         """No VIP may stay behind on an interface whose group is gone."""
@@ -395,6 +399,17 @@ class Group:
             self.log.warning("removed %s from %s at exit: %s", self.vip, ifname, why)
 
 
+def _tracked(options: Options) -> tuple[str, ...]:
+    """The tracked interfaces, and the VIP's own when the adverts go out on another: without
+    carrier there, the group is unhealthy (a healthy peer takes the VIP)."""
+    extra = (options.vip_on,) if options.vip_on != options.interface else ()
+    return tuple(dict.fromkeys((*options.track_interface, *extra)))
+
+
+def _wall(monotonic: float | None, wall: float) -> float | None:
+    return None if monotonic is None else round(monotonic + wall, 3)
+
+
 def _clock(wall: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(wall))
 
@@ -405,7 +420,7 @@ def params(options: Options, source: IPv4Address) -> election.Params:
         advbase=options.advbase, advskew=options.advskew, deadratio=options.deadratio,
         preempt=options.preempt, neutral=options.neutral, group=options.mcast,
         drain=options.drain, reannounce=options.reannounce,
-        replay_check=options.replay_check,
+        replay_check=options.replay_check, await_scripts=True,
     )
 
 

@@ -22,7 +22,7 @@ _SCRIPT = """#!/bin/sh
 # group {vhid} on {node}: log the event with a timestamp, then {action} the VIP
 echo "$(date +%s.%N) {event} $*" >> {log}
 {extra}
-ip addr {action} "$2"/32 dev eth0 label eth0:ucarp 2>/dev/null
+ip addr {action} "$2"/32 dev {dev} label {dev}:ucarp 2>/dev/null
 exit 0
 """
 
@@ -83,13 +83,15 @@ def group(vhid: int, **keys: Any) -> dict[str, Any]:
     return {"vhid": vhid, "addr": str(VIPS[vhid]), "drain": 0, **keys}
 
 
-def _scripts(directory: Path, node: Node, vhid: int, hang_up: bool) -> dict[str, str]:
+def _scripts(directory: Path, node: Node, vhid: int, hang_up: bool,
+             dev: str = "eth0") -> dict[str, str]:
     paths = {}
     for event, action in (("up", "add"), ("down", "del")):
         script = directory / f"{event}.{vhid}.sh"
         extra = "sleep 60" if hang_up and event == "up" else ""
         script.write_text(_SCRIPT.format(vhid=vhid, node=node.name, event=event, action=action,
-                                         log=directory / f"events.{vhid}.log", extra=extra))
+                                         log=directory / f"events.{vhid}.log", extra=extra,
+                                         dev=dev))
         script.chmod(0o755)
         paths[event] = str(script)
     return paths
@@ -101,7 +103,8 @@ def write_config(path: Path, state_dir: Path, node: Node, groups: Sequence[dict[
     for entry in groups:
         entry = dict(entry)
         hang = bool(entry.pop("hang_up", False))
-        scripts = _scripts(directory, node, int(entry["vhid"]), hang)
+        dev = str(entry.pop("script_dev", "eth0"))
+        scripts = _scripts(directory, node, int(entry["vhid"]), hang, dev)
         entries.append({"srcip": str(node.address), "password": PASSWORD.decode(),
                         "upscript": scripts["up"], "downscript": scripts["down"], **entry})
     config = {"interface": "eth0", "facility": "none", "state_dir": str(state_dir),
@@ -112,10 +115,11 @@ def write_config(path: Path, state_dir: Path, node: Node, groups: Sequence[dict[
     os.replace(temporary, path)
 
 
-def start_groups(net: Network, node: Node, groups: Sequence[dict[str, Any]]) -> GroupsEngine:
+def start_groups(net: Network, node: Node, groups: Sequence[dict[str, Any]],
+                 state_dir: Path | None = None) -> GroupsEngine:
     directory = net.directory / f"{node.name}-groups-{len(node.daemons)}"
     directory.mkdir()
-    state_dir = directory / "state"
+    state_dir = state_dir or directory / "state"
     config = directory / "carpd.json"
     write_config(config, state_dir, node, groups, directory)
     command = [*CARPD, "--config", str(config)]

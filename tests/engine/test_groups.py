@@ -4,13 +4,23 @@ Peers are the real ucarp, or carpd."""
 
 from __future__ import annotations
 
+import json
 import os
+import select
 import signal
+import socket
+import struct
+import subprocess
+import sys
 import threading
 import time
+from ipaddress import IPv4Address
+from pathlib import Path
 
 from groups import VIPS, GroupsEngine, group, start_groups
-from netns import Network, Node, wait_for
+from netns import Network, Node, in_netns, wait_for
+
+from carpd import control
 
 
 def holds(node: Node, vhid: int) -> bool:
@@ -150,3 +160,105 @@ def test_sigusr2_steps_every_group_down_and_the_peer_takes_them_all(net: Network
     wait_for(lambda: not holds(a, 1) and not holds(a, 2), 5)
     statuses = first.groups()
     assert all(statuses[v]["demoted"] for v in (1, 2))
+
+
+def carpctl(node: Node, state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return node.exec(sys.executable, "-m", "carpd.carpctl", "--state-dir", str(state_dir),
+                     *args, check=False)
+
+
+def test_two_engines_started_by_hand_on_one_interface_with_different_vhids_both_run(
+        net: Network) -> None:
+    a = net.add_node("10.9.1.1")
+    shared = net.directory / "shared-state"
+    one = a.start("carpd", vhid=1, vip=VIPS[1], extra=["--state-dir", str(shared)])
+    two = a.start("carpd", vhid=2, vip=VIPS[2], extra=["--state-dir", str(shared)])
+    wait_for(lambda: holds(a, 1) and holds(a, 2), 15)
+    assert one.alive() and two.alive()
+    status = carpctl(a, shared, "status", "eth0", "--json")
+    assert status.returncode == 0, status.stderr
+    assert sorted((r["vhid"], r["pid"]) for r in json.loads(status.stdout)) == [
+        (1, one.pid), (2, two.pid)]
+    demoted = carpctl(a, shared, "demote", "eth0", "2")
+    assert demoted.returncode == 0 and "eth0 vhid 2: demoted" in demoted.stdout
+    replies = {v: control.request(shared / f"eth0.{v}.sock", {"cmd": "status"}) for v in (1, 2)}
+    assert (replies[1]["demoted"], replies[2]["demoted"]) == (False, True)
+    # an engine of the interface whose groups take vhid 2 again is refused, naming the holder
+    engine = start_groups(net, a, [group(2), group(3)], state_dir=shared)
+    assert engine.daemon.wait_exit(20) == 2
+    assert f"vhid 2 on eth0: already run by carpd pid {two.pid}" in engine.log()
+    elsewhere = start_groups(net, a, [group(3), group(2)])  # its own state folder: still one
+    assert elsewhere.daemon.wait_exit(20) == 2
+    assert "vhid 2 on eth0: already run by carpd" in elsewhere.log()
+    assert holds(a, 1) and one.alive() and two.alive()
+
+
+def test_carpctl_status_demote_and_promote_reach_one_group_through_the_interface_socket(
+        net: Network) -> None:
+    a = net.add_node("10.9.1.1")
+    engine = start_groups(net, a, [group(1), group(2)])
+    both_masters(engine, a)
+    status = carpctl(a, engine.state_dir, "status", "eth0", "2", "--json")
+    assert status.returncode == 0, status.stderr
+    (only,) = json.loads(status.stdout)
+    assert (only["vhid"], only["state"], only["pid"]) == (2, "MASTER", engine.pid)
+    assert len(json.loads(carpctl(a, engine.state_dir, "status", "--json").stdout)) == 2
+    demoted = carpctl(a, engine.state_dir, "demote", "eth0", "1")
+    assert demoted.returncode == 0, demoted.stderr
+    assert demoted.stdout.strip() == "eth0 vhid 1: demoted, now BACKUP"
+    groups = engine.groups()
+    assert (groups[1]["demoted"], groups[2]["demoted"]) == (True, False)
+    wait_for(lambda: not holds(a, 1), 5)
+    assert holds(a, 2)
+    promoted = carpctl(a, engine.state_dir, "promote", "eth0")  # every group
+    assert promoted.returncode == 0, promoted.stderr
+    assert sorted(promoted.stdout.splitlines()) == ["eth0 vhid 1: promoted, now BACKUP",
+                                                    "eth0 vhid 2: promoted, now MASTER"]
+    wait_for(lambda: holds(a, 1), 10)
+    metrics = carpctl(a, engine.state_dir, "metrics", "eth0").stdout
+    assert 'carpd_up{interface="eth0",vhid="1",vip="10.9.1.101"} 1' in metrics
+    assert 'carpd_up{interface="eth0",vhid="2",vip="10.9.1.102"} 1' in metrics
+    unknown = engine.request(cmd="demote", vhid=9)
+    assert unknown["ok"] is False and "no group with vhid 9 on eth0" in unknown["error"]
+
+
+def garps_seen(node: Node, ifname: str, seconds: float) -> list[tuple[bytes, IPv4Address]]:
+    """(sender MAC, address) of each gratuitous ARP request ``node`` sends on ``ifname``."""
+    with in_netns(node.ns):
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+    seen = []
+    try:
+        sock.bind((ifname, 0x0003))
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if not select.select([sock], [], [], left)[0]:
+                break
+            frame = sock.recv(2048)
+            if len(frame) >= 42 and frame[12:14] == b"\x08\x06":
+                op, sha, spa, _tha, tpa = struct.unpack_from("!6xH6s4s6s4s", frame, 14)
+                if op == 1 and spa == tpa:
+                    seen.append((sha, IPv4Address(spa)))
+    finally:
+        sock.close()
+    return seen
+
+
+def test_a_group_may_hold_its_vip_on_another_interface_than_its_adverts(net: Network) -> None:
+    a = net.add_node("10.9.1.1")
+    a.exec("ip", "link", "add", "vip0", "type", "veth", "peer", "name", "vip0p")
+    a.exec("ip", "link", "set", "vip0p", "up")
+    a.exec("ip", "link", "set", "vip0", "up")
+    mac = bytes.fromhex(json.loads(a.exec("ip", "-j", "link", "show", "vip0").stdout)[0][
+        "address"].replace(":", ""))
+    engine = start_groups(net, a, [group(1, vip_interface="vip0", script_dev="vip0")])
+    seen = garps_seen(a, "vip0", 6.0)
+    assert engine.state(1) == "MASTER"
+    assert (mac, VIPS[1]) in seen, "gratuitous ARP goes out on the VIP's interface"
+    on_vip0 = a.exec("ip", "-j", "-4", "addr", "show", "dev", "vip0").stdout
+    assert str(VIPS[1]) in on_vip0 and not holds(a, 1)
+    since = time.time()
+    net.capture.wait_frame(lambda f: f.source == a.address and f.advert.vhid == 1, 3, since)
+    assert engine.groups()[1]["vip_interface"] == "vip0"
+    os.kill(engine.pid, signal.SIGKILL)  # the watchdog releases it where it lives
+    wait_for(lambda: str(VIPS[1]) not in a.exec("ip", "-4", "addr", "show", "dev", "vip0").stdout,
+             5)
