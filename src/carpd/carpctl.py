@@ -34,7 +34,7 @@ from typing import Any
 
 from carpd import control, identity, metrics
 from carpd.debian_status import DPKG_STATUS, ifupdown_status
-from carpd.ifupdown import interfaces
+from carpd.ifupdown import groups, interfaces
 from carpd.ifupdown import stanza as ucarp
 from carpd.ifupdown.runtime import RUN_DIR
 
@@ -44,17 +44,6 @@ _PLACE = re.compile(r"^(.*?):(\d+): ")
 
 
 # -- check ----------------------------------------------------------------------------------
-
-def _where(iface: interfaces.Iface, problem: ucarp.Problem) -> interfaces.Where:
-    """The line of the option at fault: of an option given several times (ucarp-track-script),
-    the one whose value the problem quotes, else the last."""
-    lines = [o for o in iface.options if o.name == problem.option]
-    if not lines:
-        return iface.where
-    quoting = [o for o in lines if any(repr(value) in problem.message
-                                       for value in (o.value, *o.value.split()))]
-    return (quoting or lines)[-1].where
-
 
 def _stanza_options(iface: interfaces.Iface) -> dict[str, str]:
     """The ucarp-* options as ifupdown would pass them (a repeated one joined by newline)."""
@@ -67,17 +56,7 @@ def _stanza_options(iface: interfaces.Iface) -> dict[str, str]:
 
 
 def _check_iface(iface: interfaces.Iface, parsed: interfaces.Interfaces) -> list[str]:
-    raw = _stanza_options(iface)
-    addresses = [o.value for o in iface.options if o.name == "address"]
-    try:
-        options = ucarp.engine_options(raw, interface=iface.name, family=iface.family,
-                                       method=iface.method,
-                                       address=addresses[0] if addresses else None,
-                                       check_interface=False)
-    except ucarp.StanzaError as error:
-        return [f"{_where(iface, p)}: {iface}: {p}" for p in error.problems]
-    missing = ucarp.missing_alias(options, parsed)
-    return [f"{iface.where}: {iface}: {missing}"] if missing else []
+    return groups.check_iface(iface, parsed)
 
 
 def check(path: Path) -> tuple[list[str], int]:
@@ -105,16 +84,12 @@ def check_parsed(parsed: interfaces.Interfaces,
     """:func:`check` of what :func:`interfaces.parse` read; ``ifupdown2``: as ifupdown2 will
     run the hooks."""
     problems = list(parsed.errors)
-    seen: dict[str, interfaces.Iface] = {}
     carp = [i for i in parsed.ifaces if _stanza_options(i) and not parsed.is_template(i)]
     for iface in carp:
         problems += _check_iface(iface, parsed)
         if ifupdown2:
             problems += _first_only(iface)
-        first = seen.setdefault(iface.name, iface)
-        if first is not iface:
-            problems.append(f"{iface.where}: {iface}: ucarp-* options for {iface.name} again "
-                            f"(first at {first.where}): one engine runs per interface")
+    problems += groups.conflicts(parsed, carp)  # several groups per interface: no clash
     order = {name: n for n, name in enumerate(parsed.files)}
 
     def key(message: str) -> tuple[int, int]:
@@ -395,9 +370,11 @@ def _metrics_engines(state_dir: Path, interface: str | None) -> list[metrics.Eng
             continue
         # one that does not answer (a killed engine leaves its socket): what its conf says
         name, vhid = _socket_name(path)
-        conf = dict(_conf_groups(state_dir / f"{name}.conf"))
-        vip = conf.get(vhid) if vhid is not None else None
-        found.append(metrics.Engine(name, vhid, vip, reply))
+        groups = _conf_groups(state_dir / f"{name}.conf")
+        if vhid is None:  # the engine's own IFACE.sock: every group its conf names
+            found += [metrics.Engine(name, group, vip, reply) for group, vip in groups]
+            continue
+        found.append(metrics.Engine(name, vhid, dict(groups).get(vhid), reply))
     running = {engine.interface for engine in found}
     for name in _configured(state_dir, interface):
         if name not in running:
