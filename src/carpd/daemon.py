@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from ipaddress import IPv4Address
 from typing import Any
 
-from carpd import control, identity, net, netlink, sdnotify, wire
+from carpd import _memory, control, identity, netlink, sdnotify, wire
 from carpd.config import ConfigError, EngineConfig, Options, engine_config, stop_budget
 from carpd.group import Group, alias_label
 from carpd.net import Link
@@ -135,6 +135,7 @@ class Engine:
         for group in self.groups.values():
             self._start_group(group, now)
         sdnotify.notify("READY=1", f"STATUS={self.status_summary()}")
+        _memory.settle()
         self._loop()
         code = self._shut_down()
         self.watchdog.disarm()
@@ -438,8 +439,7 @@ class Engine:
         """The kernel filter lets through the vhids of the groups running or stopping."""
         vhids = sorted({*self.groups, *self.retiring})
         if vhids != self._filtered:
-            # the socket's filter is replaced at once: no frame passes unfiltered meanwhile
-            net.attach_filter(self.link._packets, net.carp_filter(self.config.first.mcast, vhids))
+            self.link.set_vhids(vhids)
             self._filtered = vhids
 
     # ---- shutting down ------------------------------------------------------------------------

@@ -144,11 +144,11 @@ class Link:
                  group: IPv4Address | None = None, vhids: Collection[int] | None = None) -> None:
         self.ifname = ifname
         self.ifindex = socket.if_nametoindex(ifname)
+        self._group = join_group if group is None else group
         # Protocol 0 until bound: no frame is queued before the filter is in place.
         self._packets = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         try:
-            destination = join_group if group is None else group
-            attach_filter(self._packets, carp_filter(destination, vhids))
+            attach_filter(self._packets, carp_filter(self._group, vhids))
             self._packets.bind((ifname, wire.ETH_P_IP))
             self._packets.setblocking(False)
             self._membership = self._join(join_group) if join_group is not None else None
@@ -163,6 +163,11 @@ class Link:
         mreqn = struct.pack("4s4si", group.packed, bytes(4), self.ifindex)
         holder.setsockopt(socket.IPPROTO_IP, IP_ADD_MEMBERSHIP, mreqn)
         return holder
+
+    def set_vhids(self, vhids: Collection[int] | None) -> None:
+        """Let through the frames of ``vhids`` (None: any) from now on.  The socket's filter is
+        replaced at once: no frame passes unfiltered meanwhile."""
+        attach_filter(self._packets, carp_filter(self._group, vhids))
 
     def fileno(self) -> int:
         return self._packets.fileno()
