@@ -50,6 +50,13 @@ def load_package_lazily() -> None:
     module.__dict__["lab"] = sys.modules.setdefault(f"{PACKAGE}.lab", _lab())
 
 
+def forget_package() -> None:
+    """Undo :func:`load_package_lazily` (a pyroute2 whose modules are laid out otherwise), so
+    that the next import runs the package's ``__init__`` as usual."""
+    for name in [n for n in sys.modules if n == PACKAGE or n.startswith(f"{PACKAGE}.")]:
+        del sys.modules[name]
+
+
 def _lab() -> ModuleType:
     """``pyroute2.lab`` as pyroute2 0.7 and 0.8 have it, but importing ``unittest.mock`` (and
     with it asyncio: some 9 MB) only when its mocking is switched on (pyroute2's own tests)."""

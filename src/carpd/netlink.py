@@ -16,15 +16,21 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
-from carpd._pyroute2 import load_package_lazily
+from carpd._pyroute2 import forget_package, load_package_lazily
 
-load_package_lazily()
-# the modules that define them, not the package's __init__: that one loads every pyroute2
-# module (NDB, IPDB, nftables, wireless, ...: some 10 MB an engine does not need)
-from pyroute2.iproute.linux import IPRoute  # noqa: E402
-from pyroute2.netlink.exceptions import NetlinkDumpInterrupted  # noqa: E402
-from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_LINK  # noqa: E402
-from pyroute2.netlink.rtnl.iprsocket import IPRSocket  # noqa: E402
+try:
+    load_package_lazily()
+    # the modules that define them, not the package's __init__: that one loads every pyroute2
+    # module (NDB, IPDB, nftables, wireless, ...: some 10 MB an engine does not need)
+    from pyroute2.iproute.linux import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkDumpInterrupted
+    from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_LINK
+    from pyroute2.netlink.rtnl.iprsocket import IPRSocket
+except ImportError:  # a pyroute2 laid out otherwise: the whole package, as it documents itself
+    forget_package()
+    from pyroute2 import IPRoute, IPRSocket
+    from pyroute2.netlink.exceptions import NetlinkDumpInterrupted
+    from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_LINK
 
 log = logging.getLogger(__name__)
 
