@@ -14,11 +14,14 @@ import hashlib
 import random
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
@@ -301,3 +304,91 @@ def test_downloads_survive_a_hand_over_and_back_while_the_first_drain_runs(
     assert fetch_name(client) == "a"
     ended_cleanly(servers, a, 1)
     ended_cleanly(servers, b, 2)
+
+
+# ---- no loops, nothing left behind ---------------------------------------------------------
+
+ETH_P_IP = 0x0800
+STRAY_PORT = 40404
+
+
+def stray_ack(source: IPv4Address) -> bytes:
+    """A TCP ACK from ``source``:STRAY_PORT to the VIP that belongs to no connection anywhere."""
+    header = struct.pack("!HHIIBBHHH", STRAY_PORT, PORT, 1000, 2000, 5 << 4, 0x10, 1024, 0, 0)
+    pseudo = source.packed + VIP.packed + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(header))
+    return header[:16] + struct.pack("!H", internet_checksum(pseudo + header)) + header[18:]
+
+
+def internet_checksum(data: bytes) -> int:
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def frames_of_the_stray(net: Network, send: Callable[[], None], seconds: float = 1.5) -> int:
+    """How many frames on the bridge carry the stray ACK's flow (either way) after ``send``."""
+    with in_netns(net.switch):
+        sniffer = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_IP))
+    with sniffer:
+        sniffer.bind(("br0", ETH_P_IP))
+        sniffer.settimeout(0.1)
+        send()
+        seen, deadline = 0, time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                frame, address = sniffer.recvfrom(2048)
+            except TimeoutError:
+                continue
+            if address[2] != socket.PACKET_OUTGOING and len(frame) >= 38 and \
+                    frame[23] == socket.IPPROTO_TCP and STRAY_PORT in \
+                    struct.unpack_from("!HH", frame, 34):
+                seen += 1
+        return seen
+
+
+def test_two_nodes_forwarding_to_each_other_never_pass_a_segment_back_and_forth(
+        net: Network, rules: list[Rules]) -> None:
+    """A -> B -> A: both forward to the other; a segment neither has a connection for goes to
+    the old MASTER once and is answered there, not passed back (64 times, until its TTL ran
+    out).  The same holds for an old MASTER with ip_forward=1 whose drain is over."""
+    a, b, client = (net.add_node(address) for address in ("10.9.1.1", "10.9.1.2", "10.9.1.50"))
+    on_a, on_b = Rules(a), Rules(b)
+    rules += [on_a, on_b]
+    for node in (a, b):
+        node.exec("sysctl", "-qw", "net.ipv4.ip_forward=1")
+    b.exec("ip", "addr", "add", f"{VIP}/32", "dev", "eth0")
+    on_b(f"forward {a.address}")  # a drained (its VIP is gone), b passes its strays on
+    a.exec("ip", "addr", "add", f"{VIP}/32", "dev", "eth0")
+    on_a(f"forward {b.address}")  # ... and now a holds the VIP again, b drains
+    point_client_at(client, a)
+
+    def send() -> None:
+        with in_netns(client.ns), socket.socket(socket.AF_INET, socket.SOCK_RAW,
+                                                socket.IPPROTO_TCP) as raw:
+            raw.sendto(stray_ack(client.address), (str(VIP), 0))
+
+    seen = frames_of_the_stray(net, send)
+    assert 2 <= seen <= 4, f"{seen} frames of one stray segment: it went round in a loop"
+
+    b.exec("ip", "addr", "del", f"{VIP}/32", "dev", "eth0")  # b's drain is over: it routes
+    seen = frames_of_the_stray(net, send)
+    assert 2 <= seen <= 5, f"{seen} frames of one stray segment: it went round in a loop"
+
+
+def test_released_rules_leave_nothing_and_neither_does_a_killed_holder(
+        net: Network, rules: list[Rules]) -> None:
+    a = net.add_node("10.9.1.1")
+    held = Rules(a)
+    rules.append(held)
+    held("guard")
+    held("forward 10.9.1.2")
+    assert "carpd_fwd_eth0_1" in a.exec("nft", "list", "tables").stdout
+    held("unforward")
+    held("unguard")
+    assert a.exec("nft", "list", "ruleset").stdout.strip() == ""
+    held("guard")
+    held("forward 10.9.1.2")
+    held.process.kill()
+    held.process.wait(timeout=5)
+    wait_for(lambda: a.exec("nft", "list", "ruleset").stdout.strip() == "", 5)
