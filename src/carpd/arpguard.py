@@ -6,6 +6,11 @@ the LAN must learn the new MASTER's MAC: an nftables ``arp`` table drops ARP req
 coming in and ARP from the VIP going out.  The table is created with ``flags owner`` through
 libnftables' own netlink socket, which this process holds open: if carpd dies, even by SIGKILL,
 the kernel deletes the table with the socket.  So the rule never outlives the engine.
+
+The new MASTER's table (:class:`StrayForwarder`, rules in :mod:`carpd.strays`) is owned the same
+way: it tells the old MASTER's connections from its own (conntrack and its own sockets, a flow
+first seen mid-stream is the old one's for its whole life), passes every segment of them on,
+never back to where they came from, and goes with :meth:`StrayForwarder.release` or the process.
 """
 
 from __future__ import annotations

@@ -400,14 +400,16 @@ def test_two_nodes_forwarding_to_each_other_never_pass_a_segment_back_and_forth(
     assert 2 <= seen <= 5, f"{seen} frames of one stray segment: it went round in a loop"
 
 
-def test_released_rules_leave_nothing_and_neither_does_a_killed_holder(
+def test_rules_are_replaced_for_another_old_master_and_leave_nothing_when_released_or_killed(
         net: Network, rules: list[Rules]) -> None:
     a = net.add_node("10.9.1.1")
     held = Rules(a)
     rules.append(held)
     held("guard")
     held("forward 10.9.1.2")
-    assert "carpd_fwd_eth0_1" in a.exec("nft", "list", "tables").stdout
+    held("forward 10.9.1.3")  # another old MASTER: the rules are replaced, not added
+    rules_now = a.exec("nft", "list", "ruleset").stdout
+    assert "dup to 10.9.1.3" in rules_now and "10.9.1.2" not in rules_now
     held("unforward")
     held("unguard")
     assert a.exec("nft", "list", "ruleset").stdout.strip() == ""
