@@ -19,9 +19,10 @@ an ICMP port unreachable.
 Authentication: HMAC-SHA256 over the whole message with a key derived from the group's password
 (HMAC-SHA256(password, :data:`KEY_LABEL`)): a digest made for this signal can never serve as a
 CARP advert's HMAC-SHA1 or the other way round.  Replays: a signal names the hand-over it
-belongs to (the counter of the bow-out advert that began the drain, which the new MASTER
-accepted) and carries a sequence number that must grow: a captured signal cannot extend another
-drain, nor this one beyond the last genuine signal.  The message also says what is left
+belongs to (the counter of the last advert the old MASTER sent as MASTER, its bow-out or
+farewell, which the new MASTER accepted; CARP counters only grow) and carries a sequence number
+that must grow: a captured signal cannot extend another drain, nor this one beyond the last
+genuine signal.  The message also says what is left
 (connections, seconds), for logs and ``carpctl status``.
 
 Layout (network byte order, :data:`SIZE` bytes)::
@@ -39,6 +40,8 @@ import hmac
 import struct
 from dataclasses import dataclass
 from ipaddress import IPv4Address
+
+from carpd import wire
 
 PORT = 5112
 INTERVAL = 0.25
@@ -176,8 +179,11 @@ class Watch:
         return self._until is not None
 
     def start(self, peer: IPv4Address, handover: int, now: float) -> None:
-        """We took over from ``peer``, whose bow-out advert had counter ``handover``: forward
-        for :data:`SILENCE` s, and on for as long as its signals say it drains."""
+        """We took over from ``peer``; ``handover`` is the counter of the last advert we
+        accepted from it (its bow-out, or the farewell it sent as we preempted it): forward for
+        :data:`SILENCE` s, and on for as long as its signals say it drains.  The first signal
+        may name a later advert of that peer (one we missed), never an earlier one; the rest
+        must name the same."""
         self._peer, self._handover, self._sequence = peer, handover, -1
         self._until = now + SILENCE
         self.last = None
@@ -194,10 +200,12 @@ class Watch:
             return Reject.OTHER_GROUP
         if signal.sender != self._peer or source != self._peer:
             return Reject.OTHER_SENDER
-        if signal.handover != self._handover:
+        if signal.handover != self._handover and (
+                self.last is not None or not wire.counter_newer(signal.handover, self._handover)):
             return Reject.OTHER_HANDOVER
         if signal.sequence <= self._sequence:
             return Reject.STALE
+        self._handover = signal.handover  # a later one than we knew: its farewell, lost here
         self._sequence = signal.sequence
         self.last = signal
         self._until = None if signal.kind is Kind.DRAINED else now + SILENCE

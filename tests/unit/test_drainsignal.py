@@ -157,3 +157,11 @@ def test_a_beacon_that_never_started_sends_nothing() -> None:
     beacon = Beacon(1, VIP, OLD, KEY)
     beacon.finish(0.0)
     assert beacon.due(0.0) is None and beacon.next_deadline() is None
+
+
+def test_the_first_signal_may_name_a_later_advert_of_the_old_master_but_not_an_earlier() -> None:
+    watch = watching()
+    later = encode(replace(SIGNAL, handover=HANDOVER + 1), KEY)
+    assert isinstance(watch.receive(later, OLD, 100.1), Signal)
+    again = encode(replace(SIGNAL, handover=HANDOVER + 2, sequence=6), KEY)
+    assert watch.receive(again, OLD, 100.2) is Reject.OTHER_HANDOVER
