@@ -17,14 +17,13 @@ second go to the VIP (bench/common.py's client).
 
     .venv/bin/python bench/longconn.py [--count 10] [--quick] [--json out.json]
 
-Run as ``longconn.py serve NAME PORT`` or ``longconn.py fetch VIP PORT COUNT SIZE SECONDS OUT``,
+Run as ``longconn.py serve NAME PORT LOG`` or ``longconn.py fetch VIP PORT COUNT SIZE SECONDS OUT``,
 this file is also the download server and client started inside the namespaces.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import os
@@ -72,9 +71,10 @@ STALL = 10.0
 # ---- the programs run inside namespaces -------------------------------------------------------
 
 
-def _send_download(conn: socket.socket, name: bytes) -> None:
+def _send_download(conn: socket.socket, name: bytes) -> tuple[str, str]:
+    """Serve one download; (its seed, how it ended: "clean" when the client's FIN came)."""
     with conn, conn.makefile("rb") as lines:
-        size_text, seconds_text, seed = lines.readline().split()
+        size_text, seconds_text, seed = lines.readline().decode().split()
         size, seconds = int(size_text), float(seconds_text)
         data = random.Random(int(seed)).randbytes(size)
         conn.sendall(name + b"\n")
@@ -85,16 +85,28 @@ def _send_download(conn: socket.socket, name: bytes) -> None:
             conn.sendall(data[sent:sent + chunk])
         conn.shutdown(socket.SHUT_WR)
         conn.settimeout(STALL)
-        conn.recv(1)  # the client's close
+        try:
+            return seed, "clean" if conn.recv(1) == b"" else "data"
+        except TimeoutError:
+            return seed, "unclosed"
 
 
-def serve(name: str, port: int) -> int:
-    """Rate-limited downloads, a thread per connection."""
+def serve(name: str, port: int, log: str) -> int:
+    """Rate-limited downloads, a thread per connection; one line per download to ``log``:
+    ``SEED clean|unclosed|reset|error``."""
     server = socket.create_server(("0.0.0.0", port), backlog=256)
+    lock = threading.Lock()
 
     def one(conn: socket.socket) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            _send_download(conn, name.encode())
+        seed, outcome = "?", "error"
+        try:
+            seed, outcome = _send_download(conn, name.encode())
+        except ConnectionResetError:
+            outcome = "reset"
+        except (OSError, ValueError):
+            pass
+        with lock, open(log, "a") as out:
+            out.write(f"{seed} {outcome}\n")
 
     while True:
         conn, _ = server.accept()
@@ -109,6 +121,8 @@ class Download:
     outcome: str = "unfinished"
     received: int = 0
     server: str = ""
+    close: str = ""
+    """How the server saw it end ("clean": the client's FIN reached the node serving it)."""
 
 
 def _receive(sock: socket.socket, record: Download, size: int, seconds: float) -> str:
@@ -177,6 +191,9 @@ class Round:
     """When the last download ended (however it ended)."""
     downloads: int = 0
     broken: int = 0
+    unclosed: int = 0
+    """Downloads whose server never saw the client's FIN: its socket lingers (a drain that
+    waits for connections to close would wait for it)."""
     outcomes: dict[str, int] = field(default_factory=dict)
     failed: int = 0
     sent: int = 0
@@ -271,9 +288,24 @@ class LongCluster(Cluster):
     def start_download_servers(self) -> None:
         for name, node in self.nodes.items():
             self.procs.start(node.ns, [sys.executable, __file__, "serve", name,
-                                       str(DOWNLOAD_PORT)], self.directory / f"dl-{name}.log")
+                                       str(DOWNLOAD_PORT), str(self.closes(name))],
+                             self.directory / f"dl-{name}.log")
         for node in self.nodes.values():
             wait_until(partial(_listening, node), 10)
+
+    def closes(self, name: str) -> Path:
+        return self.directory / f"closes-{name}.log"
+
+    def close_outcomes(self) -> dict[int, str]:
+        """seed -> how the serving node saw the download end."""
+        found: dict[int, str] = {}
+        for name in self.nodes:
+            path = self.closes(name)
+            for line in path.read_text().splitlines() if path.exists() else []:
+                seed, outcome = line.split()
+                if seed.isdigit():
+                    found[int(seed)] = outcome
+        return found
 
     def other(self, node: Node) -> Node:
         return self.b if node is self.a else self.a
@@ -319,6 +351,11 @@ def one_round(cluster: LongCluster, index: int, args: argparse.Namespace) -> Rou
         return record
     record.released = ifdown.ended
     record.error = record.error or ifdown.error
+    time.sleep(0.5)  # the servers' last lines
+    closes = cluster.close_outcomes()
+    for d in downloads:
+        d.close = closes.get(d.seed, "unknown")
+    record.unclosed = sum(d.close != "clean" for d in downloads)
     cluster.back(old.name)
     return record
 
@@ -357,8 +394,9 @@ def run_kind(kind: str, args: argparse.Namespace, deadline: Deadline,
             r = one_round(cluster, index, args)
             rounds.append(r)
             print(f"  {kind} #{index + 1}: {r.old} -> {r.new}: {r.broken}/{r.downloads} broken "
-                  f"{r.outcomes}, release {_seconds(r.release_after_last)} after the last "
-                  f"download{'  ' + r.error if r.error else ''}", flush=True)
+                  f"{r.outcomes}, {r.unclosed} closes lost, release "
+                  f"{_seconds(r.release_after_last)} after the last download"
+                  f"{'  ' + r.error if r.error else ''}", flush=True)
             if r.error:
                 error = r.error
                 break
@@ -375,6 +413,7 @@ def run_kind(kind: str, args: argparse.Namespace, deadline: Deadline,
         "kind": kind, "mode": cluster.mode, "error": error, "extra": cluster.stanza_extra,
         "rounds": [{**asdict(r), "release_after_last": r.release_after_last} for r in rounds],
         "broken": sum(r.broken for r in rounds),
+        "unclosed": sum(r.unclosed for r in rounds),
         "downloads": sum(r.downloads for r in rounds),
         "failed": sum(r.failed for r in rounds), "sent": sum(r.sent for r in rounds),
         "release_after_last_s": summary([r.release_after_last for r in rounds
@@ -397,11 +436,13 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> None
     for kind, r in results.items():
         rows.append([
             kind, f"{len(r['rounds'])}", f"{r['broken']}/{r['downloads']}",
+            f"{r['unclosed']}/{r['downloads']}",
             f"{r['failed']}/{r['sent']}",
             fmt(r["release_after_last_s"], 1, " s", 1),
             fmt(r["takeover_s"], 1000, " ms"),
         ])
-    print(table(["engine", "hand-overs", "broken downloads", "failed short requests",
+    print(table(["engine", "hand-overs", "broken downloads", "closes lost",
+                 "failed short requests",
                  "ifdown returned after the last download ended", "takeover"], rows))
     for kind, r in results.items():
         outcomes = ", ".join(f"{k} {v}" for k, v in sorted(r["outcomes"].items()))
@@ -446,8 +487,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main() -> int:
-    if sys.argv[1:2] == ["serve"] and len(sys.argv) == 4:
-        return serve(sys.argv[2], int(sys.argv[3]))
+    if sys.argv[1:2] == ["serve"] and len(sys.argv) == 5:
+        return serve(sys.argv[2], int(sys.argv[3]), sys.argv[4])
     if sys.argv[1:2] == ["fetch"] and len(sys.argv) == 8:
         vip, port, count, size, seconds, out = sys.argv[2:]
         return fetch(vip, int(port), int(count), int(size), float(seconds), out)
