@@ -7,7 +7,9 @@ now send their segments here.  A connection is *ours* if
 1. we had a socket for it when forwarding began (``@ours``, filled from ``/proc/net/tcp``: also
    connections begun before conntrack ran here, e.g. this node's own ones from before an
    earlier hand-over of its own, A -> B -> A), or
-2. conntrack saw it begin here: ``ct state established,related``, or its opening SYN now.
+2. it began here since: its opening SYN (conntrack: ``new``) puts it in ``@ours`` too, so that
+   none of its segments is ever taken for the old MASTER's, not even one conntrack finds out
+   of window; and ``ct state established,related`` for one older than ``@ours`` remembers.
 
 Every other segment is the old MASTER's: a flow whose first segment here was not a SYN
 (conntrack: ``new`` without SYN) is remembered in ``@theirs`` for its whole life (the set's
@@ -37,7 +39,8 @@ from pathlib import Path
 
 THEIRS_IDLE = "2h"
 """A flow of the old MASTER is forgotten after this long without a segment (a TCP keepalive's
-default interval): nobody drains that long, and a set of dead flows must not grow forever."""
+default interval), one of ours this long after its SYN (conntrack still knows it then): nobody
+drains that long, and a set of dead flows must not grow forever."""
 SET_SIZE = 1 << 20
 PROC_NET_TCP = Path("/proc/net/tcp")
 _TCP_LISTEN = 0x0A
@@ -99,7 +102,7 @@ def forward_ruleset(table: str, ifname: str, vip: IPv4Address, to: IPv4Address,
     peer = f" elements = {{ {mac_text(peer_mac)} }};" if peer_mac else ""
     return (
         f"table ip {table} {{ flags owner; "
-        f"set ours {{ {key} size {SET_SIZE};{_elements(ours)} }}; "
+        f"set ours {{ {key} flags dynamic, timeout; size {SET_SIZE};{_elements(ours)} }}; "
         f"set theirs {{ {key} flags dynamic, timeout; timeout {THEIRS_IDLE}; "
         f"size {SET_SIZE}; }}; "
         f"set peer {{ type ether_addr;{peer} }}; "
@@ -107,9 +110,10 @@ def forward_ruleset(table: str, ifname: str, vip: IPv4Address, to: IPv4Address,
         f"iifname {ifname} ip daddr {vip} meta l4proto tcp jump vip; }}; "
         f"chain vip {{ "
         f"ether saddr @peer return; "
-        f"ct state established,related return; "
         f"{flow} @ours return; "
-        f"tcp flags & (syn | ack) == syn ct state new return; "
+        f"tcp flags & (syn | ack) == syn ct state new "
+        f"add @ours {{ {flow} timeout {THEIRS_IDLE} }} return; "
+        f"ct state established,related return; "
         f"{flow} @theirs update @theirs {{ {flow} }} goto pass; "
         f"ct state new add @theirs {{ {flow} }} goto pass; "
         f"tcp flags & (fin | rst) != 0 goto pass; }}; "
