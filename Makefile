@@ -22,8 +22,12 @@ $(VENV)/.done: requirements-ci.txt pyproject.toml
 
 venv: deps $(VENV)/.done
 
+# Python scripts without .py; mypy checks them too (pyproject.toml's [tool.mypy] files: src/carpd,
+# lab, bench, demo, fuzz and these).
+PY_SCRIPTS := debian/carpd-engines debian/carpd-migrate share/checks/http-url share/checks/tcp-port
+
 lint: venv
-	$(VENV)/bin/ruff check src tests bench demo lab fuzz
+	$(VENV)/bin/ruff check src tests bench demo lab fuzz $(PY_SCRIPTS)
 	$(VENV)/bin/mypy
 
 unit: venv
@@ -37,23 +41,25 @@ test: venv lint
 	$(PY) -m pytest -q -ra tests
 	CARPD_COMPAT_TESTS="$(COMPAT_SLICE)" tests/compat/run_pyroute2_08.sh
 
+# The lab, the benchmarks, the demo and the fuzzer are packages run as modules from here
+# (python -m bench.failover): they import each other as lab.netns, bench.common...
 demo: venv
-	$(PY) demo/run.py
+	$(PY) -m demo.run
 
 bench: venv
-	$(PY) bench/run.py
-	$(PY) bench/failover.py --json bench-failover.json
-	$(PY) bench/handover.py --json bench-handover.json
-	$(PY) bench/flood.py --json bench-flood.json
-	$(PY) bench/lossy.py --json bench-lossy.json
-	$(PY) bench/parse.py --json bench-parse.json
-	$(PY) bench/faults.py --json bench-faults.json
-	$(PY) bench/health.py --json bench-health.json
+	$(PY) -m bench.run
+	$(PY) -m bench.failover --json bench-failover.json
+	$(PY) -m bench.handover --json bench-handover.json
+	$(PY) -m bench.flood --json bench-flood.json
+	$(PY) -m bench.lossy --json bench-lossy.json
+	$(PY) -m bench.parse --json bench-parse.json
+	$(PY) -m bench.faults --json bench-faults.json
+	$(PY) -m bench.health --json bench-health.json
 
 # A million frames through decoding and the election core, invariants checked after each call
 # (make test runs a 20,000-frame slice: tests/unit/test_fuzz_slice.py).
 fuzz: venv
-	$(PY) fuzz/fuzz_core.py --frames $(FUZZ_FRAMES) --seed $(FUZZ_SEED)
+	$(PY) -m fuzz.fuzz_core --frames $(FUZZ_FRAMES) --seed $(FUZZ_SEED)
 
 # The unit, engine and on-the-wire tests against pyroute2 0.8 (Debian forky's), in a venv of its own.
 pyroute2-08: venv

@@ -1,11 +1,12 @@
 """Shared parts of the benchmarks: an HTTP server per node, a load-generating client, ifupdown run
 safely inside a node namespace, cleanup by PID, statistics, tables and the machine's description.
 
-Run as a script, this file is also the two programs the benchmarks start inside namespaces:
+Run as a module (``python -m bench.common``, from the repository root), this is also the two
+programs the benchmarks start inside namespaces:
 
-    common.py serve NAME PORT
+    python -m bench.common serve NAME PORT
         a threaded HTTP/1.0 server on 0.0.0.0:PORT answering every GET with NAME
-    common.py client VIP PORT RATE TIMEOUT OUT MAX_SECONDS
+    python -m bench.common client VIP PORT RATE TIMEOUT OUT MAX_SECONDS
         RATE requests per second to VIP:PORT, each given TIMEOUT seconds, one line per request
         to OUT: ``start end outcome body`` (wall-clock times, the clock of the kernel timestamps
         on the bridge capture); it stops on SIGTERM or after MAX_SECONDS
@@ -25,16 +26,16 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
-sys.path.insert(0, str(REPO / "lab"))
 
 PORT = 8080
+T = TypeVar("T")
 CARPD_HOOKS = (REPO / "if-up.d" / "carpd", REPO / "if-down.d" / "carpd")
 
 
@@ -111,7 +112,8 @@ class Deadline:
         return self.left() <= 0
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.02) -> Any:
+def wait_until(predicate: Callable[[], T | None], timeout: float,
+               interval: float = 0.02) -> T | None:
     """Poll ``predicate``; return its first truthy value, or None after ``timeout``."""
     end = time.monotonic() + timeout
     while True:
@@ -170,11 +172,12 @@ class Processes:
         self.started: list[subprocess.Popen[bytes]] = []
 
     def start(self, ns: str, argv: Sequence[str], log: Path,
-              env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+              env: dict[str, str] | None = None,
+              cwd: Path | None = None) -> subprocess.Popen[bytes]:
         with open(log, "ab") as out:
             process = subprocess.Popen(
                 ["ip", "netns", "exec", ns, *argv], stdin=subprocess.DEVNULL, stdout=out,
-                stderr=out, start_new_session=True, env=env)
+                stderr=out, start_new_session=True, env=env, cwd=cwd)
         self.started.append(process)
         return process
 
@@ -201,16 +204,16 @@ class Processes:
 
 
 def start_server(procs: Processes, ns: str, name: str, log: Path) -> subprocess.Popen[bytes]:
-    process = procs.start(ns, [sys.executable, str(BENCH / "common.py"), "serve", name,
-                               str(PORT)], log)
+    process = procs.start(ns, [sys.executable, "-m", "bench.common", "serve", name, str(PORT)],
+                          log, cwd=REPO)
     return process
 
 
 def start_client(procs: Processes, ns: str, vip: str, rate: float, timeout: float, out: Path,
                  max_seconds: float, log: Path) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, str(BENCH / "common.py"), "client", vip, str(PORT), str(rate),
+    argv = [sys.executable, "-m", "bench.common", "client", vip, str(PORT), str(rate),
             str(timeout), str(out), str(max_seconds)]
-    return procs.start(ns, argv, log)
+    return procs.start(ns, argv, log, cwd=REPO)
 
 
 # ---- ifupdown inside a node namespace ---------------------------------------------------------
@@ -229,11 +232,12 @@ class Ifupdown:
     node's own /run (kept across calls: ifupdown's state in /run/network, also used by the
     ``ifup IFACE:ucarp`` of Debian's vip-up/vip-down, and /run/carpd), and hook folders holding
     only the hooks given.  With ``carpd_commands``, carpd, carpd-ifupdown and carpctl from this
-    tree are on PATH in /usr/local/sbin and its share/ is /usr/share/carpd, as the package
-    installs them.  The host's /etc/network, /run and interfaces are never touched."""
+    tree are on PATH in /usr/local/sbin, carpd-ifupdown is in /usr/libexec/carpd and its share/ is
+    /usr/share/carpd, as the package installs them.  The host's /etc/network, /run and
+    interfaces are never touched."""
 
     def __init__(self, ns: str, directory: Path, interfaces: str,
-                 hooks: dict[str, Sequence[Path]], carpd_commands: bool = False,
+                 hooks: Mapping[str, Sequence[Path]], carpd_commands: bool = False,
                  carpd_src: Path | None = None) -> None:
         self.ns = ns
         self.carpd_src = carpd_src
@@ -263,6 +267,10 @@ class Ifupdown:
                 wrapper.write_text(f"#!{sys.executable}\nimport sys\n{first}{source}\n"
                                    "sys.exit(main())\n")
                 wrapper.chmod(0o755)
+            libexec = directory / "libexec" / "carpd"  # the hooks run carpd-ifupdown from here
+            libexec.mkdir(parents=True, exist_ok=True)
+            if not (libexec / "carpd-ifupdown").exists():
+                (libexec / "carpd-ifupdown").symlink_to(directory / "bin" / "carpd-ifupdown")
             (directory / "share").mkdir(exist_ok=True)
             link = directory / "share" / "carpd"
             if not link.exists():
@@ -277,7 +285,9 @@ class Ifupdown:
         if self.carpd_commands:
             lines += [f"mount --bind {self.directory / 'bin'} /usr/local/sbin",
                       "mount -t overlay overlay -o "
-                      f"lowerdir={self.directory / 'share'}:/usr/share /usr/share"]
+                      f"lowerdir={self.directory / 'share'}:/usr/share /usr/share",
+                      "mount -t overlay overlay -o "
+                      f"lowerdir={self.directory / 'libexec'}:/usr/libexec /usr/libexec"]
         return "\n".join([*lines, 'exec "$@"', ""])
 
     def argv(self, *command: str) -> list[str]:
@@ -344,7 +354,7 @@ class Request:
 
 
 def read_requests(path: Path) -> list[Request]:
-    requests = []
+    requests: list[Request] = []
     if not path.exists():
         return requests
     for line in path.read_text().splitlines():

@@ -20,7 +20,7 @@ client's wall clock (the same clock):
 Requests are started every 1/RATE s, so the times are quantized to that (10 ms at 100/s).  Every
 namespace and process this starts is removed at the end (by PID), also on failure or Ctrl-C.
 
-    .venv/bin/python bench/failover.py [--count 10] [--quick] [--json out.json]
+    .venv/bin/python -m bench.failover [--count 10] [--quick] [--json out.json]
 """
 
 from __future__ import annotations
@@ -37,12 +37,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lab"))
-
-from netns import UCARP, VIP, Network, Node, run
-
-from common import (
+from bench.common import (
     Deadline,
     Processes,
     Request,
@@ -58,6 +53,7 @@ from common import (
     wait_until,
     write_json,
 )
+from lab.netns import UCARP, VIP, Network, Node, run
 
 ADVBASE = 1
 MASTER_DOWN = 3.0 * ADVBASE

@@ -34,7 +34,7 @@ is reset by force, which is noted).
 ``systemctl restart networking`` needs a booted systemd and is not injected here (see the
 README paragraph written with the results).
 
-    .venv/bin/python bench/faults.py [--count 100] [--quick] [--seed 1] [--json out.json]
+    .venv/bin/python -m bench.faults [--count 100] [--quick] [--seed 1] [--json out.json]
 """
 
 from __future__ import annotations
@@ -56,14 +56,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lab"))
-
-from netns import PASSWORD, UCARP, VIP, Network, Node, in_netns
-
-from common import (
+from bench.common import (
     CARPD_HOOKS,
     REPO,
     Deadline,
@@ -76,10 +71,12 @@ from common import (
     table,
     write_json,
 )
+from lab.netns import PASSWORD, UCARP, VIP, Network, Node, in_netns
 
 UCARP_HOOK = Path("/etc/network/if-up.d/ucarp")
 ACTIONS = {"carpd": {"up": "/usr/share/carpd/vip-up", "down": "/usr/share/carpd/vip-down"},
            "ucarp": {"up": "/usr/share/ucarp/vip-up", "down": "/usr/share/ucarp/vip-down"}}
+T = TypeVar("T")
 ADVBASE = 1
 SKEWS = {"a": 0, "b": 10}
 ADDRESSES = {"a": "10.9.0.1", "b": "10.9.0.2"}
@@ -124,7 +121,8 @@ def sh(*argv: str, check: bool = False) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=check)
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.02) -> Any:
+def wait_until(predicate: Callable[[], T], timeout: float, interval: float = 0.02) -> T:
+    """Poll ``predicate``; return its first truthy value, or its last value after ``timeout``."""
     end = time.monotonic() + timeout
     while True:
         value = predicate()

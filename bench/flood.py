@@ -24,7 +24,7 @@ Times are the kernel's receive timestamps of the adverts on each node's bridge p
 capture: the bridge-wide one would drown in the flood).  Every namespace and process this starts
 is removed at the end (by PID), also on failure or Ctrl-C.
 
-    .venv/bin/python bench/flood.py [--quick] [--rate 50000] [--seconds 30] [--reps 10]
+    .venv/bin/python -m bench.flood [--quick] [--rate 50000] [--seconds 30] [--reps 10]
                                     [--only carpd|ucarp] [--json out.json]
 """
 
@@ -41,14 +41,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lab"))
-
-from attacker import KINDS as FRAME_KINDS
-from attacker import PASSING_FILTER, Flood, SentBy, Target, bad_frames, gaps
-from netns import UCARP, VIP, Daemon, Network, Node, wait_for
-
-from common import fmt, machine, machine_line, run_seconds, summary, table, write_json
+from bench.common import fmt, machine, machine_line, run_seconds, summary, table, write_json
+from lab.attacker import KINDS as FRAME_KINDS
+from lab.attacker import PASSING_FILTER, Flood, SentBy, Target, bad_frames, gaps
+from lab.netns import UCARP, VIP, Daemon, Network, Node, wait_for
 
 ADVBASE = 1
 MASTER_SKEW, BACKUP_SKEW = 100, 200

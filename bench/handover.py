@@ -26,7 +26,7 @@ the client's ARP cache changes and ``timeline.txt``: around each handover, the b
 gratuitous ARPs for the VIP, the VIP added/removed on each node and every failed request, in ms.
 ``--carpd-src DIR`` measures a carpd package in DIR (e.g. a patched copy) instead of the tree's.
 
-    .venv/bin/python bench/handover.py [--count 20] [--quick] [--json out.json]
+    .venv/bin/python -m bench.handover [--count 20] [--quick] [--json out.json]
 """
 
 from __future__ import annotations
@@ -48,12 +48,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lab"))
-
-from netns import CARPD, PASSWORD, UCARP, VIP, Network, Node
-
-from common import (
+from bench.common import (
     CARPD_HOOKS,
     REPO,
     Deadline,
@@ -74,6 +69,7 @@ from common import (
     wait_until,
     write_json,
 )
+from lab.netns import CARPD, PASSWORD, UCARP, VIP, Network, Node
 
 UCARP_HOOK = Path("/etc/network/if-up.d/ucarp")
 VIP_UP = "/usr/share/ucarp/vip-up"

@@ -23,7 +23,7 @@ the next one); and for carpd the time from the kill to its bow-out advert on the
 receive time, the same clock).  Every namespace and process this starts is removed at the end
 (by PID), also on failure or Ctrl-C.
 
-    .venv/bin/python bench/health.py [--kills 10] [--quick] [--only carpd|ucarp] [--json out.json]
+    .venv/bin/python -m bench.health [--kills 10] [--quick] [--only carpd|ucarp] [--json out.json]
 """
 
 from __future__ import annotations
@@ -39,12 +39,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lab"))
-
-from netns import UCARP, VIP
-
-from common import (
+from bench.common import (
     PORT,
     Deadline,
     Processes,
@@ -57,7 +52,8 @@ from common import (
     table,
     write_json,
 )
-from health_lab import Cluster, Kill, Tracking, carpd_tracks, check_command
+from bench.health_lab import Cluster, Kill, Tracking, carpd_tracks, check_command
+from lab.netns import UCARP, VIP
 
 LINGER = 1.0
 """Seconds the killed server stays down once the peer holds the VIP (the client gets through)."""

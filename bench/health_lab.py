@@ -11,17 +11,12 @@ import random
 import signal
 import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lab"))
-
-from netns import CARPD, VIP, Daemon, Network, Node, in_netns
-
-from common import PORT, REPO, Processes, kill_namespace_processes, start_server, wait_until
+from bench.common import PORT, REPO, Processes, kill_namespace_processes, start_server, wait_until
+from lab.netns import CARPD, VIP, Daemon, Network, Node, in_netns
 
 ADVBASE = 1
 REPO_CHECK = REPO / "share" / "checks" / "http-url"

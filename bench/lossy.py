@@ -29,7 +29,7 @@ and, for comparison, the takeovers the protocol itself calls for:
 
 Every namespace and process this starts is removed at the end (by PID), also on failure.
 
-    .venv/bin/python bench/lossy.py [--quick] [--seconds 600] [--loss 10 30] [--deadratio 3]
+    .venv/bin/python -m bench.lossy [--quick] [--seconds 600] [--loss 10 30] [--deadratio 3]
                                     [--only carpd|ucarp] [--loss-with nft|netem] [--json out.json]
 """
 
@@ -51,12 +51,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lab"))
-
-from netns import UCARP, Capture, Daemon, Event, Network, Node, run, wait_for
-
-from common import machine, machine_line, table, write_json
+from bench.common import machine, machine_line, table, write_json
+from lab.netns import UCARP, Capture, Daemon, Event, Network, Node, run, wait_for
 
 ADVBASE = 1
 MASTER_SKEW, BACKUP_SKEW = 0, 100

@@ -30,7 +30,7 @@ stanza as IF_* variables) and has no checker, so the table says "n/a".
 
 Runs as root (unshare + mount).  Nothing outside the run's temporary folder is changed.
 
-Usage: .venv/bin/python bench/parse.py [--sizes 10000 20000] [--reps 3] [--no-baseline]
+Usage: .venv/bin/python -m bench.parse [--sizes 10000 20000] [--reps 3] [--no-baseline]
                                        [--json out.json]
 """
 
@@ -48,7 +48,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import REPO, machine, machine_line, table, write_json
+from bench.common import REPO, machine, machine_line, table, write_json
 
 BASELINE = "8210a9e"
 """The last commit with 0.1.0's parser and checker (before issue 10 item 7)."""
@@ -79,27 +79,29 @@ def share_overlay(folder: Path) -> Path:
     return folder
 
 
-def in_private_mounts(share: Path, command: list[str]) -> subprocess.CompletedProcess[str]:
+def in_private_mounts(share: Path, command: list[str],
+                      source: Path) -> subprocess.CompletedProcess[str]:
+    """``command`` run from the repository root, importing carpd from ``source`` first."""
     mount = f"mount -t overlay overlay -o lowerdir={shlex.quote(str(share))}:/usr/share /usr/share"
     return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
                            f"{mount} && exec {shlex.join(command)}"],
-                          capture_output=True, text=True, check=False)
+                          capture_output=True, text=True, check=False, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(source)})
 
 
 # ---- what runs inside the mount namespace --------------------------------------------------
 
 
 def worker(source: str, path: str, reps: int) -> dict[str, Any]:
-    sys.path.insert(0, source)
+    """Run with PYTHONPATH=source (see :func:`in_private_mounts`), as is its carpctl command."""
     from carpd import carpctl
     from carpd.ifupdown import interfaces
 
     assert carpctl.__file__.startswith(source), carpctl.__file__
     assert Path("/usr/share/carpd/vip-up").is_file()
     parse = min(_seconds(lambda: interfaces.parse(path)) for _ in range(reps))
-    command = [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
-               "from carpd.carpctl import main; sys.exit(main(sys.argv[2:]))",
-               source, "check", path]
+    command = [sys.executable, "-c", "import sys; "
+               "from carpd.carpctl import main; sys.exit(main(sys.argv[1:]))", "check", path]
     runs = [_command_seconds(command) for _ in range(reps)]
     return {"parse": parse, "check": min(seconds for seconds, _out in runs),
             "output": runs[0][1]}
@@ -122,8 +124,8 @@ def _command_seconds(command: list[str]) -> tuple[float, str]:
 
 
 def measure(share: Path, source: Path, path: Path, reps: int) -> dict[str, Any]:
-    result = in_private_mounts(share, [sys.executable, __file__, "--worker", str(source),
-                                       str(path), str(reps)])
+    result = in_private_mounts(share, [sys.executable, "-m", "bench.parse", "--worker",
+                                       str(source), str(path), str(reps)], source)
     if result.returncode != 0:
         raise SystemExit(f"bench/parse.py: the measurement failed:\n{result.stderr}")
     measured: dict[str, Any] = json.loads(result.stdout)

@@ -12,7 +12,7 @@ takes its timestamps from the kernel's receive time of each advert on the bridge
   idle       VmRSS and CPU time per minute of a MASTER and a BACKUP: utime + stime (10 ms ticks)
              and the scheduler's nanosecond count (/proc/PID/task/*/schedstat)
 
-Usage: .venv/bin/python bench/run.py [--quick] [--reps N] [--idle-seconds S] [--only NAME ...]
+Usage: .venv/bin/python -m bench.run [--quick] [--reps N] [--idle-seconds S] [--only NAME ...]
 """
 
 from __future__ import annotations
@@ -30,9 +30,7 @@ from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lab"))
-
-from netns import VIP, CarpFrame, Daemon, Network, Node, wait_for
+from lab.netns import VIP, CarpFrame, Daemon, Network, Node, wait_for
 
 KINDS = ("carpd", "ucarp")
 ADVBASE = 1

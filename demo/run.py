@@ -20,9 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lab"))
-
-from netns import UCARP, VIP, Daemon, Network, wait_for
+from lab.netns import UCARP, VIP, Daemon, Network, wait_for
 
 SKEWS = {"a": 0, "b": 50, "c": 100}
 

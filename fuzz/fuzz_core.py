@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Fuzz carpd's pure core: frames through carpd.wire into several carpd.election.VirtualHosts.
 
-    python fuzz/fuzz_core.py --frames 1000000 --seed 20261201
+    python -m fuzz.fuzz_core --frames 1000000 --seed 20261201
 
 Every frame (random bytes, mutated or truncated adverts, extreme field values, replays, fresh
 valid adverts, and the hosts' own adverts) goes to every host, on one fake clock that advances
@@ -22,15 +22,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from ipaddress import IPv4Address
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from checker import HostChecker, Invariant, Violation
-from generators import GROUP, KEY, VIP, Frame, FrameSource, packet
 
 from carpd import wire
 from carpd.election import Action, Params, SendAdvert, VirtualHost
+from fuzz.checker import HostChecker, Invariant, Violation
+from fuzz.generators import GROUP, KEY, VIP, Frame, FrameSource, packet
 
 DEFAULT_SEED = 20261201
 DEFAULT_FRAMES = 1_000_000

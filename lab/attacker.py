@@ -5,10 +5,10 @@ steady rate from a namespace plugged into the test bridge.
 another vhid, with TTL 64, with a bad HMAC, to another destination, garbage, and replays of a
 captured valid advert with a broken checksum, another destination or CARP version.
 
-:class:`Flood` runs this file as a program inside the attacker's namespace (its own process, so
-the sender keeps its rate whatever the caller does):
+:class:`Flood` runs this module as a program inside the attacker's namespace (its own process, so
+the sender keeps its rate whatever the caller does), from the repository root:
 
-    attacker.py flood IFNAME RATE SECONDS FRAMES_FILE
+    python -m lab.attacker flood IFNAME RATE SECONDS FRAMES_FILE
         send the frames of FRAMES_FILE (each: 2-byte big-endian length, then the frame) round
         robin on IFNAME, RATE per second (in 1 ms slices) for SECONDS; at the end print one JSON
         line {"sent": N, "seconds": S, "errors": E}
@@ -30,11 +30,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from netns import REPO, Capture, CarpFrame, Network, Node, in_netns
-
 from carpd import net, wire
+from lab.netns import REPO, Capture, CarpFrame, Network, Node, in_netns
 
 PYTHON = str(REPO / ".venv" / "bin" / "python")
 ATTACKER_SOURCE = IPv4Address("10.9.1.66")
@@ -232,10 +229,10 @@ class Flood:
         self._out = directory / "flood.out"
         with open(self._out, "wb") as out:
             self.process = subprocess.Popen(
-                ["ip", "netns", "exec", ns, PYTHON, __file__, "flood", ifname, str(rate),
-                 str(seconds), str(self._frames_file)],
+                ["ip", "netns", "exec", ns, PYTHON, "-m", "lab.attacker", "flood", ifname,
+                 str(rate), str(seconds), str(self._frames_file)],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True)
+                start_new_session=True, cwd=REPO)
 
     def stop(self) -> dict[str, float]:
         """End the flood (if still running) and return what it sent."""

@@ -53,7 +53,7 @@ def run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, check=check, capture_output=True, text=True, timeout=30)
 
 
-def wait_for(predicate: Callable[[], T], timeout: float, interval: float = 0.05) -> T:
+def wait_for(predicate: Callable[[], T | None], timeout: float, interval: float = 0.05) -> T:
     """Poll ``predicate`` until it returns something truthy; return it, or raise TimeoutError."""
     deadline = time.monotonic() + timeout
     while True:

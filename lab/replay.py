@@ -15,9 +15,8 @@ import struct
 from ipaddress import IPv4Address
 from types import TracebackType
 
-from netns import CarpFrame, Node, in_netns
-
 from carpd import wire
+from lab.netns import CarpFrame, Node, in_netns
 
 _ETH_HEADER_LEN = 14
 _IP_CHECKSUM = slice(10, 12)

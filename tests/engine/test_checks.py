@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from netns import in_netns
+
+from lab.netns import in_netns
 
 pytestmark = pytest.mark.netns
 

@@ -17,9 +17,8 @@ from collections.abc import Iterator
 from ipaddress import IPv4Address
 from pathlib import Path
 
-from netns import CARPD, VIP, Daemon, Network, Node, in_netns, run, wait_for
-
 from carpd import control
+from lab.netns import CARPD, VIP, Daemon, Network, Node, in_netns, run, wait_for
 
 ETH_P_ARP = 0x0806
 ETH_P_ALL = 0x0003

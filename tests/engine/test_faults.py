@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-from netns import VIP, Daemon, Network, Node, run, wait_for
 
 from carpd import control
+from lab.netns import VIP, Daemon, Network, Node, run, wait_for
 
 OVERFLOW_EVENTS = 20_000
 

@@ -16,7 +16,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from attacker import (
+from carpd import wire
+from carpd.net import RECEIVE_BATCH, Link
+from lab.attacker import (
     KINDS,
     Flood,
     SentBy,
@@ -27,10 +29,7 @@ from attacker import (
     send_all,
     valid_frame,
 )
-from netns import PASSWORD, VIP, Network, Node, in_netns, wait_for
-
-from carpd import wire
-from carpd.net import RECEIVE_BATCH, Link
+from lab.netns import PASSWORD, VIP, Network, Node, in_netns, wait_for
 
 TARGET = Target(vhid=1, vip=VIP)
 RATE = 20_000

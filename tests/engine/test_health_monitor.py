@@ -15,9 +15,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from netns import in_netns, run, wait_for
 
 from carpd.health import OUTPUT_KEPT, Health
+from lab.netns import in_netns, run, wait_for
 
 
 def script(tmp_path: Path, name: str, body: str) -> list[str]:

@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 from ifnodes import VIP, Lab, Node, stanza, wait_for
-from netns import Capture
+
+from lab.netns import Capture
 
 pytestmark = pytest.mark.netns
 

@@ -26,8 +26,9 @@ from ipaddress import IPv4Address
 from itertools import pairwise
 
 import pytest
-from netns import PASSWORD, VIP, CarpFrame, Daemon, Network, Node, decode_frame, wait_for
-from replay import Injector, bow_out, forge
+
+from lab.netns import PASSWORD, VIP, CarpFrame, Daemon, Network, Node, decode_frame, wait_for
+from lab.replay import Injector, bow_out, forge
 
 pytestmark = [pytest.mark.netns]
 

@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from netns import UCARP
+
+from lab.netns import UCARP
 
 pytestmark = [pytest.mark.netns, pytest.mark.ucarp]
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "health.py"
+REPO = Path(__file__).resolve().parents[2]  # bench.health runs as a module from here
 CAP = 3.0  # --quick's cap
 
 
@@ -32,8 +33,8 @@ def run_bench(tmp_path: Path) -> tuple[subprocess.CompletedProcess[str], dict[st
     out = tmp_path / "health.json"
     # a short folder for the logs: the engines' control sockets live there (sun_path 108 bytes)
     with tempfile.TemporaryDirectory(prefix="carpd-hs-") as logs:
-        done = subprocess.run([sys.executable, str(BENCH), "--quick", "--json", str(out),
-                               "--keep", logs],
+        done = subprocess.run([sys.executable, "-m", "bench.health", "--quick", "--json",
+                               str(out), "--keep", logs], cwd=REPO,
                               capture_output=True, text=True, timeout=240, check=False)
         print(done.stdout, done.stderr)
         for log in sorted(Path(logs).glob("*/*/stderr.log")):  # shown if the test fails

@@ -8,9 +8,9 @@ from itertools import pairwise
 from pathlib import Path
 
 import pytest
-from netns import PASSWORD, Network, wait_for
 
 from carpd import wire
+from lab.netns import PASSWORD, Network, wait_for
 
 pytestmark = [pytest.mark.netns]
 

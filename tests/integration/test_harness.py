@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from netns import PASSWORD, Network, wait_for
+
+from lab.netns import PASSWORD, Network, wait_for
 
 pytestmark = [pytest.mark.netns, pytest.mark.ucarp]
 

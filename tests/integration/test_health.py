@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from netns import CARPD, VIP, CarpFrame, Daemon, Network, Node, run, wait_for
+
+from lab.netns import CARPD, VIP, CarpFrame, Daemon, Network, Node, run, wait_for
 
 pytestmark = [pytest.mark.netns]
 

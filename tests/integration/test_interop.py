@@ -14,7 +14,8 @@ from ipaddress import IPv4Address
 from typing import Any
 
 import pytest
-from netns import PASSWORD, VIP, CarpFrame, Daemon, Network, Node, wait_for
+
+from lab.netns import PASSWORD, VIP, CarpFrame, Daemon, Network, Node, wait_for
 
 pytestmark = [pytest.mark.netns, pytest.mark.ucarp]
 

@@ -19,7 +19,8 @@ import subprocess
 import time
 
 import pytest
-from netns import Daemon, Network, Node, in_netns, wait_for
+
+from lab.netns import Daemon, Network, Node, in_netns, wait_for
 
 pytestmark = [pytest.mark.netns]
 

@@ -12,7 +12,8 @@ from collections.abc import Iterator
 from ipaddress import IPv4Address
 
 import pytest
-from netns import VIP, Network, Node, in_netns, wait_for
+
+from lab.netns import VIP, Network, Node, in_netns, wait_for
 
 pytestmark = pytest.mark.netns
 

@@ -14,10 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from netns import in_netns, run
 from test_metrics import Engine, status_reply
 
 from carpd import carpctl
+from lab.netns import in_netns, run
 
 
 def test_a_configured_engine_that_does_not_run_is_listed_with_the_reason(

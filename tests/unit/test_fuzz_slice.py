@@ -3,17 +3,10 @@ invariant checker catches hosts that break each invariant, so a clean slice mean
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from ipaddress import IPv4Address
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "fuzz"))
-
-from checker import Invariant
-from fuzz_core import DEFAULT_SEED, HOSTS, SLOWEST, Report, run, table
 
 from carpd import wire
 from carpd.election import (
@@ -26,6 +19,8 @@ from carpd.election import (
     State,
     VirtualHost,
 )
+from fuzz.checker import Invariant
+from fuzz.fuzz_core import DEFAULT_SEED, HOSTS, SLOWEST, Report, run, table
 
 SLICE_FRAMES = 20_000
 BROKEN_FRAMES = 1_500
@@ -191,7 +186,7 @@ def test_the_checker_catches_a_host_that_breaks_an_invariant(
 
 def test_the_fuzzer_exits_non_zero_on_a_violation(monkeypatch: pytest.MonkeyPatch,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    import fuzz_core
+    from fuzz import fuzz_core
 
     monkeypatch.setattr(fuzz_core, "run", lambda frames, seed: broken_run(MovesSilently))
     assert fuzz_core.main(["--frames", "10"]) == 1

@@ -1,0 +1,1 @@
+"""`make demo`: ``.venv/bin/python -m demo.run`` from the repository root."""
