@@ -15,10 +15,11 @@ engine has released the VIP); the client checks every download's bytes (SHA-256)
 has returned, ``ifup eth0`` brings the node back as BACKUP.  All along, 100 short requests per
 second go to the VIP (bench/common.py's client).
 
-    .venv/bin/python bench/longconn.py [--count 10] [--quick] [--json out.json]
+    .venv/bin/python -m bench.longconn [--count 10] [--quick] [--json out.json]
 
-Run as ``longconn.py serve NAME PORT LOG`` or ``longconn.py fetch VIP PORT COUNT SIZE SECONDS OUT``,
-this file is also the download server and client started inside the namespaces.
+Run as ``python -m bench.longconn serve NAME PORT LOG`` or ``python -m bench.longconn fetch VIP
+PORT COUNT SIZE SECONDS OUT`` (from the repository root), this module is also the download server
+and client started inside the namespaces.
 """
 
 from __future__ import annotations
@@ -41,12 +42,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lab"))
-
-from netns import CARPD, PASSWORD, VIP, Node
-
-from common import (
+from bench.common import (
+    REPO,
     Deadline,
     Processes,
     Request,
@@ -61,7 +58,8 @@ from common import (
     wait_until,
     write_json,
 )
-from handover import UCARP_HOOK, VIP_DOWN, VIP_UP, Cluster
+from bench.handover import UCARP_HOOK, VIP_DOWN, VIP_UP, Cluster
+from lab.netns import CARPD, PASSWORD, VIP, Node
 
 DOWNLOAD_PORT = 8081
 STALL = 10.0
@@ -287,9 +285,9 @@ class LongCluster(Cluster):
 
     def start_download_servers(self) -> None:
         for name, node in self.nodes.items():
-            self.procs.start(node.ns, [sys.executable, __file__, "serve", name,
+            self.procs.start(node.ns, [sys.executable, "-m", "bench.longconn", "serve", name,
                                        str(DOWNLOAD_PORT), str(self.closes(name))],
-                             self.directory / f"dl-{name}.log")
+                             self.directory / f"dl-{name}.log", cwd=REPO)
         for node in self.nodes.values():
             wait_until(partial(_listening, node), 10)
 
@@ -328,8 +326,9 @@ def one_round(cluster: LongCluster, index: int, args: argparse.Namespace) -> Rou
     out = cluster.directory / f"downloads-{index}.jsonl"
     size = int(args.rate_kb * 1024 * args.seconds)
     fetcher = cluster.procs.start(cluster.client_node.ns, [
-        sys.executable, __file__, "fetch", str(VIP), str(DOWNLOAD_PORT), str(args.downloads),
-        str(size), str(args.seconds), str(out)], cluster.directory / "fetch.log")
+        sys.executable, "-m", "bench.longconn", "fetch", str(VIP), str(DOWNLOAD_PORT),
+        str(args.downloads), str(size), str(args.seconds), str(out)],
+        cluster.directory / "fetch.log", cwd=REPO)
     time.sleep(args.lead)
     record.start = time.time()
     ifdown = Background(cluster, old.name)
