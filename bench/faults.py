@@ -61,6 +61,7 @@ from typing import Any, TypeVar
 from bench.common import (
     CARPD_HOOKS,
     REPO,
+    Background,
     Deadline,
     Ifupdown,
     cmdline,
@@ -227,25 +228,6 @@ def classify(ns: str) -> Procs:
 # ---- one cluster --------------------------------------------------------------------------------
 
 
-class Background:
-    """A blocking call run in a thread (an ifdown a fault starts and does not wait for)."""
-
-    def __init__(self, call: Callable[[], int]) -> None:
-        self.started = time.time()
-        self.ended: float | None = None
-        self.result: int | None = None
-        self._thread = threading.Thread(target=self._run, args=(call,), daemon=True)
-        self._thread.start()
-
-    def _run(self, call: Callable[[], int]) -> None:
-        self.result = call()
-        self.ended = time.time()
-
-    def join(self, timeout: float) -> bool:
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
-
-
 class Cluster:
     def __init__(self, engine: str, directory: Path) -> None:
         self.engine = engine
@@ -255,7 +237,7 @@ class Cluster:
         self.ifupdown: dict[str, Ifupdown] = {}
         self.down: set[str] = set()
         """Nodes a fault took down with ifdown: the heal brings them up again."""
-        self.ifdowns: dict[str, Background] = {}
+        self.ifdowns: dict[str, Background[int]] = {}
 
     def close(self) -> None:
         kill_namespace_processes(n.ns for n in self.nodes.values())
@@ -363,15 +345,12 @@ iface eth0:ucarp inet static
     # ---- acting ----------------------------------------------------------------------------
 
     def ifup(self, name: str) -> None:
-        code = self.ifupdown[name].run("ifup")
-        if code != 0:
-            raise RuntimeError(f"ifup eth0 on {name} failed ({code}): see "
-                               f"{self.ifupdown[name].log}")
+        self.ifupdown[name].must("ifup")
 
     def ifdown(self, name: str) -> int:
         return self.ifupdown[name].run("ifdown")
 
-    def ifdown_in_background(self, name: str) -> Background:
+    def ifdown_in_background(self, name: str) -> Background[int]:
         self.down.add(name)
         job = Background(lambda: self.ifdown(name))
         self.ifdowns[name] = job
