@@ -463,9 +463,10 @@ def check_node(cluster: Cluster, name: str, outcome: Outcome) -> None:
 def stale_files(cluster: Cluster, name: str, procs: Procs) -> list[str]:
     allowed = {"eth0.log", "eth0.hook"}
     if procs.supervisors or cluster.state_has(name, "eth0"):
-        allowed |= {"eth0.conf", "eth0.env", "eth0.supervisor"}
+        # eth0.groups: every group ifupdown has up, kept with the conf (src/carpd/ifupdown)
+        allowed |= {"eth0.conf", "eth0.env", "eth0.supervisor", "eth0.groups"}
     if procs.engines:
-        allowed.add(f"eth0.{VHID}.sock")
+        allowed |= {f"eth0.{VHID}.sock", "eth0.sock"}  # a group's socket, the interface's
     return [f"{name}: stale file /run/carpd/{f}" for f in cluster.run_files(name)
             if f not in allowed]
 
