@@ -24,6 +24,7 @@ import contextlib
 import gc
 import json
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -33,7 +34,7 @@ from typing import Any
 
 from carpd import control, identity, metrics
 from carpd.debian_status import DPKG_STATUS, ifupdown_status
-from carpd.ifupdown import interfaces
+from carpd.ifupdown import groups, interfaces
 from carpd.ifupdown import stanza as ucarp
 from carpd.ifupdown.runtime import RUN_DIR
 
@@ -43,17 +44,6 @@ _PLACE = re.compile(r"^(.*?):(\d+): ")
 
 
 # -- check ----------------------------------------------------------------------------------
-
-def _where(iface: interfaces.Iface, problem: ucarp.Problem) -> interfaces.Where:
-    """The line of the option at fault: of an option given several times (ucarp-track-script),
-    the one whose value the problem quotes, else the last."""
-    lines = [o for o in iface.options if o.name == problem.option]
-    if not lines:
-        return iface.where
-    quoting = [o for o in lines if any(repr(value) in problem.message
-                                       for value in (o.value, *o.value.split()))]
-    return (quoting or lines)[-1].where
-
 
 def _stanza_options(iface: interfaces.Iface) -> dict[str, str]:
     """The ucarp-* options as ifupdown would pass them (a repeated one joined by newline)."""
@@ -66,17 +56,7 @@ def _stanza_options(iface: interfaces.Iface) -> dict[str, str]:
 
 
 def _check_iface(iface: interfaces.Iface, parsed: interfaces.Interfaces) -> list[str]:
-    raw = _stanza_options(iface)
-    addresses = [o.value for o in iface.options if o.name == "address"]
-    try:
-        options = ucarp.engine_options(raw, interface=iface.name, family=iface.family,
-                                       method=iface.method,
-                                       address=addresses[0] if addresses else None,
-                                       check_interface=False)
-    except ucarp.StanzaError as error:
-        return [f"{_where(iface, p)}: {iface}: {p}" for p in error.problems]
-    missing = ucarp.missing_alias(options, parsed)
-    return [f"{iface.where}: {iface}: {missing}"] if missing else []
+    return groups.check_iface(iface, parsed)
 
 
 def check(path: Path) -> tuple[list[str], int]:
@@ -104,16 +84,12 @@ def check_parsed(parsed: interfaces.Interfaces,
     """:func:`check` of what :func:`interfaces.parse` read; ``ifupdown2``: as ifupdown2 will
     run the hooks."""
     problems = list(parsed.errors)
-    seen: dict[str, interfaces.Iface] = {}
     carp = [i for i in parsed.ifaces if _stanza_options(i) and not parsed.is_template(i)]
     for iface in carp:
         problems += _check_iface(iface, parsed)
         if ifupdown2:
             problems += _first_only(iface)
-        first = seen.setdefault(iface.name, iface)
-        if first is not iface:
-            problems.append(f"{iface.where}: {iface}: ucarp-* options for {iface.name} again "
-                            f"(first at {first.where}): one engine runs per interface")
+    problems += groups.conflicts(parsed, carp)  # several groups per interface: no clash
     order = {name: n for n, name in enumerate(parsed.files)}
 
     def key(message: str) -> tuple[int, int]:
@@ -190,21 +166,57 @@ def _print_ifupdown_note(args: argparse.Namespace) -> None:
 # -- the running engines --------------------------------------------------------------------
 
 def _sockets(state_dir: Path, interface: str | None, vhid: int | None = None) -> list[Path]:
-    if interface is not None and vhid is not None:
-        path = control.socket_path(state_dir, interface, vhid)
-        return [path] if path.exists() else []
+    """The control sockets that may serve ``interface`` (every one without): its engine's
+    ``IFACE.sock`` and the ``IFACE.VHID.sock`` of engines of one group started by hand.  A
+    dotted name may be either (``eth0.100.sock``: interface eth0.100, or eth0's vhid 100): the
+    replies say which (:func:`_groups_of`)."""
     found = sorted(state_dir.glob("*.sock"))
-    if interface is not None:
-        found = [p for p in found if p.name.rsplit(".", 2)[0] == interface]
-    return found
+    if interface is None:
+        return found
+    return [p for p in found if _may_serve(p.name.removesuffix(".sock"), interface, vhid)]
+
+
+def _may_serve(name: str, interface: str, vhid: int | None) -> bool:
+    if name == interface:
+        return True
+    head, _, tail = name.rpartition(".")
+    return head == interface and tail.isdigit() and vhid in (None, int(tail))
+
+
+def _socket_name(path: Path) -> tuple[str, int | None]:
+    """The interface and vhid a socket's name suggests (for one that does not answer)."""
+    name = path.name.removesuffix(".sock")
+    head, _, tail = name.rpartition(".")
+    return (head, int(tail)) if head and tail.isdigit() else (name, None)
 
 
 def _ask(path: Path, request: dict[str, Any]) -> dict[str, Any]:
     try:
         return control.request(path, request)
     except (OSError, ValueError) as error:
-        name = path.name.removesuffix(".sock")
-        return {"interface": name.rsplit(".", 1)[0], "error": f"no answer on {path}: {error}"}
+        return {"interface": _socket_name(path)[0], "error": f"no answer on {path}: {error}"}
+
+
+def _groups_of(reply: dict[str, Any], interface: str | None = None,
+               vhid: int | None = None) -> list[dict[str, Any]]:
+    """One entry per group of an engine's reply (an engine of one group, or older than
+    groups, answers with that group's fields alone), only those of ``interface`` and ``vhid``
+    when given; an error reply as it is."""
+    if "error" in reply:
+        return [reply]
+    groups = reply.get("groups")
+    entries = [g for g in groups if isinstance(g, dict)] if isinstance(groups, list) else [reply]
+    return [g for g in entries if (interface is None or g.get("interface") == interface)
+            and (vhid is None or g.get("vhid") == vhid)]
+
+
+def _status_replies(state_dir: Path, interface: str | None,
+                    vhid: int | None) -> list[dict[str, Any]]:
+    replies = []
+    for path in _sockets(state_dir, interface, vhid):
+        reply = _ask(path, {"cmd": "status"})
+        replies += _groups_of(reply, interface, vhid)
+    return replies
 
 
 def _one_line(text: str) -> str:
@@ -307,7 +319,7 @@ def _missing_engines(state_dir: Path, interface: str | None,
 def _answers(state_dir: Path, interface: str) -> bool:
     """An engine of the interface answers (one of another VHID than `status IFACE VHID` asked
     runs all the same; a socket left behind by a killed engine does not count)."""
-    return any("error" not in _ask(p, {"cmd": "status"}) for p in _sockets(state_dir, interface))
+    return any("error" not in r for r in _status_replies(state_dir, interface, None))
 
 
 def _no_engine(args: argparse.Namespace) -> int:
@@ -321,8 +333,7 @@ def _no_engine(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     if _configured(args.state_dir, args.interface):  # engines the ifupdown hooks started
         _print_ifupdown_note(args)
-    replies = [_ask(p, {"cmd": "status"})
-               for p in _sockets(args.state_dir, args.interface, args.vhid)]
+    replies = _status_replies(args.state_dir, args.interface, args.vhid)
     for reply in replies:
         if "error" not in reply:
             reply["vip_present"] = _vip_present(reply)
@@ -336,31 +347,39 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 1 if any("error" in r for r in replies) else 0
 
 
-def _conf_group(path: Path) -> tuple[int | None, str | None]:
-    """The VHID and VIP an engine's IFACE.conf names (None if it cannot be read: it is
-    root's only)."""
+def _conf_groups(path: Path) -> list[tuple[int | None, str | None]]:
+    """The VHID and VIP of each group an engine's IFACE.conf names (flat, or with "groups");
+    [(None, None)] if it cannot be read: it is root's only."""
     try:
         conf = json.loads(path.read_text())
-        return int(conf["vhid"]), str(conf["addr"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None, None
+        entries = conf.get("groups", [conf])
+        return [(int(g.get("vhid", 1)), str(g["addr"])) for g in entries]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return [(None, None)]
 
 
 def _metrics_engines(state_dir: Path, interface: str | None) -> list[metrics.Engine]:
-    """Every engine with a control socket (with its reply), then every configured engine
-    without one."""
+    """Every group of every engine with a control socket (with its reply), then every group
+    of every configured engine without one."""
     found = []
     for path in _sockets(state_dir, interface):
-        name, _, vhid = path.name.removesuffix(".sock").rpartition(".")
         reply = _ask(path, {"cmd": "status"})
+        if "error" not in reply:
+            found += [metrics.Engine(str(g.get("interface")), None, None, g)
+                      for g in _groups_of(reply, interface)]
+            continue
         # one that does not answer (a killed engine leaves its socket): what its conf says
-        vip = _conf_group(state_dir / f"{name}.conf")[1] if "error" in reply else None
-        found.append(metrics.Engine(name, int(vhid) if vhid.isdigit() else None, vip, reply))
+        name, vhid = _socket_name(path)
+        groups = _conf_groups(state_dir / f"{name}.conf")
+        if vhid is None:  # the engine's own IFACE.sock: every group its conf names
+            found += [metrics.Engine(name, group, vip, reply) for group, vip in groups]
+            continue
+        found.append(metrics.Engine(name, vhid, dict(groups).get(vhid), reply))
     running = {engine.interface for engine in found}
     for name in _configured(state_dir, interface):
         if name not in running:
-            group, vip = _conf_group(state_dir / f"{name}.conf")
-            found.append(metrics.Engine(name, group, vip))
+            found += [metrics.Engine(name, group, vip)
+                      for group, vip in _conf_groups(state_dir / f"{name}.conf")]
     return found
 
 
@@ -378,14 +397,19 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
     return 0
 
 
-def _steer_request(args: argparse.Namespace) -> dict[str, Any]:
+def _steer_request(args: argparse.Namespace, path: Path) -> dict[str, Any]:
+    """The request; "vhid" only for an engine of the interface (``IFACE.sock``): one of one
+    group (``IFACE.VHID.sock``) was picked by its name."""
+    request: dict[str, Any] = {"cmd": args.command}
+    if args.vhid is not None and path.name == f"{args.interface}.sock":
+        request["vhid"] = args.vhid
     if getattr(args, "persistent", False):
-        return {"cmd": args.command, "persistent": True}
-    return {"cmd": args.command}
+        request["persistent"] = True
+    return request
 
 
 def _steered(args: argparse.Namespace, reply: dict[str, Any]) -> str | None:
-    """What went wrong with ``reply``, or None when the engine did as asked."""
+    """What went wrong with one group's ``reply``, or None when the engine did as asked."""
     if "error" in reply or reply.get("ok") is False:
         return str(reply.get("error", reply))
     demotion = reply.get("demotion")
@@ -396,21 +420,43 @@ def _steered(args: argparse.Namespace, reply: dict[str, Any]) -> str | None:
     return None
 
 
+def _serving(state_dir: Path, interface: str, vhid: int | None) -> list[Path]:
+    """The sockets whose engine runs a group of ``interface`` (``vhid`` only, if given).  A
+    name that reads both ways (``eth0.100.sock`` while an interface eth0.100 exists) is asked
+    first: a demotion must not reach another interface's engine."""
+    return [p for p in _sockets(state_dir, interface, vhid)
+            if not _ambiguous(p, interface)
+            or [g for g in _groups_of(_ask(p, {"cmd": "status"}), interface, vhid)
+                if "error" not in g]]
+
+
+def _ambiguous(path: Path, interface: str) -> bool:
+    name = path.name.removesuffix(".sock")
+    if name == interface:
+        return False
+    try:
+        socket.if_nametoindex(name)
+    except OSError:
+        return False
+    return True
+
+
 def _cmd_steer(args: argparse.Namespace) -> int:
-    sockets = _sockets(args.state_dir, args.interface, args.vhid)
+    sockets = _serving(args.state_dir, args.interface, args.vhid)
     if not sockets:
         return _no_engine(args)
     failed = False
     done = f"{args.command}d" + (" (persistent)" if getattr(args, "persistent", False) else "")
     for path in sockets:
-        reply = _ask(path, _steer_request(args))
-        problem = _steered(args, reply)
-        if problem is not None:
-            failed = True
-            print(f"carpctl: {path.name}: {problem}", file=sys.stderr)
-        else:
-            print(f"{reply.get('interface', args.interface)} vhid {reply.get('vhid', '?')}: "
-                  f"{done}, now {reply.get('state', '?')}")
+        reply = _ask(path, _steer_request(args, path))
+        for group in _groups_of(reply, args.interface, args.vhid) if reply.get("ok") else [reply]:
+            problem = _steered(args, group)
+            if problem is not None:
+                failed = True
+                print(f"carpctl: {path.name}: {problem}", file=sys.stderr)
+            else:
+                print(f"{group.get('interface', args.interface)} vhid {group.get('vhid', '?')}: "
+                      f"{done}, now {group.get('state', '?')}")
     return 1 if failed else 0
 
 
@@ -435,7 +481,7 @@ def _parser() -> argparse.ArgumentParser:
     c.set_defaults(run=_cmd_check)
     s = sub.add_parser("status", help="show the engines' state, and why one is BACKUP")
     s.add_argument("interface", nargs="?")
-    s.add_argument("vhid", nargs="?", type=_vhid, help="only this group's engine")
+    s.add_argument("vhid", nargs="?", type=_vhid, help="only this group")
     s.add_argument("--json", action="store_true", help="print the engines' replies as JSON")
     s.set_defaults(run=_cmd_status)
     m = sub.add_parser("metrics", help="print the engines' state and counters as Prometheus text")
@@ -448,7 +494,8 @@ def _parser() -> argparse.ArgumentParser:
                        ("promote", "let IFACE's engines take part in the election again")):
         d = sub.add_parser(name, help=text)
         d.add_argument("interface")
-        d.add_argument("vhid", nargs="?", type=_vhid, help="only this group's engine")
+        d.add_argument("vhid", nargs="?", type=_vhid,
+                       help="only this group (default: every group of IFACE)")
         d.set_defaults(run=_cmd_steer)
         if name == "demote":
             d.add_argument("--persistent", action="store_true",

@@ -7,12 +7,11 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from ipaddress import IPv4Address
 from pathlib import Path
 
-from carpd import control, netlink
-from carpd.config import ConfigError, Options, from_command_line
-from carpd.daemon import Engine
+from carpd import control, identity
+from carpd.config import ConfigError, EngineConfig, engine_config
+from carpd.daemon import Engine, source_address
 from carpd.logs import setup as setup_logging
 
 log = logging.getLogger("carpd")
@@ -26,20 +25,22 @@ def main(argv: list[str] | None = None) -> int:
     if not argv:
         argv = ["--help"]
     try:
-        options = from_command_line(argv)
-        source = _source_address(options)
-        _refuse_second_engine(options)
+        config = engine_config(argv)
+        sources = {o.vhid: source_address(o) for o in config.groups}
+        locks = _take_groups(config)
     except ConfigError as error:
         for line in str(error).splitlines():
             print(f"carpd: {line}", file=sys.stderr)
         return EXIT_USAGE
-    tag = f"carpd[{options.interface}/{options.vhid}]"
+    options = config.first
+    tag = f"carpd[{options.interface}]" if config.config_file else \
+        f"carpd[{options.interface}/{options.vhid}]"
     setup_logging(options.facility, foreground=True, debug=options.debug, tag=tag)
     if options.password_on_command_line:
         log.warning("the password was given with -p/--pass: anyone can read it with ps; "
                     "use -o/--passfile")
     try:
-        engine = Engine(options, source)
+        engine = Engine(config, sources, argv, locks)
     except (OSError, LookupError) as error:
         log.error("cannot start on %s: %s", options.interface, error)
         return EXIT_RUNTIME
@@ -51,48 +52,83 @@ def main(argv: list[str] | None = None) -> int:
     def signals_ready() -> None:
         # Only now: a SIGTERM sent to the pid in the file is handled (the pidfile goes too).
         if options.daemonize:
-            pidfiles.append(_write_pidfile(options))
+            pidfiles.append(_write_pidfile(config))
 
     try:
-        return _run(engine, options, source, signals_ready)
+        return _run(engine, signals_ready)
     finally:
         for pidfile in pidfiles:
             with contextlib.suppress(FileNotFoundError):
                 pidfile.unlink()
 
 
-def _run(engine: Engine, options: Options, source: IPv4Address,
-         signals_ready: Callable[[], None]) -> int:
-    log.info("vhid %d on %s from %s, VIP %s: interval %.3f s, master down after %.3f s",
-             options.vhid, options.interface, source, options.addr,
-             engine.host.params.advert_interval, engine.host.params.master_down_interval)
-    if options.advbase == 0:
-        log.warning("advbase 0: the master-down interval is one advert interval, so one lost or "
-                    "late advert makes a backup take over")
+def _run(engine: Engine, signals_ready: Callable[[], None]) -> int:
+    for group in engine.groups.values():
+        p, options = group.host.params, group.options
+        group.log.info("vhid %d on %s from %s, VIP %s: interval %.3f s, master down after "
+                       "%.3f s", options.vhid, options.interface, group.source, options.addr,
+                       p.advert_interval, p.master_down_interval)
+        if options.advbase == 0:
+            group.log.warning("advbase 0: the master-down interval is one advert interval, so "
+                              "one lost or late advert makes a backup take over")
     return engine.run(signals_ready)
 
 
-def _source_address(options: Options) -> IPv4Address:
-    if options.srcip is not None:
-        return options.srcip
+def _take_groups(config: EngineConfig) -> dict[int, identity.GroupLock]:
+    """Each group's identity in this network namespace, and the engine's socket: a second
+    engine for a vhid, or for the interface's socket, is refused (ConfigError)."""
+    options = config.first
+    locks: dict[int, identity.GroupLock] = {}
     try:
-        primary = netlink.interface_info(options.interface).primary_address()
-    except LookupError:
-        primary = None
-    if primary is None:
-        raise ConfigError(f"-s/--srcip: not given, and {options.interface} has no IPv4 address "
-                          "to use instead")
-    return primary
+        for vhid in config.vhids:
+            locks[vhid] = identity.GroupLock(options.interface, vhid)
+        path = control.socket_path(options.state_dir, options.interface,
+                                   None if config.config_file else options.vhid)
+        _refuse_live_socket(path, options.interface)
+    except identity.GroupTaken:
+        _release(locks)
+        raise ConfigError(f"vhid {vhid} on {options.interface}: already run by carpd"
+                          f"{_runner(config, vhid)}") from None
+    except ConfigError:
+        _release(locks)
+        raise
+    return locks
 
 
-def _refuse_second_engine(options: Options) -> None:
-    path = control.socket_path(options.state_dir, options.interface, options.vhid)
+def _release(locks: dict[int, identity.GroupLock]) -> None:
+    for lock in locks.values():
+        lock.release()
+
+
+def _refuse_live_socket(path: Path, interface: str) -> None:
     try:
         reply = control.request(path, {"cmd": "status"}, timeout=2.0)
     except (OSError, ValueError):
         return
-    raise ConfigError(f"vhid {options.vhid} on {options.interface}: already run by carpd "
-                      f"pid {reply.get('pid')}")
+    raise ConfigError(f"{interface}: {path} is served by carpd pid {reply.get('pid')} "
+                      f"(interface {reply.get('interface')}, vhids "
+                      f"{_vhids_of(reply)}): already running")
+
+
+def _vhids_of(reply: dict[str, object]) -> str:
+    groups = reply.get("groups")
+    if isinstance(groups, list):
+        return ",".join(str(g.get("vhid")) for g in groups if isinstance(g, dict))
+    return str(reply.get("vhid"))
+
+
+def _runner(config: EngineConfig, vhid: int) -> str:
+    """`` pid N`` of the engine that runs ``vhid``, if its socket says so."""
+    options = config.first
+    for path, request in ((control.socket_path(options.state_dir, options.interface, vhid),
+                           {"cmd": "status"}),
+                          (control.socket_path(options.state_dir, options.interface),
+                           {"cmd": "status", "vhid": vhid})):
+        with contextlib.suppress(OSError, ValueError):
+            reply = control.request(path, request, timeout=2.0)
+            if reply.get("ok"):
+                return f" pid {reply.get('pid')}"
+    return " (another engine in this network namespace)"
 
 
 def _daemonize() -> None:
@@ -108,8 +144,11 @@ def _daemonize() -> None:
     os.close(devnull)
 
 
-def _write_pidfile(options: Options) -> Path:
-    path = options.pidfile or options.state_dir / f"{options.interface}.{options.vhid}.pid"
+def _write_pidfile(config: EngineConfig) -> Path:
+    options = config.first
+    name = f"{options.interface}.pid" if config.config_file else \
+        f"{options.interface}.{options.vhid}.pid"
+    path = options.pidfile or options.state_dir / name
     path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
     path.write_text(f"{os.getpid()}\n")
     return path

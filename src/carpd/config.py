@@ -11,6 +11,7 @@ import os
 import shlex
 import socket
 import stat
+from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Annotated, Any
@@ -130,6 +131,15 @@ def _interface_names(value: Any) -> Any:
     return value
 
 
+def _script_interface(name: str) -> str:
+    """The name up/down scripts get as their first argument: an interface, or an alias of
+    one (Debian's ``eth0:1``)."""
+    if not 0 < len(name) < IFNAMSIZ or "/" in name or name != "".join(name.split()):
+        raise ValueError(f"not an interface or alias name: allowed: 1 to {IFNAMSIZ - 1} "
+                         "characters, without '/' or whitespace")
+    return name
+
+
 def _interface_name(name: str) -> str:
     if not 0 < len(name) < IFNAMSIZ or any(c in name for c in "/:") or name != "".join(
             name.split()):
@@ -184,10 +194,24 @@ class Options(BaseModel):
     track_interface: Annotated[tuple[InterfaceName, ...],
                                BeforeValidator(_interface_names)] = ()
     persist_dir: Path = Path("/var/lib/carpd")
+    script_interface: Annotated[str, AfterValidator(_script_interface)] | None = None
+    """The first argument of this group's scripts (default: the interface)."""
+    vip_interface: str | None = None
+    """The interface the VIP lives on (default: the interface the adverts go out on)."""
 
-    @field_validator("interface")
+    @property
+    def scripts_interface(self) -> str:
+        return self.script_interface or self.interface
+
+    @property
+    def vip_on(self) -> str:
+        return self.vip_interface or self.interface
+
+    @field_validator("interface", "vip_interface")
     @classmethod
-    def _interface_exists(cls, value: str) -> str:
+    def _interface_exists(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         try:
             socket.if_nametoindex(value)
         except OSError:
@@ -248,6 +272,7 @@ FLAGS: dict[str, str] = {
     "track_interval": "--track-interval", "track_timeout": "--track-timeout",
     "track_fall": "--track-fall", "track_rise": "--track-rise",
     "track_interface": "--track-interface", "persist_dir": "--persist-dir",
+    "script_interface": "script_interface", "vip_interface": "vip_interface",
 }
 
 
@@ -412,11 +437,52 @@ def _per_namespace(args: dict[str, Any]) -> None:
             args[name] = str(identity.namespace_folder(Options.model_fields[name].default))
 
 
+INTERFACE_KEYS = ("interface", "mcast", "nomcast", "ignoreifstate", "facility", "debug",
+                  "daemonize", "pidfile", "state_dir", "persist_dir")
+"""Keys with one value per engine; every other key belongs to a group."""
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """What one engine runs: its groups (each a complete :class:`Options`, the interface-level
+    keys the same in all) and the --config file they came from, if any."""
+
+    groups: tuple[Options, ...]
+    config_file: str | None = None
+
+    @property
+    def first(self) -> Options:
+        return self.groups[0]
+
+    @property
+    def interface(self) -> str:
+        return self.groups[0].interface
+
+    @property
+    def vhids(self) -> tuple[int, ...]:
+        return tuple(g.vhid for g in self.groups)
+
+
 def from_command_line(argv: list[str]) -> Options:
-    """Parse ucarp's command line (plus ``--config``) into validated :class:`Options`."""
+    """Parse ucarp's command line (plus ``--config``) into validated :class:`Options`: of a
+    ``--config`` file listing several groups, every group is checked and the first returned
+    (:func:`engine_config` returns them all)."""
+    return engine_config(argv).first
+
+
+def engine_config(argv: list[str]) -> EngineConfig:
+    """Parse ucarp's command line (plus ``--config``, flat or with ``"groups"``) into the
+    validated groups of one engine, or raise :class:`ConfigError`."""
     given = vars(parser().parse_args(argv))
     config_file = given.pop("config", None)
-    merged = read_config_file(config_file) if config_file else {}
+    data = read_config_file(config_file) if config_file else {}
+    if "groups" in data:
+        return EngineConfig(_groups(data, given, str(config_file)), config_file)
+    return EngineConfig((_one_group(data, given),), config_file)
+
+
+def _one_group(merged: dict[str, Any], given: dict[str, Any]) -> Options:
+    """Today's form: the file's keys, overridden by the command line's."""
     if "password" in given and "passfile" in merged:
         del merged["passfile"]
     if "passfile" in given and "password" in merged:
@@ -428,3 +494,52 @@ def from_command_line(argv: list[str]) -> Options:
     if "password" not in merged:
         raise ConfigError("-p/--pass or -o/--passfile: a password is required")
     return build(merged)
+
+
+def _groups(data: dict[str, Any], given: dict[str, Any], path: str) -> tuple[Options, ...]:
+    entries = data.pop("groups")
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(f"--config: {path!r}: \"groups\" must be a non-empty list of objects")
+    for key in data:
+        if key not in INTERFACE_KEYS:
+            raise ConfigError(f"--config: {path!r}: {key!r} is a group key: set it in each "
+                              f"group of \"groups\" (interface keys: {', '.join(INTERFACE_KEYS)})")
+    for key in given:
+        if key not in INTERFACE_KEYS:
+            flag = FLAGS.get(key, "-p/--pass or -o/--passfile" if key == "passfile" else key)
+            raise ConfigError(f"{flag}: set it per group in the --config file's \"groups\", "
+                              "not on the command line")
+    shared = {**data, **given}
+    _per_namespace(shared)
+    groups = tuple(_group(shared, entry, n, path) for n, entry in enumerate(entries))
+    _distinct_vhids(groups, path)
+    return groups
+
+
+def _group(shared: dict[str, Any], entry: Any, n: int, path: str) -> Options:
+    where = f"--config: {path!r}: groups[{n}]"
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where}: must be a JSON object")
+    for key in entry:
+        if key in INTERFACE_KEYS:
+            raise ConfigError(f"{where}: {key!r} is an interface key: set it once, beside "
+                              "\"groups\"")
+    merged = {**shared, **entry, "password_on_command_line": False}
+    where += f" (vhid {entry.get('vhid', 1)})"
+    try:
+        _password(merged)
+        if "password" not in merged:
+            raise ConfigError("password or passfile: a password is required")
+        return build(merged, {})  # errors name the file's keys
+    except ConfigError as error:
+        raise ConfigError("\n".join(f"{where}: {line}" for line in str(error).splitlines())) \
+            from None
+
+
+def _distinct_vhids(groups: tuple[Options, ...], path: str) -> None:
+    first: dict[int, int] = {}
+    for n, group in enumerate(groups):
+        m = first.setdefault(group.vhid, n)
+        if m != n:
+            raise ConfigError(f"--config: {path!r}: groups[{m}] and groups[{n}] both have vhid "
+                              f"{group.vhid}: one group per vhid on an interface")

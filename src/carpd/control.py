@@ -1,10 +1,11 @@
 """The control socket: ``carpctl`` asks for status, demotion and promotion over it.
 
-A unix stream socket ``{state_dir}/{iface}.{vhid}.sock`` (mode 0600): the client sends one JSON
-line such as ``{"cmd": "status"}`` and gets one JSON line back.  Served from the protocol loop
-without ever blocking it: connections are non-blocking and bounded in size, nesting, number and
-time (a client idle for :data:`IDLE_TIMEOUT` is closed; when all slots are taken the oldest
-client makes room), and whatever a client sends, the answer is at worst an error.
+A unix stream socket (mode 0600, see :func:`socket_path`): the client sends one JSON line such
+as ``{"cmd": "status"}`` (``"vhid": N`` addresses one group) and gets one JSON line back.
+Served from the protocol loop without ever blocking it: connections are non-blocking and
+bounded in size, nesting, number and time (a client idle for :data:`IDLE_TIMEOUT` is closed;
+when all slots are taken the oldest client makes room), and whatever a client sends, the
+answer is at worst an error.
 """
 
 from __future__ import annotations
@@ -29,8 +30,12 @@ IDLE_TIMEOUT = 2.0
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 
 
-def socket_path(state_dir: Path, ifname: str, vhid: int) -> Path:
-    return state_dir / f"{ifname}.{vhid}.sock"
+def socket_path(state_dir: Path, ifname: str, vhid: int | None = None) -> Path:
+    """The engine's socket: ``IFACE.sock`` for an engine of the interface (one run with
+    ``--config``, which may hold several groups and be reloaded); ``IFACE.VHID.sock`` for an
+    engine of one group given on the command line alone (ucarp's way: several of them may run
+    on one interface, one per vhid)."""
+    return state_dir / (f"{ifname}.sock" if vhid is None else f"{ifname}.{vhid}.sock")
 
 
 @dataclass

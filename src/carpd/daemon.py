@@ -1,8 +1,12 @@
-"""The I/O shell: one loop that waits for the earliest deadline or input, feeds the election core
-and carries out what it answers.
+"""The I/O shell: one engine per interface, one loop that waits for the earliest deadline or
+input, feeds each group's election core and carries out what it answers.
 
-Inputs: frames from the raw socket, netlink link events, finished scripts, control requests and
-signals (through a wakeup pipe).  Time is ``time.monotonic()``, read here and passed in.
+The split is OpenBSD's: per interface one packet socket with one kernel filter for all vhids,
+one netlink monitor, one control socket and one watchdog (this module); per vhid a
+:class:`~carpd.group.Group` with its ``VirtualHost`` and its own script queue.  Frames are
+handed to the group of their vhid.  Inputs: frames, netlink link events, finished scripts,
+health verdicts, control requests and signals (through a wakeup pipe).  Time is
+``time.monotonic()``, read here and passed in.
 """
 
 from __future__ import annotations
@@ -14,112 +18,143 @@ import selectors
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from ipaddress import IPv4Address
-from pathlib import Path
 from typing import Any
 
-from carpd import control, election, health, netlink, sdnotify, wire
-from carpd.arpguard import ArpGuard, StrayForwarder
-from carpd.config import Options, stop_budget
-from carpd.election import Action, Script, State
-from carpd.logs import RateLimiter
-from carpd.net import Link, random_counter, random_ident
-from carpd.scripts import ScriptRunner
+from carpd import control, identity, net, netlink, sdnotify, wire
+from carpd.config import ConfigError, EngineConfig, Options, engine_config, stop_budget
+from carpd.group import Group, alias_label
+from carpd.net import Link
 from carpd.watchdog import Watchdog
 
 log = logging.getLogger("carpd")
 
 EXIT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 SCRIPT_DRAIN_SLACK = 5.0
+RELOAD_FIXED = ("interface", "mcast", "nomcast", "ignoreifstate", "state_dir", "persist_dir")
+"""Interface-level keys a reload cannot change (the socket, the filter, the folders)."""
+
+__all__ = ["EXIT_SIGNALS", "Engine", "alias_label", "source_address"]
 
 
-def alias_label(ifname: str) -> str:
-    return f"{ifname}:ucarp"
+def source_address(options: Options) -> IPv4Address:
+    """The group's -s/--srcip, or the interface's primary address (ConfigError if none)."""
+    if options.srcip is not None:
+        return options.srcip
+    try:
+        primary = netlink.interface_info(options.interface).primary_address()
+    except LookupError:
+        primary = None
+    if primary is None:
+        raise ConfigError(f"-s/--srcip: not given, and {options.interface} has no IPv4 address "
+                          "to use instead")
+    return primary
+
+
+def vhid_of(packet: bytes) -> int | None:
+    """The vhid of a CARP packet (after its IPv4 header), None if too short."""
+    if not packet:
+        return None
+    at = (packet[0] & 0x0F) * 4 + 1
+    return packet[at] if len(packet) > at else None
 
 
 class Engine:
-    """One virtual host on one interface, wired to the real world."""
+    """Every group of one interface, wired to the real world."""
 
-    def __init__(self, options: Options, source: IPv4Address) -> None:
-        self.options = options
-        self.info = netlink.interface_info(options.interface)
-        self.host = election.VirtualHost(_params(options, source), random_counter)
-        self.link = Link(options.interface, None if options.nomcast else options.mcast,
-                         group=options.mcast, vhids=(options.vhid,))
-        self.monitor = None if options.ignoreifstate else netlink.LinkMonitor(self.info.index)
-        self.scripts = ScriptRunner(_script_argv(options), options.script_timeout)
-        self.control = control.ControlServer(
-            control.socket_path(options.state_dir, options.interface, options.vhid),
-            self._control_request)
+    def __init__(self, config: EngineConfig, sources: dict[int, IPv4Address],
+                 argv: list[str] | None = None,
+                 locks: dict[int, identity.GroupLock] | None = None) -> None:
+        first = config.first
+        self.config = config
+        self.argv = argv
+        self.ifname = first.interface
+        self.info = netlink.interface_info(first.interface)
+        self.mac = self.info.mac
+        self.tagged = config.config_file is not None
+        """Log lines of a group name its vhid (an engine run from --config may have several)."""
+        self.link = Link(first.interface, None if first.nomcast else first.mcast,
+                         group=first.mcast, vhids=config.vhids)
+        self.monitor = None if first.ignoreifstate else netlink.LinkMonitor(self.info.index)
+        self._carrier = self.info.carrier
+        self.groups = {o.vhid: Group(o, sources[o.vhid], self, self.tagged)
+                       for o in config.groups}
+        self.retiring: dict[int, Group] = {}
+        """Groups removed (or changed) by a reload, or stopping: bowing out, draining, down."""
+        self._replacements: dict[int, tuple[Options, IPv4Address]] = {}
+        self._locks = dict(locks or {})
+        path = control.socket_path(first.state_dir, self.ifname,
+                                   None if self.tagged else first.vhid)
+        self.control = control.ControlServer(path, self._control_request)
         self._selector = selectors.DefaultSelector()
+        self._watched: dict[int, list[Any]] = {}
         self._signals: list[int] = []
         self._stopping = False
-        self._drops = RateLimiter(time.monotonic)
-        group_mac = wire.multicast_mac(options.mcast)
-        self._dest_mac = wire.BROADCAST_MAC if options.nomcast else group_mac
-        self.arp_guard = ArpGuard(options.interface, options.vhid, options.addr)
-        self.forwarder = StrayForwarder(options.interface, options.vhid, options.addr)
-        self._release_guard_after_down = False
-        self._up_pending = 0
-        self._src_mac = wire.ucarp_source_mac(options.vhid) if options.ucarp_mac else self.info.mac
-        self.health = health.Health(
-            options.track_script, options.track_interval, options.track_timeout,
-            options.track_fall, options.track_rise, options.track_interface)
-        self._persistent_demotion = False
+        self._exit_by: float | None = None
+        self._filtered = sorted(config.vhids)
+        self._infos: dict[str, netlink.InterfaceInfo] = {}
+        """Interface info read during this loop turn (forgotten at the next)."""
+        self.watchdog: Watchdog | None = None
+
+    # ---- what groups see of the interface (carpd.group.Port) ------------------------------------
+
+    def send(self, frame: bytes) -> None:
+        self.link.send(frame)
+
+    def interface_info(self, ifname: str) -> netlink.InterfaceInfo:
+        info = self._infos.get(ifname)
+        if info is None:
+            info = self._infos[ifname] = netlink.interface_info(ifname)
+        return info
+
+    @property
+    def host(self) -> Any:
+        """The election core of the first group (for callers of one-group engines)."""
+        return next(iter(self.groups.values())).host
+
+    def all_groups(self) -> Iterator[Group]:
+        yield from self.groups.values()
+        yield from self.retiring.values()
 
     # ---- set-up -------------------------------------------------------------------------------
 
-    @property
-    def demote_marker(self) -> Path:
-        o = self.options
-        return o.state_dir / f"{o.interface}.{o.vhid}.demoted"
-
-    @property
-    def persistent_demote_marker(self) -> Path:
-        """Survives reboots and upgrades, until ``carpctl promote``."""
-        o = self.options
-        return o.persist_dir / "demoted" / f"{o.interface}.{o.vhid}"
-
-    def _demoted_at_start(self, now: float) -> None:
-        self._persistent_demotion = self.persistent_demote_marker.exists()
-        marker = self.persistent_demote_marker if self._persistent_demotion else \
-            self.demote_marker
-        if self._persistent_demotion or self.demote_marker.exists():
-            self.host.demote(now)
-            log.info("demoted (%s exists): staying BACKUP until promoted", marker)
-
-    def _start_health(self, now: float) -> None:
-        if not self.health.active:
-            return
-        self.health.start()
-        self._selector.register(self.health, selectors.EVENT_READ, self._on_health)
-        self.host.set_health(self.health.healthy, now)  # before start(): only the verdict
-
     def run(self, signals_ready: Callable[[], None] | None = None) -> int:
-        watchdog = Watchdog(self.options.interface, self.options.addr)  # before any thread
-        self.scripts.start()
+        # before any thread
+        self.watchdog = Watchdog((g.options.vip_on, g.vip) for g in self.groups.values())
         wakeup_read = self._install_signals()
         if signals_ready is not None:
             signals_ready()
         sel = self._selector
         sel.register(self.link, selectors.EVENT_READ, self._on_frames)
-        sel.register(self.scripts, selectors.EVENT_READ, self._on_scripts)
         sel.register(self.control, selectors.EVENT_READ, self._on_control)
         sel.register(wakeup_read, selectors.EVENT_READ, self._on_signal_pipe)
         if self.monitor is not None:
             sel.register(self.monitor, selectors.EVENT_READ, self._on_link_event)
         now = time.monotonic()
-        self._demoted_at_start(now)
-        self._start_health(now)
-        if not self.info.carrier and self.monitor is not None:
-            self.host.link_changed(False, now)  # before start: starts in INIT, waits for carrier
-        self._carry_out(self.host.start(now))
+        for group in self.groups.values():
+            self._start_group(group, now)
         sdnotify.notify("READY=1", f"STATUS={self.status_summary()}")
         self._loop()
         code = self._shut_down()
-        watchdog.disarm()
+        self.watchdog.disarm()
         return code
+
+    def _start_group(self, group: Group, now: float) -> None:
+        carrier = self.monitor is None or self._carrier
+        group.start(now, carrier)
+        self._watch(group, group.scripts, lambda _f: group.on_scripts())
+        if group.health.active:
+            self._watch(group, group.health, lambda _f: self._on_health(group))
+
+    def _watch(self, group: Group, fileobj: Any, handler: Callable[[Any], None]) -> None:
+        self._selector.register(fileobj, selectors.EVENT_READ, handler)
+        self._watched.setdefault(id(group), []).append(fileobj)
+
+    def _unwatch(self, group: Group) -> None:
+        for fileobj in self._watched.pop(id(group), []):
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(fileobj)
 
     def _install_signals(self) -> int:
         read_fd, write_fd = os.pipe()
@@ -141,13 +176,18 @@ class Engine:
             self._handle_signals()
 
     def _loop_once(self) -> None:
-        deadlines = [d for d in (self.host.next_deadline(), self.control.next_deadline())
-                     if d is not None]
+        deadlines = [d for d in (*(g.next_deadline() for g in self.all_groups()),
+                                 self.control.next_deadline(), self._exit_by) if d is not None]
         timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
-        for key, _events in self._selector.select(timeout):
+        ready = self._selector.select(timeout)
+        self._infos.clear()
+        for key, _events in ready:
             handler: Callable[[Any], None] = key.data
             handler(key.fileobj)
-        self._carry_out(self.host.handle_timer(time.monotonic()))
+        now = time.monotonic()
+        for group in list(self.all_groups()):
+            group.on_timer(now)
+        self._finish_retired(now)
         for idle in self.control.expire():
             self._drop_client(idle)
 
@@ -157,15 +197,26 @@ class Engine:
         except OSError as error:
             # ENETDOWN once after an admin's `ip link set IFACE down`: the carrier event from
             # netlink moves the election; the socket works again when the link comes back.
-            log.info("reading frames on %s: %s", self.options.interface, error.strerror)
+            log.info("reading frames on %s: %s", self.ifname, error.strerror)
             return
-        ucarp_mac = wire.ucarp_source_mac(self.options.vhid)
+        mcast = self.config.first.mcast
         for frame in frames:
-            packet = wire.strip_ethernet(frame, self.options.mcast)
-            if packet is not None:
-                # carpd sends from the NIC's MAC, ucarp from 00:00:5e:00:00:VHID
-                carpd_peer = frame[6:12] != ucarp_mac
-                self._carry_out(self.host.receive(packet, time.monotonic(), carpd_peer))
+            packet = wire.strip_ethernet(frame, mcast)
+            if packet is None:
+                continue
+            group = self._group_for(packet)
+            if group is not None:
+                group.receive(frame, packet, time.monotonic())
+
+    def _group_for(self, packet: bytes) -> Group | None:
+        vhid = vhid_of(packet)
+        group = self.groups.get(vhid) if vhid is not None else None
+        if group is None and len(self.groups) == 1 and not self.retiring:
+            # one group: it counts every frame it rejects, as a lone engine always has
+            group = next(iter(self.groups.values()))
+        if group is None and vhid is not None:
+            group = self.retiring.get(vhid)
+        return group
 
     def _on_link_event(self, _fileobj: Any) -> None:
         assert self.monitor is not None
@@ -179,40 +230,16 @@ class Engine:
             self._selector.register(self.monitor, selectors.EVENT_READ, self._on_link_event)
         now = time.monotonic()
         if events.carrier is not None:
-            self._carry_out(self.host.link_changed(events.carrier, now))
-        vip = self.host.params.vip
-        if (self.host.state is State.MASTER and (vip in events.removed or events.lost_events)
-                and not self._holds_vip()):
-            log.warning("%s was deleted from %s while MASTER: running the up action again",
-                        vip, self.options.interface)
-            self._carry_out(self.host.vip_lost(now))
+            self._carrier = events.carrier
+            for group in list(self.all_groups()):
+                group.link_changed(events.carrier, now)
+        if events.removed or events.lost_events:
+            for group in list(self.groups.values()):
+                group.addresses_removed(events.removed, events.lost_events, now)
 
-    def _on_health(self, _fileobj: Any) -> None:
-        if not self.health.read():
-            return
-        healthy = self.health.healthy
-        if healthy:
-            log.warning("healthy again: every check passes")
-        else:
-            log.warning("unhealthy: %s", self.health.why())
-        self._carry_out(self.host.set_health(healthy, time.monotonic()))
+    def _on_health(self, group: Group) -> None:
+        group.on_health()
         sdnotify.notify(f"STATUS={self.status_summary()}")
-
-    def _holds_vip(self) -> bool:
-        try:
-            return netlink.interface_info(self.options.interface).has(self.host.params.vip)
-        except (LookupError, OSError):
-            return False
-
-    def _on_scripts(self, _fileobj: Any) -> None:
-        for finished in self.scripts.finished():
-            if finished.script is Script.DOWN and self._release_guard_after_down:
-                self._release_guard_after_down = False
-                self.arp_guard.release()
-            if finished.script is Script.UP:
-                self._up_pending -= 1
-            if finished.script is Script.UP and self.host.state is State.MASTER:
-                self._announce()  # the up action may have added more addresses
 
     def _on_control(self, _fileobj: Any) -> None:
         for _ in range(control.ACCEPTS_PER_TURN):  # a burst of clients must not fill the backlog
@@ -241,265 +268,211 @@ class Engine:
             signum = self._signals.pop(0)
             now = time.monotonic()
             if signum == signal.SIGUSR1:
-                log.info("%s", self.status_line())
+                for group in self.groups.values():
+                    group.log.info("%s", group.status_line())
             elif signum == signal.SIGUSR2:
-                log.info("SIGUSR2: stepping down")
-                self._carry_out(self.host.demote(now, until=now + self.host.step_down_hold))
+                for group in self.groups.values():  # every group steps down
+                    group.step_down(now)
             else:
                 log.info("%s: shutting down", signal.Signals(signum).name)
                 self._stopping = True
 
-    # ---- actions ------------------------------------------------------------------------------
-
-    def _carry_out(self, actions: list[Action]) -> None:
-        # Adverts first: starting a script forks this process and logging writes, which would
-        # delay a takeover on the wire by milliseconds.
-        for action in actions:
-            if isinstance(action, election.SendAdvert):
-                self._send_advert(action.advert)
-        for action in actions:
-            if isinstance(action, election.SendAdvert):
-                continue
-            if isinstance(action, election.SendGratuitousArp):
-                # Announcing before the up action has added the VIP would steer clients to a
-                # host that drops them; the announcement follows the up script instead.
-                if not self._up_pending:
-                    self._announce()
-            elif isinstance(action, election.RunScript):
-                if action.script is Script.UP:
-                    self._up_pending += 1
-                self.scripts.submit(action.script)
-            elif isinstance(action, election.Transition):
-                log.warning("%s -> %s: %s", action.old.value, action.new.value, action.reason)
-                sdnotify.notify(f"STATUS={self.status_summary()}")
-            elif isinstance(action, election.Dropped):
-                self._log_drop(action)
-            elif isinstance(action, election.StartDrain):
-                self._start_drain()
-            elif isinstance(action, election.EndDrain):
-                self._end_drain(actions)
-            elif isinstance(action, election.ForwardStrays):
-                self._forward_strays(action.to)
-            elif isinstance(action, election.StopForwarding):
-                self.forwarder.release()
-
-    def _start_drain(self) -> None:
-        log.info("draining for %.1f s: keeping %s without answering ARP for it",
-                 self.options.drain, self.options.addr)
-        self.arp_guard.engage()
-
-    def _end_drain(self, actions: list[Action]) -> None:
-        """Lift the ARP rule once the VIP is gone: after the down script, if one comes."""
-        if any(isinstance(a, election.RunScript) and a.script is Script.DOWN for a in actions):
-            self._release_guard_after_down = True
-        else:
-            self.arp_guard.release()
-
-    def _forward_strays(self, to: IPv4Address) -> None:
-        """Pass the draining master's connections back to it: only to another host on our
-        subnet, never to an address a forged advert could pick (broadcast, elsewhere)."""
-        try:
-            info = netlink.interface_info(self.options.interface)
-        except (LookupError, OSError) as error:
-            log.warning("not forwarding to %s: cannot read %s: %s", to, self.options.interface,
-                        error)
-            return
-        if not info.is_on_link_unicast(to):
-            log.warning("not forwarding to %s: not a unicast address on %s's subnets", to,
-                        self.options.interface)
-            return
-        self.forwarder.engage(to)
-
-    def _send_advert(self, advert: wire.Advert) -> None:
-        p = self.host.params
-        packet = wire.encode_packet(advert, p.key, p.vip, p.source, random_ident(), p.group)
-        self.link.send(wire.encode_ethernet(self._dest_mac, self._src_mac, wire.ETH_P_IP, packet))
-
-    def _announce(self) -> None:
-        """Gratuitous ARP for the VIP and every address of the IFACE:ucarp alias."""
-        addresses = [self.host.params.vip]
-        with contextlib.suppress(LookupError, OSError):
-            info = netlink.interface_info(self.options.interface)
-            addresses += [a for a in info.labelled(alias_label(self.options.interface))
-                          if a != self.host.params.vip]
-        for address in addresses:
-            self.link.send(wire.encode_gratuitous_arp(self.info.mac, address))
-
-    def _log_drop(self, dropped: election.Dropped) -> None:
-        held = self._drops.allow(dropped.reason)
-        if held is not None:
-            more = f" (and {held} more since the last report)" if held else ""
-            log.warning("dropped a packet from %s: %s%s", dropped.source, dropped.reason.value,
-                        more)
-
     # ---- status and control -------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
-        h = self.host
-        now = time.monotonic()
-        wall = time.time() - now
-        return {
-            "interface": self.options.interface, "vhid": h.params.vhid,
-            "vip": str(h.params.vip), "srcip": str(h.params.source), "state": h.state.value,
-            "since": round(h.since + wall, 3), "demoted": h.demotion_in_force(now),
-            "demotion": self._demotion(now, wall), "healthy": h.healthy,
-            "health": self.health.status(wall), "why": self._why(now, wall),
-            "master": str(h.master.address) if h.master else None,
-            "master_since": round(h.master.since + wall, 3) if h.master else None,
-            "pid": _pid(), "sent": h.sent, "accepted": h.accepted, "transitions": h.transitions,
-            "rejected": {reason.name.lower(): n for reason, n in h.rejected.items()},
-        }
-
-    def _demotion(self, now: float, wall: float) -> dict[str, Any] | None:
-        h = self.host
-        if not h.demotion_in_force(now) or h.demoted_since is None:
-            return None
-        until = h.demoted_until
-        return {"persistent": self._persistent_demotion,
-                "until": None if until is None or until == float("inf") else
-                round(until + wall, 3),
-                "since": round(h.demoted_since + wall, 3)}
-
-    def _why(self, now: float, wall: float) -> str | None:
-        """Why this node is BACKUP, or holds the VIP only as a last resort (one line)."""
-        demotion = self._demotion(now, wall)
-        if demotion is not None:
-            since = _clock(demotion["since"])
-            if demotion["until"] is not None:
-                return f"stepped down since {since}, until {_clock(demotion['until'])}"
-            kind = "demoted (persistent)" if demotion["persistent"] else "demoted"
-            return f"{kind} since {since}: carpctl promote {self.options.interface} ends it"
-        if self.host.healthy:
-            return None
-        last_resort = ": holding the VIP as a last resort" if self.host.last_resort else ""
-        failing = self.health.why() or "a check failed and has passed since (awaiting rise)"
-        return f"unhealthy: {failing}{last_resort}"
-
     def status_summary(self) -> str:
-        """One line for `systemctl status`: ``MASTER of 10.0.0.1 (vhid 3) since 12:03:04``."""
-        h = self.host
-        since = time.strftime("%H:%M:%S", time.localtime(time.time() - time.monotonic()
-                                                          + h.since))
-        line = f"{h.state.value} of {h.params.vip} (vhid {h.params.vhid}) since {since}"
-        if not h.healthy:
-            line += " (unhealthy" + (": last resort)" if h.last_resort else ")")
-        elif h.demotion_in_force(time.monotonic()):
-            line += " (demoted)"
-        return line
+        """One line for `systemctl status`: each group's ``MASTER of VIP (vhid N) since ...``."""
+        return "; ".join(g.summary() for g in self.groups.values())
 
     def status_line(self) -> str:
-        s = self.status()
-        rejected = ", ".join(f"{k}={v}" for k, v in s["rejected"].items()) or "none"
-        return (f"state {s['state']} (master heard: {s['master'] or 'none'}); sent {s['sent']}, "
-                f"accepted {s['accepted']}, rejected: {rejected}")
+        return "; ".join(g.status_line() for g in self.groups.values())
 
     def _control_request(self, request: dict[str, Any]) -> dict[str, Any]:
         cmd = request.get("cmd")
+        if cmd == "reload":
+            return self.reload()
+        if cmd not in ("status", "demote", "promote"):
+            return {"ok": False, "error": f"unknown command {cmd!r}: allowed: status, demote, "
+                                          "promote, reload"}
+        groups = self._addressed(request.get("vhid"))
+        if isinstance(groups, str):
+            return {"ok": False, "error": groups}
         now = time.monotonic()
-        if cmd == "status":
-            return {"ok": True, **self.status()}
-        if cmd == "demote":
-            persistent = request.get("persistent") is True
-            error = self._record_demotion(persistent)
+        for group in groups:
+            error = None
+            if cmd == "demote":
+                error = group.demote(request.get("persistent") is True, now)
+            elif cmd == "promote":
+                error = group.promote(now)
             if error is not None:
                 return {"ok": False, "error": error}
-            self._persistent_demotion = self._persistent_demotion or persistent
-            self._carry_out(self.host.demote(now))
-            return {"ok": True, **self.status()}
-        if cmd == "promote":
-            for marker in (self.persistent_demote_marker, self.demote_marker):
-                try:
-                    marker.unlink(missing_ok=True)
-                except OSError as error:
-                    return {"ok": False, "error": f"not promoted: cannot remove "
-                                                  f"{marker}: {error.strerror}"}
-            self._persistent_demotion = False
-            self._carry_out(self.host.promote(now))
-            return {"ok": True, **self.status()}
-        return {"ok": False, "error": f"unknown command {cmd!r}: allowed: status, demote, promote"}
+        return self._answer(groups)
 
-    def _record_demotion(self, persistent: bool) -> str | None:
-        """Write the demotion's markers (the persistent one under PERSIST_DIR); the error
-        to answer, or None."""
-        marker = self.demote_marker
+    def _addressed(self, vhid: Any) -> list[Group] | str:
+        """The groups a request addresses (all without "vhid"), or the error to answer."""
+        if vhid is None:
+            return list(self.groups.values())
+        group = self.groups.get(vhid) if type(vhid) is int else None
+        if group is None:
+            have = ", ".join(str(v) for v in self.groups) or "none"
+            return f"no group with vhid {vhid!r} on {self.ifname} (its groups: {have})"
+        return [group]
+
+    def _answer(self, groups: list[Group]) -> dict[str, Any]:
+        """{"ok", "interface", "pid", "groups": [...], "stopping": [vhid...]}, and when one group
+        is answered for, its fields at the top too (as an engine of one group always has)."""
+        statuses = [g.status() for g in groups]
+        reply: dict[str, Any] = {"ok": True, "interface": self.ifname, "pid": os.getpid(),
+                                 "groups": statuses, "stopping": sorted(self.retiring)}
+        if len(statuses) == 1:
+            reply = {**statuses[0], **reply}
+        return reply
+
+    # ---- reload -------------------------------------------------------------------------------
+
+    def reload(self) -> dict[str, Any]:
+        """Read the --config file again: start new groups, release removed ones as at a stop,
+        restart changed ones, leave the others untouched.  An invalid file changes nothing."""
+        if self.config.config_file is None or self.argv is None:
+            return {"ok": False, "error": "reload: this engine was started without --config: "
+                                          "there is no file to read again"}
         try:
-            marker.touch(mode=0o644)
-            if persistent:
-                marker = self.persistent_demote_marker
-                marker.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-                marker.touch(mode=0o644)
-                os.chmod(marker.parent, 0o755)  # the unit's UMask=0077 masks the modes above
-                os.chmod(marker, 0o644)
-        except OSError as error:
-            return f"not demoted: cannot record it in {marker}: {error.strerror}"
-        return None
+            new = engine_config(self.argv)
+            self._check_fixed(new)
+            sources = {o.vhid: source_address(o) for o in new.groups}
+            self._lock_new(new)
+        except (ConfigError, identity.GroupTaken) as error:
+            log.error("reload refused, nothing changed: %s", error)
+            return {"ok": False, "error": f"reload refused, nothing changed: {error}"}
+        wanted = {o.vhid: (o, sources[o.vhid]) for o in new.groups}
+        plan = self._plan(wanted)
+        self._apply(plan, wanted)
+        self.config = new
+        self._refilter()
+        log.info("reloaded %s: started %s, stopping %s, restarting %s, unchanged %s",
+                 self.config.config_file, *(_vhids(plan[k]) for k in plan))
+        return {**self._answer(list(self.groups.values())), **plan}
+
+    def _check_fixed(self, new: EngineConfig) -> None:
+        old = self.config.first
+        for key in RELOAD_FIXED:
+            if getattr(new.first, key) != getattr(old, key):
+                raise ConfigError(f"{key}: {getattr(new.first, key)!s} instead of "
+                                  f"{getattr(old, key)!s}: restart the engine to change it")
+
+    def _lock_new(self, new: EngineConfig) -> None:
+        """Take the identity of each group not run yet (GroupTaken if another engine runs
+        one: then none is taken)."""
+        taken: dict[int, identity.GroupLock] = {}
+        try:
+            for vhid in new.vhids:
+                if vhid not in self._locks:
+                    taken[vhid] = identity.GroupLock(self.ifname, vhid)
+        except identity.GroupTaken as error:
+            for lock in taken.values():
+                lock.release()
+            raise identity.GroupTaken(f"{error}: already run by another carpd in this "
+                                      "network namespace") from None
+        self._locks.update(taken)
+
+    def _plan(self, wanted: dict[int, tuple[Options, IPv4Address]]) -> dict[str, list[int]]:
+        running = self.groups
+        return {
+            "started": [v for v in wanted if v not in running],
+            "stopped": [v for v in running if v not in wanted],
+            "restarted": [v for v in running if v in wanted
+                          and wanted[v] != (running[v].options, running[v].source)],
+            "unchanged": [v for v in running if v in wanted
+                          and wanted[v] == (running[v].options, running[v].source)],
+        }
+
+    def _apply(self, plan: dict[str, list[int]],
+               wanted: dict[int, tuple[Options, IPv4Address]]) -> None:
+        now = time.monotonic()
+        for vhid in plan["stopped"]:
+            self._retire(vhid, now)
+        for vhid in plan["restarted"]:
+            self._retire(vhid, now)
+            self._replacements[vhid] = wanted[vhid]  # starts once the old one has stopped
+        for vhid in plan["started"]:
+            if vhid in self.retiring:  # removed by an earlier reload, still stopping
+                self._replacements[vhid] = wanted[vhid]
+            else:
+                self._add_group(*wanted[vhid], now)
+        self._finish_retired(now)
+
+    def _retire(self, vhid: int, now: float) -> None:
+        group = self.groups.pop(vhid)
+        self.retiring[vhid] = group
+        self._replacements.pop(vhid, None)
+        group.begin_stop(now)
+
+    def _add_group(self, options: Options, source: IPv4Address, now: float) -> None:
+        group = Group(options, source, self, self.tagged)
+        self.groups[options.vhid] = group
+        if self.watchdog is not None:
+            self.watchdog.hold(options.vip_on, options.addr)
+        self._start_group(group, now)
+
+    def _finish_retired(self, now: float) -> None:
+        """Groups whose drain is over and whose scripts have run: release what they held;
+        start what replaces them."""
+        for vhid, group in list(self.retiring.items()):
+            if not group.stopped():
+                continue
+            del self.retiring[vhid]
+            self._unwatch(group)
+            group.scripts.finish()
+            group.scripts.join(1.0)
+            group.release()
+            if self.watchdog is not None:
+                self.watchdog.drop(group.options.vip_on, group.vip)
+            replacement = self._replacements.pop(vhid, None)
+            if replacement is not None:
+                self._add_group(*replacement, now)
+            elif vhid in self._locks:
+                self._locks.pop(vhid).release()
+            group.log.info("stopped")
+            self._refilter()
+
+    def _refilter(self) -> None:
+        """The kernel filter lets through the vhids of the groups running or stopping."""
+        vhids = sorted({*self.groups, *self.retiring})
+        if vhids != self._filtered:
+            # the socket's filter is replaced at once: no frame passes unfiltered meanwhile
+            net.attach_filter(self.link._packets, net.carp_filter(self.config.first.mcast, vhids))
+            self._filtered = vhids
 
     # ---- shutting down ------------------------------------------------------------------------
 
     def _shut_down(self) -> int:
-        was_master = self.host.state is State.MASTER
+        groups = list(self.all_groups())
+        drain = max(g.options.drain for g in groups)
+        script_timeout = max(g.options.script_timeout for g in groups)
         # The drain and the down script may take longer than the unit's TimeoutStopSec.
-        budget = stop_budget(self.options.drain, self.options.script_timeout)
+        budget = stop_budget(drain, script_timeout)
         sdnotify.notify("STOPPING=1", f"EXTEND_TIMEOUT_USEC={int(budget * 1_000_000)}")
-        self._carry_out(self.host.stop(time.monotonic()))
-        self._drain_before_exit()
-        drained = self.scripts.drain(self.options.script_timeout + SCRIPT_DRAIN_SLACK)
-        if not drained:
-            log.error("scripts still running at exit")
-        self.health.close()
-        self._release_vip(was_master)
-        self.arp_guard.release()
-        self.forwarder.release()
+        now = time.monotonic()
+        for vhid in list(self.groups):
+            self._retire(vhid, now)
+        self._replacements.clear()
+        self._stopping = False
+        self._exit_by = now + drain + script_timeout + SCRIPT_DRAIN_SLACK
+        self._finish_retired(now)
+        while self.retiring and time.monotonic() < self._exit_by:
+            if self._stopping:  # another exit signal cuts the drains short
+                for group in self.retiring.values():
+                    group.cut_drain_short(time.monotonic())
+            self._loop_once()
+            self._handle_signals()
+        for group in self.retiring.values():
+            group.log.error("scripts still running at exit")
+            group.release()
         self.control.close()
         self.link.close()
         if self.monitor is not None:
             self.monitor.close()
         return 0
 
-    def _drain_before_exit(self) -> None:
-        """Keep serving the control socket and the timers until the drain is over; another
-        exit signal cuts it short."""
-        self._stopping = False
-        while self.host.draining and not self._stopping:
-            self._loop_once()
-            self._handle_signals()
-        self._carry_out(self.host.end_drain(time.monotonic()))
 
-    def _release_vip(self, was_master: bool) -> None:
-        """No VIP may stay behind on an interface whose engine is gone."""
-        try:
-            removed = netlink.remove_address(self.options.interface, self.host.params.vip)
-        except (LookupError, OSError) as error:
-            log.debug("could not check for the VIP at exit: %s", error)
-            return
-        if removed:
-            why = "the down script left it" if was_master else "it was there without us"
-            log.warning("removed %s from %s at exit: %s", self.host.params.vip,
-                        self.options.interface, why)
-
-
-def _clock(wall: float) -> str:
-    return time.strftime("%H:%M:%S", time.localtime(wall))
-
-
-def _pid() -> int:
-    return os.getpid()
-
-
-def _params(options: Options, source: IPv4Address) -> election.Params:
-    return election.Params(
-        vhid=options.vhid, key=options.password, vip=options.addr, source=source,
-        advbase=options.advbase, advskew=options.advskew, deadratio=options.deadratio,
-        preempt=options.preempt, neutral=options.neutral, group=options.mcast,
-        drain=options.drain, reannounce=options.reannounce,
-        replay_check=options.replay_check,
-    )
-
-
-def _script_argv(options: Options) -> dict[Script, list[str] | None]:
-    extra = [options.xparam] if options.xparam is not None else []
-
-    def argv(path: Path | None) -> list[str] | None:
-        return [str(path), options.interface, str(options.addr), *extra] if path else None
-
-    return {Script.UP: argv(options.upscript), Script.DOWN: argv(options.downscript)}
+def _vhids(vhids: list[int]) -> str:
+    return ",".join(str(v) for v in vhids) or "-"

@@ -13,6 +13,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
+from typing import Any
 
 from carpd import wire
 
@@ -59,6 +60,21 @@ class Script(enum.Enum):
     DOWN = "down"
 
 
+class Timer(enum.Enum):
+    """The timers of a virtual host, in the order :meth:`VirtualHost.handle_timer` runs them."""
+
+    DRAIN = "drain"
+    """A planned release is over: the VIP goes (down script)."""
+    REANNOUNCE = "reannounce"
+    """Gratuitous ARP again while MASTER."""
+    FORWARD = "forward"
+    """Stop passing a drained master's connections back to it."""
+    MASTER_DOWN = "master down"
+    """A BACKUP has not heard the master for long enough: take over."""
+    ADVERT = "advert"
+    """A MASTER's next advertisement."""
+
+
 @dataclass(frozen=True)
 class SendAdvert:
     advert: wire.Advert
@@ -96,8 +112,9 @@ class StartDrain:
 
 @dataclass(frozen=True)
 class EndDrain:
-    """The drain is over (a down script, if any, comes with it): the ARP rule may go once the
-    VIP has gone."""
+    """Lift the drain's ARP rule now.  The drain is over and the VIP has gone: at once when no
+    down script runs for it, else (with ``Params.await_scripts``) when the core has been told
+    that the down script finished."""
 
 
 @dataclass(frozen=True)
@@ -140,6 +157,11 @@ class Params:
     ucarp_counter: bool = False
     """Draw counters as ucarp does (fresh random until a peer is heard, then the peer's + 1):
     only for replaying ucarp's captured sessions frame for frame."""
+    await_scripts: bool = False
+    """The shell reports the end of every script it was asked to run
+    (:meth:`VirtualHost.script_finished`): gratuitous ARP then waits for the up script (it
+    adds the VIP), and the drain's ARP rule for the down script (it removes it).  Without it
+    scripts count as done at once (a model of the election alone, ucarp's replays)."""
 
     def __post_init__(self) -> None:
         # carpd.config checks these for people; here they keep the timers finite and non-zero.
@@ -247,12 +269,13 @@ class VirtualHost:
     _recent: deque[int] = field(default_factory=lambda: deque(maxlen=RECENT_COUNTERS))
     _transitions: TokenBucket = field(
         default_factory=lambda: TokenBucket(TRANSITION_BURST, TRANSITIONS_PER_SECOND))
-    _master_down_at: float | None = None
-    _advert_at: float | None = None
+    _timers: dict[Timer, float] = field(default_factory=dict)
+    """Armed timers (only :meth:`_arm` changes them)."""
     _garp_at_advert: int | None = None
-    _drain_until: float | None = None
-    _garp_at: float | None = None
-    _forward_until: float | None = None
+    _up_pending: int = 0
+    """Up scripts asked for and not reported finished (with ``await_scripts``)."""
+    _lift_after_down: bool = False
+    """The drain's ARP rule goes when the down script asked for with it has finished."""
     _expect: wire.Expect = field(init=False)
 
     def __post_init__(self) -> None:
@@ -261,15 +284,21 @@ class VirtualHost:
 
     # ---- inputs ---------------------------------------------------------------------------
 
-    def start(self, now: float) -> list[Action]:
-        """Every node starts as BACKUP, preempt or not (INIT until carrier if the link is down)."""
+    def start(self, now: float, carrier: bool | None = None,
+              demoted: bool = False) -> list[Action]:
+        """Every node starts as BACKUP, preempt or not (INIT until carrier if ``carrier`` is
+        False); ``demoted``: a demotion recorded before (it lasts until :meth:`promote`)."""
+        if carrier is not None:
+            self.link_up = carrier
+        if demoted:
+            self._demote(now)  # not running yet: only recorded
         self._running = True
         actions: list[Action] = []
         if self.link_up:
             actions += self._set_state(State.BACKUP, "started", now)
         if not self.params.neutral:
             actions.append(RunScript(Script.DOWN))
-        return actions
+        return self._emit(actions)
 
     def receive(self, packet: bytes, now: float, sender_drains: bool = False) -> list[Action]:
         """An IPv4 packet from the interface.  ``sender_drains``: it came from a carpd node (its
@@ -288,31 +317,67 @@ class VirtualHost:
         self.accepted += 1
         self._remember(result.advert.counter, freshness)
         if freshness is Freshness.KEEPALIVE:
-            self._arm_master_down(now)
+            self._setrun(now)
             return []
         if self.state is State.BACKUP:
-            return self._backup_hears(result, now, sender_drains)
-        return self._master_hears(result, now, sender_drains)
+            return self._emit(self._backup_hears(result, now, sender_drains))
+        return self._emit(self._master_hears(result, now, sender_drains))
 
     def handle_timer(self, now: float) -> list[Action]:
         actions: list[Action] = []
-        if self._drain_until is not None and now >= self._drain_until:
-            actions += self.end_drain(now)
-        if self._garp_at is not None and now >= self._garp_at:
-            actions += self._reannounce(now)
-        if self._forward_until is not None and now >= self._forward_until:
-            actions += self._stop_forwarding()
-        if self._master_down_at is not None and now >= self._master_down_at:
-            actions += self._master_down(now)
-        if self._advert_at is not None and now >= self._advert_at:
-            actions += self._send_ad(now)
-        return actions
+        for timer in Timer:  # each looked at after the ones before it ran
+            at = self._timers.get(timer)
+            if at is not None and now >= at:
+                actions += self._expired(timer, now)
+        return self._emit(actions)
+
+    def _expired(self, timer: Timer, now: float) -> list[Action]:
+        if timer is Timer.DRAIN:
+            return self._end_drain(now)
+        if timer is Timer.REANNOUNCE:
+            return self._reannounce(now)
+        if timer is Timer.FORWARD:
+            return self._stop_forwarding()
+        if timer is Timer.MASTER_DOWN:
+            return self._master_down(now)
+        return self._send_ad(now)
 
     def next_deadline(self) -> float | None:
-        timers = (self._master_down_at, self._advert_at, self._drain_until, self._garp_at,
-                  self._forward_until)
-        deadlines = [t for t in timers if t is not None]
-        return min(deadlines, default=None)
+        return min(self._timers.values(), default=None)
+
+    def script_finished(self, script: Script, now: float) -> list[Action]:
+        """The shell ran a script it was asked for (or skipped it for a later one): with
+        ``await_scripts``, the announcement that waited for the up script goes out now (the
+        up action may have added more addresses), and the drain's ARP rule goes once the down
+        script has removed the VIP."""
+        actions: list[Action] = []
+        if script is Script.DOWN and self._lift_after_down:
+            self._lift_after_down = False
+            actions.append(EndDrain())
+        if script is Script.UP:
+            self._up_pending = max(0, self._up_pending - 1)
+            if self.state is State.MASTER:
+                actions.append(SendGratuitousArp())
+        return actions
+
+    def _emit(self, actions: list[Action]) -> list[Action]:
+        """What the shell is to do now, of ``actions``: with ``await_scripts``, gratuitous ARP
+        waits while an up script runs, and lifting the ARP rule waits for the down script
+        asked for with it (see :meth:`script_finished`)."""
+        if not self.params.await_scripts:
+            return actions
+        down = any(isinstance(a, RunScript) and a.script is Script.DOWN for a in actions)
+        now_actions: list[Action] = []
+        for action in actions:
+            if isinstance(action, RunScript) and action.script is Script.UP:
+                self._up_pending += 1
+            elif isinstance(action, SendGratuitousArp) and self._up_pending:
+                continue
+            elif isinstance(action, EndDrain) and down:
+                self._lift_after_down = True
+                continue
+            now_actions.append(action)
+        return now_actions
 
     def link_changed(self, up: bool, now: float) -> list[Action]:
         """Carrier lost: stop at once (down script if MASTER).  Carrier back: rejoin as BACKUP."""
@@ -322,13 +387,22 @@ class VirtualHost:
         if not self._running:  # before start() or after stop(): only remember the carrier
             return []
         if not up:
-            return self._set_state(State.INIT, "carrier lost", now) + self.end_drain(now)
-        return self._set_state(State.BACKUP, "carrier back", now)
+            return self._emit(self._set_state(State.INIT, "carrier lost", now)
+                              + self._end_drain(now))
+        return self._emit(self._set_state(State.BACKUP, "carrier back", now))
 
     def demote(self, now: float, until: float = float("inf")) -> list[Action]:
         """Step down with a bow-out advert so a peer takes over at once; stay BACKUP until
         ``until`` (for ever by default: until :meth:`promote`).  A demotion already running for
         longer is kept: SIGUSR2 must not cut short an operator's demotion."""
+        return self._emit(self._demote(now, until))
+
+    def step_down(self, now: float) -> list[Action]:
+        """SIGUSR2: hand over as a demotion does, and stay BACKUP for :attr:`step_down_hold`
+        only (an operator's demotion running already is kept)."""
+        return self._emit(self._demote(now, now + self.step_down_hold))
+
+    def _demote(self, now: float, until: float = float("inf")) -> list[Action]:
         if not self._demoted(now):
             self.demoted_since = now
         if not self._demoted(now) or until > (self.demoted_until or 0.0):
@@ -349,8 +423,8 @@ class VirtualHost:
         self._vip_losses.append(now)
         if len(self._vip_losses) >= VIP_LOSSES_BEFORE_HANDOVER:
             self._vip_losses.clear()
-            return self.demote(now, until=now + self.step_down_hold)
-        return [RunScript(Script.UP)]
+            return self._emit(self._demote(now, until=now + self.step_down_hold))
+        return self._emit([RunScript(Script.UP)])
 
     @property
     def step_down_hold(self) -> float:
@@ -363,7 +437,7 @@ class VirtualHost:
         self.demoted_until = None
         self.demoted_since = None
         if was_demoted and self.state is State.BACKUP:
-            self._arm_master_down(now)
+            self._setrun(now)
         return []
 
     def set_health(self, healthy: bool, now: float) -> list[Action]:
@@ -374,25 +448,43 @@ class VirtualHost:
         if healthy == self.healthy:
             return []
         self.healthy = healthy
-        if self._master_down_at is not None:  # a healthy peer's timer must run out first
+        master_down = self._timers.get(Timer.MASTER_DOWN)
+        if master_down is not None:  # a healthy peer's timer must run out first
             shift = self.params.advert_interval
-            self._master_down_at += -shift if healthy else shift
+            self._arm(Timer.MASTER_DOWN, master_down + (-shift if healthy else shift))
         if healthy or self.state is not State.MASTER:
             return []
         bow_out: list[Action] = [self._advert(wire.BOW_OUT, wire.BOW_OUT)]
         actions = bow_out + self._set_state(State.BACKUP, "unhealthy: bowing out", now,
                                             planned=True)
         self._hold_as_last_resort(now)
-        return actions
+        return self._emit(actions)
 
     def _hold_as_last_resort(self, now: float) -> None:
         """After an unhealthy bow-out nobody may take over (a lone node, or every peer
         unhealthy: those wait one interval).  Take the VIP back after two intervals, and keep
         it meanwhile (the drain lasts until then), so that it is never on no node."""
-        self._master_down_at = now + LAST_RESORT_RETAKE_INTERVALS * self.params.advert_interval
-        if self._drain_until is not None:
-            self._drain_until = max(self._drain_until,
-                                    self._master_down_at + LAST_RESORT_DRAIN_SLACK)
+        retake = now + LAST_RESORT_RETAKE_INTERVALS * self.params.advert_interval
+        self._arm(Timer.MASTER_DOWN, retake)
+        drain = self._timers.get(Timer.DRAIN)
+        if drain is not None:
+            self._arm(Timer.DRAIN, max(drain, retake + LAST_RESORT_DRAIN_SLACK))
+
+    def status(self, now: float) -> dict[str, Any]:
+        """What the core knows, as of ``now`` (times on the core's monotonic clock): a
+        demotion or step-down that has run out is reported as over."""
+        demoted = self._demoted(now)
+        until = self.demoted_until if demoted else None
+        return {
+            "state": self.state.value, "since": self.since, "demoted": demoted,
+            "demoted_since": self.demoted_since if demoted else None,
+            "demoted_until": None if until is None or until == float("inf") else until,
+            "healthy": self.healthy, "last_resort": self.last_resort,
+            "master": None if self.master is None else str(self.master.address),
+            "master_since": None if self.master is None else self.master.since,
+            "sent": self.sent, "accepted": self.accepted, "transitions": self.transitions,
+            "rejected": {reason.name.lower(): n for reason, n in self.rejected.items()},
+        }
 
     def demotion_in_force(self, now: float) -> bool:
         """A demotion (operator's or a temporary step-down) keeps this host BACKUP now."""
@@ -409,10 +501,8 @@ class VirtualHost:
         if self.state is State.MASTER:
             bow_out: list[Action] = [self._advert(wire.BOW_OUT, wire.BOW_OUT)]
             reason = "shutting down: bowed out"
-            return bow_out + self._set_state(State.INIT, reason, now, planned=True)
-        if self.state is State.INIT:  # carrier down: nothing held, nothing to say
-            return []
-        return self._set_state(State.INIT, "shutting down", now)
+            return self._emit(bow_out + self._set_state(State.INIT, reason, now, planned=True))
+        return self._emit(self._set_state(State.INIT, "shutting down", now))
 
     # ---- the election ---------------------------------------------------------------------
 
@@ -508,7 +598,7 @@ class VirtualHost:
         """Never take the VIP from a live master; when it bows out, give a healthy peer one
         advert interval to take over first (its advert re-arms our timer)."""
         if bowing_out:
-            self._master_down_at = now + self.params.advert_interval
+            self._arm(Timer.MASTER_DOWN, now + self.params.advert_interval)
             return []
         return self._keep_backup(now)
 
@@ -519,7 +609,7 @@ class VirtualHost:
                 and self.master.address == received.source)
 
     def _keep_backup(self, now: float) -> list[Action]:
-        self._arm_master_down(now)
+        self._setrun(now)
         return []
 
     def _master_hears(self, received: wire.Received, now: float,
@@ -568,9 +658,9 @@ class VirtualHost:
         return tie_break_key(other) < tie_break_key(self.params.source)
 
     def _master_down(self, now: float) -> list[Action]:
-        self._master_down_at = None
+        self._arm(Timer.MASTER_DOWN, None)
         if self._demoted(now):
-            self._arm_master_down(now)
+            self._setrun(now)
             return []
         self.demoted_until = None
         self.demoted_since = None
@@ -580,12 +670,17 @@ class VirtualHost:
         return self._take_over(reason, now)
 
     def _take_over(self, reason: str, now: float) -> list[Action]:
-        actions = self.end_drain(now, release=False) + self._set_state(State.MASTER, reason, now)
+        actions = self._end_drain(now, release=False) + self._set_state(State.MASTER, reason, now)
         return [*actions, SendGratuitousArp(), *self._send_ad(now)]
 
     def _send_ad(self, now: float) -> list[Action]:
         actions: list[Action] = [self._advert(self.params.advbase, self._advskew())]
-        self._advert_at = now + self.params.advert_interval
+        due = self._timers.get(Timer.ADVERT)
+        # Counted from when it was due, not from when the loop got to it: a loop busy with
+        # many groups must not make every interval longer (a late turn is not caught up).
+        late = now - due if due is not None and 0 <= now - due < self.params.advert_interval \
+            else 0.0
+        self._setrun(now - late)
         if self._garp_at_advert is not None and self.sent >= self._garp_at_advert:
             self._garp_at_advert = None
             actions.append(SendGratuitousArp())
@@ -622,14 +717,18 @@ class VirtualHost:
 
     @property
     def draining(self) -> bool:
-        return self._drain_until is not None
+        return Timer.DRAIN in self._timers
 
-    def end_drain(self, now: float, release: bool = True) -> list[Action]:
-        """Finish a drain now (its timer, a second stop signal, carrier loss, or a takeover, which
+    def end_drain(self, now: float) -> list[Action]:
+        """Finish a drain now (a second stop signal)."""
+        return self._emit(self._end_drain(now))
+
+    def _end_drain(self, now: float, release: bool = True) -> list[Action]:
+        """Finish a drain (its timer, a second stop signal, carrier loss, or a takeover, which
         keeps the VIP: ``release=False``)."""
-        if self._drain_until is None:
+        if Timer.DRAIN not in self._timers:
             return []
-        self._drain_until = None
+        self._arm(Timer.DRAIN, None)
         down: list[Action] = [RunScript(Script.DOWN)] if release else []
         return [*down, EndDrain()]
 
@@ -637,45 +736,46 @@ class VirtualHost:
         """A master bows out, then drains for (we assume) as long as we would."""
         if self.params.drain <= 0:
             return []
-        self._forward_until = now + self.params.drain + FORWARD_AFTER_DRAIN_SLACK
+        self._arm(Timer.FORWARD, now + self.params.drain + FORWARD_AFTER_DRAIN_SLACK)
         return [ForwardStrays(to)]
 
     def _stop_forwarding(self) -> list[Action]:
-        if self._forward_until is None:
+        if Timer.FORWARD not in self._timers:
             return []
-        self._forward_until = None
+        self._arm(Timer.FORWARD, None)
         return [StopForwarding()]
 
     def _reannounce(self, now: float) -> list[Action]:
-        self._garp_at = now + self.params.reannounce if self.params.reannounce > 0 else None
+        self._arm(Timer.REANNOUNCE,
+                  now + self.params.reannounce if self.params.reannounce > 0 else None)
         return [SendGratuitousArp()]
 
     def _set_state(
         self, new: State, reason: str, now: float, planned: bool = False
     ) -> list[Action]:
-        """The one place that changes state, arms its timers and runs the scripts.  Leaving
-        MASTER by plan (bow-out on stop or demotion) drains first, if configured."""
+        """The one place that changes state (and arms its timers, :meth:`_setrun`) and runs the
+        scripts.  Leaving MASTER by plan (bow-out on stop or demotion) drains first, if
+        configured.  INIT to INIT is no transition: nothing changes."""
         old = self.state
+        if old is new is State.INIT:
+            return []
         self.state = new
         self.since = now
         self.transitions += 1
         if new is not State.BACKUP:
             self.master = None  # only a BACKUP has a master to report
-        self._advert_at = None
-        self._master_down_at = None
-        if new is State.BACKUP:
-            self._arm_master_down(now)
+        self._setrun(now)
         if new is State.MASTER:
             self._garp_at_advert = self.sent + 3
         actions: list[Action] = [Transition(old, new, reason)]
         if new is not State.MASTER:
             actions += self._stop_forwarding()
-        self._garp_at = None
+        self._arm(Timer.REANNOUNCE, None)
         if new is State.MASTER:
             actions.append(RunScript(Script.UP))
             self._schedule_reannounce(now)
         elif old is State.MASTER and planned and self.params.drain > 0:
-            self._drain_until = now + self.params.drain
+            self._arm(Timer.DRAIN, now + self.params.drain)
             actions.append(StartDrain())
         elif old is State.MASTER:
             actions.append(RunScript(Script.DOWN))
@@ -684,13 +784,29 @@ class VirtualHost:
     def _schedule_reannounce(self, now: float) -> None:
         """Announce again once a draining peer has let go of the VIP, then periodically."""
         if self.params.drain > 0:
-            self._garp_at = now + self.params.drain + REANNOUNCE_AFTER_DRAIN_SLACK
+            self._arm(Timer.REANNOUNCE, now + self.params.drain + REANNOUNCE_AFTER_DRAIN_SLACK)
         elif self.params.reannounce > 0:
-            self._garp_at = now + self.params.reannounce
+            self._arm(Timer.REANNOUNCE, now + self.params.reannounce)
 
-    def _arm_master_down(self, now: float) -> None:
-        extra = 0.0 if self.healthy else self.params.advert_interval
-        self._master_down_at = now + self.params.master_down_interval + extra
+    def _setrun(self, now: float) -> None:
+        """Arm the timers the state runs on (OpenBSD's ``carp_setrun``): a MASTER advertises
+        every interval; a BACKUP waits for the master-down interval (one advert interval
+        longer while unhealthy, so a healthy peer takes over first); INIT waits for neither."""
+        advert = master_down = None
+        if self.state is State.MASTER:
+            advert = now + self.params.advert_interval
+        elif self.state is State.BACKUP:
+            extra = 0.0 if self.healthy else self.params.advert_interval
+            master_down = now + self.params.master_down_interval + extra
+        self._arm(Timer.ADVERT, advert)
+        self._arm(Timer.MASTER_DOWN, master_down)
+
+    def _arm(self, timer: Timer, at: float | None) -> None:
+        """The one place that arms (``at``) or stops (None) a timer."""
+        if at is None:
+            self._timers.pop(timer, None)
+        else:
+            self._timers[timer] = at
 
     def _advskew(self) -> int:
         return self.params.advskew if self.healthy else LAST_RESORT_ADVSKEW

@@ -11,7 +11,9 @@ folders stay as they are.
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 from pathlib import Path
 
 NETNS_DIR = Path("/run/netns")
@@ -48,3 +50,30 @@ def namespace_folder(base: Path) -> Path:
     """``base``, or ``base/netns/NAME`` in a namespace that shares the host's /run."""
     name = own_namespace_name()
     return base if name is None else base / "netns" / name
+
+
+class GroupTaken(RuntimeError):
+    """Another engine in this network namespace already runs the group."""
+
+
+class GroupLock:
+    """Held while this engine runs vhid ``vhid`` on ``ifname``: a second engine for the same
+    group in the same network namespace is refused, whatever its state folder or socket.
+
+    It is an abstract unix socket (``@carpd/IFACE/VHID``): abstract names are per network
+    namespace, need no file, and the kernel frees them when the engine dies, even by SIGKILL.
+    """
+
+    def __init__(self, ifname: str, vhid: int) -> None:
+        self.name = f"carpd/{ifname}/{vhid}"
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        try:
+            self._sock.bind("\0" + self.name)
+        except OSError as error:
+            self._sock.close()
+            if error.errno == errno.EADDRINUSE:
+                raise GroupTaken(f"vhid {vhid} on {ifname}") from None
+            raise
+
+    def release(self) -> None:
+        self._sock.close()

@@ -101,13 +101,30 @@ class ScriptRunner:
             results, self._done = self._done, []
         return results
 
+    @property
+    def idle(self) -> bool:
+        """No script runs or waits."""
+        with self._lock:
+            return self._running is None and self._pending is None
+
     def drain(self, timeout: float) -> bool:
         """Stop after the waiting script; True if it ran within ``timeout``."""
+        self.finish()
+        return self.join(timeout)
+
+    def finish(self) -> None:
+        """Let the worker end once the waiting script has run (without waiting for it: several
+        groups' runners finish side by side)."""
         with self._lock:
-            if not self._thread.is_alive():
-                return self._pending is None
             self._stopping = True
             self._lock.notify()
+
+    def join(self, timeout: float) -> bool:
+        """Wait at most ``timeout`` for the worker to end after :meth:`finish`; True if it
+        did (or never started and nothing waits)."""
+        if not self._thread.is_alive():
+            with self._lock:
+                return self._pending is None or self._thread.ident is not None
         self._thread.join(timeout)
         return not self._thread.is_alive()
 

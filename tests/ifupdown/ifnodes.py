@@ -94,7 +94,14 @@ class Node:
             folder.mkdir(parents=True, exist_ok=True)
         for command, source in COMMANDS.items():
             wrapper = self.home / "bin" / command
-            wrapper.write_text(f"#!{sys.executable}\nimport sys\n{source}\nsys.exit(main())\n")
+            # this tree's sources, whatever the venv's editable install points at (ifupdown
+            # gives hooks a clean environment: no PYTHONPATH reaches them)
+            # (and on to the supervisor the hook starts with `python -m`)
+            src = str(ROOT / "src")
+            wrapper.write_text(f"#!{sys.executable}\nimport os, sys\n"
+                               f"sys.path.insert(0, {src!r})\n"
+                               f"os.environ['PYTHONPATH'] = {src!r}\n"
+                               f"{source}\nsys.exit(main())\n")
             wrapper.chmod(0o755)
         (self.home / "share" / "carpd").symlink_to(ROOT / "share")
         libexec = self.home / "libexec" / "carpd"  # the hooks run /usr/libexec/carpd/carpd-ifupdown

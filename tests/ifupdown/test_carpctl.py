@@ -48,7 +48,7 @@ def test_check_warns_of_a_password_everyone_can_read_without_failing(lab: Lab) -
     assert "good.interfaces:13: iface eth0 inet static: warning: ucarp-password: good.interfaces "\
            "is readable by every user (mode 644), so is the password: chmod o-r it, or move " \
            "the password to a root-only file named by ucarp-passfile" in warnings
-    assert len(warnings) == 3  # the two stanzas of good.interfaces, one in good.d
+    assert len(warnings) == 7  # the six stanzas of good.interfaces with a password, one in good.d
     assert [line for line in out.splitlines() if ": warning: " not in line] == (
         GOLDEN / "good.expected").read_text().splitlines()
 

@@ -91,7 +91,8 @@ def test_second_ifup_does_not_start_a_second_engine(lab: Lab) -> None:
     assert len(node.supervisors()) == 1
 
 
-def test_changed_options_restart_the_engine_on_forced_ifup(lab: Lab) -> None:
+def test_changed_group_options_restart_the_group_in_the_running_engine_on_forced_ifup(
+        lab: Lab) -> None:
     node = lab.node()
     node.write_interfaces(MANUAL)
     assert node.ifup("eth0").returncode == 0
@@ -99,10 +100,24 @@ def test_changed_options_restart_the_engine_on_forced_ifup(lab: Lab) -> None:
     node.write_interfaces(MANUAL.replace("ucarp-advbase 1", "ucarp-advbase 2"))
     forced = node.ifup("--force", "eth0")
     assert forced.returncode == 0, forced.stderr
+    assert "options changed: vhid 7 restarted in the engine of eth0" in forced.stderr
+    assert node.engines() == before  # a reload: the process stays
+    assert '"advbase": 2' in (node.run_dir / "carpd" / "eth0.conf").read_text()
+
+
+def test_changed_interface_wide_options_restart_the_engine_on_forced_ifup(lab: Lab) -> None:
+    node = lab.node()
+    node.write_interfaces(MANUAL)
+    assert node.ifup("eth0").returncode == 0
+    before = node.engines()
+    node.write_interfaces(MANUAL.replace("ucarp-advbase 1", "ucarp-advbase 1\n"
+                                         "    ucarp-facility local3"))
+    forced = node.ifup("--force", "eth0")
+    assert forced.returncode == 0, forced.stderr
     assert "options changed: restarting the engine" in forced.stderr
     after = node.engines()
     assert len(after) == 1 and after != before
-    assert '"advbase": 2' in (node.run_dir / "carpd" / "eth0.conf").read_text()
+    assert '"facility": "local3"' in (node.run_dir / "carpd" / "eth0.conf").read_text()
 
 
 BAD_STANZAS = [

@@ -39,10 +39,16 @@ def test_release_after_a_clean_exit_runs_nothing(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
-def test_removing_an_interfaces_files_takes_a_killed_engines_control_socket(
+def test_removing_an_interfaces_files_takes_a_killed_engines_control_sockets(
         tmp_path: Path) -> None:
-    for name in ("eth0.1.sock", "eth0.7.sock", "eth0.10.1.sock", "eth0.1.demoted", "eth0.log"):
+    conf = {"interface": "eth0", "groups": [{"vhid": 1, "addr": "10.0.0.1"},
+                                            {"vhid": 7, "addr": "10.0.0.7"}]}
+    paths = runtime.Paths("eth0", tmp_path)
+    runtime.write_private(paths.conf, runtime.dumps(conf))
+    for name in ("eth0.sock", "eth0.1.sock", "eth0.7.sock", "eth0.groups", "eth0.10.1.sock",
+                 "eth0.10.sock", "eth0.1.demoted", "eth0.log"):
         (tmp_path / name).touch()
-    runtime.Paths("eth0", tmp_path).remove()
+    paths.remove()
+    # eth0.10.sock: the engine of VLAN eth0.10 (eth0 runs no vhid 10)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "eth0.1.demoted", "eth0.10.1.sock", "eth0.log"]
+        "eth0.1.demoted", "eth0.10.1.sock", "eth0.10.sock", "eth0.log"]

@@ -197,14 +197,6 @@ def test_an_inet6_stanza_is_refused_until_ipv6_is_supported() -> None:
         "yet): put them in the inet stanza of lo"]
 
 
-def test_an_alias_stanza_is_refused() -> None:
-    with pytest.raises(StanzaError) as caught:
-        engine_options(BASE, interface="eth0:1", check_interface=False)
-    assert [p.message for p in caught.value.problems] == [
-        "ucarp-* options on the alias eth0:1: put them in the stanza of the interface itself "
-        "(eth0)"]
-
-
 def test_a_missing_interface_is_named_unless_it_may_appear_later() -> None:
     with pytest.raises(StanzaError) as caught:
         engine_options(BASE, interface="nosuch0")

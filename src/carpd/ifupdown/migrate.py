@@ -249,14 +249,11 @@ class Takeover:
         return None
 
     def options(self, parsed: interfaces.Interfaces) -> Options:
-        """The engine's options (raises :class:`ucarp.StanzaError`)."""
-        options = ucarp.engine_options(self.raw, interface=self.name, family=self.iface.family,
-                                       method=self.iface.method, address=self.address,
-                                       check_interface=self.physical is not None)
-        missing = ucarp.missing_alias(options, parsed)
-        if missing:
-            raise ucarp.StanzaError([missing])
-        return options
+        """The engine's options for the group (raises :class:`ucarp.StanzaError`)."""
+        from carpd.ifupdown import groups
+
+        return groups.stanza_group(self.iface, parsed, interface=self.name,
+                                   check_interface=self.physical is not None).options
 
     def refused(self, parsed: interfaces.Interfaces) -> bool:
         try:
@@ -420,18 +417,20 @@ def bow_out(tap: CarpTap, args: UcarpArgs, key: bytes, source: IPv4Address,
 # -- one stanza -----------------------------------------------------------------------------
 
 def _held(interface: str, vip: IPv4Address) -> list[IPv4Address]:
-    return runtime.held_addresses(interface, vip)
+    """What ucarp ``-i interface`` held: ``-i eth0:1`` (Debian's alias form) means eth0, and
+    its default action labels the VIP eth0:1:ucarp."""
+    return runtime.held_addresses(runtime.physical(interface), vip, runtime.label(interface))
 
 
 def _remove(interface: str, addresses: list[IPv4Address]) -> None:
     for address in addresses:
         with contextlib.suppress(LookupError, OSError):
-            netlink.remove_address(interface, address)
+            netlink.remove_address(runtime.physical(interface), address)
 
 
 def _open_tap(args: UcarpArgs, where: str) -> CarpTap | None:
     try:
-        return CarpTap(args.interface, args.vhid, args.broadcast)
+        return CarpTap(runtime.physical(args.interface), args.vhid, args.broadcast)
     except (OSError, LookupError) as error:
         say(f"{where}: cannot listen or send on {args.interface} ({error}): no bow-out")
         return None
@@ -486,19 +485,19 @@ def stop_daemon(daemon: UcarpDaemon, options: Options) -> None:
 
 def start_engine(takeover: Takeover, run_dir: Path) -> bool:
     """Start the interface's engine as the if-up hook does, unless one runs; False on failure."""
-    paths = Paths(takeover.name, run_dir)
+    paths = Paths(runtime.physical(takeover.name), run_dir)
     if takeover.physical is None:
         say(f"{takeover.iface}: not up (ifquery --state): its engine starts at ifup")
         return True
-    if hook._running(paths):
-        say(f"{takeover.name}: carpd's engine already runs: left alone")
-        return True
+    # a running engine may lack this stanza's group (each group of an interface is added to
+    # its one engine): the hook adds it, or leaves the engine alone when it runs it already
     try:
-        hook.start(takeover.hook_env(), paths)
+        changed = hook.start(takeover.hook_env(), paths)
     except hook.HookError as error:
         say(f"{takeover.name}: carpd's engine did not start:\n{error}")
         return False
-    say(f"{takeover.name}: carpd's engine started")
+    say(f"{takeover.name}: carpd's engine " + ("started" if changed else
+                                                "already runs: left alone"))
     return True
 
 
@@ -527,7 +526,7 @@ def migrate_stanza(takeover: Takeover, parsed: interfaces.Interfaces,
             daemons.remove(daemon)
             daemon.close()
         return _refused(takeover, error, mine)
-    with runtime.locked(Paths(takeover.name, run_dir).hook_lock):  # no ifup meanwhile
+    with runtime.locked(Paths(runtime.physical(takeover.name), run_dir).hook_lock):
         for daemon in mine:
             stop_daemon(daemon, options)
             daemons.remove(daemon)

@@ -100,32 +100,59 @@ def stanza_options(iface: interfaces.Iface) -> dict[str, str]:
     return raw
 
 
-def find_stanza(parsed: interfaces.Interfaces, source: Source) -> interfaces.Iface:
+def find_stanza(parsed: interfaces.Interfaces, source: Source,
+                vhid: int | None = None) -> interfaces.Iface:
+    """The stanza ``source.logical`` with ucarp-* options (of vhid ``vhid``, where several
+    stanzas of that name each define a group)."""
     found = [i for i in parsed.find(source.logical, "inet") if stanza_options(i)]
+    if vhid is not None and len(found) > 1:
+        found = [i for i in found if _vhid(i) == vhid]
     if len(found) != 1:
         how = "no" if not found else f"{len(found)}"
+        of = f" of vhid {vhid}" if vhid is not None else ""
         raise RegenError("\n".join([*parsed.errors,
                                     f"{source.file}: {how} 'iface {source.logical} inet' "
-                                    "stanza(s) with ucarp-* options"]))
+                                    f"stanza(s) with ucarp-* options{of}"]))
     return found[0]
 
 
-def conf_for(paths: Paths, source: Source) -> str:
-    """What the hook would write to IFACE.conf for the stanza now; RegenError if nothing."""
-    parsed = interfaces.parse(source.file)
-    iface = find_stanza(parsed, source)
-    addresses = [o.value for o in iface.options if o.name == "address"]
+def _vhid(iface: interfaces.Iface) -> int | None:
     try:
-        options = ucarp.engine_options(stanza_options(iface), interface=paths.interface,
-                                       family=iface.family, method=iface.method,
-                                       address=addresses[0] if addresses else None)
+        return int(stanza_options(iface).get("ucarp-vid", "").strip())
+    except ValueError:
+        return None
+
+
+def group_for(paths: Paths, parsed: interfaces.Interfaces, source: Source,
+              vhid: int | None = None) -> runtime.Group:
+    """The group the stanza ``source.logical`` defines now, checked as at ``ifup``."""
+    from carpd.ifupdown import groups
+
+    iface = find_stanza(parsed, source, vhid)
+    name = iface.name if runtime.physical(iface.name) == paths.interface else paths.interface
+    try:
+        group = groups.stanza_group(iface, parsed, interface=name, check_interface=True)
     except ucarp.StanzaError as error:
         raise RegenError("\n".join(f"{iface.where}: {iface}: {p}"
                                    for p in error.problems)) from None
-    missing = ucarp.missing_alias(options, parsed)
-    if missing:
-        raise RegenError(f"{iface.where}: {iface}: {missing}")
-    return runtime.conf_text(options)
+    return group
+
+
+def conf_for(paths: Paths, source: Source) -> str:
+    """What the hook would write to IFACE.conf for the stanzas now: those that brought up the
+    groups it runs (``IFACE.groups``; carpd 0.1.0 kept no such record: the one stanza
+    ifupdown has up); RegenError if it cannot be."""
+    parsed = interfaces.parse(source.file)
+    owners = runtime.read_owners(paths)
+    if owners is None:
+        return runtime.conf_text([group_for(paths, parsed, source)])
+    found = [group_for(paths, parsed, Source(source.file, owner.stanza), vhid)
+             for vhid, owner in sorted(owners.items())]
+    for group, vhid in zip(found, sorted(owners), strict=True):
+        if group.vhid != vhid:
+            raise RegenError(f"{group.where}: iface {group.stanza}: ucarp-vid is now "
+                             f"{group.vhid}, but vhid {vhid} runs: take it down and up again")
+    return runtime.conf_text(found)
 
 
 def _loads(path: Path) -> None:

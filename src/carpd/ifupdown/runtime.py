@@ -3,7 +3,11 @@
 Per interface ``IFACE`` (beside the engine's own ``IFACE.VHID.sock``):
 
 - ``IFACE.conf``        the engine's options as JSON (``carpd --config``), mode 0600: it holds the
-                        password, which never goes on a command line or into an environment
+                        passwords, which never go on a command line or into an environment.  One
+                        group: today's flat object; several (or one brought up by an alias): the
+                        "groups" form, ``{"interface": ..., <interface keys>, "groups": [...]}``
+- ``IFACE.groups``      which stanza brought each group up (``{"VHID": {"stanza": LOGICAL,
+                        "where": "file:line"}}``, no secret): ``ifdown LOGICAL`` removes those
 - ``IFACE.env``         the environment of the engine's scripts (``KEY="value"`` lines, systemd's
                         EnvironmentFile format): which interfaces file and state folder the ifup
                         that started it used, so ``ifup IFACE:ucarp`` reads the same ones
@@ -19,12 +23,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import glob
 import json
 import os
 import subprocess
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,6 +42,21 @@ ALIAS = "ucarp"
 """The alias the default actions bring up (``IFACE:ucarp``): what an engine may leave behind."""
 # what the engine needs no field of: it runs in the foreground under a supervisor
 _NOT_IN_CONF = {"password", "password_on_command_line", "daemonize", "pidfile"}
+INTERFACE_KEYS = ("interface", "mcast", "nomcast", "ignoreifstate", "facility", "debug",
+                  "daemonize", "pidfile", "state_dir", "persist_dir")
+"""The engine's settings that are one per interface: every group of the interface shares them."""
+MAX_LABEL = 15
+"""The kernel's limit on an address label (IFNAMSIZ - 1) in bytes."""
+
+
+def physical(name: str) -> str:
+    """The interface an ifupdown name is on: ``eth0`` for ``eth0:1`` and ``eth0:1:ucarp``."""
+    return name.split(":", 1)[0]
+
+
+def label(script_interface: str) -> str:
+    """The label the default actions give a group's VIP: ``eth0:1:ucarp`` for ``eth0:1``."""
+    return f"{script_interface}:{ALIAS}"
 
 
 @dataclass(frozen=True)
@@ -69,25 +87,182 @@ class Paths:
     def hook_lock(self) -> Path:
         return self._file("hook")
 
+    @property
+    def owners(self) -> Path:
+        return self._file("groups")
+
     def remove(self) -> None:
         """Everything but the log (kept for a look after the fact) and demotions (kept as a
         setting is): also the control sockets of an engine that was killed and could not
-        remove its own (``IFACE.VHID.sock``)."""
-        for path in (self.conf, self.env, self.supervisor, *self.control_sockets()):
+        remove its own (``IFACE.sock``, and ``IFACE.VHID.sock`` of the conf's groups, as an
+        engine of carpd 0.1.0 named it)."""
+        sockets = self.control_sockets()
+        for path in (self.conf, self.env, self.supervisor, self.owners, *sockets):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
     def control_sockets(self) -> list[Path]:
-        return [p for p in self.run_dir.glob(f"{glob.escape(self.interface)}.*.sock")
-                if p.name.rsplit(".", 2)[0] == self.interface]
+        """The sockets an engine of the conf may have: not those of another interface whose
+        name goes on with a dot (``eth0.10.sock`` is VLAN eth0.10's engine, unless eth0's
+        conf runs vhid 10)."""
+        vhids: list[int] = []
+        with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
+            data = read_conf(self.conf)
+            vhids = conf_vhids(data) if data is not None else []
+        names = [f"{self.interface}.sock", *(f"{self.interface}.{v}.sock" for v in vhids)]
+        return [self.run_dir / name for name in names if (self.run_dir / name).exists()]
 
 
-def conf_text(options: Options) -> str:
-    data = options.model_dump(mode="json", exclude_defaults=True, exclude=_NOT_IN_CONF)
-    data["interface"] = options.interface
+@dataclass(frozen=True)
+class Group:
+    """One VIP group as a stanza brings it up: the engine's options for it, the name its
+    scripts get (``eth0:1`` for Debian's alias form: MASTER runs ``ifup eth0:1:ucarp``) and the
+    stanza that brought it up."""
+
+    options: Options
+    script_interface: str
+    stanza: str = ""
+    """The logical name of the stanza (``LOGICAL``): its ``ifdown`` removes the group."""
+    where: str = ""
+    """``file:line`` of the stanza, for messages."""
+
+    @property
+    def vhid(self) -> int:
+        return self.options.vhid
+
+
+def group_conf(group: Group) -> dict[str, Any]:
+    """The group's keys in the "groups" form (every per-group key; no interface key)."""
+    options = group.options
+    data = options.model_dump(mode="json", exclude_defaults=True,
+                              exclude=_NOT_IN_CONF | set(INTERFACE_KEYS))
+    data["vhid"] = options.vhid
     data["addr"] = str(options.addr)
     data["password"] = os.fsdecode(options.password)
+    data["script_interface"] = group.script_interface
+    return data
+
+
+def interface_conf(options: Options) -> dict[str, Any]:
+    """The interface keys of a group's options (those not at their default)."""
+    data = options.model_dump(mode="json", exclude_defaults=True,
+                              include=set(INTERFACE_KEYS) - _NOT_IN_CONF)
+    data["interface"] = options.interface
+    return data
+
+
+def conf_data(groups: Sequence[Group]) -> dict[str, Any]:
+    """What ``IFACE.conf`` holds for ``groups`` (at least one, all on one interface)."""
+    return shaped(interface_conf(groups[0].options), [group_conf(g) for g in groups])
+
+
+def shaped(interface: Mapping[str, Any], groups: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Today's flat object for one group whose scripts get the interface itself (what carpd
+    0.1.0 wrote, and any engine reads), else the "groups" form; groups sorted by vhid."""
+    ordered = sorted(groups, key=lambda g: int(g.get("vhid", 1)))
+    if len(ordered) == 1 and ordered[0].get("script_interface") == interface["interface"]:
+        flat = {**interface, **ordered[0]}
+        del flat["script_interface"]
+        return flat
+    return {**interface, "groups": [dict(g) for g in ordered]}
+
+
+def conf_text(groups: Sequence[Group] | Options) -> str:
+    if not isinstance(groups, Sequence):
+        groups = [Group(groups, groups.interface)]
+    return dumps(conf_data(groups))
+
+
+def dumps(data: Mapping[str, Any]) -> str:
     return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+def _split(data: Mapping[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The interface keys and the per-group keys of each group, of a conf in either form."""
+    interface = {k: v for k, v in data.items() if k in INTERFACE_KEYS}
+    groups = [{k: v for k, v in g.items() if k not in INTERFACE_KEYS}
+              for g in conf_groups(data)]
+    for group in groups:
+        group.setdefault("vhid", 1)
+    return interface, groups
+
+
+def conf_with(data: Mapping[str, Any] | None, group: Group) -> dict[str, Any]:
+    """The conf ``data`` with ``group`` added, replacing the group of its vhid if any."""
+    kept = [] if data is None else [g for g in _split(data)[1] if g["vhid"] != group.vhid]
+    return shaped(interface_conf(group.options), [*kept, group_conf(group)])
+
+
+def conf_without(data: Mapping[str, Any], vhids: frozenset[int]) -> dict[str, Any] | None:
+    """The conf ``data`` without the groups of ``vhids``; None when no group is left."""
+    interface, groups = _split(data)
+    kept = [g for g in groups if g["vhid"] not in vhids]
+    return shaped(interface, kept) if kept else None
+
+
+def conf_vhids(data: Mapping[str, Any]) -> list[int]:
+    return [int(g["vhid"]) for g in _split(data)[1]]
+
+
+def interface_settings(data: Mapping[str, Any]) -> dict[str, Any]:
+    return _split(data)[0]
+
+
+def engine_socket(data: Mapping[str, Any]) -> Path:
+    """The control socket of the engine running a conf (one per engine: ``IFACE.sock``)."""
+    from carpd import identity
+
+    given = data.get("state_dir")
+    folder = Path(given) if given else identity.namespace_folder(RUN_DIR)
+    return folder / f"{data['interface']}.sock"
+
+
+def conf_groups(data: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The groups of an ``IFACE.conf`` (either form), each with the interface keys merged in
+    and ``script_interface`` set."""
+    shared = {k: v for k, v in data.items() if k != "groups"}
+    groups = data.get("groups")
+    if not isinstance(groups, list):
+        groups = [{}]
+    merged = [{**shared, **group} for group in groups if isinstance(group, dict)]
+    for group in merged:
+        group.setdefault("script_interface", shared.get("interface", ""))
+    return merged
+
+
+def read_conf(path: Path) -> dict[str, Any] | None:
+    text = read_text(path)
+    if text is None:
+        return None
+    data = json.loads(text)
+    return data if isinstance(data, dict) else None
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Which stanza brought a group up."""
+
+    stanza: str
+    where: str = ""
+
+
+def read_owners(paths: Paths) -> dict[int, Owner] | None:
+    """vhid -> the stanza that brought it up; None when there is no record (carpd 0.1.0 wrote
+    none: its one group belongs to whatever stanza is taken down)."""
+    text = read_text(paths.owners)
+    if text is None:
+        return None
+    found: dict[int, Owner] = {}
+    with contextlib.suppress(ValueError, AttributeError):
+        for vhid, owner in json.loads(text).items():
+            found[int(vhid)] = Owner(str(owner["stanza"]), str(owner.get("where", "")))
+    return found
+
+
+def owners_text(owners: Mapping[int, Owner]) -> str:
+    data = {str(vhid): {"stanza": o.stanza, "where": o.where}
+            for vhid, o in sorted(owners.items())}
+    return json.dumps(data, indent=2) + "\n"
 
 
 def env_text(env: Mapping[str, str]) -> str:
@@ -168,7 +343,7 @@ def supervisor_pid(paths: Paths) -> int | None:
 
 @dataclass(frozen=True)
 class Engine:
-    """What releasing an engine's VIP needs from its ``IFACE.conf``."""
+    """What releasing one group's VIP needs from its engine's ``IFACE.conf``."""
 
     interface: str
     vip: IPv4Address
@@ -176,16 +351,26 @@ class Engine:
     xparam: str | None
     script_timeout: float
     drain: float = DEFAULT_DRAIN
+    script_interface: str = field(default="", compare=False)
+    vhid: int = field(default=0, compare=False)
 
     @classmethod
     def from_conf(cls, path: Path) -> Engine | None:
-        text = read_text(path)
-        if text is None:
-            return None
-        data: dict[str, Any] = json.loads(text)
-        return cls(str(data["interface"]), IPv4Address(data["addr"]), data.get("downscript"),
+        """The first group of the conf (see :func:`groups_from_conf` for all)."""
+        found = groups_from_conf(path)
+        return found[0] if found else None
+
+    @classmethod
+    def from_group(cls, data: Mapping[str, Any]) -> Engine:
+        interface = str(data["interface"])
+        return cls(interface, IPv4Address(data["addr"]), data.get("downscript"),
                    data.get("xparam"), float(data.get("script_timeout", 30.0)),
-                   float(data.get("drain", DEFAULT_DRAIN)))
+                   float(data.get("drain", DEFAULT_DRAIN)),
+                   str(data.get("script_interface") or interface), int(data.get("vhid", 1)))
+
+    @property
+    def label(self) -> str:
+        return label(self.script_interface or self.interface)
 
     @property
     def stop_budget(self) -> float:
@@ -196,25 +381,39 @@ class Engine:
     def script_argv(self) -> list[str] | None:
         if not self.downscript:
             return None
-        argv = [self.downscript, self.interface, str(self.vip)]
+        argv = [self.downscript, self.script_interface or self.interface, str(self.vip)]
         return [*argv, self.xparam] if self.xparam else argv
 
 
-def held_addresses(interface: str, vip: IPv4Address) -> list[IPv4Address]:
-    """The VIP and every address labelled ``IFACE:ucarp`` that ``interface`` holds."""
+def groups_from_conf(path: Path) -> list[Engine]:
+    """What releasing needs of every group in ``IFACE.conf`` (either form)."""
+    data = read_conf(path)
+    return [] if data is None else [Engine.from_group(g) for g in conf_groups(data)]
+
+
+def stop_budget(path: Path) -> float | None:
+    """How long stopping the engine of ``IFACE.conf`` may take (its slowest group)."""
+    engines = groups_from_conf(path)
+    return max(e.stop_budget for e in engines) if engines else None
+
+
+def held_addresses(interface: str, vip: IPv4Address,
+                   labelled: str | None = None) -> list[IPv4Address]:
+    """The VIP and every address labelled ``labelled`` (default ``IFACE:ucarp``) that
+    ``interface`` holds."""
     from carpd import netlink
 
     try:
         info = netlink.interface_info(interface)
     except LookupError:
         return []
-    label = f"{interface}:{ALIAS}"
+    wanted = labelled or label(interface)
     return [address for address, _prefix, name in info.addresses
-            if address == vip or name == label]
+            if address == vip or name == wanted]
 
 
 def release(paths: Paths, crashed: bool, env: Mapping[str, str] | None = None, *,
-            only_if_held: bool = False) -> list[str]:
+            only_if_held: bool = False, vhids: frozenset[int] | None = None) -> list[str]:
     """Make sure the interface no longer holds what an engine that is gone held.
 
     After a crash the down script runs first, whether or not the VIP is still there (the
@@ -223,20 +422,27 @@ def release(paths: Paths, crashed: bool, env: Mapping[str, str] | None = None, *
     (A down script runs at every engine start too, so it must bear running when nothing is
     up: carpd's vip-down asks ifupdown first.)  Then whatever is left goes over netlink.
     ``only_if_held``: after a stop that may have killed the engine, run the down script
-    only if something is left.  Returns what was done, for the log."""
+    only if something is left.  Each group of the conf (only ``vhids`` if given) is released
+    by its own label and down script.  Returns what was done, for the log."""
+    done: list[str] = []
+    for engine in groups_from_conf(paths.conf):
+        if vhids is None or engine.vhid in vhids:
+            done += _release_group(paths, engine, crashed, env, only_if_held)
+    return done
+
+
+def _release_group(paths: Paths, engine: Engine, crashed: bool,
+                   env: Mapping[str, str] | None, only_if_held: bool) -> list[str]:
     from carpd import netlink
 
-    engine = Engine.from_conf(paths.conf)
-    if engine is None:
-        return []
     done: list[str] = []
-    held = held_addresses(engine.interface, engine.vip)
+    held = held_addresses(engine.interface, engine.vip, engine.label)
     argv = engine.script_argv()
     if crashed and argv is not None and (held or not only_if_held):
         script_env = {**read_env(paths.env), **(env or {})}
         script_env.setdefault("PATH", os.environ.get("PATH", os.defpath))
         done.append(f"ran {' '.join(argv)}: {_run_script(argv, script_env, engine)}")
-        held = held_addresses(engine.interface, engine.vip)
+        held = held_addresses(engine.interface, engine.vip, engine.label)
     for address in held:
         with contextlib.suppress(LookupError, OSError):
             if netlink.remove_address(engine.interface, address):

@@ -32,7 +32,7 @@ from pydantic import (
 from carpd import config
 from carpd.config import ConfigError, Options
 from carpd.ifupdown.interfaces import Iface, Interfaces
-from carpd.ifupdown.runtime import ALIAS
+from carpd.ifupdown.runtime import ALIAS, MAX_LABEL, Group, label, physical
 
 PREFIX = "ucarp-"
 SHARE = Path("/usr/share/carpd")
@@ -126,6 +126,8 @@ class UcarpStanza(BaseModel):
     track_fall: Once | None = Field(None, alias="ucarp-track-fall")
     track_rise: Once | None = Field(None, alias="ucarp-track-rise")
     track_interface: str | None = Field(None, alias="ucarp-track-interface")
+    # the name the group's scripts get (MASTER: ifup NAME:ucarp); default the stanza's own
+    alias: Once | None = Field(None, alias="ucarp-alias")
 
     @model_validator(mode="after")
     def _one_password(self) -> UcarpStanza:
@@ -212,16 +214,65 @@ def parse(options: Mapping[str, str]) -> UcarpStanza:
 
 
 def check_stanza(name: str, family: str) -> list[Problem]:
-    """What rules out an engine whatever the ``ucarp-*`` values are."""
+    """What rules out an engine whatever the ``ucarp-*`` values are.  An alias stanza
+    (``iface eth0:1``, Debian's form for several groups) is fine: its group runs in eth0's
+    engine."""
     problems = []
     if family != "inet":
         problems.append(Problem(None, f"ucarp-* options on an {family} stanza: carpd runs on "
                                       "IPv4 only (IPv6 is not supported yet): put them in the "
                                       f"inet stanza of {name}"))
-    if ":" in name:
-        problems.append(Problem(None, f"ucarp-* options on the alias {name}: put them in the "
-                                      f"stanza of the interface itself ({name.split(':')[0]})"))
+    if name.endswith(f":{ALIAS}"):
+        problems.append(Problem(None, f"ucarp-* options on {name}, the stanza a default action "
+                                      "brings up on MASTER: put them in the stanza of "
+                                      f"{name.removesuffix(':' + ALIAS)}"))
     return problems
+
+
+def default_actions(raw: Mapping[str, str]) -> list[str]:
+    """Which of ucarp-upscript and ucarp-downscript ``raw`` leaves at carpd's default action
+    (which brings the stanza ``NAME:ucarp`` up and down)."""
+    return [name for name, default in (("ucarp-upscript", DEFAULT_UPSCRIPT),
+                                       ("ucarp-downscript", DEFAULT_DOWNSCRIPT))
+            if raw.get(name, str(default)) == str(default)]
+
+
+def script_interface(name: str, raw: Mapping[str, str]) -> str:
+    """The name the group's scripts get: ucarp-alias, else the stanza's own (``eth0:1``)."""
+    alias = raw.get("ucarp-alias", "").strip()
+    return alias or name
+
+
+def alias_problems(name: str, raw: Mapping[str, str]) -> list[Problem]:
+    """ucarp-alias must name ``eth0`` or an alias ``eth0:X`` of the stanza's interface, and the
+    label the default actions give the VIP (``NAME:ucarp``) must fit the kernel's 15 bytes."""
+    given = raw.get("ucarp-alias")
+    on = physical(name)
+    if given is not None and ("\n" in given or not given.strip()):
+        return []  # given twice or empty: the stanza model says so
+    if given is not None:
+        alias = given.strip()
+        if (alias != on and not alias.startswith(on + ":")) or alias.endswith(f":{ALIAS}") \
+                or any(c.isspace() or c == "/" for c in alias):
+            return [Problem("ucarp-alias", f"ucarp-alias: {given!r}: must be {on} or an alias "
+                                           f"of it ({on}:NAME, without blanks, '/' or a "
+                                           f"trailing ':{ALIAS}'): the default actions bring up "
+                                           f"NAME:{ALIAS}")]
+    chosen = script_interface(name, raw)
+    too_long = len(os.fsencode(label(chosen))) - MAX_LABEL
+    defaults = default_actions(raw)
+    if too_long <= 0 or not defaults:
+        return []
+    option = "ucarp-alias" if given is not None else defaults[0]
+    value = f"{given!r}: " if given is not None else ""
+    room = MAX_LABEL - len(os.fsencode(label(on))) - 1  # bytes left for NAME in on:NAME:ucarp
+    instead = (f"give a shorter ucarp-alias ({on}:NAME, NAME at most {room} byte(s)), or name "
+               "your own ucarp-upscript and ucarp-downscript" if room > 0 else
+               f"{on} leaves no room for an alias name: name your own ucarp-upscript and "
+               "ucarp-downscript")
+    return [Problem(option, f"{option}: {value}the default action brings up {label(chosen)!r}, "
+                            f"a label of {len(os.fsencode(label(chosen)))} bytes, but the kernel "
+                            f"allows at most {MAX_LABEL}: {instead}")]
 
 
 def source_address(method: str, address: str | None, srcip: str | None) -> str | None:
@@ -272,9 +323,11 @@ def engine_options(raw: Mapping[str, str], *, interface: str, family: str = "ine
     """The engine's validated options from a stanza's ``ucarp-*`` options (``raw``), or
     :class:`StanzaError` naming every bad value at once.
 
+    ``interface`` is the stanza's name: of an alias (``eth0:1``) the engine runs on eth0.
     ``address`` is the stanza's own (``IF_ADDRESS``); ``check_interface=False`` skips checking
     that the interface exists, as it may be created only when ifupdown brings it up."""
-    problems = check_stanza(interface, family)
+    problems = check_stanza(interface, family) + alias_problems(interface, raw)
+    interface = physical(interface)
     missing = missing_options(raw)
     if missing:
         problems.append(_missing_problem(missing))
@@ -333,12 +386,24 @@ def password_exposed(parsed: Interfaces, logical: str, family: str) -> str | Non
     return None
 
 
-def missing_alias(options: Options, parsed: Interfaces) -> Problem | None:
-    """The default actions run ``ifup/ifdown IFACE:ucarp``: that stanza must exist."""
+def group(raw: Mapping[str, str], *, name: str, logical: str | None = None,
+          family: str = "inet", method: str = "static", address: str | None = None,
+          where: str = "", check_interface: bool = True) -> Group:
+    """The group a stanza named ``name`` (``LOGICAL`` ``logical``) defines, or
+    :class:`StanzaError` naming every problem."""
+    options = engine_options(raw, interface=name, family=family, method=method,
+                             address=address, check_interface=check_interface)
+    return Group(options, script_interface(name, raw), logical or name, where)
+
+
+def missing_alias(options: Options, parsed: Interfaces,
+                  script_interface: str | None = None) -> Problem | None:
+    """The default actions run ``ifup/ifdown NAME:ucarp`` (NAME: the group's script
+    interface, default the engine's): that stanza must exist."""
     defaults = [name for name, script, default in (
         ("ucarp-upscript", options.upscript, DEFAULT_UPSCRIPT),
         ("ucarp-downscript", options.downscript, DEFAULT_DOWNSCRIPT)) if script == default]
-    alias = f"{options.interface}:{ALIAS}"
+    alias = label(script_interface or options.interface)
     if not defaults or parsed.find(alias):
         return None
     return Problem(None, f"{' and '.join(defaults)}: the default action brings up and down the "

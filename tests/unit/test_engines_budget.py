@@ -1,0 +1,37 @@
+"""carpd-engines (the package's restart/stop helper) waits for an engine as long as its slowest
+group may take to stop: every group of a multi-group IFACE.conf counts, not the top level only."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+SCRIPT = Path(__file__).resolve().parents[2] / "debian" / "carpd-engines"
+
+
+def _engines() -> ModuleType:
+    loader = importlib.machinery.SourceFileLoader("carpd_engines", str(SCRIPT))
+    spec = importlib.util.spec_from_loader("carpd_engines", loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["carpd_engines"] = module  # dataclasses look their module up there
+    loader.exec_module(module)
+    return module
+
+
+def test_a_flat_conf_gives_its_drain_and_script_timeout() -> None:
+    assert _engines().conf_budget({"drain": 5, "script_timeout": 10}) == 15.0
+
+
+def test_a_groups_conf_gives_its_slowest_group() -> None:
+    data = {"interface": "eth0", "groups": [
+        {"vhid": 1, "drain": 2, "script_timeout": 30},
+        {"vhid": 2, "drain": 120, "script_timeout": 60}]}
+    assert _engines().conf_budget(data) == 180.0
+
+
+def test_defaults_are_the_engines_defaults() -> None:
+    assert _engines().conf_budget({"groups": [{"vhid": 1}]}) == 32.0
