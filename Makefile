@@ -55,6 +55,7 @@ bench: venv
 	$(PY) -m bench.parse --json bench-parse.json
 	$(PY) -m bench.faults --json bench-faults.json
 	$(PY) -m bench.health --json bench-health.json
+	$(PY) -m bench.longconn --json bench-longconn.json
 	$(PY) -m bench.scale --json bench-scale.json
 
 # A million frames through decoding and the election core, invariants checked after each call

@@ -10,26 +10,42 @@ programs the benchmarks start inside namespaces:
         RATE requests per second to VIP:PORT, each given TIMEOUT seconds, one line per request
         to OUT: ``start end outcome body`` (wall-clock times, the clock of the kernel timestamps
         on the bridge capture); it stops on SIGTERM or after MAX_SECONDS
+    python -m bench.common download-serve NAME PORT LOG
+        rate-limited downloads on 0.0.0.0:PORT, a thread each: a request names a size, a duration
+        and a seed; the answer is NAME, then that many bytes of ``random.Random(seed)`` at an
+        even rate over the duration, then a half close; one line per download to LOG:
+        ``SEED clean|data|unclosed|reset|error`` (clean: the client's FIN reached this node)
+    python -m bench.common download-fetch VIP PORT COUNT SIZE SECONDS OUT
+        COUNT concurrent downloads from VIP:PORT, each checked (SHA-256); one JSON line per
+        download to OUT at the end
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import platform
+import random
 import selectors
 import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
+
+from lab.netns import VIP, Network, Node
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -75,6 +91,28 @@ def fmt(stats: dict[str, Any], scale: float = 1.0, unit: str = "", digits: int =
 
     return (f"{num(stats['median'])} ({num(stats['min'])}-{num(stats['max'])}), "
             f"n={stats['count']}")
+
+
+def median_max(stats: dict[str, Any], scale: float = 1.0, unit: str = "",
+               digits: int = 0) -> str:
+    """``median / max``, or ``-`` without samples."""
+    if not stats["count"]:
+        return "-"
+    return (f"{stats['median'] * scale:.{digits}f}{unit} / "
+            f"{stats['max'] * scale:.{digits}f}{unit}")
+
+
+def add_counts(counts: Iterable[Mapping[str, int]]) -> dict[str, int]:
+    """Outcome counts of several rounds added up."""
+    total: Counter[str] = Counter()
+    for one in counts:
+        total.update(one)
+    return dict(total)
+
+
+def listed(counts: Mapping[str, int]) -> str:
+    """``ok 729, timeout 892``, or ``none``."""
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
@@ -125,6 +163,31 @@ def wait_until(predicate: Callable[[], T | None], timeout: float,
         time.sleep(interval)
 
 
+class Background(Generic[T]):
+    """A call in a thread (an ``ifdown`` that returns once the engine has let go of the VIP):
+    its result or the error it raised, and when it started and ended (wall clock)."""
+
+    def __init__(self, call: Callable[[], T]) -> None:
+        self.started = time.time()
+        self.result: T | None = None
+        self.error: str | None = None
+        self.ended: float | None = None
+        self._thread = threading.Thread(target=self._run, args=(call,), daemon=True)
+        self._thread.start()
+
+    def _run(self, call: Callable[[], T]) -> None:
+        try:
+            self.result = call()
+        except (OSError, RuntimeError, subprocess.SubprocessError) as error:
+            self.error = f"{type(error).__name__}: {error}"
+        self.ended = time.time()
+
+    def join(self, timeout: float) -> bool:
+        """Whether the call has ended within ``timeout`` s."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+
 # ---- processes and namespaces -----------------------------------------------------------------
 
 
@@ -155,6 +218,11 @@ def daemons_in(ns: str, kind: str) -> list[int]:
         if (kind == "ucarp" and is_ucarp) or (kind == "carpd" and is_carpd):
             found.append(pid)
     return found
+
+
+def engine_running(ns: str, kind: str) -> bool:
+    """Whether a ``kind`` engine ("carpd" or "ucarp") runs in network namespace ``ns``."""
+    return bool(daemons_in(ns, kind))
 
 
 def kill_namespace_processes(namespaces: Iterable[str]) -> None:
@@ -214,6 +282,70 @@ def start_client(procs: Processes, ns: str, vip: str, rate: float, timeout: floa
     argv = [sys.executable, "-m", "bench.common", "client", vip, str(PORT), str(rate),
             str(timeout), str(out), str(max_seconds)]
     return procs.start(ns, argv, log, cwd=REPO)
+
+
+# ---- two server nodes and a client on one bridge ----------------------------------------------
+
+
+class Bed:
+    """Nodes a and b (10.9.0.1, .2) and a client node (10.9.0.10) on one bridge, in namespaces
+    whose names start with ``prefix``; ``close()`` ends every process started in them (by PID)
+    and removes them."""
+
+    def __init__(self, directory: Path, prefix: str) -> None:
+        self.directory = directory
+        self.procs = Processes()
+        self.net = Network(directory, prefix=prefix)
+        self.namespaces = [self.net.switch]
+        self.nodes: dict[str, Node] = {}
+
+    def close(self) -> None:
+        self.procs.close()
+        kill_namespace_processes(self.namespaces)
+        self.net.close()
+
+    def add(self, address: str, name: str) -> Node:
+        node = self.net.add_node(address, name)
+        self.namespaces.append(node.ns)
+        return node
+
+    def add_nodes(self) -> None:
+        self.a = self.add("10.9.0.1", "a")
+        self.b = self.add("10.9.0.2", "b")
+        self.client_node = self.add("10.9.0.10", "cl")
+        self.nodes = {"a": self.a, "b": self.b}
+
+    def peer(self, node: Node) -> Node:
+        return self.b if node is self.a else self.a
+
+    def start_load(self, rate: float, timeout: float, seconds: float) -> subprocess.Popen[bytes]:
+        """The client (RATE requests/s to the VIP) for at most ``seconds`` (10 at least),
+        recording to ``requests_path``."""
+        return start_client(self.procs, self.client_node.ns, str(VIP), rate, timeout,
+                            self.requests_path, max(10.0, seconds),
+                            self.directory / "client.log")
+
+    @property
+    def requests_path(self) -> Path:
+        return self.directory / "requests.log"
+
+    def settle_on(self, ready: Callable[[], bool], quiet: float, timeout: float,
+                  exited: Callable[[], list[str]] | None = None) -> Node:
+        """Exactly one node holds the VIP, unchanged for ``quiet`` s, with ``ready()`` true
+        before and after; else RuntimeError (naming the holders and ``exited()``)."""
+        def stable() -> Node | None:
+            holders = self.net.holders()
+            if len(holders) != 1 or not ready():
+                return None
+            time.sleep(quiet)
+            return holders[0] if self.net.holders() == holders and ready() else None
+
+        holder: Node | None = wait_until(stable, timeout, interval=0.1)
+        if holder is None:
+            dead = f", exited {exited()}" if exited else ""
+            raise RuntimeError(f"no stable MASTER within {timeout} s: holders "
+                               f"{[n.name for n in self.net.holders()]}{dead}")
+        return holder
 
 
 # ---- ifupdown inside a node namespace ---------------------------------------------------------
@@ -314,6 +446,12 @@ class Ifupdown:
                 timeout=60, check=False)
         return done.returncode
 
+    def must(self, verb: str, iface: str = "eth0") -> None:
+        """``ifup``/``ifdown`` IFACE, raising RuntimeError (naming the log) if it fails."""
+        code = self.run(verb, iface)
+        if code != 0:
+            raise RuntimeError(f"{verb} {iface} in {self.ns} failed ({code}): see {self.log}")
+
     def start(self, procs: Processes, argv: Sequence[str], log: Path) -> subprocess.Popen[bytes]:
         """A process (an engine) in the same kind of private mount namespace, so that the
         ``ifup IFACE:ucarp`` of its scripts sees our interfaces file and state."""
@@ -321,8 +459,10 @@ class Ifupdown:
 
 
 def stanza(address: str, vip: str, password: str, vhid: int = 1, advbase: int = 1,
-           advskew: int = 0) -> str:
-    """The stanza Debian's ucarp users have (no ``ucarp-master``: no preemption)."""
+           advskew: int = 0, extra_lines: Sequence[str] = ()) -> str:
+    """The stanza Debian's ucarp users have (no ``ucarp-master``: no preemption), with
+    ``extra_lines`` (e.g. ``ucarp-drain 30``) at the end of eth0's."""
+    extra = "".join(f"    {line}\n" for line in extra_lines)
     return f"""# written by carpd's benchmark for one node namespace
 iface eth0 inet static
     address {address}/16
@@ -331,7 +471,7 @@ iface eth0 inet static
     ucarp-password {password}
     ucarp-advskew {advskew}
     ucarp-advbase {advbase}
-
+{extra}
 iface eth0:ucarp inet static
     address {vip}
     netmask 255.255.255.255
@@ -364,6 +504,41 @@ def read_requests(path: Path) -> list[Request]:
                                     parts[3] if len(parts) > 3 else ""))
     requests.sort(key=lambda r: r.start)
     return requests
+
+
+def finished_between(requests: Iterable[Request], start: float, stop: float) -> list[Request]:
+    """The requests started in [start, stop) that ended before the client stopped."""
+    return [r for r in requests if start <= r.start < stop and r.outcome != "unfinished"]
+
+
+# ---- one run: each engine in turn, a table, the JSON ------------------------------------------
+
+RunKind = Callable[[str, argparse.Namespace, Deadline, Path], dict[str, Any]]
+
+
+def run_each(kinds: Sequence[str], args: argparse.Namespace, prefix: str,
+             run_kind: RunKind) -> dict[str, dict[str, Any]]:
+    """``run_kind`` for each engine kind in a folder of its own (under ``args.keep`` if given,
+    else a temporary one), sharing what is left of ``args.max_seconds`` between the kinds still
+    to run."""
+    deadline = Deadline(args.max_seconds)
+    results: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        root = Path(args.keep) if args.keep else Path(tmp)
+        root.mkdir(parents=True, exist_ok=True)
+        for n, kind in enumerate(kinds):
+            share = Deadline(deadline.left() / (len(kinds) - n))
+            results[kind] = run_kind(kind, args, share, root / f"{kind}-{os.getpid()}")
+    return results
+
+
+def finish(benchmark: str, args: argparse.Namespace, results: dict[str, dict[str, Any]],
+           **extra: Any) -> int:
+    """The JSON (with ``--json``) and the exit status: 1 if any kind reported an error."""
+    write_json(args.json, {"benchmark": benchmark, "machine": machine(),
+                           "config": {k: v for k, v in vars(args).items() if k != "json"},
+                           **extra, "results": results})
+    return 0 if all(r["error"] is None for r in results.values()) else 1
 
 
 # ---- the programs run inside namespaces -------------------------------------------------------
@@ -508,12 +683,162 @@ def client(vip: str, port: int, rate: float, timeout: float, out: str,
     return 0
 
 
+# ---- rate-limited, checksummed downloads -------------------------------------------------------
+
+DOWNLOAD_PORT = 8081
+STALL = 10.0
+"""A download that receives nothing for this long is broken."""
+
+
+def _send_download(conn: socket.socket, name: bytes) -> tuple[str, str]:
+    """Serve one download; (its seed, how it ended: "clean" when the client's FIN came)."""
+    with conn, conn.makefile("rb") as lines:
+        size_text, seconds_text, seed = lines.readline().decode().split()
+        size, seconds = int(size_text), float(seconds_text)
+        data = random.Random(int(seed)).randbytes(size)
+        conn.sendall(name + b"\n")
+        chunk = max(1, size // max(1, int(seconds * 20)))
+        start = time.monotonic()
+        for sent in range(0, size, chunk):
+            time.sleep(max(0.0, start + seconds * sent / size - time.monotonic()))
+            conn.sendall(data[sent:sent + chunk])
+        conn.shutdown(socket.SHUT_WR)
+        conn.settimeout(STALL)
+        try:
+            return seed, "clean" if conn.recv(1) == b"" else "data"
+        except TimeoutError:
+            return seed, "unclosed"
+
+
+def download_serve(name: str, port: int, log: str) -> int:
+    """Rate-limited downloads, a thread per connection; one line per download to ``log``:
+    ``SEED clean|data|unclosed|reset|error``."""
+    server = socket.create_server(("0.0.0.0", port), backlog=256)
+    lock = threading.Lock()
+
+    def one(conn: socket.socket) -> None:
+        seed, outcome = "?", "error"
+        try:
+            seed, outcome = _send_download(conn, name.encode())
+        except ConnectionResetError:
+            outcome = "reset"
+        except (OSError, ValueError):
+            pass
+        with lock, open(log, "a") as out:
+            out.write(f"{seed} {outcome}\n")
+
+    while True:
+        conn, _ = server.accept()
+        threading.Thread(target=one, args=(conn,), daemon=True).start()
+
+
+@dataclass
+class Download:
+    seed: int
+    start: float = 0.0
+    end: float = 0.0
+    outcome: str = "unfinished"
+    received: int = 0
+    server: str = ""
+    close: str = ""
+    """How the server saw it end ("clean": the client's FIN reached the node serving it)."""
+
+
+def _receive(sock: socket.socket, record: Download, size: int, seconds: float) -> str:
+    sha = hashlib.sha256()
+    sock.settimeout(STALL)
+    sock.sendall(f"{size} {seconds} {record.seed}\n".encode())
+    head = b""
+    while not head.endswith(b"\n"):
+        byte = sock.recv(1)
+        if not byte:
+            return "no-reply"
+        head += byte
+    record.server = head.decode(errors="replace").strip()
+    while chunk := sock.recv(65536):
+        sha.update(chunk)
+        record.received += len(chunk)
+    if record.received != size:
+        return "short"
+    expected = hashlib.sha256(random.Random(record.seed).randbytes(size)).hexdigest()
+    return "ok" if sha.hexdigest() == expected else "corrupt"
+
+
+def _fetch_one(vip: str, port: int, record: Download, size: int, seconds: float) -> None:
+    record.start = time.time()
+    try:
+        with socket.create_connection((vip, port), timeout=STALL) as sock:
+            record.outcome = _receive(sock, record, size, seconds)
+    except ConnectionResetError:
+        record.outcome = "reset"
+    except TimeoutError:
+        record.outcome = "stalled"
+    except OSError as error:
+        record.outcome = type(error).__name__
+    record.end = time.time()
+
+
+def download_fetch(vip: str, port: int, count: int, size: int, seconds: float, out: str) -> int:
+    """``count`` concurrent downloads; one JSON line per download to ``out`` at the end."""
+    base = random.randrange(1 << 30)
+    records = [Download(base + i) for i in range(count)]
+    threads = [threading.Thread(target=_fetch_one, args=(vip, port, r, size, seconds))
+               for r in records]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    Path(out).write_text("".join(json.dumps(asdict(r)) + "\n" for r in records))
+    return 0
+
+
+def start_download_server(procs: Processes, node: Node, name: str, closes: Path,
+                          log: Path) -> subprocess.Popen[bytes]:
+    return procs.start(node.ns, [sys.executable, "-m", "bench.common", "download-serve", name,
+                                 str(DOWNLOAD_PORT), str(closes)], log, cwd=REPO)
+
+
+def download_listening(node: Node) -> bool:
+    return f":{DOWNLOAD_PORT} " in node.exec("ss", "-Htln").stdout
+
+
+def start_downloads(procs: Processes, ns: str, count: int, size: int, seconds: float, out: Path,
+                    log: Path) -> subprocess.Popen[bytes]:
+    """``count`` downloads of ``size`` bytes over ``seconds`` from the VIP, results to ``out``
+    (:func:`read_downloads`)."""
+    return procs.start(ns, [sys.executable, "-m", "bench.common", "download-fetch", str(VIP),
+                            str(DOWNLOAD_PORT), str(count), str(size), str(seconds), str(out)],
+                       log, cwd=REPO)
+
+
+def read_downloads(path: Path) -> list[Download]:
+    if not path.exists():
+        return []
+    return [Download(**json.loads(line)) for line in path.read_text().splitlines() if line]
+
+
+def read_closes(paths: Iterable[Path]) -> dict[int, str]:
+    """seed -> how the serving node saw the download end, from download-serve's logs."""
+    found: dict[int, str] = {}
+    for path in paths:
+        for line in path.read_text().splitlines() if path.exists() else []:
+            seed, outcome = line.split()
+            if seed.isdigit():
+                found[int(seed)] = outcome
+    return found
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] == ["serve"] and len(argv) == 3:
         return serve(argv[1], int(argv[2]))
     if argv[:1] == ["client"] and len(argv) == 7:
         vip, port, rate, timeout, out, max_seconds = argv[1:]
         return client(vip, int(port), float(rate), float(timeout), out, float(max_seconds))
+    if argv[:1] == ["download-serve"] and len(argv) == 4:
+        return download_serve(argv[1], int(argv[2]), argv[3])
+    if argv[:1] == ["download-fetch"] and len(argv) == 7:
+        vip, port, count, size, seconds, out = argv[1:]
+        return download_fetch(vip, int(port), int(count), int(size), float(seconds), out)
     print(__doc__, file=sys.stderr)
     return 2
 

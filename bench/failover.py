@@ -31,29 +31,27 @@ import random
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from bench.common import (
+    Bed,
     Deadline,
     Processes,
     Request,
+    finish,
     fmt,
-    kill_namespace_processes,
-    machine,
     machine_line,
     read_requests,
-    start_client,
+    run_each,
     start_server,
     summary,
     table,
     wait_until,
-    write_json,
 )
-from lab.netns import UCARP, VIP, Network, Node, run
+from lab.netns import UCARP, VIP, Node, run
 
 ADVBASE = 1
 MASTER_DOWN = 3.0 * ADVBASE
@@ -94,33 +92,18 @@ class Fault:
         return self.backup_first_advert - self.last_advert
 
 
-class Pair:
+class Pair(Bed):
     """Two server nodes running ``kind`` and a client, on one bridge."""
 
     def __init__(self, kind: str, directory: Path, quiet: float = SETTLE,
                  reboot: bool = True) -> None:
+        super().__init__(directory, prefix="carpbf")
         self.kind = kind
         self.reboot = reboot
         self.quiet = quiet
-        self.directory = directory
-        self.procs = Processes()
-        self.net = Network(directory, prefix="carpbf")
-        self.namespaces = [self.net.switch]
-
-    def close(self) -> None:
-        self.procs.close()
-        kill_namespace_processes(self.namespaces)
-        self.net.close()
-
-    def add(self, address: str, name: str) -> Node:
-        node = self.net.add_node(address, name)
-        self.namespaces.append(node.ns)
-        return node
 
     def setup(self) -> None:
-        self.a = self.add("10.9.0.1", "a")
-        self.b = self.add("10.9.0.2", "b")
-        self.client_node = self.add("10.9.0.10", "cl")
+        self.add_nodes()
         for node in (self.a, self.b):
             start_server(self.procs, node.ns, node.name, self.directory / f"server-{node.name}.log")
         self.daemons = {"a": self.a.start(self.kind, advbase=ADVBASE)}
@@ -131,26 +114,18 @@ class Pair:
 
     def settle(self, timeout: float = 20) -> Node:
         """Exactly one node holds the VIP, unchanged for ``self.quiet`` s, both engines alive."""
-        def stable() -> Node | None:
-            holders = self.net.holders()
-            if len(holders) != 1 or not all(d.alive() for d in self.daemons.values()):
-                return None
-            time.sleep(self.quiet)
-            return holders[0] if self.net.holders() == holders else None
+        return self.settle_on(lambda: all(d.alive() for d in self.daemons.values()), self.quiet,
+                              timeout, self.exited)
 
-        holder = wait_until(stable, timeout, interval=0.1)
-        if holder is None:
-            dead = [n for n, d in self.daemons.items() if not d.alive()]
-            raise RuntimeError(f"no stable MASTER within {timeout} s: holders "
-                               f"{[n.name for n in self.net.holders()]}, exited {dead}")
-        return holder
+    def exited(self) -> list[str]:
+        return [n for n, d in self.daemons.items() if not d.alive()]
 
     def port(self, node: Node, state: str) -> None:
         run("ip", "-n", self.net.switch, "link", "set", node.port, state)
 
     def fail(self, index: int) -> Fault:
         master = self.settle()
-        backup = self.b if master is self.a else self.a
+        backup = self.peer(master)
         time.sleep(random.uniform(0, ADVBASE))  # at any point of the advert cycle
         fault = time.time()
         self.port(master, "down")
@@ -199,12 +174,9 @@ def run_kind(kind: str, args: argparse.Namespace, deadline: Deadline,
     pair = Pair(kind, directory, args.settle, reboot=not args.keep_engine)
     faults: list[Fault] = []
     error = None
-    requests_path = directory / "requests.log"
     try:
         pair.setup()
-        client = start_client(pair.procs, pair.client_node.ns, str(VIP), args.rate, args.timeout,
-                              requests_path, max(10.0, deadline.left() + 30),
-                              directory / "client.log")
+        client = pair.start_load(args.rate, args.timeout, deadline.left() + 30)
         time.sleep(1.0)
         for index in range(args.count):
             if deadline.left() < 10:
@@ -219,7 +191,7 @@ def run_kind(kind: str, args: argparse.Namespace, deadline: Deadline,
                 break
         pair.settle()
         Processes.stop(client)
-        analyse(pair, faults, read_requests(requests_path))
+        analyse(pair, faults, read_requests(pair.requests_path))
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
         error = f"{type(exc).__name__}: {exc}"
         print(f"  {kind}: {error}", flush=True)
@@ -292,19 +264,9 @@ def main() -> int:
         print(f"needs Debian's ucarp ({UCARP})", file=sys.stderr)
         return 2
     kinds = [args.only] if args.only else ["ucarp", "carpd"]
-    deadline = Deadline(args.max_seconds)
-    results: dict[str, dict[str, Any]] = {}
-    with tempfile.TemporaryDirectory(prefix="carpd-failover-") as tmp:
-        root = Path(args.keep) if args.keep else Path(tmp)
-        root.mkdir(parents=True, exist_ok=True)
-        for n, kind in enumerate(kinds):
-            share = Deadline(deadline.left() / (len(kinds) - n))
-            results[kind] = run_kind(kind, args, share, root / f"{kind}-{os.getpid()}")
+    results = run_each(kinds, args, "carpd-failover-", run_kind)
     report(results, args)
-    write_json(args.json, {"benchmark": "failover", "machine": machine(),
-                           "config": {k: v for k, v in vars(args).items() if k != "json"},
-                           "results": results})
-    return 0 if all(r["error"] is None for r in results.values()) else 1
+    return finish("failover", args, results)
 
 
 if __name__ == "__main__":

@@ -61,6 +61,7 @@ from typing import Any, TypeVar
 from bench.common import (
     CARPD_HOOKS,
     REPO,
+    Background,
     Deadline,
     Ifupdown,
     cmdline,
@@ -227,25 +228,6 @@ def classify(ns: str) -> Procs:
 # ---- one cluster --------------------------------------------------------------------------------
 
 
-class Background:
-    """A blocking call run in a thread (an ifdown a fault starts and does not wait for)."""
-
-    def __init__(self, call: Callable[[], int]) -> None:
-        self.started = time.time()
-        self.ended: float | None = None
-        self.result: int | None = None
-        self._thread = threading.Thread(target=self._run, args=(call,), daemon=True)
-        self._thread.start()
-
-    def _run(self, call: Callable[[], int]) -> None:
-        self.result = call()
-        self.ended = time.time()
-
-    def join(self, timeout: float) -> bool:
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
-
-
 class Cluster:
     def __init__(self, engine: str, directory: Path) -> None:
         self.engine = engine
@@ -255,7 +237,7 @@ class Cluster:
         self.ifupdown: dict[str, Ifupdown] = {}
         self.down: set[str] = set()
         """Nodes a fault took down with ifdown: the heal brings them up again."""
-        self.ifdowns: dict[str, Background] = {}
+        self.ifdowns: dict[str, Background[int]] = {}
 
     def close(self) -> None:
         kill_namespace_processes(n.ns for n in self.nodes.values())
@@ -363,15 +345,12 @@ iface eth0:ucarp inet static
     # ---- acting ----------------------------------------------------------------------------
 
     def ifup(self, name: str) -> None:
-        code = self.ifupdown[name].run("ifup")
-        if code != 0:
-            raise RuntimeError(f"ifup eth0 on {name} failed ({code}): see "
-                               f"{self.ifupdown[name].log}")
+        self.ifupdown[name].must("ifup")
 
     def ifdown(self, name: str) -> int:
         return self.ifupdown[name].run("ifdown")
 
-    def ifdown_in_background(self, name: str) -> Background:
+    def ifdown_in_background(self, name: str) -> Background[int]:
         self.down.add(name)
         job = Background(lambda: self.ifdown(name))
         self.ifdowns[name] = job
@@ -484,9 +463,10 @@ def check_node(cluster: Cluster, name: str, outcome: Outcome) -> None:
 def stale_files(cluster: Cluster, name: str, procs: Procs) -> list[str]:
     allowed = {"eth0.log", "eth0.hook"}
     if procs.supervisors or cluster.state_has(name, "eth0"):
-        allowed |= {"eth0.conf", "eth0.env", "eth0.supervisor"}
+        # eth0.groups: every group ifupdown has up, kept with the conf (src/carpd/ifupdown)
+        allowed |= {"eth0.conf", "eth0.env", "eth0.supervisor", "eth0.groups"}
     if procs.engines:
-        allowed.add(f"eth0.{VHID}.sock")
+        allowed |= {f"eth0.{VHID}.sock", "eth0.sock"}  # a group's socket, the interface's
     return [f"{name}: stale file /run/carpd/{f}" for f in cluster.run_files(name)
             if f not in allowed]
 

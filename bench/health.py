@@ -33,7 +33,6 @@ import collections
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -44,13 +43,15 @@ from bench.common import (
     Deadline,
     Processes,
     Request,
-    machine,
+    add_counts,
+    finish,
+    listed,
     machine_line,
+    median_max,
     read_requests,
-    start_client,
+    run_each,
     summary,
     table,
-    write_json,
 )
 from bench.health_lab import Cluster, Kill, Tracking, carpd_tracks, check_command
 from lab.netns import UCARP, VIP
@@ -84,14 +85,11 @@ def run_kind(kind: str, args: argparse.Namespace, deadline: Deadline,
     tracking = tracking_for(kind, args, directory)
     cluster = Cluster(kind, directory, tracking, args.settle)
     kills: list[Kill] = []
-    requests_path = directory / "requests.log"
     error = None
     baseline: list[Request] = []
     try:
         cluster.setup()
-        client = start_client(cluster.procs, cluster.client_node.ns, str(VIP), args.rate,
-                              args.timeout, requests_path, max(10.0, deadline.left() + 30),
-                              directory / "client.log")
+        client = cluster.start_load(args.rate, args.timeout, deadline.left() + 30)
         began = time.time()
         time.sleep(1.0)
         for index in range(args.kills):
@@ -107,7 +105,7 @@ def run_kind(kind: str, args: argparse.Namespace, deadline: Deadline,
         time.sleep(1.0)
         end = time.time()
         Processes.stop(client)
-        requests = read_requests(requests_path)
+        requests = read_requests(cluster.requests_path)
         first = kills[0].kill if kills else end
         baseline = [r for r in requests if began <= r.start and r.end < first]
         analyse(kills, requests, end)
@@ -138,18 +136,9 @@ def summarise(kind: str, tracking: Tracking | None, args: argparse.Namespace, ki
         "failed_total": sum(k.failed for k in kills),
         "sent_total": sum(k.sent for k in kills),
         "kill_to_bow_out_s": summary(bow_outs),
-        "outcomes": dict(sum((collections.Counter(k.outcomes) for k in kills),
-                             collections.Counter())),
+        "outcomes": add_counts(k.outcomes for k in kills),
         "baseline_failed": sum(not r.ok for r in baseline),
     }
-
-
-def _median_max(stats: dict[str, Any], scale: float = 1.0, unit: str = "",
-                digits: int = 0) -> str:
-    if not stats["count"]:
-        return "-"
-    return (f"{stats['median'] * scale:.{digits}f}{unit} / "
-            f"{stats['max'] * scale:.{digits}f}{unit}")
 
 
 def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
@@ -164,19 +153,18 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> None
         n = len(r["kills"])
         rows.append([
             kind,
-            _median_max(r["to_first_success_s"], 1, " s", 3)
+            median_max(r["to_first_success_s"], 1, " s", 3)
             + (f" ({r['capped']} capped)" if r["capped"] else ""),
             f"{r['within_goal']}/{n}",
-            _median_max(r["failed_per_kill"]),
-            _median_max(r["kill_to_bow_out_s"], 1, " s", 3),
+            median_max(r["failed_per_kill"]),
+            median_max(r["kill_to_bow_out_s"], 1, " s", 3),
             f"{r['vip_moved']}/{n}",
         ])
     print(table(["engine", "kill -> 1st success via peer", f"<= {goal:.2f} s",
                  "failed requests per kill", "kill -> bow-out", "VIP moved"], rows))
     for kind, r in results.items():
-        outcomes = ", ".join(f"{k} {v}" for k, v in sorted(r["outcomes"].items()))
         check = r["tracking"]["check"] if r["tracking"] else "no health tracking"
-        print(f"{kind}: {check}; failures: {outcomes or 'none'}; before the first kill: "
+        print(f"{kind}: {check}; failures: {listed(r['outcomes'])}; before the first kill: "
               f"{r['baseline_failed']}{'; ERROR: ' + r['error'] if r['error'] else ''}")
     print(f"goal: fall x interval + 100 ms = {args.fall} x {args.interval:g} s + 0.1 s = "
           f"{goal:.2f} s")
@@ -226,19 +214,9 @@ def main() -> int:
     if "carpd" in kinds and not args.no_track and not carpd_tracks():
         print("this tree's carpd has no --track-script: run with --no-track", file=sys.stderr)
         return 2
-    deadline = Deadline(args.max_seconds)
-    results: dict[str, dict[str, Any]] = {}
-    with tempfile.TemporaryDirectory(prefix="carpd-health-") as tmp:
-        root = Path(args.keep) if args.keep else Path(tmp)
-        root.mkdir(parents=True, exist_ok=True)
-        for n, kind in enumerate(kinds):
-            share = Deadline(deadline.left() / (len(kinds) - n))
-            results[kind] = run_kind(kind, args, share, root / f"{kind}-{os.getpid()}")
+    results = run_each(kinds, args, "carpd-health-", run_kind)
     report(results, args)
-    write_json(args.json, {"benchmark": "health", "machine": machine(),
-                           "config": {k: v for k, v in vars(args).items() if k != "json"},
-                           "goal_s": args.fall * args.interval + 0.1, "results": results})
-    return 0 if all(r["error"] is None for r in results.values()) else 1
+    return finish("health", args, results, goal_s=args.fall * args.interval + 0.1)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.common import PORT, REPO, Processes, kill_namespace_processes, start_server, wait_until
-from lab.netns import CARPD, VIP, Daemon, Network, Node, in_netns
+from bench.common import PORT, REPO, Bed, start_server, wait_until
+from lab.netns import CARPD, VIP, Daemon, Node, in_netns
 
 ADVBASE = 1
 REPO_CHECK = REPO / "share" / "checks" / "http-url"
@@ -107,36 +107,20 @@ class Kill:
         return self.first_success is None or self.first_success - self.kill >= cap
 
 
-class Cluster:
+class Cluster(Bed):
     """Nodes a and b (HTTP server + engine ``kind``) and a client node, on one bridge."""
 
     def __init__(self, kind: str, directory: Path, tracking: Tracking | None,
                  quiet: float) -> None:
+        super().__init__(directory, prefix="carpbk")
         self.kind = kind
-        self.directory = directory
         self.tracking = tracking
         self.quiet = quiet
-        self.procs = Processes()
-        self.net = Network(directory, prefix="carpbk")
-        self.namespaces = [self.net.switch]
         self.servers: dict[str, subprocess.Popen[bytes]] = {}
         self.daemons: dict[str, Daemon] = {}
 
-    def close(self) -> None:
-        self.procs.close()
-        kill_namespace_processes(self.namespaces)
-        self.net.close()
-
-    def _add(self, address: str, name: str) -> Node:
-        node = self.net.add_node(address, name)
-        self.namespaces.append(node.ns)
-        return node
-
     def setup(self) -> None:
-        self.a = self._add("10.9.0.1", "a")
-        self.b = self._add("10.9.0.2", "b")
-        self.client_node = self._add("10.9.0.10", "cl")
-        self.nodes = {"a": self.a, "b": self.b}
+        self.add_nodes()
         for name in self.nodes:
             self.start_server(name)
         self.daemons["a"] = self._start_engine(self.a)
@@ -188,20 +172,13 @@ class Cluster:
 
     def settle(self, timeout: float = 20) -> Node:
         """Exactly one node holds the VIP, unchanged for ``quiet`` s, engines alive, healthy."""
-        def stable() -> Node | None:
-            holders = self.net.holders()
-            alive = all(d.alive() for d in self.daemons.values())
-            if len(holders) != 1 or not alive or not self.healthy():
-                return None
-            time.sleep(self.quiet)
-            return holders[0] if self.net.holders() == holders and self.healthy() else None
+        return self.settle_on(self.ready, self.quiet, timeout, self.exited)
 
-        holder: Node | None = wait_until(stable, timeout, interval=0.1)
-        if holder is None:
-            dead = [n for n, d in self.daemons.items() if not d.alive()]
-            raise RuntimeError(f"no stable MASTER within {timeout} s: holders "
-                               f"{[n.name for n in self.net.holders()]}, exited {dead}")
-        return holder
+    def ready(self) -> bool:
+        return all(d.alive() for d in self.daemons.values()) and self.healthy()
+
+    def exited(self) -> list[str]:
+        return [n for n, d in self.daemons.items() if not d.alive()]
 
     # ---- one fault --------------------------------------------------------------------------
 
@@ -209,7 +186,7 @@ class Cluster:
         """SIGKILL the current MASTER's server; wait until the peer holds the VIP (at most
         ``cap`` s) and ``linger`` s more so the client gets through; start the server again."""
         master = self.settle()
-        peer = self.b if master is self.a else self.a
+        peer = self.peer(master)
         time.sleep(random.uniform(0, ADVBASE))  # at any point of the advert and check cycles
         record = Kill(index, master.name, peer.name, time.time())
         self.kill_server(master.name)

@@ -30,6 +30,7 @@ from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
+from bench.common import run_seconds
 from lab.netns import VIP, CarpFrame, Daemon, Network, Node, wait_for
 
 KINDS = ("carpd", "ucarp")
@@ -135,14 +136,6 @@ def bow_out(backup_kind: str, reps: int) -> list[float]:
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
-
-
-def run_seconds(pid: int) -> float:
-    """Nanosecond CPU time of all the process's threads, as the scheduler counted it."""
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        total += int((task / "schedstat").read_text().split()[0])
-    return total / 1e9
 
 
 def rss_kib(pid: int) -> int:

@@ -6,6 +6,11 @@ the LAN must learn the new MASTER's MAC: an nftables ``arp`` table drops ARP req
 coming in and ARP from the VIP going out.  The table is created with ``flags owner`` through
 libnftables' own netlink socket, which this process holds open: if carpd dies, even by SIGKILL,
 the kernel deletes the table with the socket.  So the rule never outlives the engine.
+
+The new MASTER's table (:class:`StrayForwarder`, rules in :mod:`carpd.strays`) is owned the same
+way: it tells the old MASTER's connections from its own (conntrack and its own sockets, a flow
+first seen mid-stream is the old one's for its whole life), passes every segment of them on,
+never back to where they came from, and goes with :meth:`StrayForwarder.release` or the process.
 """
 
 from __future__ import annotations
@@ -13,7 +18,11 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import socket
+import time
 from ipaddress import IPv4Address
+
+from carpd import strays
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +109,11 @@ class OwnedTable:
         return self._nft is not None
 
     def install(self, ruleset: str) -> None:
-        """Replace the table with ``ruleset`` (raises ArpGuardError)."""
-        self.remove()
+        """Replace the table with ``ruleset``, in one transaction if it exists (raises
+        ArpGuardError, leaving the table as it was)."""
+        if self._nft is not None:
+            self._nft.run(f"delete table {self._family} {self._name}; {ruleset}")
+            return
         nft = _Nft()
         try:
             nft.run(ruleset)
@@ -146,35 +158,68 @@ class ArpGuard:
         self._table.remove()
 
 
-def forward_ruleset(table: str, ifname: str, vip: IPv4Address, to: IPv4Address) -> str:
-    """TCP segments for the VIP that open no connection and belong to none here (conntrack has
-    not seen them: ``ct state new`` without a lone SYN) are the old MASTER's: copy them to it
-    (the IP header stays, so its socket for the VIP takes them) instead of answering a reset."""
-    name = quoted_ifname(ifname)
-    return (
-        f"table ip {table} {{ flags owner; "
-        f"chain prerouting {{ type filter hook prerouting priority 0; policy accept; "
-        f"iifname {name} ip daddr {vip} tcp flags & (syn | ack) != syn ct state new "
-        f"dup to {to} device {name} drop; }}; }}"
-    )
-
-
 class StrayForwarder:
-    """On a new MASTER, while the old one drains: its connections' segments go on to it."""
+    """On a new MASTER, while the old one drains: every segment of its connections goes on to it
+    (which are its connections, and how: :mod:`carpd.strays`)."""
 
     def __init__(self, ifname: str, vhid: int, vip: IPv4Address) -> None:
         self._ifname = ifname
         self._vip = vip
         self._name = table_name(ifname, vhid).replace("carpd_", "carpd_fwd_", 1)
         self._table = OwnedTable("ip", self._name)
+        self._to: IPv4Address | None = None
 
-    def engage(self, to: IPv4Address) -> bool:
+    @property
+    def forwarding_to(self) -> IPv4Address | None:
+        return self._to if self._table.active else None
+
+    def engage(self, to: IPv4Address, peer_mac: bytes | None = None) -> bool:
+        """Pass the old MASTER ``to``'s segments on to it (``peer_mac``: its MAC, if known, as
+        seen in its adverts; else the kernel's neighbour entry, resolved now if need be).
+        Engaged again for the same ``to``, the rules and the flows they know stay; for another
+        ``to`` they are replaced in one transaction (no segment meets no rule)."""
+        if self.forwarding_to == to:
+            return True
         try:
-            self._table.install(forward_ruleset(self._name, self._ifname, self._vip, to))
+            mac = peer_mac or resolve_mac(to, self._ifname)
+            if mac is None:
+                log.warning("%s's MAC is unknown: forwarding to it without the loop guard", to)
+            rules = strays.forward_ruleset(self._name, quoted_ifname(self._ifname), self._vip,
+                                           to, mac, strays.our_flows(self._vip))
+            self._table.install(rules)
         except ArpGuardError as error:
             log.error("cannot pass %s's connections on to it: %s", to, error)
             return False
+        self._to = to
         return True
 
     def release(self) -> None:
         self._table.remove()
+        self._to = None
+
+
+RESOLVE_TIMEOUT = 0.3
+DISCARD_PORT = 9
+
+
+def resolve_mac(address: IPv4Address, ifname: str,
+                timeout: float = RESOLVE_TIMEOUT) -> bytes | None:
+    """``address``'s MAC from the kernel's neighbour table; if it has none, one datagram to its
+    discard port makes the kernel ask (ARP), and the answer is awaited ``timeout`` s at most."""
+    mac = strays.neighbour_mac(address, ifname)
+    if mac is not None:
+        return mac
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, os.fsencode(ifname))
+            probe.sendto(b"", (str(address), DISCARD_PORT))
+    except OSError as error:
+        log.debug("cannot make the kernel resolve %s: %s", address, error)
+        return None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.005)
+        mac = strays.neighbour_mac(address, ifname)
+        if mac is not None:
+            return mac
+    return None
