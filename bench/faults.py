@@ -204,7 +204,7 @@ def classify(ns: str) -> Procs:
             continue
         if "carpd.ifupdown.main" in text and "supervise" in argv:
             procs.supervisors.append(pid)
-        elif "carpd.watchdog" in argv:
+        elif "carpd.watchdog" in argv or any(a.endswith("/carpd/watchdog.py") for a in argv[:4]):
             procs.watchdogs.append(pid)
         elif "--config" in argv and any(Path(a).name == "carpd" for a in argv[:3]):
             procs.engines.append(pid)
