@@ -478,11 +478,12 @@ def test_debians_alias_form_with_debians_ucarp_on_the_peer(
     assert len(ucarp_daemons(peer)) == 2  # Debian's hook: one ucarp per alias stanza
     expect([a, peer], {1: a, 2: peer})
     pids = engines(a)
+    group2 = steady(groups(a)[2])
 
     a.run("ifdown", "eth0:1")  # ucarp takes group 1 over on carpd's bow-out
     record("groups: ifdown eth0:1 on carpd -> group 1 on Debian's ucarp",
            expect([a, peer], {1: peer, 2: peer}, timeout=MOVE))
-    assert groups(a)[2]["state"] == "BACKUP"
+    assert steady(groups(a)[2]) == group2 and group2[0] == "BACKUP", "group 2 changed state"
 
     a.run("ifup", "eth0:1")  # preempt: carpd takes it back from ucarp
     expect([a, peer], {1: a, 2: peer})
