@@ -261,6 +261,20 @@ def _debian_ucarp_ifup(lab: Lab, node: Node, *names: str) -> subprocess.Complete
                           capture_output=True, text=True, timeout=60, check=False)
 
 
+def _ucarp_daemons(node: Node) -> list[int]:
+    """Debian's ucarp daemons on the node, not a child one has forked for a script or while
+    going into the background (until it execs or exits, it has its parent's command line)."""
+    found = [pid for pid, cmd in node.processes().items() if cmd.startswith("/usr/sbin/ucarp")]
+    return [pid for pid in found if _parent(pid) not in found]
+
+
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 @pytest.mark.ucarp
 def test_debians_alias_form_against_debians_ucarp_on_the_peer(lab: Lab) -> None:
     if not DEBIAN_HOOK.exists() or not Path("/usr/share/ucarp/vip-up").exists():
@@ -272,7 +286,7 @@ def test_debians_alias_form_against_debians_ucarp_on_the_peer(lab: Lab) -> None:
         _ok(carpd.ifup(name), carpd)
     started = _debian_ucarp_ifup(lab, ucarp, "eth0", "eth0:1", "eth0:2")
     assert started.returncode == 0, started.stderr
-    assert len([c for c in ucarp.processes().values() if c.startswith("/usr/sbin/ucarp")]) == 2
+    assert wait_for(lambda: len(_ucarp_daemons(ucarp)) == 2, 5), ucarp.processes()
     nodes = [carpd, ucarp]
     _expect(nodes, {1: "n1", 2: "n2"})
     _ok(carpd.ifdown("eth0:1"), carpd)  # ucarp takes over on carpd's bow-out
@@ -292,8 +306,7 @@ def test_migrating_debians_ucarp_alias_groups_runs_them_all_in_one_engine(lab: L
     started = _debian_ucarp_ifup(lab, node, "eth0", "eth0:1", "eth0:2")
     assert started.returncode == 0, started.stderr
     _expect([node], {1: "n1", 2: "n1"})
-    daemons = [pid for pid, cmd in node.processes().items() if cmd.startswith("/usr/sbin/ucarp")]
-    assert len(daemons) == 2
+    assert wait_for(lambda: len(_ucarp_daemons(node)) == 2, 5), node.processes()
 
     script = (f"{node._setup()} && mount --bind {node.interfaces} /etc/network/interfaces && "
               f"PYTHONPATH={ROOT / 'src'} {sys.executable} -m carpd.ifupdown.migrate")
