@@ -11,37 +11,63 @@ Once all are MASTER the case is measured for SECONDS:
 - adverts: for every group, each interval between two of its adverts on the bridge (kernel
   receive timestamps) against the configured 1 s: the largest and the 99th percentile lateness.
 
+Failover, then, with N groups on two nodes (carpd: one engine per node with a --config groups
+file; ucarp: N processes per node; both with /bin/true as up and down script): node a is MASTER
+of every group (advskew 0), node b BACKUP of every group (advskew 100).  Node a dies: its link is
+cut at the bridge (its port set down: nothing it sends reaches the wire any more), then every
+process of a is SIGKILLed.  For every group, the time from a's last advert to b's first advert
+for that vhid (kernel timestamps on the bridge) less b's master-down interval for that group
+(3 x advbase + advskew/256): its median, p99 and max, and how many groups took over within
+master-down + 50 ms; b's CPU from the cut until the last group was taken over beside it.
+
 Goals (issue 9): one group at most 30 MB PSS, N=255 groups at most 40 MB, every advert within
-5 ms of its schedule.  Every namespace and process this starts is removed at the end.
+5 ms of its schedule, every group failed over within master-down + 50 ms.  Every namespace and
+process this starts is removed at the end.
 
     .venv/bin/python -m bench.scale [--groups 255] [--seconds 60] [--quick] [--json out.json]
+                                    [--only memory|failover ...] [--failovers N]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from ipaddress import IPv4Address
 from itertools import pairwise
 from pathlib import Path
 
 from bench.common import machine_line, run_seconds, table, wait_until, write_json
 from carpd import control
-from lab.netns import CARPD, PASSWORD, UCARP, Network, Node
+from lab.netns import CARPD, PASSWORD, UCARP, CarpFrame, Network, Node
+from lab.netns import run as sh
 
 GOALS_MB = {1: 30.0, 255: 40.0}
 ADVERT_GOAL_MS = 5.0
+FAILOVER_GOAL_MS = 50.0
+ADVBASE = 1
+MASTER_SKEW = 0
+BACKUP_SKEW = 100
+SCRIPT = "/bin/true"
+KINDS = ("carpd", "ucarp")
 
 
 def vip(vhid: int) -> IPv4Address:
     return IPv4Address(f"10.9.3.{vhid}")
+
+
+def master_down(advskew: int, advbase: int = ADVBASE) -> float:
+    """A backup's master-down interval (its own advbase and advskew; ucarp's dead ratio 3)."""
+    return 3 * advbase + advskew / 256
 
 
 @dataclass
@@ -55,6 +81,34 @@ class Result:
     late_p99_ms: float | None
     late_max_ms: float | None
     adverts: int
+
+
+@dataclass
+class Failover:
+    """One failover of every group from node a (killed) to node b."""
+
+    daemon: str
+    groups: int
+    master_down_s: float
+    taken_over: int
+    """Groups b advertised before the bench gave up waiting."""
+    within_goal: int
+    """Groups whose takeover came at most FAILOVER_GOAL_MS after their master-down."""
+    over_min_ms: float | None
+    over_median_ms: float | None
+    over_p99_ms: float | None
+    over_max_ms: float | None
+    last_after_cut_s: float | None
+    """From the link cut to b's first advert of the last group it took over."""
+    backup_cpu_s: float
+    """CPU of b's daemon processes (not of the scripts they ran) from the cut until the bench
+    had seen every takeover (at least master-down + 1 s) or gave up waiting."""
+    over_ms: dict[int, float] = field(default_factory=dict)
+    """Per vhid: (b's first advert - a's last advert - master-down), ms."""
+
+
+def percentile(ordered: list[float], share: float) -> float:
+    return ordered[min(len(ordered) - 1, int(len(ordered) * share))]
 
 
 def tree(pids: list[int]) -> list[int]:
@@ -81,34 +135,77 @@ def memory_mb(pids: list[int]) -> tuple[float, float]:
     return pss / 1024, rss / 1024
 
 
-def start_carpd(net: Network, node: Node, groups: int) -> list[subprocess.Popen[bytes]]:
+def cpu_of(pids: list[int]) -> float:
+    """Scheduler CPU seconds of ``pids``; a process gone meanwhile counts nothing."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            total += run_seconds(pid)
+    return total
+
+
+# ---- the daemons ------------------------------------------------------------------------------
+
+
+@dataclass
+class Started:
+    """The processes of one kind on one node, all in their own process groups."""
+
+    kind: str
+    node: Node
+    groups: int
+    processes: list[subprocess.Popen[bytes]]
+    state_dir: Path | None = None
+    """carpd: its control socket's folder."""
+    log: Path | None = None
+
+    def states(self) -> list[str] | None:
+        """carpd: every group's state, by vhid; None while its control socket does not answer."""
+        assert self.state_dir is not None
+        try:
+            reply = control.request(control.socket_path(self.state_dir, "eth0"),
+                                    {"cmd": "status"})
+        except (OSError, ValueError):
+            return None
+        return [g["state"] for g in sorted(reply["groups"], key=lambda g: int(g["vhid"]))]
+
+    def all_in(self, state: str) -> bool:
+        return self.states() == [state] * self.groups
+
+    def log_tail(self) -> str:
+        return self.log.read_text(errors="replace")[-2000:] if self.log else ""
+
+    def sigkill(self) -> None:
+        """Each process and its children (scripts, carpd's watchdog): their process group."""
+        for process in self.processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            with_kill(process)
+
+
+def start_carpd(net: Network, node: Node, groups: int, advskew: int = MASTER_SKEW,
+                scripts: bool = False) -> Started:
     directory = Path(tempfile.mkdtemp(dir=net.directory))
     config = directory / "c.json"
     config.touch(mode=0o600)
+    actions = {"upscript": SCRIPT, "downscript": SCRIPT} if scripts else {}
     config.write_text(json.dumps({
         "interface": "eth0", "facility": "none", "state_dir": str(directory / "s"),
         "groups": [{"vhid": v, "addr": str(vip(v)), "srcip": str(node.address),
-                    "password": PASSWORD.decode(), "drain": 0} for v in range(1, groups + 1)]}))
-    with open(directory / "log", "wb") as log:
+                    "password": PASSWORD.decode(), "drain": 0, "advbase": ADVBASE,
+                    "advskew": advskew, **actions} for v in range(1, groups + 1)]}))
+    log = directory / "log"
+    with open(log, "wb") as out:
         process = subprocess.Popen(["ip", "netns", "exec", node.ns, *CARPD, "--config",
-                                    str(config)], stdin=subprocess.DEVNULL, stdout=log,
-                                   stderr=log, start_new_session=True)
-
-    def all_master() -> bool:
-        try:
-            reply = control.request(control.socket_path(directory / "s", "eth0"),
-                                    {"cmd": "status"})
-        except (OSError, ValueError):
-            return False
-        return [g["state"] for g in reply["groups"]] == ["MASTER"] * groups
-
-    if not wait_until(all_master, 30, 0.2):
-        raise RuntimeError(f"carpd with {groups} groups did not become MASTER: "
-                           f"{(directory / 'log').read_text()[-2000:]}")
-    return [process]
+                                    str(config)], stdin=subprocess.DEVNULL, stdout=out,
+                                   stderr=out, start_new_session=True)
+    return Started("carpd", node, groups, [process], directory / "s", log)
 
 
-def start_ucarp(node: Node, groups: int) -> list[subprocess.Popen[bytes]]:
+def start_ucarp(node: Node, groups: int, advskew: int = MASTER_SKEW) -> Started:
     passfile = Path(tempfile.mkdtemp(dir=node.network.directory)) / "p"
     passfile.touch(mode=0o600)
     passfile.write_bytes(PASSWORD + b"\n")
@@ -116,12 +213,66 @@ def start_ucarp(node: Node, groups: int) -> list[subprocess.Popen[bytes]]:
     for v in range(1, groups + 1):
         processes.append(subprocess.Popen(
             ["ip", "netns", "exec", node.ns, UCARP, "-i", "eth0", "-s", str(node.address),
-             "-v", str(v), "-o", str(passfile), "-a", str(vip(v)), "-u", "/bin/true",
-             "-d", "/bin/true", "-f", "none"],
+             "-v", str(v), "-o", str(passfile), "-a", str(vip(v)), "-b", str(ADVBASE),
+             "-k", str(advskew), "-u", SCRIPT, "-d", SCRIPT, "-f", "none"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True))
-    time.sleep(4.5)  # master-down (3 s) and the first adverts
-    return processes
+    return Started("ucarp", node, groups, processes)
+
+
+def start(net: Network, node: Node, kind: str, groups: int, advskew: int = MASTER_SKEW,
+          scripts: bool = False) -> Started:
+    if kind == "carpd":
+        return start_carpd(net, node, groups, advskew, scripts)
+    return start_ucarp(node, groups, advskew)
+
+
+def advertised_vhids(net: Network, node: Node, since: float) -> set[int]:
+    return {f.advert.vhid for f in net.capture.frames(source=node.address, since=since)}
+
+
+def advertising_all(net: Network, started: Started, window: float = 1.5) -> bool:
+    """Every group of ``started`` sent an advert in the last ``window`` seconds."""
+    recent = advertised_vhids(net, started.node, time.time() - window)
+    return recent == set(range(1, started.groups + 1))
+
+
+def wait_masters(net: Network, started: Started) -> None:
+    def ready() -> bool:
+        if started.kind == "carpd" and not started.all_in("MASTER"):
+            return False
+        return advertising_all(net, started)
+
+    if not wait_until(ready, 30, 0.2):
+        raise RuntimeError(f"{started.kind} with {started.groups} groups on {started.node} did "
+                           f"not become MASTER of all: {started.log_tail()}")
+
+
+def wait_backups(net: Network, started: Started, master: Started) -> None:
+    """``started`` is listening (BACKUP of every group, silent) and ``master`` still MASTER."""
+    settle = master_down(BACKUP_SKEW) + 1.5  # ucarp has no status: past its master-down
+    since = time.time()
+    if started.kind == "carpd" and not wait_until(lambda: started.all_in("BACKUP"), 30, 0.2):
+        raise RuntimeError(f"carpd on {started.node} did not become BACKUP of all: "
+                           f"{started.log_tail()}")
+    time.sleep(max(0.0, since + settle - time.time()))
+    alive = all(p.poll() is None for p in started.processes)
+    if not alive or advertised_vhids(net, started.node, since) or not advertising_all(net, master):
+        raise RuntimeError(f"{started.kind} on {started.node}: not a silent backup of a "
+                           f"master advertising every group: {started.log_tail()}")
+
+
+# ---- memory, CPU and advert lateness of one node alone ----------------------------------------
+
+
+def start_alone(net: Network, node: Node, kind: str, groups: int) -> Started:
+    started = start(net, node, kind, groups)
+    try:
+        wait_masters(net, started)
+    except BaseException:
+        started.stop()
+        raise
+    return started
 
 
 def lateness_ms(net: Network, node: Node, since: float) -> list[float]:
@@ -130,27 +281,26 @@ def lateness_ms(net: Network, node: Node, since: float) -> list[float]:
         by_vhid[frame.advert.vhid].append(frame.time)
     late = []
     for times in by_vhid.values():
-        late += [abs(b - a - 1.0) * 1000 for a, b in pairwise(times)]
+        late += [abs(b - a - ADVBASE) * 1000 for a, b in pairwise(times)]
     return sorted(late)
 
 
 def measure(net: Network, node: Node, kind: str, groups: int, seconds: float) -> Result:
-    processes = start_carpd(net, node, groups) if kind == "carpd" else start_ucarp(node, groups)
+    started = start_alone(net, node, kind, groups)
     try:
-        pids = tree([p.pid for p in processes])
-        cpu_before = sum(run_seconds(p) for p in pids)
+        pids = tree([p.pid for p in started.processes])
+        cpu_before = cpu_of(pids)
         since = time.time()
         time.sleep(seconds)
-        cpu = sum(run_seconds(p) for p in pids) - cpu_before
+        cpu = cpu_of(pids) - cpu_before
         pss, rss = memory_mb(pids)
         late = lateness_ms(net, node, since)
-        p99 = late[min(len(late) - 1, int(len(late) * 0.99))] if late else None
         return Result(kind, groups, len(pids), round(pss, 1), round(rss, 1),
-                      round(cpu * 60 / seconds, 3), None if p99 is None else round(p99, 2),
+                      round(cpu * 60 / seconds, 3),
+                      round(percentile(late, 0.99), 2) if late else None,
                       round(late[-1], 2) if late else None, len(late))
     finally:
-        for process in processes:
-            with_kill(process)
+        started.stop()
 
 
 def with_kill(process: subprocess.Popen[bytes]) -> None:
@@ -163,19 +313,113 @@ def with_kill(process: subprocess.Popen[bytes]) -> None:
         process.wait(timeout=5)
 
 
-def run(groups: int, seconds: float) -> list[Result]:
-    results = []
+# ---- failover: node a dies, node b takes every group over -------------------------------------
+
+
+def kill_node(net: Network, started: Started) -> float:
+    """Cut ``started``'s node off the bridge, then SIGKILL all its processes; the cut's time."""
+    cut = time.time()
+    sh("ip", "-n", net.switch, "link", "set", started.node.port, "down")
+    started.sigkill()
+    return cut
+
+
+def wait_takeover(net: Network, backup: Started, cut: float) -> None:
+    """Until b advertised every group, or 10 s past master-down.  The bench keeps off the CPU
+    until a second past master-down: looking through the capture would compete with b."""
+    time.sleep(master_down(BACKUP_SKEW) + 1.0)
+    every = set(range(1, backup.groups + 1))
+    wait_until(lambda: advertised_vhids(net, backup.node, cut) == every, 9.0, 0.5)
+
+
+def first_and_last(frames: list[CarpFrame], first: IPv4Address,
+                   last: IPv4Address) -> tuple[dict[int, float], dict[int, float]]:
+    """Per vhid: the time of ``first``'s first advert and of ``last``'s last advert."""
+    firsts: dict[int, float] = {}
+    lasts: dict[int, float] = {}
+    for frame in frames:
+        if frame.source == first:
+            firsts.setdefault(frame.advert.vhid, frame.time)
+        elif frame.source == last:
+            lasts[frame.advert.vhid] = frame.time
+    return firsts, lasts
+
+
+def takeovers(net: Network, dead: Started, backup: Started, since: float,
+              cut: float) -> tuple[dict[int, float], float | None]:
+    """Per vhid b took over: (b's first advert - a's last advert - master-down), in ms; and the
+    time from the cut to b's first advert of the last group it took over, in s."""
+    frames = [f for f in net.capture.frames(since=since)
+              if f.time >= cut or f.source == dead.node.address]
+    firsts, lasts = first_and_last(frames, backup.node.address, dead.node.address)
+    expected = master_down(BACKUP_SKEW)
+    over = {v: round((firsts[v] - lasts[v] - expected) * 1000, 3)
+            for v in sorted(firsts) if v in lasts}
+    return over, (max(firsts.values()) - cut if firsts else None)
+
+
+def failover(net: Network, kind: str, groups: int) -> Failover:
+    a = net.add_node(f"10.9.1.{len(net.nodes) + 1}")
+    b = net.add_node(f"10.9.1.{len(net.nodes) + 1}")
+    master = start(net, a, kind, groups, MASTER_SKEW, scripts=True)
+    backup: Started | None = None
+    try:
+        wait_masters(net, master)
+        backup = start(net, b, kind, groups, BACKUP_SKEW, scripts=True)
+        wait_backups(net, backup, master)
+        return fail_over(net, master, backup)
+    finally:
+        master.stop()
+        if backup is not None:
+            backup.stop()
+
+
+def fail_over(net: Network, master: Started, backup: Started) -> Failover:
+    pids = tree([p.pid for p in backup.processes])
+    since = time.time() - 3 * ADVBASE
+    cpu_before = cpu_of(pids)
+    cut = kill_node(net, master)
+    wait_takeover(net, backup, cut)
+    cpu = cpu_of(tree([p.pid for p in backup.processes])) - cpu_before
+    over, last = takeovers(net, master, backup, since, cut)
+    return summarise(backup, over, last, cpu)
+
+
+def summarise(backup: Started, over: dict[int, float], last: float | None,
+              cpu: float) -> Failover:
+    ordered = sorted(over.values())
+
+    def stat(pick: Callable[[list[float]], float]) -> float | None:
+        return round(pick(ordered), 2) if ordered else None
+
+    return Failover(
+        backup.kind, backup.groups, master_down(BACKUP_SKEW), len(ordered),
+        sum(1 for x in ordered if x <= FAILOVER_GOAL_MS), stat(min),
+        stat(lambda o: percentile(o, 0.5)), stat(lambda o: percentile(o, 0.99)), stat(max),
+        None if last is None else round(last, 3), round(cpu, 3), over)
+
+
+# ---- the run ----------------------------------------------------------------------------------
+
+
+def run(groups: int, seconds: float, only: list[str],
+        failovers: int) -> tuple[list[Result], list[Failover]]:
+    results, failed_over = [], []
     with tempfile.TemporaryDirectory(prefix="scale") as tmp:
         net = Network(Path(tmp), prefix="carps")
         try:
-            for count in (1, groups):
-                for kind in ("carpd", "ucarp"):
+            for count in (1, groups) if "memory" in only else ():
+                for kind in KINDS:
                     node = net.add_node(f"10.9.1.{len(net.nodes) + 1}")
                     results.append(measure(net, node, kind, count, seconds))
                     print(f"  {kind} x{count}: done", file=sys.stderr)
+            for n in range(failovers if "failover" in only else 0):
+                for kind in KINDS:
+                    failed_over.append(failover(net, kind, groups))
+                    print(f"  failover {n + 1} {kind} x{groups}: done", file=sys.stderr)
         finally:
             net.close()
-    return results
+    return results, failed_over
 
 
 def report(results: list[Result]) -> str:
@@ -192,23 +436,56 @@ def report(results: list[Result]) -> str:
                   "late p99 ms", "late max ms", "intervals"], rows)
 
 
+def ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.1f}"
+
+
+def report_failover(runs: list[Failover]) -> str:
+    rows = []
+    for f in runs:
+        met = "met" if f.within_goal == f.groups else "NOT met"
+        verdict = f" (goal: all, {met})" if f.daemon == "carpd" else ""
+        rows.append([f.daemon, str(f.groups), f"{f.master_down_s:.3f}",
+                     f"{f.taken_over}", f"{f.within_goal}{verdict}", ms(f.over_min_ms),
+                     ms(f.over_median_ms), ms(f.over_p99_ms), ms(f.over_max_ms),
+                     "-" if f.last_after_cut_s is None else f"{f.last_after_cut_s:.3f}",
+                     f"{f.backup_cpu_s:.3f}"])
+    return table(["daemon", "groups", "master-down s", "taken over",
+                  f"within +{FAILOVER_GOAL_MS:.0f} ms", "over min ms", "p50", "p99", "max",
+                  "last after cut s", "b CPU s"], rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--groups", type=int, default=255)
     parser.add_argument("--seconds", type=float, default=60.0)
-    parser.add_argument("--quick", action="store_true", help="10 s windows")
+    parser.add_argument("--quick", action="store_true", help="10 s windows, one failover")
+    parser.add_argument("--failovers", type=int, help="failovers per daemon (default 3)")
+    parser.add_argument("--only", nargs="+", choices=["memory", "failover"],
+                        default=["memory", "failover"])
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("bench/scale.py needs root (network namespaces)", file=sys.stderr)
         return 2
     seconds = 10.0 if args.quick else args.seconds
-    results = run(args.groups, seconds)
+    failovers = args.failovers or (1 if args.quick else 3)
+    results, failed_over = run(args.groups, seconds, args.only, failovers)
     print(machine_line())
-    print(f"window {seconds:.0f} s per case; adverts every 1 s (advbase 1); "
-          f"lateness goal {ADVERT_GOAL_MS:.0f} ms")
-    print(report(results))
-    write_json(args.json, {"seconds": seconds, "results": [asdict(r) for r in results]})
+    if results:
+        print(f"window {seconds:.0f} s per case; adverts every {ADVBASE} s (advbase "
+              f"{ADVBASE}); lateness goal {ADVERT_GOAL_MS:.0f} ms")
+        print(report(results))
+    if failed_over:
+        print(f"\nfailover: a MASTER of all (advskew {MASTER_SKEW}), b BACKUP of all (advskew "
+              f"{BACKUP_SKEW}); a's bridge port set down, then its processes SIGKILLed; "
+              f"scripts {SCRIPT}.\n\"over\": per group, b's first advert - a's last advert - "
+              f"master-down (3 x advbase + advskew/256); goal: all within "
+              f"+{FAILOVER_GOAL_MS:.0f} ms.  \"b CPU\": b's daemons (not their scripts) "
+              "from the cut to the last takeover")
+        print(report_failover(failed_over))
+    write_json(args.json, {"seconds": seconds, "results": [asdict(r) for r in results],
+                           "failover": [asdict(f) for f in failed_over]})
     return 0
 
 
