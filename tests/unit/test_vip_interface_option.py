@@ -224,3 +224,51 @@ def test_addresses_deleted_from_any_interface_are_reported_by_index() -> None:
                                    2: frozenset({IPv4Address("192.168.100.9")})}
     assert events.removed == frozenset({IPv4Address("192.168.100.9")})  # ours
     assert events.carrier is None
+
+
+# -- two groups of different interfaces bringing up one NAME:ucarp ----------------------------
+
+TWO_ENGINES = """\
+    iface eth0 inet static
+        address 10.0.0.2/24
+        ucarp-vid 1
+        ucarp-vip 10.0.0.101
+        ucarp-password s1
+    iface eth1 inet static
+        address 192.168.100.2/24
+        ucarp-vid 2
+        ucarp-vip 10.0.0.102
+        ucarp-password s2
+        ucarp-vip-interface eth0
+    """
+
+
+def _defined(iface: interfaces.Iface) -> groups.Defined:
+    """The group of ``iface``, validated with scripts that exist here; its script interface
+    is what the default actions would get."""
+    raw = groups.stanza_options(iface)
+    group = ucarp.group({**raw, **SCRIPTS}, name=iface.name, method=iface.method,
+                        address=groups.address_of(iface), where=str(iface.where),
+                        check_interface=False)
+    return groups.Defined(iface, group)
+
+
+def test_a_group_of_another_interface_bringing_up_the_same_alias_is_refused(
+        tmp_path: Path) -> None:
+    parsed = interfaces.parse(_file(tmp_path, TWO_ENGINES))
+    on_eth0, on_eth1 = (_defined(i) for i in parsed.ifaces)
+    assert on_eth1.group.script_interface == on_eth0.group.script_interface == "eth0"
+    [problem] = groups.clash(on_eth1, on_eth0)
+    assert problem == (
+        f"{on_eth1.iface.where}: iface eth1 inet static: ucarp-alias: 'eth0': the default "
+        f"actions of vhid 2 bring up 'eth0:ucarp', as those of vhid 1 at {on_eth0.iface.where} "
+        "(iface eth0 inet static) do: give each group its own ucarp-alias (eth0:NAME) and "
+        "'iface eth0:NAME:ucarp' stanza")
+
+
+def test_the_same_vhid_on_two_engines_whose_vips_share_an_interface_is_fine(
+        tmp_path: Path) -> None:
+    parsed = interfaces.parse(_file(tmp_path, TWO_ENGINES.replace("ucarp-vid 2", "ucarp-vid 1")
+                                    + "    ucarp-alias eth0:db\n"))
+    on_eth0, on_eth1 = (_defined(i) for i in parsed.ifaces)
+    assert groups.clash(on_eth1, on_eth0) == []
