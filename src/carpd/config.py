@@ -196,13 +196,14 @@ class Options(BaseModel):
                                BeforeValidator(_interface_names)] = ()
     persist_dir: Path = Path("/var/lib/carpd")
     script_interface: Annotated[str, AfterValidator(_script_interface)] | None = None
-    """The first argument of this group's scripts (default: the interface)."""
+    """The first argument of this group's scripts (default: the VIP's interface)."""
     vip_interface: InterfaceName | None = None
     """The interface the VIP lives on (default: the interface the adverts go out on)."""
 
     @property
     def scripts_interface(self) -> str:
-        return self.script_interface or self.interface
+        """The scripts put the VIP where it lives: by default on the VIP's interface."""
+        return self.script_interface or self.vip_on
 
     @property
     def vip_on(self) -> str:

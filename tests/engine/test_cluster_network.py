@@ -167,6 +167,7 @@ def test_adverts_go_on_the_cluster_lan_only_and_the_vip_and_its_arp_on_the_servi
     assert VIP not in sniffers[("a", "eth1")].seen, "no gratuitous ARP on the cluster LAN"
     reply = status(da)
     assert (reply["interface"], reply["vip_interface"]) == ("eth1", "eth0")
+    assert [e.args for e in da.ups()] == [("eth0", str(VIP))]  # the scripts get the VIP's
 
 
 def test_b_takes_over_when_as_cluster_link_goes_and_a_preempts_when_it_returns(

@@ -272,3 +272,22 @@ def test_the_same_vhid_on_two_engines_whose_vips_share_an_interface_is_fine(
                                     + "    ucarp-alias eth0:db\n"))
     on_eth0, on_eth1 = (_defined(i) for i in parsed.ifaces)
     assert groups.clash(on_eth1, on_eth0) == []
+
+
+def test_the_scripts_of_a_command_line_group_get_the_vip_interface() -> None:
+    options = config.from_command_line(["-i", "lo", "-p", "x", "-a", "10.0.0.1",
+                                        "--vip-interface", "lo", "-u", "/bin/true"])
+    moved = options.model_copy(update={"interface": "eth1", "vip_interface": "eth0"})
+    up = script_argv(moved)[Script.UP]
+    assert up == ["/bin/true", "eth0", "10.0.0.1"]  # as ucarp's scripts: ip addr add $2 dev $1
+    assert moved.model_copy(update={"script_interface": "eth0:web"}).scripts_interface == \
+        "eth0:web"
+
+
+def test_a_conf_group_without_script_interface_releases_by_the_vip_interfaces_label() -> None:
+    data = {"interface": "eth1", "addr": "10.0.0.1", "vip_interface": "eth0",
+            "downscript": "/bin/true"}
+    [group] = runtime.conf_groups(data)
+    engine = runtime.Engine.from_group(group)
+    assert (engine.label, engine.vip_on) == ("eth0:ucarp", "eth0")
+    assert engine.script_argv() == ["/bin/true", "eth0", "10.0.0.1"]

@@ -219,14 +219,15 @@ def engine_socket(data: Mapping[str, Any]) -> Path:
 
 def conf_groups(data: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The groups of an ``IFACE.conf`` (either form), each with the interface keys merged in
-    and ``script_interface`` set."""
+    and ``script_interface`` set (default as the engine's: the VIP's interface)."""
     shared = {k: v for k, v in data.items() if k != "groups"}
     groups = data.get("groups")
     if not isinstance(groups, list):
         groups = [{}]
     merged = [{**shared, **group} for group in groups if isinstance(group, dict)]
     for group in merged:
-        group.setdefault("script_interface", shared.get("interface", ""))
+        group.setdefault("script_interface",
+                         group.get("vip_interface") or shared.get("interface", ""))
     return merged
 
 
@@ -365,11 +366,12 @@ class Engine:
     @classmethod
     def from_group(cls, data: Mapping[str, Any]) -> Engine:
         interface = str(data["interface"])
+        vip_interface = str(data.get("vip_interface") or "")
         return cls(interface, IPv4Address(data["addr"]), data.get("downscript"),
                    data.get("xparam"), float(data.get("script_timeout", 30.0)),
                    float(data.get("drain", DEFAULT_DRAIN)),
-                   str(data.get("script_interface") or interface), int(data.get("vhid", 1)),
-                   str(data.get("vip_interface") or ""))
+                   str(data.get("script_interface") or vip_interface or interface),
+                   int(data.get("vhid", 1)), vip_interface)
 
     @property
     def vip_on(self) -> str:
