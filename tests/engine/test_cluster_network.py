@@ -204,7 +204,7 @@ def test_b_takes_over_when_a_dies_and_as_watchdog_clears_the_vip_from_its_eth0(
 
 
 def test_a_vip_deleted_from_the_vip_interface_while_master_comes_back(net: Network) -> None:
-    _cluster, (a, _b) = build(net, 1)
+    _cluster, (a,) = build(net, 1)
     da = start(a, 0)
     expect_holder([a], "a")
     a.remove_address(VIP)
