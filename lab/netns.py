@@ -378,6 +378,7 @@ class Network:
         self.daemons: list[Daemon] = []
         self._namespaces: list[str] = []
         self._capture: Capture | None = None
+        self._lan_captures: list[Capture] = []
         try:
             self._add_namespace(self.switch)
             run("ip", "-n", self.switch, "link", "add", "br0", "type", "bridge",
@@ -417,6 +418,27 @@ class Network:
         self.nodes.append(node)
         return node
 
+    def add_lan(self, bridge: str) -> Capture:
+        """Another bridge in the switch namespace, a LAN apart from ``br0``'s (a cluster
+        network), and a capture of it."""
+        run("ip", "-n", self.switch, "link", "add", bridge, "type", "bridge", "mcast_snooping",
+            "0")
+        run("ip", "-n", self.switch, "link", "set", bridge, "up")
+        capture = Capture(self.switch, bridge)
+        self._lan_captures.append(capture)
+        return capture
+
+    def plug(self, node: Node, bridge: str, ifname: str, address: str) -> str:
+        """Give ``node`` another interface, ``ifname`` with ``address``/16, on ``bridge`` (see
+        :meth:`add_lan`); returns its port on the bridge."""
+        port = f"{node.port}{ifname}"[:15]
+        run("ip", "link", "add", ifname, "netns", node.ns, "type", "veth", "peer", "name", port,
+            "netns", self.switch)
+        run("ip", "-n", self.switch, "link", "set", port, "master", bridge, "up")
+        run("ip", "-n", node.ns, "addr", "add", f"{address}/16", "dev", ifname)
+        run("ip", "-n", node.ns, "link", "set", ifname, "up")
+        return port
+
     def partition(self, *nodes: Node) -> None:
         """Isolated bridge ports forward to no other isolated port: the nodes cannot hear each
         other (their links stay up, so carrier is not what they react to)."""
@@ -437,5 +459,7 @@ class Network:
             daemon.kill()
         if self._capture is not None:
             self._capture.close()
+        for capture in self._lan_captures:
+            capture.close()
         for name in reversed(self._namespaces):
             run("ip", "netns", "del", name, check=False)

@@ -258,13 +258,15 @@ def _table(replies: list[dict[str, Any]]) -> str:
 
 
 def _vip_present(reply: dict[str, Any]) -> bool | None:
-    """Whether the group's VIP is on its interface, read from the kernel; None if unknown (no
-    such interface, or no VIP in the reply)."""
+    """Whether the group's VIP is on its interface (``vip_interface``: it may be another than
+    the adverts'), read from the kernel; None if unknown (no such interface, or no VIP in the
+    reply)."""
     from carpd import netlink  # pyroute2: only when there are engines to look at
 
     try:
         vip = IPv4Address(str(reply["vip"]))
-        return netlink.interface_info(str(reply["interface"])).has(vip)
+        on = reply.get("vip_interface") or reply["interface"]
+        return netlink.interface_info(str(on)).has(vip)
     except (KeyError, ValueError, LookupError, OSError):
         return None
 

@@ -140,7 +140,8 @@ def _script_interface(name: str) -> str:
     return name
 
 
-def _interface_name(name: str) -> str:
+def interface_name(name: str) -> str:
+    """``name`` if it can name a network interface (not an alias: no ':'), else ValueError."""
     if not 0 < len(name) < IFNAMSIZ or any(c in name for c in "/:") or name != "".join(
             name.split()):
         raise ValueError(f"not an interface name: allowed: 1 to {IFNAMSIZ - 1} characters, "
@@ -149,7 +150,7 @@ def _interface_name(name: str) -> str:
 
 
 Command = Annotated[tuple[str, ...], BeforeValidator(_words), AfterValidator(_runnable)]
-InterfaceName = Annotated[str, AfterValidator(_interface_name)]
+InterfaceName = Annotated[str, AfterValidator(interface_name)]
 
 
 class Options(BaseModel):
@@ -195,13 +196,14 @@ class Options(BaseModel):
                                BeforeValidator(_interface_names)] = ()
     persist_dir: Path = Path("/var/lib/carpd")
     script_interface: Annotated[str, AfterValidator(_script_interface)] | None = None
-    """The first argument of this group's scripts (default: the interface)."""
-    vip_interface: str | None = None
+    """The first argument of this group's scripts (default: the VIP's interface)."""
+    vip_interface: InterfaceName | None = None
     """The interface the VIP lives on (default: the interface the adverts go out on)."""
 
     @property
     def scripts_interface(self) -> str:
-        return self.script_interface or self.interface
+        """The scripts put the VIP where it lives: by default on the VIP's interface."""
+        return self.script_interface or self.vip_on
 
     @property
     def vip_on(self) -> str:
@@ -272,7 +274,7 @@ FLAGS: dict[str, str] = {
     "track_interval": "--track-interval", "track_timeout": "--track-timeout",
     "track_fall": "--track-fall", "track_rise": "--track-rise",
     "track_interface": "--track-interface", "persist_dir": "--persist-dir",
-    "script_interface": "script_interface", "vip_interface": "vip_interface",
+    "script_interface": "script_interface", "vip_interface": "--vip-interface",
 }
 
 
@@ -400,6 +402,9 @@ def parser() -> argparse.ArgumentParser:
     a("--track-rise", metavar="N", help="passes in a row that make it pass again (default 2)")
     a("--track-interface", action="append", metavar="IFACE",
       help="unhealthy while IFACE has no carrier (repeatable; also \"eth1 eth2\")")
+    a("--vip-interface", metavar="IFACE",
+      help="hold the VIP on IFACE, adverts staying on -i (a dedicated cluster network; "
+      "default: the -i interface)")
     a("--persist-dir", metavar="DIR",
       help="where demotions that survive a reboot are kept (default /var/lib/carpd)")
     return p

@@ -234,9 +234,21 @@ class Engine:
             self._carrier = events.carrier
             for group in list(self.all_groups()):
                 group.link_changed(events.carrier, now)
-        if events.removed or events.lost_events:
+        if events.removed_from or events.lost_events:
             for group in list(self.groups.values()):
-                group.addresses_removed(events.removed, events.lost_events, now)
+                index = self._index_of(group.options.vip_on)
+                removed = events.removed_from.get(index, frozenset()) if index else frozenset()
+                group.addresses_removed(removed, events.lost_events, now)
+
+    def _index_of(self, ifname: str) -> int | None:
+        """The index of ``ifname``: the VIP of a group may be on another interface than the
+        engine's (None if it is gone)."""
+        if ifname == self.ifname:
+            return self.info.index
+        try:
+            return self.interface_info(ifname).index
+        except (LookupError, OSError):
+            return None
 
     def _on_health(self, group: Group) -> None:
         group.on_health()

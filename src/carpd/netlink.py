@@ -10,9 +10,9 @@ import errno
 import logging
 import select
 import socket
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
@@ -126,37 +126,46 @@ def remove_address(ifname: str, address: IPv4Address) -> bool:
 
 @dataclass(frozen=True)
 class LinkEvents:
-    """What one read of the monitor saw for our interface."""
+    """What one read of the monitor saw for our interface (and the addresses of any)."""
 
     carrier: bool | None = None
     """The carrier, if a link event named it."""
-    removed: frozenset[IPv4Address] = frozenset()
-    """IPv4 addresses deleted from the interface."""
+    removed_from: Mapping[int, frozenset[IPv4Address]] = field(default_factory=dict)
+    """IPv4 addresses deleted, by interface index: ours, and any other (a group may hold its
+    VIP on another interface than the adverts', a dedicated cluster network)."""
     lost_events: bool = False
     """Events overflowed: anything may have happened (the carrier is read afresh)."""
+    ifindex: int = 0
+
+    @property
+    def removed(self) -> frozenset[IPv4Address]:
+        """IPv4 addresses deleted from our interface."""
+        return self.removed_from.get(self.ifindex, frozenset())
 
 
 def link_events(messages: Iterable[Any], ifindex: int) -> LinkEvents:
-    """What netlink ``messages`` say about interface ``ifindex``.  Link messages of another
-    family are skipped: when a port leaves its bridge the kernel sends an AF_BRIDGE
-    RTM_DELLINK for it while the link itself stays."""
+    """What netlink ``messages`` say about interface ``ifindex`` (its carrier), and which
+    addresses were deleted from it or any other.  Link messages of another family are
+    skipped: when a port leaves its bridge the kernel sends an AF_BRIDGE RTM_DELLINK for it
+    while the link itself stays."""
     carrier = None
-    removed = set()
+    removed: dict[int, set[IPv4Address]] = {}
     for msg in messages:
+        kind = msg["header"]["type"]
+        if kind == RTM_DELADDR and msg.get("family") == socket.AF_INET:
+            address = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+            if address:
+                removed.setdefault(int(msg.get("index", 0)), set()).add(IPv4Address(address))
+            continue
         if msg.get("index") != ifindex:
             continue
-        kind = msg["header"]["type"]
         if kind in (RTM_NEWLINK, RTM_DELLINK) and msg.get("family", 0) != 0:
             continue
         if kind == RTM_DELLINK:
             carrier = False
         elif kind == RTM_NEWLINK:
             carrier = carrier_of(int(msg["flags"]))
-        elif kind == RTM_DELADDR and msg.get("family") == socket.AF_INET:
-            address = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
-            if address:
-                removed.add(IPv4Address(address))
-    return LinkEvents(carrier, frozenset(removed))
+    return LinkEvents(carrier, {i: frozenset(a) for i, a in removed.items()}, ifindex=ifindex)
 
 
 class LinkMonitor:
@@ -191,7 +200,7 @@ class LinkMonitor:
             self._sock.close()
             self._sock = self._open()
             self.reopened += 1
-            return LinkEvents(self._current_carrier(), lost_events=True)
+            return LinkEvents(self._current_carrier(), lost_events=True, ifindex=self.ifindex)
         return link_events(messages, self.ifindex)
 
     def _drain(self) -> list[Any]:

@@ -115,7 +115,7 @@ def test_script_interface_may_name_an_alias_but_not_a_path() -> None:
     assert config.build({**base, "script_interface": "eth0:1"}).scripts_interface == "eth0:1"
     with pytest.raises(ConfigError, match="script_interface: 'eth0/1'"):
         config.build({**base, "script_interface": "eth0/1"})
-    with pytest.raises(ConfigError, match="vip_interface: 'nosuchif9'"):
+    with pytest.raises(ConfigError, match="--vip-interface: 'nosuchif9'"):
         config.build({**base, "vip_interface": "nosuchif9"})
 
 

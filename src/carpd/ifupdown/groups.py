@@ -86,24 +86,28 @@ def defined(parsed: interfaces.Interfaces, stanzas: Iterable[Iface]) -> list[Def
 
 
 def clash(new: Defined, first: Defined) -> list[str]:
-    """Why ``new`` cannot run beside ``first`` (which comes earlier), if they share an
-    interface: each message starts with ``new``'s place and names ``first``'s."""
+    """Why ``new`` cannot run beside ``first`` (which comes earlier): on one interface, the
+    same vhid or interface-wide settings; on any, the same ``NAME:ucarp`` brought up by the
+    default actions (a group's VIP may be on another interface than its adverts').  Each
+    message starts with ``new``'s place and names ``first``'s."""
     a, b = new.group, first.group
-    if a.options.interface != b.options.interface:
-        return []
     on = a.options.interface
+    same_engine = on == b.options.interface
     here = f"{new.iface.where}: {new.iface}"
     there = f"{first.iface.where} ({first.iface})"
     problems = []
-    if a.vhid == b.vhid:
+    if same_engine and a.vhid == b.vhid:
         vid = stanza_options(new.iface).get("ucarp-vid", str(a.vhid))
         problems.append(f"{here}: ucarp-vid: {vid!r}: vhid {a.vhid} on {on} again, first at "
                         f"{there}: each group of an interface needs a vhid of its own")
     elif a.script_interface == b.script_interface and _both_default(new, first):
+        vip_on = physical(a.script_interface)
         problems.append(f"{here}: ucarp-alias: {a.script_interface!r}: the default actions of "
                         f"vhid {a.vhid} bring up {label(a.script_interface)!r}, as those of vhid "
                         f"{b.vhid} at {there} do: give each group its own ucarp-alias "
-                        f"({on}:NAME) and 'iface {on}:NAME:ucarp' stanza")
+                        f"({vip_on}:NAME) and 'iface {vip_on}:NAME:ucarp' stanza")
+    if not same_engine:
+        return problems
     for field, option in INTERFACE_OPTIONS.items():
         mine, theirs = getattr(a.options, field), getattr(b.options, field)
         if mine != theirs:
@@ -129,20 +133,32 @@ def conflicts(parsed: interfaces.Interfaces, stanzas: Iterable[Iface]) -> list[s
     at the later stanza."""
     problems: list[str] = []
     earlier: dict[str, list[Defined]] = {}
+    bringing_up: dict[str, list[Defined]] = {}
+    """script interface -> the groups of every interface whose scripts get it"""
     for item in defined(parsed, stanzas):
         if item.iface.family != "inet":
             continue
-        same = earlier.setdefault(item.group.options.interface, [])
+        on = item.group.options.interface
+        same = earlier.setdefault(on, [])
         for first in same:
             problems += clash(item, first)
         same.append(item)
+        alike = bringing_up.setdefault(item.group.script_interface, [])
+        for first in alike:
+            if first.group.options.interface != on:
+                problems += clash(item, first)
+        alike.append(item)
     return problems
 
 
 def conflicts_of(parsed: interfaces.Interfaces, logical: str, vhid: int | None) -> list[str]:
     """The clashes that involve the stanza ``logical`` of vhid ``vhid`` (what ``ifup logical``
     brings up) and any other stanza of its interface."""
-    stanzas = [i for i in carp_stanzas(parsed) if physical(i.name) == physical(logical)]
+    candidates = carp_stanzas(parsed)
+    vip_on = {physical(_scripts_name(i)) for i in candidates if i.name == logical}
+    # the stanzas of its interface, and those whose VIP is on the same interface as its own
+    stanzas = [i for i in candidates if physical(i.name) == physical(logical)
+               or physical(_scripts_name(i)) in vip_on]
     items = [d for d in defined(parsed, stanzas) if d.iface.family == "inet"]
     mine = {id(d) for d in items
             if d.iface.name == logical and (vhid is None or d.group.vhid == vhid)}
@@ -152,6 +168,11 @@ def conflicts_of(parsed: interfaces.Interfaces, logical: str, vhid: int | None) 
             if id(later) in mine or id(first) in mine:
                 problems += clash(later, first)
     return problems
+
+
+def _scripts_name(iface: Iface) -> str:
+    """The name the scripts of ``iface``'s group get, read off its options (no validation)."""
+    return ucarp.script_interface(iface.name, stanza_options(iface))
 
 
 def check_iface(iface: Iface, parsed: interfaces.Interfaces) -> list[str]:

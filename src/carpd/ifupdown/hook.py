@@ -478,9 +478,9 @@ def _remove_groups(paths: Paths, data: Mapping[str, Any], left: Mapping[str, Any
     while time.monotonic() < deadline and gone & _running_vhids(_sockets(left)):
         time.sleep(0.05)
     for engine in engines:
-        for address in runtime.held_addresses(engine.interface, engine.vip, engine.label):
+        for address in runtime.held_addresses(engine.vip_on, engine.vip, engine.label):
             with contextlib.suppress(LookupError, OSError):
-                if netlink.remove_address(engine.interface, address):
+                if netlink.remove_address(engine.vip_on, address):
                     say(f"{paths.interface}: removed {address} left by vhid {engine.vhid}")
     say(f"{paths.interface}: vhid {', '.join(str(v) for v in sorted(gone))} taken down; "
         f"the engine runs vhid {', '.join(str(v) for v in runtime.conf_vhids(left))}")

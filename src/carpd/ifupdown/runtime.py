@@ -219,14 +219,15 @@ def engine_socket(data: Mapping[str, Any]) -> Path:
 
 def conf_groups(data: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The groups of an ``IFACE.conf`` (either form), each with the interface keys merged in
-    and ``script_interface`` set."""
+    and ``script_interface`` set (default as the engine's: the VIP's interface)."""
     shared = {k: v for k, v in data.items() if k != "groups"}
     groups = data.get("groups")
     if not isinstance(groups, list):
         groups = [{}]
     merged = [{**shared, **group} for group in groups if isinstance(group, dict)]
     for group in merged:
-        group.setdefault("script_interface", shared.get("interface", ""))
+        group.setdefault("script_interface",
+                         group.get("vip_interface") or shared.get("interface", ""))
     return merged
 
 
@@ -353,6 +354,8 @@ class Engine:
     drain: float = DEFAULT_DRAIN
     script_interface: str = field(default="", compare=False)
     vhid: int = field(default=0, compare=False)
+    vip_interface: str = field(default="", compare=False)
+    """Where the VIP is when not on ``interface`` (a dedicated cluster network)."""
 
     @classmethod
     def from_conf(cls, path: Path) -> Engine | None:
@@ -363,10 +366,17 @@ class Engine:
     @classmethod
     def from_group(cls, data: Mapping[str, Any]) -> Engine:
         interface = str(data["interface"])
+        vip_interface = str(data.get("vip_interface") or "")
         return cls(interface, IPv4Address(data["addr"]), data.get("downscript"),
                    data.get("xparam"), float(data.get("script_timeout", 30.0)),
                    float(data.get("drain", DEFAULT_DRAIN)),
-                   str(data.get("script_interface") or interface), int(data.get("vhid", 1)))
+                   str(data.get("script_interface") or vip_interface or interface),
+                   int(data.get("vhid", 1)), vip_interface)
+
+    @property
+    def vip_on(self) -> str:
+        """The interface the VIP is on: what releasing it looks at."""
+        return self.vip_interface or self.interface
 
     @property
     def label(self) -> str:
@@ -436,17 +446,17 @@ def _release_group(paths: Paths, engine: Engine, crashed: bool,
     from carpd import netlink
 
     done: list[str] = []
-    held = held_addresses(engine.interface, engine.vip, engine.label)
+    held = held_addresses(engine.vip_on, engine.vip, engine.label)
     argv = engine.script_argv()
     if crashed and argv is not None and (held or not only_if_held):
         script_env = {**read_env(paths.env), **(env or {})}
         script_env.setdefault("PATH", os.environ.get("PATH", os.defpath))
         done.append(f"ran {' '.join(argv)}: {_run_script(argv, script_env, engine)}")
-        held = held_addresses(engine.interface, engine.vip, engine.label)
+        held = held_addresses(engine.vip_on, engine.vip, engine.label)
     for address in held:
         with contextlib.suppress(LookupError, OSError):
-            if netlink.remove_address(engine.interface, address):
-                done.append(f"removed {address} from {engine.interface}")
+            if netlink.remove_address(engine.vip_on, address):
+                done.append(f"removed {address} from {engine.vip_on}")
     return done
 
 

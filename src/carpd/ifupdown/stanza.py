@@ -128,6 +128,9 @@ class UcarpStanza(BaseModel):
     track_interface: str | None = Field(None, alias="ucarp-track-interface")
     # the name the group's scripts get (MASTER: ifup NAME:ucarp); default the stanza's own
     alias: Once | None = Field(None, alias="ucarp-alias")
+    # a dedicated cluster network: adverts on the stanza's interface, the VIP on this one
+    vip_interface: Annotated[Once, AfterValidator(config.interface_name)] | None = Field(
+        None, alias="ucarp-vip-interface")
 
     @model_validator(mode="after")
     def _one_password(self) -> UcarpStanza:
@@ -162,7 +165,7 @@ OPTION_NAMES: dict[str, str] = {
     "track_script": "ucarp-track-script", "track_interval": "ucarp-track-interval",
     "track_timeout": "ucarp-track-timeout", "track_fall": "ucarp-track-fall",
     "track_rise": "ucarp-track-rise", "track_interface": "ucarp-track-interface",
-    "interface": "interface",
+    "vip_interface": "ucarp-vip-interface", "interface": "interface",
 }
 REPEATABLE = ("ucarp-track-script", "ucarp-track-interface")
 """Options that may be given more than once (ifupdown joins the values with a newline)."""
@@ -237,27 +240,53 @@ def default_actions(raw: Mapping[str, str]) -> list[str]:
             if raw.get(name, str(default)) == str(default)]
 
 
+def vip_interface(name: str, raw: Mapping[str, str]) -> str | None:
+    """ucarp-vip-interface, when it names another interface than the stanza's (``eth0`` for a
+    group advertising on eth1: a dedicated cluster network); None when the VIP is on the
+    stanza's own."""
+    given = raw.get("ucarp-vip-interface", "").strip()
+    try:
+        config.interface_name(given)
+    except ValueError:
+        return None  # none, or not an interface name: the stanza model says so
+    return given if given != physical(name) else None
+
+
+def vip_on(name: str, raw: Mapping[str, str]) -> str:
+    """The interface the group's VIP is on (see :func:`vip_interface`)."""
+    return vip_interface(name, raw) or physical(name)
+
+
 def script_interface(name: str, raw: Mapping[str, str]) -> str:
-    """The name the group's scripts get: ucarp-alias, else the stanza's own (``eth0:1``)."""
+    """The name the group's scripts get: ucarp-alias, else the VIP's interface when it is
+    another (``eth0``: MASTER runs ``ifup eth0:ucarp``), else the stanza's own (``eth0:1``)."""
     alias = raw.get("ucarp-alias", "").strip()
-    return alias or name
+    return alias or vip_interface(name, raw) or name
+
+
+def _bad_alias(given: str, on: str, elsewhere: bool) -> Problem:
+    whose = f"{on} (ucarp-vip-interface)" if elsewhere else on
+    hint = ("" if elsewhere or ":" not in given.strip() or physical(given.strip()) == on else
+            f"; to hold the VIP on {physical(given.strip())} (a cluster network for the "
+            f"adverts), give ucarp-vip-interface {physical(given.strip())} too")
+    return Problem("ucarp-alias", f"ucarp-alias: {given!r}: must be {whose} or an alias of it "
+                                  f"({on}:NAME, without blanks, '/' or a trailing ':{ALIAS}'): "
+                                  f"the default actions bring up NAME:{ALIAS}{hint}")
 
 
 def alias_problems(name: str, raw: Mapping[str, str]) -> list[Problem]:
-    """ucarp-alias must name ``eth0`` or an alias ``eth0:X`` of the stanza's interface, and the
-    label the default actions give the VIP (``NAME:ucarp``) must fit the kernel's 15 bytes."""
+    """ucarp-alias must name the VIP's interface (``eth0``: the stanza's, or
+    ucarp-vip-interface) or an alias ``eth0:X`` of it, and the label the default actions give
+    the VIP (``NAME:ucarp``) must fit the kernel's 15 bytes."""
     given = raw.get("ucarp-alias")
-    on = physical(name)
+    on = vip_on(name, raw)
     if given is not None and ("\n" in given or not given.strip()):
         return []  # given twice or empty: the stanza model says so
     if given is not None:
         alias = given.strip()
         if (alias != on and not alias.startswith(on + ":")) or alias.endswith(f":{ALIAS}") \
                 or any(c.isspace() or c == "/" for c in alias):
-            return [Problem("ucarp-alias", f"ucarp-alias: {given!r}: must be {on} or an alias "
-                                           f"of it ({on}:NAME, without blanks, '/' or a "
-                                           f"trailing ':{ALIAS}'): the default actions bring up "
-                                           f"NAME:{ALIAS}")]
+            return [_bad_alias(given, on, on != physical(name))]
     chosen = script_interface(name, raw)
     too_long = len(os.fsencode(label(chosen))) - MAX_LABEL
     defaults = default_actions(raw)
@@ -347,6 +376,8 @@ def engine_options(raw: Mapping[str, str], *, interface: str, family: str = "ine
         method, own_address, raw.get("ucarp-srcip"))
     # the name of an interface that always exists, to check every other value
     given["interface"] = interface if check_interface else "lo"
+    vip_elsewhere = None if "ucarp-vip-interface" in reported else vip_interface(interface, raw)
+    given["vip_interface"] = vip_elsewhere if check_interface or vip_elsewhere is None else "lo"
     given["state_dir"] = state_dir
     given = {name: value for name, value in given.items() if value is not None}
     try:
@@ -357,7 +388,7 @@ def engine_options(raw: Mapping[str, str], *, interface: str, family: str = "ine
                      if p.option not in reported]
     if problems:
         raise StanzaError(problems)
-    return options.model_copy(update={"interface": interface})
+    return options.model_copy(update={"interface": interface, "vip_interface": vip_elsewhere})
 
 
 def readable_password(iface: Iface) -> str | None:
