@@ -183,6 +183,9 @@ class Options(BaseModel):
     ucarp_mac: bool = False
     script_timeout: Annotated[float, Field(gt=0, le=3600)] = 30.0
     drain: Annotated[float, Field(ge=0, le=300)] = 2.0
+    drain_connections: Annotated[float, Field(ge=0, le=86400)] = 0.0
+    """After a planned release, keep the VIP until the TCP connections to it that existed at
+    the hand-over have closed, at most this many seconds (0: the fixed ``drain``)."""
     reannounce: Annotated[float, Field(ge=0, le=86400)] = 0.0
     state_dir: Path = Path("/run/carpd")
     password_on_command_line: bool = False
@@ -270,6 +273,7 @@ FLAGS: dict[str, str] = {
     "downscript": "-d/--downscript", "facility": "-f/--facility", "mcast": "-m/--mcast",
     "xparam": "-x/--xparam", "pidfile": "--pidfile", "script_timeout": "--script-timeout",
     "state_dir": "--state-dir", "drain": "--drain", "reannounce": "--reannounce",
+    "drain_connections": "--drain-connections",
     "replay_check": "--no-replay-check", "track_script": "--track-script",
     "track_interval": "--track-interval", "track_timeout": "--track-timeout",
     "track_fall": "--track-fall", "track_rise": "--track-rise",
@@ -389,6 +393,9 @@ def parser() -> argparse.ArgumentParser:
     a("--state-dir", help="runtime folder (default /run/carpd)")
     a("--drain", help="seconds to keep the VIP after a planned release, not answering ARP for "
       "it, so requests in flight finish (default 2; 0 to release at once)")
+    a("--drain-connections", metavar="SECONDS",
+      help="after a planned release keep the VIP until the TCP connections to it that existed "
+      "at the hand-over have closed, at most this long (default 0: --drain alone)")
     a("--reannounce", help="while MASTER, gratuitous ARP every this many seconds (default 0: "
       "off)")
     a("--no-replay-check", dest="replay_check", action="store_false",

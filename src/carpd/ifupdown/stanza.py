@@ -117,6 +117,7 @@ class UcarpStanza(BaseModel):
     debug: Flag = Field(False, alias="ucarp-debug")
     srcip: Once | None = Field(None, alias="ucarp-srcip")
     drain: Once | None = Field(None, alias="ucarp-drain")
+    drain_connections: Once | None = Field(None, alias="ucarp-drain-connections")
     reannounce: Once | None = Field(None, alias="ucarp-reannounce")
     replay_check: Flag = Field(True, alias="ucarp-replay-check")
     # may be given several times: ifupdown joins the values with a newline
@@ -161,6 +162,7 @@ OPTION_NAMES: dict[str, str] = {
     "nomcast": "ucarp-nomcast", "xparam": "ucarp-xparam", "facility": "ucarp-facility",
     "neutral": "ucarp-neutral", "ignoreifstate": "ucarp-ignoreifstate", "mcast": "ucarp-mcast",
     "debug": "ucarp-debug", "srcip": "ucarp-srcip", "drain": "ucarp-drain",
+    "drain_connections": "ucarp-drain-connections",
     "reannounce": "ucarp-reannounce", "replay_check": "ucarp-replay-check",
     "track_script": "ucarp-track-script", "track_interval": "ucarp-track-interval",
     "track_timeout": "ucarp-track-timeout", "track_fall": "ucarp-track-fall",
