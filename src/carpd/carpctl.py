@@ -23,7 +23,6 @@ import argparse
 import contextlib
 import gc
 import json
-import re
 import socket
 import subprocess
 import sys
@@ -37,34 +36,20 @@ from carpd.debian_status import DPKG_STATUS, ifupdown_status
 from carpd.ifupdown import groups, interfaces
 from carpd.ifupdown import stanza as ucarp
 from carpd.ifupdown.runtime import RUN_DIR
+from carpd.problems import Problem, in_order
 
 EXIT_PROBLEMS = 1
 EXIT_NO_ENGINE = 3
-_PLACE = re.compile(r"^(.*?):(\d+): ")
 
 
 # -- check ----------------------------------------------------------------------------------
-
-def _stanza_options(iface: interfaces.Iface) -> dict[str, str]:
-    """The ucarp-* options as ifupdown would pass them (a repeated one joined by newline)."""
-    raw: dict[str, str] = {}
-    for option in iface.options:
-        if option.name.startswith(ucarp.PREFIX):
-            earlier = raw.get(option.name)
-            raw[option.name] = option.value if earlier is None else f"{earlier}\n{option.value}"
-    return raw
-
-
-def _check_iface(iface: interfaces.Iface, parsed: interfaces.Interfaces) -> list[str]:
-    return groups.check_iface(iface, parsed)
-
 
 def check(path: Path) -> tuple[list[str], int]:
     """Every problem of ``path`` as ``file:line: message``, and how many ucarp stanzas it has."""
     return check_parsed(interfaces.parse(path))
 
 
-def _first_only(iface: interfaces.Iface) -> list[str]:
+def _first_only(iface: interfaces.Iface) -> list[Problem]:
     """ifupdown2 hands a hook only the first value of an option given several times: each
     ucarp-track-script or ucarp-track-interface line after the first would be ignored."""
     problems = []
@@ -74,31 +59,31 @@ def _first_only(iface: interfaces.Iface) -> list[str]:
             continue
         instead = ("name them all on one line" if name == "ucarp-track-interface" else
                    "give one (a script of your own may run several checks)")
-        problems.append(f"{lines[1].where}: {iface}: {name}: given {len(lines)} times, but "
-                        f"ifupdown2 passes only the first to carpd: {instead}")
+        problems.append(Problem(f"given {len(lines)} times, but ifupdown2 passes only the first "
+                                f"to carpd: {instead}", name, file=lines[1].where.file,
+                                line=lines[1].where.line, stanza=str(iface)))
     return problems
+
+
+def check_problems(parsed: interfaces.Interfaces,
+                   ifupdown2: bool = False) -> tuple[list[Problem], int]:
+    """Every problem of what :func:`interfaces.parse` read, by file and line, and how many
+    ucarp stanzas it has; ``ifupdown2``: as ifupdown2 will run the hooks."""
+    problems = list(parsed.problems)
+    carp = groups.carp_stanzas(parsed)
+    for iface in carp:
+        problems += groups.check_iface(iface, parsed)
+        if ifupdown2:
+            problems += _first_only(iface)
+    problems += groups.conflicts(parsed, carp)  # several groups per interface: no clash
+    return in_order(problems, parsed.files), len(carp)
 
 
 def check_parsed(parsed: interfaces.Interfaces,
                  ifupdown2: bool = False) -> tuple[list[str], int]:
-    """:func:`check` of what :func:`interfaces.parse` read; ``ifupdown2``: as ifupdown2 will
-    run the hooks."""
-    problems = list(parsed.errors)
-    carp = [i for i in parsed.ifaces if _stanza_options(i) and not parsed.is_template(i)]
-    for iface in carp:
-        problems += _check_iface(iface, parsed)
-        if ifupdown2:
-            problems += _first_only(iface)
-    problems += groups.conflicts(parsed, carp)  # several groups per interface: no clash
-    order = {name: n for n, name in enumerate(parsed.files)}
-
-    def key(message: str) -> tuple[int, int]:
-        match = _PLACE.match(message)
-        if match is None:
-            return (-1, 0)
-        return (order.get(match[1], len(order)), int(match[2]))
-
-    return sorted(problems, key=key), len(carp)
+    """:func:`check_problems`, each problem as ``file:line: message``."""
+    problems, count = check_problems(parsed, ifupdown2)
+    return [p.located for p in problems], count
 
 
 def password_warnings(path: Path) -> list[str]:

@@ -29,14 +29,15 @@ def main(argv: list[str] | None = None) -> int:
         sources = {o.vhid: source_address(o) for o in config.groups}
         locks = _take_groups(config)
     except ConfigError as error:
-        for line in str(error).splitlines():
-            print(f"carpd: {line}", file=sys.stderr)
+        for problem in error.problems:
+            for line in problem.located.splitlines():
+                print(f"carpd: {line}", file=sys.stderr)
         return EXIT_USAGE
     options = config.first
     tag = f"carpd[{options.interface}]" if config.config_file else \
         f"carpd[{options.interface}/{options.vhid}]"
     setup_logging(options.facility, foreground=True, debug=options.debug, tag=tag)
-    if options.password_on_command_line:
+    if config.password_on_command_line:
         log.warning("the password was given with -p/--pass: anyone can read it with ps; "
                     "use -o/--passfile")
     try:

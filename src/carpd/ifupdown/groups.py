@@ -24,10 +24,11 @@ from carpd.ifupdown import interfaces
 from carpd.ifupdown import stanza as ucarp
 from carpd.ifupdown.interfaces import Iface
 from carpd.ifupdown.runtime import Group, label, physical
+from carpd.options import ROWS
+from carpd.problems import Problem
 
-INTERFACE_OPTIONS = {"mcast": "ucarp-mcast", "nomcast": "ucarp-nomcast",
-                     "ignoreifstate": "ucarp-ignoreifstate", "facility": "ucarp-facility",
-                     "debug": "ucarp-debug"}
+INTERFACE_OPTIONS = {row.name: row.stanza.name for row in ROWS
+                     if row.per_engine and row.stanza is not None}
 """The engine's interface-wide settings a stanza may give (Options field -> stanza option)."""
 
 
@@ -48,7 +49,12 @@ def address_of(iface: Iface) -> str | None:
 
 def carp_stanzas(parsed: interfaces.Interfaces) -> list[Iface]:
     """The stanzas with ``ucarp-*`` options that ifupdown may bring up (not templates)."""
-    return [i for i in parsed.ifaces if stanza_options(i) and not parsed.is_template(i)]
+    return [i for i in parsed.ifaces if has_stanza_options(i) and not parsed.is_template(i)]
+
+
+def has_stanza_options(iface: Iface) -> bool:
+    """Whether ``iface`` has any ``ucarp-*`` option."""
+    return any(option.name.startswith(ucarp.PREFIX) for option in iface.options)
 
 
 def stanza_group(iface: Iface, parsed: interfaces.Interfaces, *,
@@ -86,35 +92,41 @@ def defined(parsed: interfaces.Interfaces, stanzas: Iterable[Iface]) -> list[Def
 
 
 def clash(new: Defined, first: Defined) -> list[str]:
+    """:func:`clash_problems` as ``file:line: iface ...: message`` lines."""
+    return [p.located for p in clash_problems(new, first)]
+
+
+def clash_problems(new: Defined, first: Defined) -> list[Problem]:
     """Why ``new`` cannot run beside ``first`` (which comes earlier): on one interface, the
     same vhid or interface-wide settings; on any, the same ``NAME:ucarp`` brought up by the
     default actions (a group's VIP may be on another interface than its adverts').  Each
-    message starts with ``new``'s place and names ``first``'s."""
+    problem is at ``new``'s stanza and names ``first``'s."""
     a, b = new.group, first.group
     on = a.options.interface
     same_engine = on == b.options.interface
-    here = f"{new.iface.where}: {new.iface}"
     there = f"{first.iface.where} ({first.iface})"
     problems = []
     if same_engine and a.vhid == b.vhid:
         vid = stanza_options(new.iface).get("ucarp-vid", str(a.vhid))
-        problems.append(f"{here}: ucarp-vid: {vid!r}: vhid {a.vhid} on {on} again, first at "
-                        f"{there}: each group of an interface needs a vhid of its own")
+        problems.append(Problem(f"vhid {a.vhid} on {on} again, first at {there}: each group of "
+                                "an interface needs a vhid of its own", "ucarp-vid", repr(vid)))
     elif a.script_interface == b.script_interface and _both_default(new, first):
         vip_on = physical(a.script_interface)
-        problems.append(f"{here}: ucarp-alias: {a.script_interface!r}: the default actions of "
-                        f"vhid {a.vhid} bring up {label(a.script_interface)!r}, as those of vhid "
-                        f"{b.vhid} at {there} do: give each group its own ucarp-alias "
-                        f"({vip_on}:NAME) and 'iface {vip_on}:NAME:ucarp' stanza")
-    if not same_engine:
-        return problems
-    for field, option in INTERFACE_OPTIONS.items():
-        mine, theirs = getattr(a.options, field), getattr(b.options, field)
-        if mine != theirs:
-            problems.append(f"{here}: {option}: {_shown(mine)!r}: {on} runs one engine for all "
-                            f"its groups, and vhid {b.vhid} at {there} has {_shown(theirs)!r}: "
-                            "give every group of the interface the same value")
-    return problems
+        problems.append(Problem(
+            f"the default actions of vhid {a.vhid} bring up {label(a.script_interface)!r}, as "
+            f"those of vhid {b.vhid} at {there} do: give each group its own ucarp-alias "
+            f"({vip_on}:NAME) and 'iface {vip_on}:NAME:ucarp' stanza", "ucarp-alias",
+            repr(a.script_interface)))
+    if same_engine:
+        for field, option in INTERFACE_OPTIONS.items():
+            mine, theirs = getattr(a.options, field), getattr(b.options, field)
+            if mine != theirs:
+                problems.append(Problem(
+                    f"{on} runs one engine for all its groups, and vhid {b.vhid} at {there} has "
+                    f"{_shown(theirs)!r}: give every group of the interface the same value",
+                    option, repr(_shown(mine)), field=field))
+    where = new.iface.where
+    return [p.at(where.file, where.line, str(new.iface)) for p in problems]
 
 
 def _shown(value: object) -> str:
@@ -128,10 +140,10 @@ def _both_default(new: Defined, first: Defined) -> bool:
                 and ucarp.default_actions(stanza_options(first.iface)))
 
 
-def conflicts(parsed: interfaces.Interfaces, stanzas: Iterable[Iface]) -> list[str]:
-    """Every clash between the groups of ``stanzas`` (see :func:`clash`), each reported once,
-    at the later stanza."""
-    problems: list[str] = []
+def conflicts(parsed: interfaces.Interfaces, stanzas: Iterable[Iface]) -> list[Problem]:
+    """Every clash between the groups of ``stanzas`` (see :func:`clash_problems`), each
+    reported once, at the later stanza."""
+    problems: list[Problem] = []
     earlier: dict[str, list[Defined]] = {}
     bringing_up: dict[str, list[Defined]] = {}
     """script interface -> the groups of every interface whose scripts get it"""
@@ -141,12 +153,12 @@ def conflicts(parsed: interfaces.Interfaces, stanzas: Iterable[Iface]) -> list[s
         on = item.group.options.interface
         same = earlier.setdefault(on, [])
         for first in same:
-            problems += clash(item, first)
+            problems += clash_problems(item, first)
         same.append(item)
         alike = bringing_up.setdefault(item.group.script_interface, [])
         for first in alike:
             if first.group.options.interface != on:
-                problems += clash(item, first)
+                problems += clash_problems(item, first)
         alike.append(item)
     return problems
 
@@ -175,25 +187,26 @@ def _scripts_name(iface: Iface) -> str:
     return ucarp.script_interface(iface.name, stanza_options(iface))
 
 
-def check_iface(iface: Iface, parsed: interfaces.Interfaces) -> list[str]:
-    """``file:line: iface ...: problem`` for each problem of one stanza's ``ucarp-*``
-    options (``carpctl check``)."""
+def check_iface(iface: Iface, parsed: interfaces.Interfaces) -> list[Problem]:
+    """Each problem of one stanza's ``ucarp-*`` options, at the line of the option at fault
+    (``carpctl check``)."""
     try:
         stanza_group(iface, parsed)
     except ucarp.StanzaError as error:
-        return [f"{_where(iface, p)}: {iface}: {p}" for p in error.problems]
+        return [p.at(_where(iface, p).file, _where(iface, p).line, str(iface))
+                for p in error.problems]
     return []
 
 
-def _where(iface: Iface, problem: ucarp.Problem) -> interfaces.Where:
+def _where(iface: Iface, problem: Problem) -> interfaces.Where:
     """The line of the option at fault: of an option given several times (ucarp-track-script),
-    the one whose value the problem quotes, else the last; the stanza's for the stanza as a
+    the one whose value the problem shows, else the last; the stanza's for the stanza as a
     whole."""
     lines = [o for o in iface.options if o.name == problem.option]
     if not lines:
         return iface.where
-    quoting = [o for o in lines if any(repr(value) in problem.message
-                                       for value in (o.value, *o.value.split()))]
+    quoting = [o for o in lines if problem.value in {repr(value)
+                                                      for value in (o.value, *o.value.split())}]
     return (quoting or lines)[-1].where
 
 

@@ -173,13 +173,14 @@ def _validate(stanza: Stanza, script_env: Mapping[str, str]) -> Group:
         group = ucarp.group(stanza.options, name=stanza.interface, logical=stanza.logical,
                             family=stanza.family, method=stanza.method, address=stanza.address)
     except ucarp.StanzaError as error:
-        raise HookError("\n".join(f"{stanza}: {p}" for p in error.problems)) from None
+        raise HookError("\n".join(p.at(None, stanza=str(stanza)).located
+                                   for p in error.problems)) from None
     options = group.options
     path = script_env.get(ENV_INTERFACES, str(interfaces.DEFAULT_FILE))
     parsed = interfaces.parse(path)
     missing = ucarp.missing_alias(options, parsed, group.script_interface)
     if missing:
-        raise HookError(f"{stanza}: {missing} (in {path})")
+        raise HookError(f"{missing.at(None, stanza=str(stanza)).located} (in {path})")
     clashes = groups.conflicts_of(parsed, stanza.logical, options.vhid)
     if clashes:
         raise HookError("\n".join(clashes))

@@ -29,6 +29,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from carpd.problems import Problem
+
 DEFAULT_FILE = Path("/etc/network/interfaces")
 
 METHODS: dict[str, frozenset[str]] = {
@@ -103,8 +105,14 @@ class Interfaces:
     no_scripts: list[str] = field(default_factory=list)
     renames: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    """What was wrong, each at its file and line (the file alone if it could not be read)."""
     _index: _Index | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def errors(self) -> list[str]:
+        """:attr:`problems` as ``file:line: message`` lines."""
+        return [p.located for p in self.problems]
 
     def find(self, name: str, family: str | None = None) -> list[Iface]:
         found = self._lookup().by_name.get(name, [])
@@ -246,7 +254,7 @@ class _Reader:
         }
 
     def error(self, where: Where, message: str) -> None:
-        self.result.errors.append(f"{where}: {message}")
+        self.result.problems.append(Problem(message, file=where.file, line=where.line))
 
     def read_file(self, path: str, via: Line | None = None) -> None:
         """Read ``path``, sourced by the line ``via`` (None for the file given)."""
@@ -255,8 +263,9 @@ class _Reader:
             refusal = self._refusal(file_id, path)
             text = read_text(path) if refusal is None else ""
         except ReadError as error:
-            place = f"{via.where}: " if via else ""
-            self.result.errors.append(f"{place}cannot read {path}: {error}")
+            self.result.problems.append(Problem(
+                f"cannot read {path}: {error}", file=via.where.file if via else None,
+                line=via.where.line if via else None))
             return
         if refusal is not None:
             if refusal and via is not None:
@@ -435,7 +444,7 @@ class _Reader:
 
 
 def parse(path: str | Path = DEFAULT_FILE) -> Interfaces:
-    """Read ``path`` and everything it sources; problems end up in ``.errors``."""
+    """Read ``path`` and everything it sources; problems end up in ``.problems``."""
     reader = _Reader()
     with _no_cyclic_gc():
         reader.read_file(str(path))

@@ -52,7 +52,7 @@ from pathlib import Path
 
 from carpd import net, netlink, wire
 from carpd.config import Options
-from carpd.ifupdown import hook, interfaces, runtime
+from carpd.ifupdown import groups, hook, interfaces, runtime
 from carpd.ifupdown import stanza as ucarp
 from carpd.ifupdown.runtime import Paths
 
@@ -274,16 +274,6 @@ class Takeover:
         return env
 
 
-def stanza_options(iface: interfaces.Iface) -> dict[str, str]:
-    """The ucarp-* options as ifupdown passes them (a repeated one joined by newline)."""
-    raw: dict[str, str] = {}
-    for option in iface.options:
-        if option.name.startswith(ucarp.PREFIX):
-            earlier = raw.get(option.name)
-            raw[option.name] = option.value if earlier is None else f"{earlier}\n{option.value}"
-    return raw
-
-
 def up_interfaces() -> dict[str, str]:
     """logical name -> interface, of what ifupdown has up (``ifquery --state``)."""
     result = subprocess.run(["ifquery", "--state"], capture_output=True, text=True, check=False)
@@ -298,7 +288,7 @@ def up_interfaces() -> dict[str, str]:
 def takeovers(parsed: interfaces.Interfaces, up: Mapping[str, str]) -> list[Takeover]:
     found = []
     for iface in parsed.ifaces:
-        raw = stanza_options(iface)
+        raw = groups.stanza_options(iface)
         # alias and non-inet stanzas too: carpd refuses them, and says so if ucarp ran them
         if raw and not parsed.is_template(iface):
             found.append(Takeover(iface, up.get(iface.name), raw))
@@ -506,7 +496,7 @@ def _refused(takeover: Takeover, error: ucarp.StanzaError, mine: list[UcarpDaemo
     False if so."""
     if not mine and takeover.physical is None:
         return True  # nothing runs for it: ifup (and carpctl check) will say what is wrong
-    problems = "\n".join(f"{takeover.iface}: {p}" for p in error.problems)
+    problems = "\n".join(p.at(None, stanza=str(takeover.iface)).located for p in error.problems)
     left = ("ucarp keeps running (pid " + ", ".join(str(d.pid) for d in mine) + ")"
             if mine else "carpd runs nothing for it")
     say(f"{problems}\ncarpd cannot take this stanza over; {left}: fix it, then run "

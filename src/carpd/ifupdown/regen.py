@@ -37,7 +37,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from carpd.ifupdown import interfaces, runtime
+from carpd.ifupdown import groups, interfaces, runtime
 from carpd.ifupdown import stanza as ucarp
 from carpd.ifupdown.hook import ENV_INTERFACES, ENV_STATE_DIR
 from carpd.ifupdown.runtime import Paths
@@ -89,22 +89,11 @@ def logical_name(interface: str, state_dir: Path) -> str:
     return interface
 
 
-def stanza_options(iface: interfaces.Iface) -> dict[str, str]:
-    """The ``ucarp-*`` options as ifupdown hands them to the hook (a repeated one joined by
-    newline)."""
-    raw: dict[str, str] = {}
-    for option in iface.options:
-        if option.name.startswith(ucarp.PREFIX):
-            earlier = raw.get(option.name)
-            raw[option.name] = option.value if earlier is None else f"{earlier}\n{option.value}"
-    return raw
-
-
 def find_stanza(parsed: interfaces.Interfaces, source: Source,
                 vhid: int | None = None) -> interfaces.Iface:
     """The stanza ``source.logical`` with ucarp-* options (of vhid ``vhid``, where several
     stanzas of that name each define a group)."""
-    found = [i for i in parsed.find(source.logical, "inet") if stanza_options(i)]
+    found = [i for i in parsed.find(source.logical, "inet") if groups.stanza_options(i)]
     if vhid is not None and len(found) > 1:
         found = [i for i in found if _vhid(i) == vhid]
     if len(found) != 1:
@@ -118,7 +107,7 @@ def find_stanza(parsed: interfaces.Interfaces, source: Source,
 
 def _vhid(iface: interfaces.Iface) -> int | None:
     try:
-        return int(stanza_options(iface).get("ucarp-vid", "").strip())
+        return int(groups.stanza_options(iface).get("ucarp-vid", "").strip())
     except ValueError:
         return None
 
@@ -126,14 +115,13 @@ def _vhid(iface: interfaces.Iface) -> int | None:
 def group_for(paths: Paths, parsed: interfaces.Interfaces, source: Source,
               vhid: int | None = None) -> runtime.Group:
     """The group the stanza ``source.logical`` defines now, checked as at ``ifup``."""
-    from carpd.ifupdown import groups
-
     iface = find_stanza(parsed, source, vhid)
     name = iface.name if runtime.physical(iface.name) == paths.interface else paths.interface
     try:
         group = groups.stanza_group(iface, parsed, interface=name, check_interface=True)
     except ucarp.StanzaError as error:
-        raise RegenError("\n".join(f"{iface.where}: {iface}: {p}"
+        where = iface.where
+        raise RegenError("\n".join(p.at(where.file, where.line, str(iface)).located
                                    for p in error.problems)) from None
     return group
 

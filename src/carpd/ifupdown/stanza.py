@@ -4,9 +4,11 @@ The options and defaults are Debian's ucarp hook's (``ucarp-master`` is *preempt
 master"), plus the ones its hook ignored or lacked.  Three checks, one after the other:
 :func:`missing_options` names what a stanza with any ``ucarp-*`` option must also have (vid,
 vip and a password: Debian's hook quietly starts nothing without them, carpd says so and fails);
-:class:`UcarpStanza` knows the option names, the booleans and what must not be given together;
-then :func:`carpd.config.build` checks every value's range, under the stanza's option names.  Each
-problem names the option, the value (never the password) and what is allowed.
+:class:`UcarpStanza` (derived from the option table, :mod:`carpd.options`) knows the option
+names, the booleans and what must not be given together; then :func:`carpd.config.validate` checks
+every value's range, under the stanza's option names, and this machine (the interfaces exist, the
+scripts are executable).  Each problem (:class:`carpd.problems.Problem`) names the option, the value
+(never the password) and what is allowed; whoever shows it adds the place.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,40 +27,30 @@ from pydantic import (
     Field,
     ValidationError,
     ValidatorFunctionWrapHandler,
+    create_model,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from carpd import config
 from carpd.config import ConfigError, Options
 from carpd.ifupdown.interfaces import Iface, Interfaces
 from carpd.ifupdown.runtime import ALIAS, MAX_LABEL, Group, label, physical
+from carpd.options import DEFAULT_DOWNSCRIPT, DEFAULT_UPSCRIPT, ROWS, SHARE, Kind, Row
+from carpd.problems import HIDDEN, Problem, Problems
+
+__all__ = ["DEFAULT_DOWNSCRIPT", "DEFAULT_UPSCRIPT", "KNOWN", "OPTION_NAMES", "SHARE", "Problem",
+           "StanzaError", "UcarpStanza", "engine_options", "group", "parse"]
 
 PREFIX = "ucarp-"
-SHARE = Path("/usr/share/carpd")
-DEFAULT_UPSCRIPT = SHARE / "vip-up"
-DEFAULT_DOWNSCRIPT = SHARE / "vip-down"
 TRUE = ("yes", "on", "true", "1")
 FALSE = ("no", "off", "false", "0")
 ALLOWED_BOOLEANS = ", ".join(f"{t}/{f}" for t, f in zip(TRUE, FALSE, strict=True)) + " (any case)"
 REQUIRED = ("ucarp-vid", "ucarp-vip", "ucarp-password")
 
 
-@dataclass(frozen=True)
-class Problem:
-    option: str | None
-    """The ``ucarp-*`` option at fault, or None when it is the stanza as a whole."""
-    message: str
-
-    def __str__(self) -> str:
-        return self.message
-
-
-class StanzaError(ValueError):
+class StanzaError(Problems):
     """The ``ucarp-*`` options of a stanza cannot run; :attr:`problems` says each reason."""
-
-    def __init__(self, problems: list[Problem]) -> None:
-        super().__init__("\n".join(p.message for p in problems))
-        self.problems = problems
 
 
 def _once(value: str) -> str:
@@ -90,87 +81,72 @@ def _absolute(value: str) -> str:
 Once = Annotated[str, AfterValidator(_once)]
 Flag = Annotated[bool, BeforeValidator(_flag)]
 AbsolutePath = Annotated[str, AfterValidator(_once), AfterValidator(_absolute)]
+InterfaceName = Annotated[Once, AfterValidator(config.interface_name)]
+_TEXT_OF = {Kind.TEXT: Once, Kind.PATH: AbsolutePath, Kind.LINES: str,
+            Kind.IFNAME: InterfaceName}
+"""How each kind of stanza option is written (a flag is :data:`Flag`)."""
 
 
-class UcarpStanza(BaseModel):
-    """The ``ucarp-*`` options as written; values stay text until :func:`config.build`."""
+class _Rules(BaseModel):
+    """What :class:`UcarpStanza` checks beyond each option's own value."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
-    # required, but by missing_options(): a missing one here would hide the others' problems
-    vid: Once | None = Field(None, alias="ucarp-vid")
-    vip: Once | None = Field(None, alias="ucarp-vip")
-    password: Once | None = Field(None, alias="ucarp-password", repr=False)
-    passfile: AbsolutePath | None = Field(None, alias="ucarp-passfile")
-    upscript: AbsolutePath = Field(str(DEFAULT_UPSCRIPT), alias="ucarp-upscript")
-    downscript: AbsolutePath = Field(str(DEFAULT_DOWNSCRIPT), alias="ucarp-downscript")
-    master: Flag = Field(False, alias="ucarp-master")
-    advskew: Once | None = Field(None, alias="ucarp-advskew")
-    advbase: Once | None = Field(None, alias="ucarp-advbase")
-    deadratio: Once | None = Field(None, alias="ucarp-deadratio")
-    nomcast: Flag = Field(False, alias="ucarp-nomcast")
-    xparam: Once | None = Field(None, alias="ucarp-xparam")
-    facility: Once | None = Field(None, alias="ucarp-facility")
-    neutral: Flag = Field(False, alias="ucarp-neutral")
-    ignoreifstate: Flag = Field(False, alias="ucarp-ignoreifstate")
-    mcast: Once | None = Field(None, alias="ucarp-mcast")
-    debug: Flag = Field(False, alias="ucarp-debug")
-    srcip: Once | None = Field(None, alias="ucarp-srcip")
-    drain: Once | None = Field(None, alias="ucarp-drain")
-    drain_connections: Once | None = Field(None, alias="ucarp-drain-connections")
-    reannounce: Once | None = Field(None, alias="ucarp-reannounce")
-    replay_check: Flag = Field(True, alias="ucarp-replay-check")
-    # may be given several times: ifupdown joins the values with a newline
-    track_script: str | None = Field(None, alias="ucarp-track-script")
-    track_interval: Once | None = Field(None, alias="ucarp-track-interval")
-    track_timeout: Once | None = Field(None, alias="ucarp-track-timeout")
-    track_fall: Once | None = Field(None, alias="ucarp-track-fall")
-    track_rise: Once | None = Field(None, alias="ucarp-track-rise")
-    track_interface: str | None = Field(None, alias="ucarp-track-interface")
-    # the name the group's scripts get (MASTER: ifup NAME:ucarp); default the stanza's own
-    alias: Once | None = Field(None, alias="ucarp-alias")
-    # a dedicated cluster network: adverts on the stanza's interface, the VIP on this one
-    vip_interface: Annotated[Once, AfterValidator(config.interface_name)] | None = Field(
-        None, alias="ucarp-vip-interface")
-
     @model_validator(mode="after")
-    def _one_password(self) -> UcarpStanza:
-        if self.password is not None and self.passfile is not None:
-            raise ValueError("ucarp-password and ucarp-passfile: give one of them, not both")
+    def _one_password(self) -> _Rules:
+        if getattr(self, "password", None) is not None and \
+                getattr(self, "passfile", None) is not None:
+            raise PydanticCustomError("one_password", "give one of them, not both",
+                                      {"option": "ucarp-password",
+                                       "label": "ucarp-password and ucarp-passfile"})
         return self
 
     # Defined last, so it wraps every other validator, the whole-stanza ones too.
     @model_validator(mode="wrap")
     @classmethod
     def _password_never_in_errors(cls, data: Any,
-                                  handler: ValidatorFunctionWrapHandler) -> UcarpStanza:
+                                  handler: ValidatorFunctionWrapHandler) -> _Rules:
         try:
-            stanza: UcarpStanza = handler(data)
+            stanza: _Rules = handler(data)
         except ValidationError as error:
             raise config.without_secret(error, "ucarp-password") from None
         return stanza
 
 
-KNOWN = tuple(str(f.alias) for f in UcarpStanza.model_fields.values())
-BOOLEANS = frozenset(str(f.alias) for f in UcarpStanza.model_fields.values()
-                     if f.annotation is bool)
-# Options field -> the stanza option a person wrote it as
+def _stanza_field(row: Row) -> tuple[Any, Any]:
+    """The option of ``row`` as the stanza writes it: its type and its default."""
+    assert row.stanza is not None
+    if row.stanza.kind is Kind.FLAG:
+        return Flag, Field(Options.model_fields[row.name].default, alias=row.stanza.name)
+    text = _TEXT_OF[row.stanza.kind]
+    if row.stanza.default is not None:
+        return text, Field(row.stanza.default, alias=row.stanza.name)
+    return text | None, Field(None, alias=row.stanza.name, repr=row.name != "password")
+
+
+UcarpStanza = create_model(  # type: ignore[call-overload]
+    "UcarpStanza", __base__=_Rules,
+    __doc__="The ``ucarp-*`` options as written; values stay text until :func:`config.build`.",
+    **{row.stanza.name.removeprefix(PREFIX).replace("-", "_"): _stanza_field(row)
+       for row in ROWS if row.stanza is not None})
+"""The ``ucarp-*`` options as written, derived from the option table; values stay text until
+:func:`config.build`.  The required ones are optional here: :func:`missing_options` names them,
+so that a missing one does not hide the others' problems."""
+
+KNOWN = tuple(row.stanza.name for row in ROWS if row.stanza is not None)
+BOOLEANS = frozenset(row.stanza.name for row in ROWS
+                     if row.stanza is not None and row.stanza.kind is Kind.FLAG)
 OPTION_NAMES: dict[str, str] = {
-    "vhid": "ucarp-vid", "addr": "ucarp-vip", "password": "ucarp-password",
-    "upscript": "ucarp-upscript", "downscript": "ucarp-downscript", "preempt": "ucarp-master",
-    "advskew": "ucarp-advskew", "advbase": "ucarp-advbase", "deadratio": "ucarp-deadratio",
-    "nomcast": "ucarp-nomcast", "xparam": "ucarp-xparam", "facility": "ucarp-facility",
-    "neutral": "ucarp-neutral", "ignoreifstate": "ucarp-ignoreifstate", "mcast": "ucarp-mcast",
-    "debug": "ucarp-debug", "srcip": "ucarp-srcip", "drain": "ucarp-drain",
-    "drain_connections": "ucarp-drain-connections",
-    "reannounce": "ucarp-reannounce", "replay_check": "ucarp-replay-check",
-    "track_script": "ucarp-track-script", "track_interval": "ucarp-track-interval",
-    "track_timeout": "ucarp-track-timeout", "track_fall": "ucarp-track-fall",
-    "track_rise": "ucarp-track-rise", "track_interface": "ucarp-track-interface",
-    "vip_interface": "ucarp-vip-interface", "interface": "interface",
-}
-REPEATABLE = ("ucarp-track-script", "ucarp-track-interface")
+    "interface": "interface",
+    **{row.name: row.stanza.name for row in ROWS if row.stanza is not None and row.is_field}}
+"""Options field -> the stanza option a person wrote it as."""
+REPEATABLE = tuple(row.stanza.name for row in ROWS
+                   if row.stanza is not None and row.stanza.kind is Kind.LINES)
 """Options that may be given more than once (ifupdown joins the values with a newline)."""
+_FIELD_OF = {option: name for name, option in OPTION_NAMES.items()}
+_STANZA_DEFAULTS = {row.name: row.stanza.default for row in ROWS
+                    if row.stanza is not None and row.stanza.default is not None}
+"""What a stanza means when it leaves an option out, where that differs from the engine."""
 
 
 def missing_options(raw: Mapping[str, str]) -> list[str]:
@@ -188,34 +164,31 @@ def _listed(names: list[str]) -> str:
 def _missing_problem(missing: list[str]) -> Problem:
     all_three = len(missing) == len(REQUIRED)
     needed = "all three are" if all_three else f"{_listed(list(REQUIRED))} are all"
-    return Problem(missing[0], f"{_listed(missing)}: missing: {needed} needed once any ucarp-* "
-                               "option is given")
+    return Problem(f"missing: {needed} needed once any ucarp-* option is given", missing[0],
+                   label=_listed(missing))
 
 
-def _stanza_problems(error: ValidationError, given: Mapping[str, str]) -> list[Problem]:
-    problems = []
-    for item in error.errors():
-        option = str(item["loc"][0]) if item["loc"] else None
-        message = str(item["msg"]).removeprefix("Value error, ")
-        if item["type"] == "extra_forbidden":
-            text = f"{option}: unknown option: known are {', '.join(KNOWN)}"
-        elif option is None:
-            text = message
-            option = message.split(":", 1)[0].split()[0]
-        elif option == "ucarp-password":
-            text = f"{option}: <hidden>: {message}"
-        else:
-            text = f"{option}: {given.get(option, item.get('input'))!r}: {message}"
-        problems.append(Problem(option, text))
-    return problems
+def _stanza_problem(item: Any, given: Mapping[str, str]) -> Problem:
+    option = str(item["loc"][0]) if item["loc"] else None
+    reason = str(item["msg"]).removeprefix("Value error, ")
+    if item["type"] == "extra_forbidden":
+        return Problem(f"unknown option: known are {', '.join(KNOWN)}", option)
+    if option is None:  # the stanza as a whole: the error's context names the options
+        context = item.get("ctx") or {}
+        return Problem(reason, context.get("option"), label=context.get("label"))
+    if option == "ucarp-password":
+        return Problem(reason, option, HIDDEN)
+    return Problem(reason, option, repr(given.get(option, item.get("input"))))
 
 
-def parse(options: Mapping[str, str]) -> UcarpStanza:
+def parse(options: Mapping[str, str]) -> BaseModel:
     """The ``ucarp-*`` options of a stanza (name -> value as ifupdown hands it over)."""
     try:
-        return UcarpStanza.model_validate(dict(options))
+        stanza: BaseModel = UcarpStanza.model_validate(dict(options))
     except ValidationError as error:
-        raise StanzaError(_stanza_problems(error, options)) from None
+        raise StanzaError([_stanza_problem(item, options) for item in error.errors()]) \
+            from None
+    return stanza
 
 
 def check_stanza(name: str, family: str) -> list[Problem]:
@@ -224,13 +197,13 @@ def check_stanza(name: str, family: str) -> list[Problem]:
     engine."""
     problems = []
     if family != "inet":
-        problems.append(Problem(None, f"ucarp-* options on an {family} stanza: carpd runs on "
-                                      "IPv4 only (IPv6 is not supported yet): put them in the "
-                                      f"inet stanza of {name}"))
+        problems.append(Problem(f"ucarp-* options on an {family} stanza: carpd runs on IPv4 "
+                                "only (IPv6 is not supported yet): put them in the inet stanza "
+                                f"of {name}"))
     if name.endswith(f":{ALIAS}"):
-        problems.append(Problem(None, f"ucarp-* options on {name}, the stanza a default action "
-                                      "brings up on MASTER: put them in the stanza of "
-                                      f"{name.removesuffix(':' + ALIAS)}"))
+        problems.append(Problem(f"ucarp-* options on {name}, the stanza a default action "
+                                "brings up on MASTER: put them in the stanza of "
+                                f"{name.removesuffix(':' + ALIAS)}"))
     return problems
 
 
@@ -271,9 +244,9 @@ def _bad_alias(given: str, on: str, elsewhere: bool) -> Problem:
     hint = ("" if elsewhere or ":" not in given.strip() or physical(given.strip()) == on else
             f"; to hold the VIP on {physical(given.strip())} (a cluster network for the "
             f"adverts), give ucarp-vip-interface {physical(given.strip())} too")
-    return Problem("ucarp-alias", f"ucarp-alias: {given!r}: must be {whose} or an alias of it "
-                                  f"({on}:NAME, without blanks, '/' or a trailing ':{ALIAS}'): "
-                                  f"the default actions bring up NAME:{ALIAS}{hint}")
+    return Problem(f"must be {whose} or an alias of it ({on}:NAME, without blanks, '/' or a "
+                   f"trailing ':{ALIAS}'): the default actions bring up NAME:{ALIAS}{hint}",
+                   "ucarp-alias", repr(given))
 
 
 def alias_problems(name: str, raw: Mapping[str, str]) -> list[Problem]:
@@ -295,15 +268,15 @@ def alias_problems(name: str, raw: Mapping[str, str]) -> list[Problem]:
     if too_long <= 0 or not defaults:
         return []
     option = "ucarp-alias" if given is not None else defaults[0]
-    value = f"{given!r}: " if given is not None else ""
+    value = repr(given) if given is not None else None
     room = MAX_LABEL - len(os.fsencode(label(on))) - 1  # bytes left for NAME in on:NAME:ucarp
     instead = (f"give a shorter ucarp-alias ({on}:NAME, NAME at most {room} byte(s)), or name "
                "your own ucarp-upscript and ucarp-downscript" if room > 0 else
                f"{on} leaves no room for an alias name: name your own ucarp-upscript and "
                "ucarp-downscript")
-    return [Problem(option, f"{option}: {value}the default action brings up {label(chosen)!r}, "
-                            f"a label of {len(os.fsencode(label(chosen)))} bytes, but the kernel "
-                            f"allows at most {MAX_LABEL}: {instead}")]
+    return [Problem(f"the default action brings up {label(chosen)!r}, a label of "
+                    f"{len(os.fsencode(label(chosen)))} bytes, but the kernel allows at most "
+                    f"{MAX_LABEL}: {instead}", option, value)]
 
 
 def source_address(method: str, address: str | None, srcip: str | None) -> str | None:
@@ -321,28 +294,25 @@ def _password(raw: Mapping[str, str]) -> bytes:
     try:
         return config.read_passfile(raw["ucarp-passfile"])
     except ConfigError as error:
-        raise StanzaError([Problem("ucarp-passfile", str(error).replace(
-            "-o/--passfile", "ucarp-passfile", 1))]) from None
+        raise StanzaError([p.named("ucarp-passfile") for p in error.problems]) from None
 
 
 def _value(option: str, value: str) -> Any:
     """What :func:`config.build` takes for one option as ifupdown hands it over."""
     if option in BOOLEANS:
         return _flag(value)
-    if option == "ucarp-track-script":
-        return value.split("\n")  # one command per line (config splits each into words)
-    return value  # ucarp-track-interface: config splits it on whitespace, newlines too
+    if option in REPEATABLE:
+        return value.split("\n")  # one value per line (config splits each further)
+    return value
 
 
 def _given(raw: Mapping[str, str], reported: set[str | None]) -> dict[str, Any]:
     """The values :func:`config.build` should check: those not reported wrong already."""
-    field_of = {option: name for name, option in OPTION_NAMES.items()}
-    given: dict[str, Any] = {"upscript": str(DEFAULT_UPSCRIPT),
-                             "downscript": str(DEFAULT_DOWNSCRIPT)}
+    given: dict[str, Any] = dict(_STANZA_DEFAULTS)
     for option, value in raw.items():
-        if option in reported or option not in field_of:
+        if option in reported or option not in _FIELD_OF:
             continue
-        given[field_of[option]] = _value(option, value)
+        given[_FIELD_OF[option]] = _value(option, value)
     if not reported & {"ucarp-password", "ucarp-passfile"}:
         given["password"] = _password(raw)
     return given
@@ -356,7 +326,7 @@ def engine_options(raw: Mapping[str, str], *, interface: str, family: str = "ine
 
     ``interface`` is the stanza's name: of an alias (``eth0:1``) the engine runs on eth0.
     ``address`` is the stanza's own (``IF_ADDRESS``); ``check_interface=False`` skips checking
-    that the interface exists, as it may be created only when ifupdown brings it up."""
+    that the interfaces exist, as they may be created only when ifupdown brings them up."""
     problems = check_stanza(interface, family) + alias_problems(interface, raw)
     interface = physical(interface)
     missing = missing_options(raw)
@@ -376,21 +346,16 @@ def engine_options(raw: Mapping[str, str], *, interface: str, family: str = "ine
     own_address = address if family == "inet" else None
     given["srcip"] = None if "ucarp-srcip" in reported else source_address(
         method, own_address, raw.get("ucarp-srcip"))
-    # the name of an interface that always exists, to check every other value
-    given["interface"] = interface if check_interface else "lo"
-    vip_elsewhere = None if "ucarp-vip-interface" in reported else vip_interface(interface, raw)
-    given["vip_interface"] = vip_elsewhere if check_interface or vip_elsewhere is None else "lo"
+    given["interface"] = interface
+    given["vip_interface"] = None if "ucarp-vip-interface" in reported else vip_interface(
+        interface, raw)
     given["state_dir"] = state_dir
     given = {name: value for name, value in given.items() if value is not None}
-    try:
-        options = config.build(given, flags=OPTION_NAMES)
-    except ConfigError as error:
-        problems += [p for p in (Problem(line.split(":", 1)[0], line)
-                                 for line in str(error).splitlines())
-                     if p.option not in reported]
-    if problems:
+    options, found = config.validate(given, OPTION_NAMES, interfaces=check_interface)
+    problems += [p for p in found if p.option not in reported]
+    if problems or options is None:
         raise StanzaError(problems)
-    return options.model_copy(update={"interface": interface, "vip_interface": vip_elsewhere})
+    return options
 
 
 def readable_password(iface: Iface) -> str | None:
@@ -439,6 +404,6 @@ def missing_alias(options: Options, parsed: Interfaces,
     alias = label(script_interface or options.interface)
     if not defaults or parsed.find(alias):
         return None
-    return Problem(None, f"{' and '.join(defaults)}: the default action brings up and down the "
-                         f"stanza 'iface {alias} inet static', which is missing: add it, or "
-                         "name your own scripts")
+    return Problem(f"the default action brings up and down the stanza 'iface {alias} inet "
+                   "static', which is missing: add it, or name your own scripts",
+                   label=" and ".join(defaults))

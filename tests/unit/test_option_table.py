@@ -1,0 +1,184 @@
+"""The option table (carpd.options) is the one place an option is declared: the command line,
+the stanza options, the error names, the per-engine keys and the man pages' option lists all
+follow it, and a test fails when any of them drifts from it."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+import pytest
+
+from carpd import config, options
+from carpd.ifupdown import groups, runtime
+from carpd.ifupdown import stanza as ucarp
+from carpd.options import ROWS, Kind
+
+DEBIAN = Path(__file__).resolve().parents[2] / "debian"
+HELP = {"-h", "--help"}
+
+
+def _section(page: str, name: str) -> str:
+    text = (DEBIAN / page).read_text()
+    start = text.index(f".SH {name}\n")
+    end = text.find("\n.SH ", start + 1)
+    return text[start:end if end >= 0 else len(text)]
+
+
+def _tags(page: str) -> list[str]:
+    """The first line after each ``.TP`` of the page's OPTIONS section: the entry's tag."""
+    lines = _section(page, "OPTIONS").splitlines()
+    return [lines[n + 1] for n, line in enumerate(lines[:-1]) if line == ".TP"]
+
+
+def _plain(tag: str) -> str:
+    """A tag line without roff's escaped hyphens, font changes and quotes."""
+    return re.sub(r'\\f[BIRP]|"', " ", tag.replace("\\-", "-"))
+
+
+def man_flags(page: str = "carpd.8") -> set[str]:
+    """Every flag an entry of the page's OPTIONS section is about (``-i``, ``--interface``)."""
+    return {word.rstrip(",") for tag in _tags(page) for word in _plain(tag).split()[1:]
+            if word.startswith("-")}
+
+
+def man_stanza_options(page: str = "carpd-interfaces.5") -> set[str]:
+    """The ``ucarp-*`` option each entry of the page's OPTIONS section is about."""
+    return {_plain(tag).split()[1] for tag in _tags(page)}
+
+
+def table_flags() -> set[str]:
+    return {flag for row in ROWS if row.cli is not None for flag in row.cli.flags}
+
+
+def parser_flags() -> set[str]:
+    return {s for action in config.parser()._actions for s in action.option_strings} - HELP
+
+
+# -- the man pages, both ways -----------------------------------------------------------------
+
+def test_carpd_page_has_an_entry_for_every_flag_of_the_table() -> None:
+    assert sorted(table_flags() - man_flags()) == []
+
+
+def test_carpd_page_has_no_entry_for_a_flag_the_table_lacks() -> None:
+    assert sorted(man_flags() - table_flags() - HELP) == []
+
+
+def test_interfaces_page_has_an_entry_for_every_stanza_option_of_the_table() -> None:
+    assert sorted(set(ucarp.KNOWN) - man_stanza_options()) == []
+
+
+def test_interfaces_page_has_no_entry_for_a_stanza_option_the_table_lacks() -> None:
+    assert sorted(man_stanza_options() - set(ucarp.KNOWN)) == []
+
+
+def test_the_page_readers_find_what_the_pages_hold() -> None:
+    # the readers above cannot pass by reading nothing
+    assert {"-i", "--interface", "-p", "--pass", "--no-replay-check", "-h"} <= man_flags()
+    assert {"ucarp-vid", "ucarp-master", "ucarp-alias"} <= man_stanza_options()
+
+
+# -- what derives from the table ----------------------------------------------------------------
+
+def test_the_command_line_has_exactly_the_flags_of_the_table() -> None:
+    assert parser_flags() == table_flags()
+
+
+def test_ucarps_command_line_flags_are_all_there() -> None:
+    ucarp_flags = {"-i", "-s", "-v", "-p", "-o", "-a", "-b", "-k", "-r", "-u", "-d", "-f", "-S",
+                   "-M", "-m", "-x", "-P", "-n", "-z", "-B", "-D", "--interface", "--srcip",
+                   "--vhid", "--pass", "--passfile", "--addr", "--advbase", "--advskew",
+                   "--deadratio", "--upscript", "--downscript", "--facility",
+                   "--ignoreifstate", "--nomcast", "--mcast", "--xparam", "--preempt",
+                   "--neutral", "--shutdown", "--daemonize", "--debug"}
+    assert sorted(ucarp_flags - parser_flags()) == []
+
+
+def test_each_flag_stores_under_its_fields_name() -> None:
+    dests = {s: a.dest for a in config.parser()._actions for s in a.option_strings}
+    for row in ROWS:
+        for flag in row.cli.flags if row.cli else ():
+            assert dests[flag] == row.name, flag
+
+
+def test_every_field_is_a_row_and_every_other_row_an_input() -> None:
+    fields = set(config.Options.model_fields)
+    assert {row.name for row in ROWS if row.is_field} == fields
+    assert {row.name for row in ROWS if not row.is_field} == {i.name for i in options.INPUTS}
+
+
+def test_every_stanza_option_maps_to_its_field() -> None:
+    for row in ROWS:
+        if row.stanza is not None and row.is_field:
+            assert ucarp.OPTION_NAMES[row.name] == row.stanza.name
+    aliases = tuple(str(f.alias) for f in ucarp.UcarpStanza.model_fields.values())
+    assert aliases == ucarp.KNOWN
+
+
+def test_every_stanza_option_is_named_ucarp_something_once() -> None:
+    assert all(name.startswith("ucarp-") for name in ucarp.KNOWN)
+    assert len(set(ucarp.KNOWN)) == len(ucarp.KNOWN)
+
+
+def test_stanza_booleans_are_the_flag_options() -> None:
+    booleans = {"ucarp-master", "ucarp-nomcast", "ucarp-neutral", "ucarp-ignoreifstate",
+                "ucarp-debug", "ucarp-replay-check"}
+    assert booleans == ucarp.BOOLEANS
+    for row in ROWS:
+        if row.stanza is not None and row.stanza.kind is Kind.FLAG:
+            assert config.Options.model_fields[row.name].annotation is bool
+
+
+def test_error_names_come_from_the_flags() -> None:
+    assert config.FLAGS["vhid"] == "-v/--vhid"
+    assert config.FLAGS["password"] == "-p/--pass or -o/--passfile"
+    assert config.FLAGS["replay_check"] == "--no-replay-check"
+    assert config.FLAGS["script_interface"] == "script_interface"  # in a --config file only
+
+
+def test_per_engine_keys_are_the_same_for_the_engine_and_the_hook() -> None:
+    assert set(config.INTERFACE_KEYS) == set(runtime.INTERFACE_KEYS)
+    assert set(groups.INTERFACE_OPTIONS) == {"mcast", "nomcast", "ignoreifstate", "facility",
+                                             "debug"}
+
+
+def test_the_drain_connections_option_is_everywhere_an_option_is() -> None:
+    row = options.BY_NAME["drain_connections"]
+    assert row.cli is not None and row.cli.flags == ("--drain-connections",)
+    assert row.stanza is not None and row.stanza.name == "ucarp-drain-connections"
+    assert "--drain-connections" in man_flags()
+    assert "ucarp-drain-connections" in man_stanza_options()
+    opts = ucarp.engine_options({"ucarp-vid": "1", "ucarp-vip": "10.0.0.1",
+                                 "ucarp-password": "x", "ucarp-upscript": "/bin/true",
+                                 "ucarp-downscript": "/bin/true",
+                                 "ucarp-drain-connections": "30"}, interface="lo")
+    assert opts.drain_connections == 30.0
+    given = vars(config.parser().parse_args(["--drain-connections", "45"]))
+    assert given == {"drain_connections": "45"}
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--drain-connections", "-1"],
+     "--drain-connections: '-1': Input should be greater than or equal to 0"),
+    (["--drain-connections", "86401"],
+     "--drain-connections: '86401': Input should be less than or equal to 86400"),
+])
+def test_drain_connections_out_of_range_is_refused_by_name(argv: list[str], message: str) -> None:
+    with pytest.raises(config.ConfigError) as caught:
+        config.from_command_line(["-i", "lo", "-a", "10.0.0.1", "-p", "x", *argv])
+    assert str(caught.value) == message
+
+
+def test_help_of_every_flag_is_shown() -> None:
+    text = " ".join(config.parser().format_help().split())
+    for row in ROWS:
+        if row.cli is not None:
+            assert " ".join(row.cli.help.split()) in text, row.name
+
+
+def test_the_table_builds_a_parser_that_refuses_an_unknown_flag() -> None:
+    with pytest.raises(config.ConfigError):
+        config.parser().parse_args(["--frobnicate"])
+    assert isinstance(config.parser(), argparse.ArgumentParser)
