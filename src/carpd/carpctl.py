@@ -93,10 +93,9 @@ def password_warnings(path: Path) -> list[str]:
 
 def password_warnings_parsed(parsed: interfaces.Interfaces) -> list[str]:
     """:func:`password_warnings` of what :func:`interfaces.parse` read."""
-    found = ((iface, ucarp.readable_password(iface)) for iface in parsed.ifaces
+    found = (ucarp.readable_password(iface) for iface in parsed.ifaces
              if not parsed.is_template(iface))
-    return [f"{where}: {iface}: warning: {text}" for iface, warning in found if warning
-            for where, text in [warning.split(": ", 1)]]
+    return [warning.located for warning in found if warning is not None]
 
 
 def _cmd_check(args: argparse.Namespace) -> int:

@@ -38,6 +38,8 @@ class Problem:
     """The :class:`carpd.options.Options` field at fault, if any."""
     index: int | None = None
     """Which of several values of the option (a second ``--track-script``)."""
+    warning: bool = False
+    """Only a warning: it does not keep anything from running."""
 
     @property
     def message(self) -> str:
@@ -54,8 +56,10 @@ class Problem:
 
     @property
     def located(self) -> str:
-        """``FILE:LINE: STANZA: message`` (the parts known)."""
-        return ": ".join(p for p in (self.where, self.stanza, self.message) if p is not None)
+        """``FILE:LINE: STANZA: [warning: ]message`` (the parts known)."""
+        kind = "warning" if self.warning else None
+        return ": ".join(p for p in (self.where, self.stanza, kind, self.message)
+                         if p is not None)
 
     def at(self, file: str | None, line: int | None = None,
            stanza: str | None = None) -> Problem:

@@ -135,3 +135,14 @@ def test_a_password_on_the_command_line_is_how_the_options_arrived_not_an_option
     passfile.touch(mode=0o600)
     passfile.write_text("x\n")
     assert not config.engine_config([*ARGV, "-o", str(passfile)]).password_on_command_line
+
+
+def test_a_readable_password_is_a_warning_at_its_line_whatever_the_file_is_called(
+        tmp_path: Path) -> None:
+    path = tmp_path / "interfaces: old"  # ": " in the name must not split the place
+    path.write_text("iface eth0 inet static\n    ucarp-password s\n")
+    path.chmod(0o644)
+    assert carpctl.password_warnings(path) == [
+        f"{path}:2: iface eth0 inet static: warning: ucarp-password: {path} is readable by "
+        "every user (mode 644), so is the password: chmod o-r it, or move the password to a "
+        "root-only file named by ucarp-passfile"]

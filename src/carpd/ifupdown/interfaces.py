@@ -3,8 +3,9 @@
 One keyword dispatch table (``iface``, ``mapping``, ``auto``, ``allow-*``, ``source``,
 ``source-directory``, ``no-auto-down``, ``no-scripts``, ``rename``); any other first word is an
 option of the stanza being read.  Options keep their order (an inheriting stanza starts with a copy
-of its parent's).  ifupdown stops at the first error; this parser records each one as
-``file:line: message`` and carries on, so ``carpctl check`` reports them all at once.
+of its parent's).  ifupdown stops at the first error; this parser records each one as a
+:class:`carpd.problems.Problem` at its file and line and carries on, so ``carpctl check``
+reports them all at once.
 
 The line rules are ifupdown's: a line whose first non-blank character is ``#`` is a comment (there
 are no end-of-line comments: ``#`` later on a line is part of the value); a trailing backslash joins

@@ -358,9 +358,9 @@ def engine_options(raw: Mapping[str, str], *, interface: str, family: str = "ine
     return options
 
 
-def readable_password(iface: Iface) -> str | None:
-    """``file:line: ucarp-password: ...`` when the stanza's password is in a file every user can
-    read."""
+def readable_password(iface: Iface) -> Problem | None:
+    """A warning at the line of ucarp-password when the stanza's password is in a file every
+    user can read."""
     for option in iface.options:
         if option.name != "ucarp-password":
             continue
@@ -369,9 +369,11 @@ def readable_password(iface: Iface) -> str | None:
         except OSError:
             continue
         if mode & 0o004:
-            return (f"{option.where}: ucarp-password: {option.where.file} is readable by every "
-                    f"user (mode {mode:o}), so is the password: chmod o-r it, or move the "
-                    "password to a root-only file named by ucarp-passfile")
+            return Problem(f"{option.where.file} is readable by every user (mode {mode:o}), so "
+                           "is the password: chmod o-r it, or move the password to a root-only "
+                           "file named by ucarp-passfile", "ucarp-password",
+                           file=option.where.file, line=option.where.line, stanza=str(iface),
+                           warning=True)
     return None
 
 
@@ -380,7 +382,7 @@ def password_exposed(parsed: Interfaces, logical: str, family: str) -> str | Non
     for iface in parsed.find(logical, family):
         warning = readable_password(iface)
         if warning:
-            return warning.split(": ", 1)[1]
+            return warning.message
     return None
 
 
