@@ -28,11 +28,12 @@ def test_the_usual_ucarp_start_line_parses_unchanged(tmp_path: Path) -> None:
     up = tmp_path / "vip-up"
     up.write_text("#!/bin/sh\n")
     up.chmod(0o755)
-    options = config.from_command_line(
+    engine = config.engine_config(
         ["-i", "lo", "-s", "10.0.0.2", "-B", "-z", "-v", "1", "-p", "secret", "-a", "10.0.0.1",
          "-u", str(up), "-d", str(up)])
+    options = engine.first
     assert (options.vhid, options.password, str(options.addr)) == (1, b"secret", "10.0.0.1")
-    assert options.daemonize and options.shutdown and options.password_on_command_line
+    assert options.daemonize and options.shutdown and engine.password_on_command_line
 
 
 def test_defaults_match_ucarp() -> None:
@@ -105,8 +106,8 @@ def test_passfile_first_line_is_the_password(tmp_path: Path) -> None:
     passfile = tmp_path / "pass"
     passfile.touch(mode=0o600)
     passfile.write_bytes(b"s3cret\nignored\n")
-    options = parse("-o", str(passfile))
-    assert options.password == b"s3cret" and not options.password_on_command_line
+    engine = config.engine_config([*BASE, "-o", str(passfile)])
+    assert engine.first.password == b"s3cret" and not engine.password_on_command_line
 
 
 def test_pass_and_passfile_together_are_refused(tmp_path: Path) -> None:
@@ -142,9 +143,9 @@ def test_config_file_supplies_options_and_command_line_overrides(tmp_path: Path)
     conf.touch(mode=0o600)
     conf.write_text('{"interface": "lo", "addr": "10.0.0.1", "srcip": "127.0.0.1", '
                     '"password": "fromfile", "advskew": 7}')
-    options = config.from_command_line(["--config", str(conf), "-k", "9"])
-    assert options.password == b"fromfile" and options.advskew == 9
-    assert not options.password_on_command_line
+    engine = config.engine_config(["--config", str(conf), "-k", "9"])
+    assert engine.first.password == b"fromfile" and engine.first.advskew == 9
+    assert not engine.password_on_command_line
 
 
 def test_carpd_exits_nonzero_with_the_message_before_starting() -> None:
