@@ -3,6 +3,9 @@ IFACE:ucarp is right whoever removed the VIP first (the engine's watchdog often 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from carpd.config import from_command_line
@@ -64,3 +67,16 @@ def test_removing_an_interfaces_files_takes_a_killed_engines_control_sockets(
     # eth0.10.sock: the engine of VLAN eth0.10 (eth0 runs no vhid 10)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "eth0.1.demoted", "eth0.10.1.sock", "eth0.10.sock", "eth0.log"]
+
+
+def test_release_loads_neither_pyroute2_nor_pydantic(tmp_path: Path) -> None:
+    # on the path of ifdown and of the supervisor's restarts: the standard library's netlink
+    marker = tmp_path / "ran"
+    paths = conf_with_down_script(tmp_path, marker)
+    code = ("import sys; from pathlib import Path; from carpd.ifupdown import runtime; "
+            f"runtime.release(runtime.Paths('lo', Path({str(tmp_path)!r})), crashed=True); "
+            "print(sorted(m for m in sys.modules if m.startswith(('pyroute2', 'pydantic'))))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                         text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert out.stdout == "[]\n"
+    assert marker.exists() and paths.conf.exists()

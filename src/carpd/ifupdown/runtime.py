@@ -15,8 +15,9 @@ Per interface ``IFACE`` (beside the engine's own ``IFACE.VHID.sock``):
 - ``IFACE.log``         without systemd: what the supervisor and the engine print
 - ``IFACE.hook``        locked while a hook works on the interface, so two never overlap
 
-This module is on the path of ``ifdown`` (a hand-over waits for it): it imports pyroute2 and
-pydantic only when it must touch addresses.
+This module is on the path of ``ifdown`` (a hand-over waits for it): it never imports pyroute2
+(addresses go through :mod:`carpd.release`, the standard library's netlink) and imports pydantic
+only when it must.
 """
 
 from __future__ import annotations
