@@ -70,7 +70,9 @@ def addresses(ifname: str) -> list[Address]:
     found: list[Address] = []
     with _netlink() as sock:
         sock.send(request)
-        while (messages := _messages(sock.recv(1 << 16))) is not None:
+        done = False
+        while not done:
+            messages, done = _messages(sock.recv(1 << 16))
             found += [a for i, a in messages if i == index]
     return found
 
@@ -96,8 +98,9 @@ def _netlink() -> socket.socket:
     return sock
 
 
-def _messages(data: bytes) -> list[tuple[int, Address]] | None:
-    """The addresses in one read of a dump, by interface index; None at its end."""
+def _messages(data: bytes) -> tuple[list[tuple[int, Address]], bool]:
+    """The addresses in one read of a dump, by interface index, and whether the dump ended
+    (its ``NLMSG_DONE`` may come in the same read as its last addresses)."""
     found: list[tuple[int, Address]] = []
     at = 0
     while at + _HEADER.size <= len(data):
@@ -105,14 +108,14 @@ def _messages(data: bytes) -> list[tuple[int, Address]] | None:
         if length < _HEADER.size:
             break
         if kind == NLMSG_DONE:
-            return None
+            return found, True
         if kind == NLMSG_ERROR:
             error = struct.unpack_from("=i", data, at + _HEADER.size)[0]
             raise OSError(-error, os.strerror(-error))
         if kind == RTM_NEWADDR:
             found += _address(data[at + _HEADER.size:at + length])
         at += (length + 3) & ~3
-    return found
+    return found, False
 
 
 def _address(body: bytes) -> list[tuple[int, Address]]:
