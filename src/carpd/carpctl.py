@@ -344,27 +344,27 @@ def _conf_groups(path: Path) -> list[tuple[int | None, str | None]]:
         return [(None, None)]
 
 
-def _metrics_engines(state_dir: Path, interface: str | None) -> list[metrics.Engine]:
+def _metrics_engines(state_dir: Path, interface: str | None) -> list[metrics.GroupStatus]:
     """Every group of every engine with a control socket (with its reply), then every group
     of every configured engine without one."""
     found = []
     for path in _sockets(state_dir, interface):
         reply = _ask(path, {"cmd": "status"})
         if "error" not in reply:
-            found += [metrics.Engine(str(g.get("interface")), None, None, g)
+            found += [metrics.GroupStatus(str(g.get("interface")), None, None, g)
                       for g in _groups_of(reply, interface)]
             continue
         # one that does not answer (a killed engine leaves its socket): what its conf says
         name, vhid = _socket_name(path)
         groups = _conf_groups(state_dir / f"{name}.conf")
         if vhid is None:  # the engine's own IFACE.sock: every group its conf names
-            found += [metrics.Engine(name, group, vip, reply) for group, vip in groups]
+            found += [metrics.GroupStatus(name, group, vip, reply) for group, vip in groups]
             continue
-        found.append(metrics.Engine(name, vhid, dict(groups).get(vhid), reply))
+        found.append(metrics.GroupStatus(name, vhid, dict(groups).get(vhid), reply))
     running = {engine.interface for engine in found}
     for name in _configured(state_dir, interface):
         if name not in running:
-            found += [metrics.Engine(name, group, vip)
+            found += [metrics.GroupStatus(name, group, vip)
                       for group, vip in _conf_groups(state_dir / f"{name}.conf")]
     return found
 

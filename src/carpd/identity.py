@@ -16,6 +16,9 @@ import os
 import socket
 from pathlib import Path
 
+RUN_DIR = Path("/run/carpd")
+"""carpd's run folder: control sockets, pidfiles, demotions, the ifupdown hook's files (in a
+namespace that shares the host's /run, :func:`namespace_folder` of it)."""
 NETNS_DIR = Path("/run/netns")
 """Where ``ip netns add`` keeps its named namespaces (bind mounts of their ns/net)."""
 

@@ -15,8 +15,6 @@ from collections.abc import Callable
 
 RATE_LIMIT_SECONDS = 10.0
 
-log = logging.getLogger("carpd")
-
 
 def setup(facility: str, foreground: bool, debug: bool, tag: str) -> None:
     root = logging.getLogger()

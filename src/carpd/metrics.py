@@ -32,8 +32,9 @@ Labels = tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True)
-class Engine:
-    """One engine as carpctl found it: its status reply, or None if it did not answer."""
+class GroupStatus:
+    """One group as carpctl found it: its engine's status reply, or None if the engine did not
+    answer (then ``vhid`` and ``vip`` are what its conf says, if known)."""
 
     interface: str
     vhid: int | None = None
@@ -101,15 +102,15 @@ def _families() -> dict[str, Family]:
     return {name: Family(f"carpd_{name}", kind, text) for name, kind, text in specs}
 
 
-def _answered(engine: Engine) -> bool:
-    return engine.status is not None and "error" not in engine.status
+def _answered(group: GroupStatus) -> bool:
+    return group.status is not None and "error" not in group.status
 
 
-def _group_labels(engine: Engine) -> Labels:
-    status = engine.status if engine.status is not None and _answered(engine) else {}
-    vhid = status.get("vhid", engine.vhid)
-    vip = status.get("vip", engine.vip)
-    return (("interface", str(status.get("interface", engine.interface))),
+def _group_labels(group: GroupStatus) -> Labels:
+    status = group.status if group.status is not None and _answered(group) else {}
+    vhid = status.get("vhid", group.vhid)
+    vip = status.get("vip", group.vip)
+    return (("interface", str(status.get("interface", group.interface))),
             ("vhid", "" if vhid is None else str(vhid)), ("vip", "" if vip is None else str(vip)))
 
 
@@ -151,14 +152,14 @@ def _add_check(families: dict[str, Family], labels: Labels, check: Mapping[str, 
         families["health_check_since_timestamp_seconds"].add(check_labels, since)
 
 
-def exposition(engines: Iterable[Engine]) -> str:
-    """The text exposition of ``engines``: every family, its samples in the engines' order."""
+def exposition(groups: Iterable[GroupStatus]) -> str:
+    """The text exposition of ``groups``: every family, its samples in the groups' order."""
     families = _families()
-    for engine in engines:
-        labels = _group_labels(engine)
-        families["up"].add(labels, 1.0 if _answered(engine) else 0.0)
-        if engine.status is not None and _answered(engine):
-            _add_group(families, labels, engine.status)
+    for group in groups:
+        labels = _group_labels(group)
+        families["up"].add(labels, 1.0 if _answered(group) else 0.0)
+        if group.status is not None and _answered(group):
+            _add_group(families, labels, group.status)
     return "".join(line + "\n" for family in families.values() for line in family.lines())
 
 

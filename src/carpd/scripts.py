@@ -23,6 +23,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
+from ipaddress import IPv4Address
 from pathlib import Path
 
 from carpd.election import Script
@@ -37,6 +38,16 @@ OBSOLETE_GRACE = 0.5
 OBSOLETE_POLL = 0.25
 SETPRIV = "/usr/bin/setpriv"
 """After a script ends, how long output its last moments wrote may take to arrive."""
+
+
+def script_argv(script: str | os.PathLike[str] | None, interface: str, vip: IPv4Address,
+                xparam: str | None) -> list[str] | None:
+    """How a script is run (None: there is none): ``SCRIPT IFACE VIP``, and ``XPARAM`` as a
+    third argument whenever one was given, even empty, as ucarp 1.5.2 does (``-x ""`` passes
+    an empty third argument; without ``-x`` there are two)."""
+    if not script:
+        return None
+    return [os.fspath(script), interface, str(vip), *([] if xparam is None else [xparam])]
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ which addresses it may hold (``hold IFACE VIP``) and which it has let go (``drop
 one watchdog serves every group of the engine, and groups added or removed by a reload.  A
 clean exit writes ``clean`` and waits for the watchdog to end; any other end of the engine (a
 crash, SIGKILL, the OOM killer) closes the pipe without it, and the watchdog then removes every
-address still held from its interface, with an ``RTM_DELADDR`` netlink request of its own.
+address still held from its interface through :func:`carpd.release.release` (the standard
+library's netlink, as a stopping group and the ifupdown hook release theirs).
 """
 
 from __future__ import annotations
@@ -100,59 +101,17 @@ def watch(read_fd: int) -> None:
         return
     import contextlib
 
+    from carpd.release import release
+
     for ifname, vip in held:
         with contextlib.suppress(Exception):
-            remove_address(ifname, vip)
-
-
-NETLINK_ROUTE = 0
-RTM_DELADDR = 21
-NLM_F_REQUEST, NLM_F_ACK = 0x1, 0x4
-NLMSG_ERROR = 2
-IFA_LOCAL = 2
-MAX_COPIES = 8
-"""Deletions tried per address (one per copy with another prefix length; the last fails)."""
-
-
-def remove_address(ifname: str, vip: IPv4Address) -> int:
-    """Delete ``vip`` from ``ifname``, whatever its prefix length; how many were deleted.
-
-    Only ``IFA_LOCAL`` is given, so the kernel matches the address alone (not the prefix)."""
-    import socket
-
-    index = socket.if_nametoindex(ifname)
-    removed = 0
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE) as sock:
-        sock.bind((0, 0))
-        for seq in range(1, MAX_COPIES + 1):
-            sock.send(_delete_request(seq, index, vip))
-            if _error_of(sock.recv(65536)) != 0:
-                break
-            removed += 1
-    return removed
-
-
-def _delete_request(seq: int, index: int, vip: IPv4Address) -> bytes:
-    import socket
-    import struct
-
-    body = struct.pack("=BBBBI", socket.AF_INET, 32, 0, 0, index)
-    body += struct.pack("=HH", 8, IFA_LOCAL) + vip.packed
-    header = struct.pack("=IHHII", 16 + len(body), RTM_DELADDR, NLM_F_REQUEST | NLM_F_ACK, seq, 0)
-    return header + body
-
-
-def _error_of(reply: bytes) -> int:
-    """The (negative) errno of a netlink acknowledgement, 0 for success."""
-    import struct
-
-    _length, kind, _flags, _seq, _pid = struct.unpack_from("=IHHII", reply)
-    if kind != NLMSG_ERROR:
-        return -1
-    return int(struct.unpack_from("=i", reply, 16)[0])
+            release(ifname, vip)
 
 
 def main() -> None:
+    # Run as a file with -S -I, the folder carpd is in is not on the path: put it there for
+    # carpd.release (and nothing else from that folder is imported).
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import _signal  # type: ignore[import-not-found]  # the C module: signal imports enum
 
     for signum in (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-WATCHDOG = Path(__file__).resolve().parents[2] / "src" / "carpd" / "watchdog.py"
+PACKAGE = Path(__file__).resolve().parents[2] / "src" / "carpd"
 
 IMPORTS = r'''
 import json, sys
@@ -35,35 +35,45 @@ def test_the_engine_loads_pyroute2_without_the_parts_it_does_not_use() -> None:
     assert seen["same_iproute"] is True
 
 
-REMOVE = r'''
-import sys
+RELEASE = r'''
+import json, sys
 sys.path.insert(0, sys.argv[1])
-import watchdog
 from ipaddress import IPv4Address
-print(watchdog.remove_address("v0", IPv4Address("10.9.9.9")),
-      watchdog.remove_address("v0", IPv4Address("10.9.9.9")), sorted(sys.modules))
+from carpd import release
+vip = IPv4Address("10.9.9.9")
+print(json.dumps({
+    "removed": [release.remove_address("v0", vip), release.remove_address("v0", vip)],
+    "alias": [str(a) for a in release.release("v0", IPv4Address("10.9.9.8"), "v0:ucarp")],
+    "gone": [str(a) for a in release.release("gone0", vip, "gone0:ucarp")],
+    "modules": sorted(sys.modules)}))
 '''
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a network namespace")
-def test_the_watchdog_removes_a_vip_whatever_its_prefix_with_the_standard_library_only() -> None:
+def test_the_release_takes_the_vip_whatever_its_prefix_and_the_alias_with_the_stdlib_only() -> None:
+    """What the watchdog runs (``python3 -S -I``, no site packages) when the engine is gone."""
     ns = f"carpd-wd-{uuid.uuid4().hex[:8]}"
     subprocess.run(["ip", "netns", "add", ns], check=True)
     try:
         ip = ["ip", "-n", ns]
         subprocess.run([*ip, "link", "add", "v0", "type", "veth", "peer", "name", "v1"],
                        check=True)
-        subprocess.run([*ip, "addr", "add", "10.9.9.1/24", "dev", "v0"], check=True)
-        subprocess.run([*ip, "addr", "add", "10.9.9.9/28", "dev", "v0", "label", "v0:1"],
-                       check=True)
+        for address, label in (("10.9.9.1/24", "v0"), ("10.9.9.9/28", "v0:1"),
+                               ("10.9.9.20/32", "v0:ucarp"), ("10.9.9.21/32", "v0:ucarp"),
+                               ("10.9.9.30/32", "v0:other")):
+            subprocess.run([*ip, "addr", "add", address, "dev", "v0", "label", label],
+                           check=True)
         out = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-S", "-I", "-c",
-                              REMOVE, str(WATCHDOG.parent)],
+                              RELEASE, str(PACKAGE.parent)],
                              check=True, capture_output=True, text=True).stdout
         left = subprocess.run([*ip, "-4", "-o", "addr", "show", "dev", "v0"], check=True,
                               capture_output=True, text=True).stdout
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False)
-    first, second, modules = out.split(" ", 2)
-    assert (first, second) == ("1", "0")
-    assert "10.9.9.9/28" not in left and "10.9.9.1/24" in left
-    assert "pyroute2" not in modules and "carpd" not in modules
+    seen = json.loads(out)
+    assert seen["removed"] == [1, 0]
+    assert (seen["alias"], seen["gone"]) == (["10.9.9.20", "10.9.9.21"], [])
+    assert "10.9.9.9/28" not in left and "10.9.9.1/24" in left and "10.9.9.30/32" in left
+    assert "10.9.9.20/" not in left and "10.9.9.21/" not in left
+    ours = {m for m in seen["modules"] if m.split(".")[0] in ("carpd", "pyroute2", "pydantic")}
+    assert ours == {"carpd", "carpd.release"}

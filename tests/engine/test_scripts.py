@@ -10,13 +10,14 @@ import signal
 import subprocess
 import sys
 import time
+from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
 
 from carpd.election import Script
 from carpd.logs import RateLimiter
-from carpd.scripts import Finished, ScriptRunner
+from carpd.scripts import Finished, ScriptRunner, script_argv
 
 
 def script(tmp_path: Path, name: str, body: str) -> str:
@@ -43,6 +44,14 @@ def test_scripts_get_iface_vip_and_xparam_as_arguments_without_a_shell(tmp_path:
     runner.submit(Script.UP)
     assert wait_finished(runner, 1) == [Finished(Script.UP, 0)]
     assert out.read_text() == "eth0|10.0.0.1|x y*|"
+
+
+@pytest.mark.parametrize(("xparam", "extra"), [(None, []), ("", [""]), ("x y*", ["x y*"])])
+def test_a_given_xparam_is_the_third_argument_even_empty_as_ucarp_passes_it(
+        xparam: str | None, extra: list[str]) -> None:
+    vip = IPv4Address("10.0.0.1")
+    assert script_argv(Path("/s"), "eth0:1", vip, xparam) == ["/s", "eth0:1", "10.0.0.1", *extra]
+    assert script_argv(None, "eth0", vip, xparam) is None
 
 
 def started(mark: Path) -> None:

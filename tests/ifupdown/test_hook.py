@@ -101,9 +101,9 @@ def test_release_reads_what_it_needs_from_the_conf(tmp_path: Path) -> None:
                               **SCRIPTS}, interface="lo")
     paths = runtime.Paths("lo", tmp_path)
     runtime.write_private(paths.conf, runtime.conf_text(options))
-    engine = runtime.Engine.from_conf(paths.conf)
-    assert engine == runtime.Engine("lo", IPv4Address("10.0.0.1"), "/bin/true", "two words",
-                                    30.0)
+    engine = runtime.ConfGroup.from_conf(paths.conf)
+    assert engine == runtime.ConfGroup("lo", IPv4Address("10.0.0.1"), "/bin/true", "two words",
+                                       30.0)
     assert engine.script_argv() == ["/bin/true", "lo", "10.0.0.1", "two words"]
 
 

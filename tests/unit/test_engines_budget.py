@@ -35,3 +35,12 @@ def test_a_groups_conf_gives_its_slowest_group() -> None:
 
 def test_defaults_are_the_engines_defaults() -> None:
     assert _engines().conf_budget({"groups": [{"vhid": 1}]}) == 32.0
+
+
+def test_its_run_folder_is_carpds_own() -> None:
+    # standard library only (it runs while the package is half installed): its own copy of
+    # the one run folder constant, which must not drift from it
+    from carpd.identity import RUN_DIR
+    from carpd.ifupdown import runtime
+
+    assert Path(_engines().RUN_DIR) == RUN_DIR == runtime.RUN_DIR

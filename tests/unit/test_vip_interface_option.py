@@ -288,6 +288,6 @@ def test_a_conf_group_without_script_interface_releases_by_the_vip_interfaces_la
     data = {"interface": "eth1", "addr": "10.0.0.1", "vip_interface": "eth0",
             "downscript": "/bin/true"}
     [group] = runtime.conf_groups(data)
-    engine = runtime.Engine.from_group(group)
+    engine = runtime.ConfGroup.from_group(group)
     assert (engine.label, engine.vip_on) == ("eth0:ucarp", "eth0")
     assert engine.script_argv() == ["/bin/true", "eth0", "10.0.0.1"]

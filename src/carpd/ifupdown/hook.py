@@ -313,18 +313,18 @@ def _launch(paths: Paths, data: Mapping[str, Any], env: Mapping[str, str]) -> No
         # a start job queued earlier may have run between our look and our write: then the
         # engine read the conf before this group was in it (a reload is a no-op otherwise)
         if _running(paths):
-            problem = _ask_reload(paths, _sockets(data))
+            problem = _ask_reload(paths, _sockets(paths, data))
             if problem:
                 say(f"{paths.interface}: warning: the engine did not reload: {problem}")
     else:
         supervisor = _spawn_supervisor(paths, env)
-        _wait_ready(paths, supervisor, _sockets(data))
+        _wait_ready(paths, supervisor, _sockets(paths, data))
 
 
-def _sockets(data: Mapping[str, Any]) -> list[Path]:
+def _sockets(paths: Paths, data: Mapping[str, Any]) -> list[Path]:
     """Where the engine answers: its one socket (IFACE.sock); an engine of one group that
     predates several groups per engine answers on IFACE.VHID.sock."""
-    own = runtime.engine_socket(data)
+    own = runtime.engine_socket(data, paths.run_dir)
     vhids = runtime.conf_vhids(data)
     return [own, *([own.with_name(f"{data['interface']}.{vhids[0]}.sock")] if vhids else [])]
 
@@ -338,7 +338,7 @@ def _reload(paths: Paths, old: Mapping[str, Any], new: Mapping[str, Any] | None,
         raise ValueError("no group left: stop the engine instead")
     runtime.write_private(paths.conf, runtime.dumps(new))
     runtime.write_private(paths.owners, runtime.owners_text(owners), mode=0o644)
-    error = _ask_reload(paths, _sockets(new))
+    error = _ask_reload(paths, _sockets(paths, new))
     if error is None:
         return
     runtime.write_private(paths.conf, runtime.dumps(old))
@@ -471,12 +471,12 @@ def _remove_groups(paths: Paths, data: Mapping[str, Any], left: Mapping[str, Any
     from carpd import netlink
 
     removed = runtime.conf_without(data, frozenset(runtime.conf_vhids(data)) - gone)
-    engines = [] if removed is None else [runtime.Engine.from_group(g)
+    engines = [] if removed is None else [runtime.ConfGroup.from_group(g)
                                           for g in runtime.conf_groups(removed)]
     _reload(paths, data, left, owners)
     budget = max((e.stop_budget for e in engines), default=30.0 + STOP_MARGIN)
     deadline = time.monotonic() + budget
-    while time.monotonic() < deadline and gone & _running_vhids(_sockets(left)):
+    while time.monotonic() < deadline and gone & _running_vhids(_sockets(paths, left)):
         time.sleep(0.05)
     for engine in engines:
         for address in runtime.held_addresses(engine.vip_on, engine.vip, engine.label):

@@ -15,8 +15,9 @@ Per interface ``IFACE`` (beside the engine's own ``IFACE.VHID.sock``):
 - ``IFACE.log``         without systemd: what the supervisor and the engine print
 - ``IFACE.hook``        locked while a hook works on the interface, so two never overlap
 
-This module is on the path of ``ifdown`` (a hand-over waits for it): it imports pyroute2 and
-pydantic only when it must touch addresses.
+This module is on the path of ``ifdown`` (a hand-over waits for it): it never imports pyroute2
+(addresses go through :mod:`carpd.release`, the standard library's netlink) and imports pydantic
+only when it must.
 """
 
 from __future__ import annotations
@@ -32,14 +33,18 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from carpd import release as _release
+from carpd.identity import RUN_DIR
+from carpd.release import ALIAS
+from carpd.release import alias_label as label
+
 if TYPE_CHECKING:
     from carpd.config import Options
 
-RUN_DIR = Path("/run/carpd")
+__all__ = ["ALIAS", "RUN_DIR", "label"]
+
 DEFAULT_DRAIN = 2.0
 """carpd's --drain default: the conf leaves out what is at its default."""
-ALIAS = "ucarp"
-"""The alias the default actions bring up (``IFACE:ucarp``): what an engine may leave behind."""
 # what the engine needs no field of: it runs in the foreground under a supervisor
 _NOT_IN_CONF = {"password", "password_on_command_line", "daemonize", "pidfile"}
 INTERFACE_KEYS = ("interface", "mcast", "nomcast", "ignoreifstate", "facility", "debug",
@@ -52,11 +57,6 @@ MAX_LABEL = 15
 def physical(name: str) -> str:
     """The interface an ifupdown name is on: ``eth0`` for ``eth0:1`` and ``eth0:1:ucarp``."""
     return name.split(":", 1)[0]
-
-
-def label(script_interface: str) -> str:
-    """The label the default actions give a group's VIP: ``eth0:1:ucarp`` for ``eth0:1``."""
-    return f"{script_interface}:{ALIAS}"
 
 
 @dataclass(frozen=True)
@@ -208,13 +208,21 @@ def interface_settings(data: Mapping[str, Any]) -> dict[str, Any]:
     return _split(data)[0]
 
 
-def engine_socket(data: Mapping[str, Any]) -> Path:
-    """The control socket of the engine running a conf (one per engine: ``IFACE.sock``)."""
+def engine_socket(data: Mapping[str, Any], run_dir: Path = RUN_DIR) -> Path:
+    """The control socket of the engine running a conf (one per engine: ``IFACE.sock``): in
+    the run folder the conf is in (see :func:`engine_state_dir`)."""
     from carpd import identity
 
-    given = data.get("state_dir")
+    given = data.get("state_dir") or engine_state_dir(run_dir)
     folder = Path(given) if given else identity.namespace_folder(RUN_DIR)
     return folder / f"{data['interface']}.sock"
+
+
+def engine_state_dir(run_dir: Path) -> Path | None:
+    """The ``--state-dir`` of an engine whose conf is in ``run_dir``: that folder, so that its
+    control socket and demotions are beside its conf; None for the default run folder, where
+    the engine's own default (per network namespace) is the same."""
+    return None if run_dir == RUN_DIR else run_dir
 
 
 def conf_groups(data: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -343,8 +351,8 @@ def supervisor_pid(paths: Paths) -> int | None:
 
 
 @dataclass(frozen=True)
-class Engine:
-    """What releasing one group's VIP needs from its engine's ``IFACE.conf``."""
+class ConfGroup:
+    """One group of an engine's ``IFACE.conf``, as releasing its VIP needs it."""
 
     interface: str
     vip: IPv4Address
@@ -358,13 +366,13 @@ class Engine:
     """Where the VIP is when not on ``interface`` (a dedicated cluster network)."""
 
     @classmethod
-    def from_conf(cls, path: Path) -> Engine | None:
+    def from_conf(cls, path: Path) -> ConfGroup | None:
         """The first group of the conf (see :func:`groups_from_conf` for all)."""
         found = groups_from_conf(path)
         return found[0] if found else None
 
     @classmethod
-    def from_group(cls, data: Mapping[str, Any]) -> Engine:
+    def from_group(cls, data: Mapping[str, Any]) -> ConfGroup:
         interface = str(data["interface"])
         vip_interface = str(data.get("vip_interface") or "")
         return cls(interface, IPv4Address(data["addr"]), data.get("downscript"),
@@ -389,37 +397,30 @@ class Engine:
         return stop_budget(self.drain, self.script_timeout)
 
     def script_argv(self) -> list[str] | None:
-        if not self.downscript:
-            return None
-        argv = [self.downscript, self.script_interface or self.interface, str(self.vip)]
-        return [*argv, self.xparam] if self.xparam else argv
+        """The down script as the engine runs it."""
+        from carpd.scripts import script_argv
+
+        return script_argv(self.downscript, self.script_interface or self.interface, self.vip,
+                           self.xparam)
 
 
-def groups_from_conf(path: Path) -> list[Engine]:
+def groups_from_conf(path: Path) -> list[ConfGroup]:
     """What releasing needs of every group in ``IFACE.conf`` (either form)."""
     data = read_conf(path)
-    return [] if data is None else [Engine.from_group(g) for g in conf_groups(data)]
+    return [] if data is None else [ConfGroup.from_group(g) for g in conf_groups(data)]
 
 
 def stop_budget(path: Path) -> float | None:
     """How long stopping the engine of ``IFACE.conf`` may take (its slowest group)."""
-    engines = groups_from_conf(path)
-    return max(e.stop_budget for e in engines) if engines else None
+    groups = groups_from_conf(path)
+    return max(g.stop_budget for g in groups) if groups else None
 
 
 def held_addresses(interface: str, vip: IPv4Address,
                    labelled: str | None = None) -> list[IPv4Address]:
     """The VIP and every address labelled ``labelled`` (default ``IFACE:ucarp``) that
     ``interface`` holds."""
-    from carpd import netlink
-
-    try:
-        info = netlink.interface_info(interface)
-    except LookupError:
-        return []
-    wanted = labelled or label(interface)
-    return [address for address, _prefix, name in info.addresses
-            if address == vip or name == wanted]
+    return _release.held(interface, vip, labelled or label(interface))
 
 
 def release(paths: Paths, crashed: bool, env: Mapping[str, str] | None = None, *,
@@ -430,42 +431,39 @@ def release(paths: Paths, crashed: bool, env: Mapping[str, str] | None = None, *
     engine's watchdog may have removed it already): ``ifdown IFACE:ucarp`` then keeps
     ifupdown's record right, so that the next ``ifup IFACE:ucarp`` brings the alias up again.
     (A down script runs at every engine start too, so it must bear running when nothing is
-    up: carpd's vip-down asks ifupdown first.)  Then whatever is left goes over netlink.
-    ``only_if_held``: after a stop that may have killed the engine, run the down script
-    only if something is left.  Each group of the conf (only ``vhids`` if given) is released
-    by its own label and down script.  Returns what was done, for the log."""
+    up: carpd's vip-down asks ifupdown first.)  Then whatever is left goes, as
+    :func:`carpd.release.release` takes it.  ``only_if_held``: after a stop that may have
+    killed the engine, run the down script only if something is left.  Each group of the conf
+    (only ``vhids`` if given) is released by its own label and down script.  Returns what was
+    done, for the log."""
     done: list[str] = []
-    for engine in groups_from_conf(paths.conf):
-        if vhids is None or engine.vhid in vhids:
-            done += _release_group(paths, engine, crashed, env, only_if_held)
+    for group in groups_from_conf(paths.conf):
+        if vhids is None or group.vhid in vhids:
+            done += _release_group(paths, group, crashed, env, only_if_held)
     return done
 
 
-def _release_group(paths: Paths, engine: Engine, crashed: bool,
+def _release_group(paths: Paths, group: ConfGroup, crashed: bool,
                    env: Mapping[str, str] | None, only_if_held: bool) -> list[str]:
-    from carpd import netlink
-
     done: list[str] = []
-    held = held_addresses(engine.vip_on, engine.vip, engine.label)
-    argv = engine.script_argv()
-    if crashed and argv is not None and (held or not only_if_held):
+    argv = group.script_argv()
+    if crashed and argv is not None and (
+            not only_if_held or _release.held(group.vip_on, group.vip, group.label)):
         script_env = {**read_env(paths.env), **(env or {})}
         script_env.setdefault("PATH", os.environ.get("PATH", os.defpath))
-        done.append(f"ran {' '.join(argv)}: {_run_script(argv, script_env, engine)}")
-        held = held_addresses(engine.vip_on, engine.vip, engine.label)
-    for address in held:
-        with contextlib.suppress(LookupError, OSError):
-            if netlink.remove_address(engine.vip_on, address):
-                done.append(f"removed {address} from {engine.vip_on}")
+        done.append(f"ran {' '.join(argv)}: {_run_script(argv, script_env, group)}")
+    with contextlib.suppress(OSError):
+        removed = _release.release(group.vip_on, group.vip, group.label)
+        done += [f"removed {address} from {group.vip_on}" for address in removed]
     return done
 
 
-def _run_script(argv: list[str], env: Mapping[str, str], engine: Engine) -> str:
+def _run_script(argv: list[str], env: Mapping[str, str], group: ConfGroup) -> str:
     try:
         result = subprocess.run(argv, env=dict(env), stdin=subprocess.DEVNULL,
-                                capture_output=True, timeout=engine.script_timeout, check=False)
+                                capture_output=True, timeout=group.script_timeout, check=False)
     except subprocess.TimeoutExpired:
-        return f"killed after {engine.script_timeout:g} s"
+        return f"killed after {group.script_timeout:g} s"
     except OSError as error:
         return f"cannot run: {error.strerror}"
     output = (result.stdout + result.stderr).decode(errors="replace").strip()

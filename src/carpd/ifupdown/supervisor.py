@@ -46,7 +46,9 @@ PR_SET_PDEATHSIG = 1
 def engine_command(paths: Paths, path_env: str) -> list[str]:
     carpd = shutil.which("carpd", path=path_env)
     program = [carpd] if carpd else [sys.executable, "-m", "carpd"]
-    return [*program, "--config", str(paths.conf)]
+    state_dir = runtime.engine_state_dir(paths.run_dir)
+    return [*program, "--config", str(paths.conf),
+            *(["--state-dir", str(state_dir)] if state_dir else [])]
 
 
 def _die_with_parent() -> None:
