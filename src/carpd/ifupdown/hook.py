@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from carpd import control
+from carpd import control, release
 from carpd.ifupdown import runtime
 from carpd.ifupdown.runtime import Group, Paths
 
@@ -468,8 +468,6 @@ def _remove_groups(paths: Paths, data: Mapping[str, Any], left: Mapping[str, Any
                    owners: Mapping[int, runtime.Owner], gone: frozenset[int]) -> None:
     """Reload without the groups ``gone``; wait until the engine no longer runs them (each
     bowed out, drained and ran its down script), then take whatever they left."""
-    from carpd import netlink
-
     removed = runtime.conf_without(data, frozenset(runtime.conf_vhids(data)) - gone)
     engines = [] if removed is None else [runtime.ConfGroup.from_group(g)
                                           for g in runtime.conf_groups(removed)]
@@ -479,10 +477,9 @@ def _remove_groups(paths: Paths, data: Mapping[str, Any], left: Mapping[str, Any
     while time.monotonic() < deadline and gone & _running_vhids(_sockets(paths, left)):
         time.sleep(0.05)
     for engine in engines:
-        for address in runtime.held_addresses(engine.vip_on, engine.vip, engine.label):
-            with contextlib.suppress(LookupError, OSError):
-                if netlink.remove_address(engine.vip_on, address):
-                    say(f"{paths.interface}: removed {address} left by vhid {engine.vhid}")
+        with contextlib.suppress(OSError):
+            for address in release.release(engine.vip_on, engine.vip, engine.label):
+                say(f"{paths.interface}: removed {address} left by vhid {engine.vhid}")
     say(f"{paths.interface}: vhid {', '.join(str(v) for v in sorted(gone))} taken down; "
         f"the engine runs vhid {', '.join(str(v) for v in runtime.conf_vhids(left))}")
 

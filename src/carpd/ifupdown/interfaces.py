@@ -44,8 +44,6 @@ METHODS: dict[str, frozenset[str]] = {
 }
 # source-directory reads only files named like run-parts(8) would run them
 _SOURCEABLE = re.compile(r"^[a-zA-Z0-9_-]+$")
-# the options ifupdown lets a stanza repeat (it runs each); any other repeat is joined by newline
-REPEATABLE = frozenset({"pre-up", "up", "post-up", "down", "pre-down", "post-down"})
 MAX_SOURCE_DEPTH = 64
 """How many files deep ``source`` may nest below the file given (which is depth 0)."""
 MAX_FILE_BYTES = 16 * 1024 * 1024

@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
 
-from carpd import net, netlink, wire
+from carpd import net, netlink, release, wire
 from carpd.config import Options
 from carpd.ifupdown import groups, hook, interfaces, runtime
 from carpd.ifupdown import stanza as ucarp
@@ -409,13 +409,14 @@ def bow_out(tap: CarpTap, args: UcarpArgs, key: bytes, source: IPv4Address,
 def _held(interface: str, vip: IPv4Address) -> list[IPv4Address]:
     """What ucarp ``-i interface`` held: ``-i eth0:1`` (Debian's alias form) means eth0, and
     its default action labels the VIP eth0:1:ucarp."""
-    return runtime.held_addresses(runtime.physical(interface), vip, runtime.label(interface))
+    return release.held(runtime.physical(interface), vip, runtime.label(interface))
 
 
-def _remove(interface: str, addresses: list[IPv4Address]) -> None:
-    for address in addresses:
-        with contextlib.suppress(LookupError, OSError):
-            netlink.remove_address(runtime.physical(interface), address)
+def _release(interface: str, vip: IPv4Address) -> list[IPv4Address]:
+    """Take what ucarp ``-i interface`` held off the interface; what was removed."""
+    with contextlib.suppress(OSError):
+        return release.release(runtime.physical(interface), vip, runtime.label(interface))
+    return []
 
 
 def _open_tap(args: UcarpArgs, where: str) -> CarpTap | None:
@@ -441,7 +442,7 @@ def hand_over(daemon: UcarpDaemon, key: bytes, source: IPv4Address | None,
             say(f"{where} is BACKUP")
             return
         daemon.signal(signal.SIGSTOP)  # silent from now on, as if it had died
-        _remove(args.interface, held)
+        _release(args.interface, args.vip)
         gone = ", ".join(str(a) for a in held) or "nothing"
         say(f"{where} is MASTER: frozen; removed {gone} from {args.interface}")
         if tap and source:
@@ -470,7 +471,7 @@ def stop_daemon(daemon: UcarpDaemon, options: Options) -> None:
             daemon.signal(signal.SIGKILL)
             daemon.wait(STOP_WAIT)
             say(f"{where} did not stop within {STOP_WAIT:g} s: killed")
-    _remove(args.interface, _held(args.interface, args.vip))
+    _release(args.interface, args.vip)
 
 
 def start_engine(takeover: Takeover, run_dir: Path) -> bool:

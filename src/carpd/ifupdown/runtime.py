@@ -416,13 +416,6 @@ def stop_budget(path: Path) -> float | None:
     return max(g.stop_budget for g in groups) if groups else None
 
 
-def held_addresses(interface: str, vip: IPv4Address,
-                   labelled: str | None = None) -> list[IPv4Address]:
-    """The VIP and every address labelled ``labelled`` (default ``IFACE:ucarp``) that
-    ``interface`` holds."""
-    return _release.held(interface, vip, labelled or label(interface))
-
-
 def release(paths: Paths, crashed: bool, env: Mapping[str, str] | None = None, *,
             only_if_held: bool = False, vhids: frozenset[int] | None = None) -> list[str]:
     """Make sure the interface no longer holds what an engine that is gone held.
