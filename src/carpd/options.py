@@ -46,7 +46,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from carpd import wire
+from carpd import identity, wire
 from carpd.problems import HIDDEN
 
 FACILITIES = (
@@ -310,7 +310,7 @@ class Options(BaseModel):
     script_timeout: Annotated[float, Field(gt=0, le=3600), cli(
         "--script-timeout", help="seconds a script may run (default 30)")] = 30.0
     state_dir: Annotated[Path, PER_ENGINE, cli(
-        "--state-dir", help="runtime folder (default /run/carpd)")] = Path("/run/carpd")
+        "--state-dir", help=f"runtime folder (default {identity.RUN_DIR})")] = identity.RUN_DIR
     drain: Annotated[float, Field(ge=0, le=300), Stanza("ucarp-drain"), cli(
         "--drain", help="seconds to keep the VIP after a planned release, not answering ARP for "
         "it, so requests in flight finish (default 2; 0 to release at once)")] = 2.0
