@@ -16,7 +16,8 @@ programs the benchmarks start inside namespaces:
         rate-limited downloads on 0.0.0.0:PORT, a thread each: a request names a size, a duration
         and a seed; the answer is NAME, then that many bytes of ``random.Random(seed)`` at an
         even rate over the duration, then a half close; one line per download to LOG:
-        ``SEED clean|data|unclosed|reset|error`` (clean: the client's FIN reached this node)
+        ``SEED clean|data|unclosed|reset|error TIME`` (clean: the client's FIN reached this
+        node; TIME: when its socket was closed, wall clock)
     python -m bench.common download-fetch VIP PORT COUNT SIZE SECONDS OUT
         COUNT concurrent downloads from VIP:PORT, each checked (SHA-256); one JSON line per
         download to OUT at the end
@@ -865,7 +866,7 @@ def download_serve(name: str, port: int, log: str) -> int:
         except (OSError, ValueError):
             pass
         with lock, open(log, "a") as out:
-            out.write(f"{seed} {outcome}\n")
+            out.write(f"{seed} {outcome} {time.time():.6f}\n")
 
     while True:
         conn, _ = server.accept()
@@ -957,14 +958,25 @@ def read_downloads(path: Path) -> list[Download]:
     return [Download(**json.loads(line)) for line in path.read_text().splitlines() if line]
 
 
-def read_closes(paths: Iterable[Path]) -> dict[int, str]:
-    """seed -> how the serving node saw the download end, from download-serve's logs."""
-    found: dict[int, str] = {}
+@dataclass(frozen=True)
+class Close:
+    """How and when the serving node saw a download end (download-serve's log)."""
+
+    outcome: str
+    """clean (the client's FIN came), unclosed (it never came), data, reset or error."""
+    at: float
+    """When the server closed its socket (wall clock)."""
+
+
+def read_closes(paths: Iterable[Path]) -> dict[int, Close]:
+    """seed -> how and when the serving node saw the download end, from download-serve's
+    logs."""
+    found: dict[int, Close] = {}
     for path in paths:
         for line in path.read_text().splitlines() if path.exists() else []:
-            seed, outcome = line.split()
+            seed, outcome, at = line.split()
             if seed.isdigit():
-                found[int(seed)] = outcome
+                found[int(seed)] = Close(outcome, float(at))
     return found
 
 
