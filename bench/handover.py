@@ -158,6 +158,11 @@ class Cluster(Bed):
             node.exec("ip", "addr", "flush", "dev", "eth0")
             node.exec("ip", "link", "set", "eth0", "down")
 
+    def macs(self) -> dict[str, str]:
+        """MAC address -> node name (the client too), as tcpdump prints them."""
+        nodes = {**self.nodes, "client": self.client_node}
+        return {node.mac.hex(":"): name for name, node in nodes.items()}
+
     def engine_running(self, name: str) -> bool:
         return engine_running(self.nodes[name].ns, self.kind)
 
@@ -245,6 +250,50 @@ def timeline(directory: Path, handovers: list[Handover], requests: list[Request]
     (directory / "timeline.txt").write_text("\n".join(lines) + "\n")
 
 
+SEGMENT = re.compile(r"^(\S+) (\S+) > \S+, .*?: \S+\.(\d+) > \S+\.(\d+): Flags \[([^\]]*)\]")
+
+
+def classify(directory: Path, requests: list[Request], macs: dict[str, str]) -> dict[str, int]:
+    """With --trace: each failed request by what the bridge saw of its connection (its
+    client port): how many SYNs the client sent (more than one: retransmitted), who answered
+    with a SYN-ACK and who reset it (by the sender's MAC: node a, b or the client).  Counts
+    by kind; the list in failures.txt."""
+    failed = [r for r in requests if not r.ok and r.outcome != "unfinished" and r.port]
+    if not failed:
+        return {}
+    dump = subprocess.run(
+        ["tcpdump", "-r", str(directory / "bridge.pcap"), "-n", "-tt", "-e",
+         "tcp port 8080 and tcp[tcpflags] & (tcp-syn|tcp-rst) != 0"],
+        capture_output=True, text=True, timeout=120, check=False).stdout
+    seen: dict[int, list[tuple[float, str]]] = collections.defaultdict(list)
+    for line in dump.splitlines():
+        m = SEGMENT.match(line)
+        if not m:
+            continue
+        when, who = float(m.group(1)), macs.get(m.group(2), m.group(2))
+        sport, dport, flags = int(m.group(3)), int(m.group(4)), m.group(5)
+        if flags == "S":
+            seen[sport].append((when, "SYN"))
+        elif "R" in flags:
+            seen[dport].append((when, f"RST from {who}"))
+        elif flags == "S.":
+            seen[dport].append((when, f"SYN-ACK from {who}"))
+    kinds: collections.Counter[str] = collections.Counter()
+    lines = []
+    for r in failed:
+        port = r.port
+        # a port comes back in later connections: this request's own segments only
+        events = [e for t, e in seen.get(port, []) if r.start - 0.01 <= t <= r.end + 0.05]
+        syns = events.count("SYN")
+        others = sorted(set(e for e in events if e != "SYN"))
+        kind = (f"{r.outcome}: {syns} SYN{'s (retransmitted)' if syns > 1 else ''}"
+                f"{', ' if others else ''}{', '.join(others)}")
+        kinds[kind] += 1
+        lines.append(f"{r.start:.6f} port {port} {kind}")
+    (directory / "failures.txt").write_text("\n".join(lines) + "\n")
+    return dict(kinds)
+
+
 def analyse(handovers: list[Handover], requests: list[Request], end: float) -> None:
     for h, window in zip(handovers, between([h.start for h in handovers], requests, end),
                          strict=True):
@@ -264,6 +313,7 @@ def run_kind(kind: str, args: argparse.Namespace, deadline: Deadline,
     error = None
     baseline: list[Request] = []
     counters: dict[str, dict[str, int]] = {}
+    failures: dict[str, int] = {}
     try:
         cluster.setup()
         print(f"[{time.strftime('%H:%M:%S')}] {kind}: {cluster.mode}"
@@ -286,6 +336,7 @@ def run_kind(kind: str, args: argparse.Namespace, deadline: Deadline,
         if args.trace:
             cluster.procs.close()  # flush the captures
             timeline(directory, handovers, requests)
+            failures = classify(directory, requests, cluster.macs())
     except Exception as exc:  # reported in the table and the JSON
         error = f"{type(exc).__name__}: {exc}"
         print(f"  {kind}: {error}", flush=True)
@@ -306,6 +357,7 @@ def run_kind(kind: str, args: argparse.Namespace, deadline: Deadline,
                                   if h.longest_gap is not None]),
         "outcomes": add_counts(h.outcomes for h in handovers),
         "tcp_counters": counters,
+        "failures": failures,
     }
 
 
@@ -333,6 +385,8 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> None
         print(f"{label}: {r['mode']}")
         print(f"    outcomes: {listed(r['outcomes'])}; failures before the first handover: "
               f"{r['baseline_failed']}{'; ERROR: ' + r['error'] if r['error'] else ''}")
+        if r.get("failures"):
+            print(f"    failures as the bridge saw them: {listed(r['failures'])}")
     print(machine_line())
 
 
