@@ -23,8 +23,15 @@ process this starts is removed at the end (by PID), also on failure or Ctrl-C.
 the client's ARP cache changes and ``timeline.txt``: around each handover, the bow-out advert, the
 gratuitous ARPs for the VIP, the VIP added/removed on each node and every failed request, in ms.
 ``--carpd-src DIR`` measures a carpd package in DIR (e.g. a patched copy) instead of the tree's.
+With ``--trace``, each failed request is also classified from the capture of its connection
+(SYNs sent, who answered, who reset it; failures.txt).
 
-    .venv/bin/python -m bench.handover [--count 20] [--quick] [--json out.json]
+``--tfo``: the client sends each request in its SYN (TCP Fast Open, ``sendto(MSG_FASTOPEN)``),
+the servers accept data in the SYN (``TCP_FASTOPEN``), ``net.ipv4.tcp_fastopen=3`` is set in
+the test's namespaces only; the table shows how many SYNs carried data and were accepted.
+``--runs N`` runs the whole comparison N times on fresh test beds, with a total per engine.
+
+    .venv/bin/python -m bench.handover [--count 20] [--quick] [--tfo] [--runs 5] [--json out.json]
 """
 
 from __future__ import annotations
