@@ -34,6 +34,7 @@ import json
 import os
 import platform
 import random
+import secrets
 import selectors
 import signal
 import socket
@@ -296,9 +297,13 @@ FASTOPEN_COUNTERS = ("TCPFastOpenActive", "TCPFastOpenActiveFail", "TCPFastOpenP
 
 def enable_fastopen(ns: str) -> None:
     """TCP Fast Open for clients and servers (net.ipv4.tcp_fastopen=3), in namespace ``ns``
-    only: the sysctl is per network namespace."""
-    subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.tcp_fastopen=3"],
-                   check=True, timeout=10)
+    only (the sysctls are per network namespace), with a cookie key of its own, as two
+    machines have: a cookie one node issued is refused by the other (the request then goes
+    once connected)."""
+    key = "-".join(secrets.token_hex(4) for _ in range(4))
+    for setting in ("net.ipv4.tcp_fastopen=3", f"net.ipv4.tcp_fastopen_key={key}"):
+        subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", setting], check=True,
+                       timeout=10)
 
 
 def tcp_counters(ns: str, names: Sequence[str] = FASTOPEN_COUNTERS) -> dict[str, int]:
