@@ -301,6 +301,70 @@ def classify(directory: Path, requests: list[Request], macs: dict[str, str]) -> 
     return dict(kinds)
 
 
+FIN_LATE = 1.0
+
+
+@dataclass
+class _Connection:
+    served_by: str = ""
+    """The MAC that answered the SYN."""
+    sent_to: set[str] = field(default_factory=set)
+    """The MACs the client's segments after the SYN went to."""
+    first_fin: float | None = None
+    """When the client sent its first FIN."""
+    fin_reached_server: float | None = None
+    """When a FIN of the client first reached the MAC that served it (straight, or passed
+    on)."""
+
+    def fin_late(self) -> bool:
+        """The client's FIN reached the node serving it only a second later (a
+        retransmission that went there once the ARP caches moved back), or never."""
+        if self.fin_reached_server is None or self.first_fin is None:
+            return True
+        return self.fin_reached_server - self.first_fin > FIN_LATE
+
+
+def strays(directory: Path, macs: dict[str, str]) -> dict[str, int]:
+    """With --trace: the connections one node answered whose later segments the client sent to
+    the other node (in flight when the client's ARP cache moved: the new MASTER must pass
+    them on), and of those, the ones whose closing FIN reached the node serving them only
+    late, or never (its socket lingers meanwhile: a connection drain would wait for it; the
+    request itself may have succeeded)."""
+    dump = subprocess.run(["tcpdump", "-r", str(directory / "bridge.pcap"), "-n", "-tt", "-e",
+                           "tcp port 8080"], capture_output=True, text=True, timeout=300,
+                          check=False).stdout
+    client = next((mac for mac, name in macs.items() if name == "client"), "")
+    connections: dict[int, list[_Connection]] = collections.defaultdict(list)
+    for line in dump.splitlines():
+        m = SEGMENT.match(line)
+        if not m:
+            continue
+        when, source, port, flags = float(m.group(1)), m.group(2), int(m.group(3)), m.group(5)
+        destination = line.split(" > ", 1)[1].split(",", 1)[0]
+        if port == 8080:  # from a node to the client
+            port = int(m.group(4))
+            if flags == "S." and connections[port]:
+                connections[port][-1].served_by = connections[port][-1].served_by or source
+            continue
+        if flags == "S" and source == client:
+            connections[port].append(_Connection())
+            continue
+        one = connections[port][-1] if connections[port] else None
+        if one is None:
+            continue
+        if source == client:
+            one.sent_to.add(destination)
+            if "F" in flags and one.first_fin is None:
+                one.first_fin = when
+        if "F" in flags and destination == one.served_by and one.fin_reached_server is None:
+            one.fin_reached_server = when
+    stray = [c for cs in connections.values() for c in cs
+             if c.served_by and c.sent_to - {c.served_by}]
+    return {"stray connections": len(stray),
+            f"their FIN reached the server >{FIN_LATE:g} s late or never":
+                sum(c.fin_late() for c in stray)}
+
+
 def analyse(handovers: list[Handover], requests: list[Request], end: float) -> None:
     for h, window in zip(handovers, between([h.start for h in handovers], requests, end),
                          strict=True):
@@ -321,6 +385,7 @@ def run_kind(kind: str, args: argparse.Namespace, deadline: Deadline,
     baseline: list[Request] = []
     counters: dict[str, dict[str, int]] = {}
     failures: dict[str, int] = {}
+    stray: dict[str, int] = {}
     try:
         cluster.setup()
         print(f"[{time.strftime('%H:%M:%S')}] {kind}: {cluster.mode}"
@@ -344,6 +409,7 @@ def run_kind(kind: str, args: argparse.Namespace, deadline: Deadline,
             cluster.procs.close()  # flush the captures
             timeline(directory, handovers, requests)
             failures = classify(directory, requests, cluster.macs())
+            stray = strays(directory, cluster.macs())
     except Exception as exc:  # reported in the table and the JSON
         error = f"{type(exc).__name__}: {exc}"
         print(f"  {kind}: {error}", flush=True)
@@ -365,6 +431,7 @@ def run_kind(kind: str, args: argparse.Namespace, deadline: Deadline,
         "outcomes": add_counts(h.outcomes for h in handovers),
         "tcp_counters": counters,
         "failures": failures,
+        "strays": stray,
     }
 
 
@@ -394,6 +461,8 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> None
               f"{r['baseline_failed']}{'; ERROR: ' + r['error'] if r['error'] else ''}")
         if r.get("failures"):
             print(f"    failures as the bridge saw them: {listed(r['failures'])}")
+        if r.get("strays"):
+            print(f"    connections across the ARP move: {listed(r['strays'])}")
     print(machine_line())
 
 
