@@ -4,17 +4,20 @@ safely inside a node namespace, cleanup by PID, statistics, tables and the machi
 Run as a module (``python -m bench.common``, from the repository root), this is also the two
 programs the benchmarks start inside namespaces:
 
-    python -m bench.common serve NAME PORT
-        a threaded HTTP/1.0 server on 0.0.0.0:PORT answering every GET with NAME
-    python -m bench.common client VIP PORT RATE TIMEOUT OUT MAX_SECONDS
+    python -m bench.common serve NAME PORT [tfo]
+        a threaded HTTP/1.0 server on 0.0.0.0:PORT answering every GET with NAME (tfo:
+        accepting TCP Fast Open, TCP_FASTOPEN)
+    python -m bench.common client VIP PORT RATE TIMEOUT OUT MAX_SECONDS [tfo]
         RATE requests per second to VIP:PORT, each given TIMEOUT seconds, one line per request
-        to OUT: ``start end outcome body`` (wall-clock times, the clock of the kernel timestamps
-        on the bridge capture); it stops on SIGTERM or after MAX_SECONDS
+        to OUT: ``start end outcome body port`` (wall-clock times, the clock of the kernel
+        timestamps on the bridge capture; body ``-`` for none; the client's port); it stops on
+        SIGTERM or after MAX_SECONDS (tfo: each request in the SYN, sendto MSG_FASTOPEN)
     python -m bench.common download-serve NAME PORT LOG
         rate-limited downloads on 0.0.0.0:PORT, a thread each: a request names a size, a duration
         and a seed; the answer is NAME, then that many bytes of ``random.Random(seed)`` at an
         even rate over the duration, then a half close; one line per download to LOG:
-        ``SEED clean|data|unclosed|reset|error`` (clean: the client's FIN reached this node)
+        ``SEED clean|data|unclosed|reset|error TIME`` (clean: the client's FIN reached this
+        node; TIME: when its socket was closed, wall clock)
     python -m bench.common download-fetch VIP PORT COUNT SIZE SECONDS OUT
         COUNT concurrent downloads from VIP:PORT, each checked (SHA-256); one JSON line per
         download to OUT at the end
@@ -26,10 +29,12 @@ import argparse
 import contextlib
 import errno
 import hashlib
+import importlib.util
 import json
 import os
 import platform
 import random
+import secrets
 import selectors
 import signal
 import socket
@@ -43,7 +48,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from lab.netns import VIP, Network, Node
 
@@ -271,17 +276,43 @@ class Processes:
                 process.wait(timeout=5)
 
 
-def start_server(procs: Processes, ns: str, name: str, log: Path) -> subprocess.Popen[bytes]:
-    process = procs.start(ns, [sys.executable, "-m", "bench.common", "serve", name, str(PORT)],
-                          log, cwd=REPO)
+def start_server(procs: Processes, ns: str, name: str, log: Path,
+                 fastopen: bool = False) -> subprocess.Popen[bytes]:
+    """The HTTP server (``fastopen``: accepting data in the SYN, TCP_FASTOPEN)."""
+    process = procs.start(ns, [sys.executable, "-m", "bench.common", "serve", name, str(PORT),
+                               *(["tfo"] if fastopen else [])], log, cwd=REPO)
     return process
 
 
 def start_client(procs: Processes, ns: str, vip: str, rate: float, timeout: float, out: Path,
-                 max_seconds: float, log: Path) -> subprocess.Popen[bytes]:
+                 max_seconds: float, log: Path, fastopen: bool = False) -> subprocess.Popen[bytes]:
     argv = [sys.executable, "-m", "bench.common", "client", vip, str(PORT), str(rate),
-            str(timeout), str(out), str(max_seconds)]
+            str(timeout), str(out), str(max_seconds), *(["tfo"] if fastopen else [])]
     return procs.start(ns, argv, log, cwd=REPO)
+
+
+FASTOPEN_COUNTERS = ("TCPFastOpenActive", "TCPFastOpenActiveFail", "TCPFastOpenPassive",
+                     "TCPFastOpenPassiveFail", "TCPFastOpenCookieReqd", "TCPSynRetrans")
+
+
+def enable_fastopen(ns: str) -> None:
+    """TCP Fast Open for clients and servers (net.ipv4.tcp_fastopen=3), in namespace ``ns``
+    only (the sysctls are per network namespace), with a cookie key of its own, as two
+    machines have: a cookie one node issued is refused by the other (the request then goes
+    once connected)."""
+    key = "-".join(secrets.token_hex(4) for _ in range(4))
+    for setting in ("net.ipv4.tcp_fastopen=3", f"net.ipv4.tcp_fastopen_key={key}"):
+        subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", setting], check=True,
+                       timeout=10)
+
+
+def tcp_counters(ns: str, names: Sequence[str] = FASTOPEN_COUNTERS) -> dict[str, int]:
+    """TcpExt counters of namespace ``ns`` (/proc/net/netstat as seen from inside it)."""
+    text = subprocess.run(["ip", "netns", "exec", ns, "cat", "/proc/net/netstat"],
+                          capture_output=True, text=True, check=True, timeout=10).stdout
+    lines = [line.split() for line in text.splitlines() if line.startswith("TcpExt:")]
+    values = dict(zip(lines[0][1:], lines[1][1:], strict=True)) if len(lines) >= 2 else {}
+    return {name: int(values.get(name, 0)) for name in names}
 
 
 # ---- two server nodes and a client on one bridge ----------------------------------------------
@@ -318,12 +349,13 @@ class Bed:
     def peer(self, node: Node) -> Node:
         return self.b if node is self.a else self.a
 
-    def start_load(self, rate: float, timeout: float, seconds: float) -> subprocess.Popen[bytes]:
-        """The client (RATE requests/s to the VIP) for at most ``seconds`` (10 at least),
-        recording to ``requests_path``."""
+    def start_load(self, rate: float, timeout: float, seconds: float,
+                   fastopen: bool = False) -> subprocess.Popen[bytes]:
+        """The client (RATE requests/s to the VIP; ``fastopen``: each request in the SYN,
+        MSG_FASTOPEN) for at most ``seconds`` (10 at least), recording to ``requests_path``."""
         return start_client(self.procs, self.client_node.ns, str(VIP), rate, timeout,
                             self.requests_path, max(10.0, seconds),
-                            self.directory / "client.log")
+                            self.directory / "client.log", fastopen)
 
     @property
     def requests_path(self) -> Path:
@@ -350,6 +382,15 @@ class Bed:
 
 # ---- ifupdown inside a node namespace ---------------------------------------------------------
 
+def carpd_source() -> Path:
+    """The folder holding the ``carpd`` package this process imports (``PYTHONPATH=$PWD/src``
+    in a worktree, else the venv's editable install): the carpd a benchmark measures."""
+    spec = importlib.util.find_spec("carpd")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("carpd cannot be imported")
+    return Path(spec.origin).resolve().parents[1]
+
+
 CARPD_COMMANDS = {
     "carpd": "from carpd.cli import main",
     "carpd-ifupdown": "from carpd.ifupdown.main import main",
@@ -373,6 +414,7 @@ class Ifupdown:
                  carpd_src: Path | None = None) -> None:
         self.ns = ns
         self.carpd_src = carpd_src
+        self.source = carpd_src or carpd_source()
         self.directory = directory
         self.carpd_commands = carpd_commands
         directory.mkdir(parents=True, exist_ok=True)
@@ -395,7 +437,9 @@ class Ifupdown:
             (directory / "bin").mkdir(exist_ok=True)
             for command, source in CARPD_COMMANDS.items():
                 wrapper = directory / "bin" / command
-                first = f"sys.path.insert(0, {str(carpd_src)!r})\n" if carpd_src else ""
+                # The engine's supervisor starts it with a clean environment (no PYTHONPATH):
+                # without this line it would import the venv's carpd, not the one measured.
+                first = f"sys.path.insert(0, {str(self.source)!r})\n"
                 wrapper.write_text(f"#!{sys.executable}\nimport sys\n{first}{source}\n"
                                    "sys.exit(main())\n")
                 wrapper.chmod(0o755)
@@ -429,8 +473,8 @@ class Ifupdown:
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("IFUPDOWN", "IF_"))}
         env["PATH"] = ROOT_PATH
-        if self.carpd_src:
-            env["PYTHONPATH"] = str(self.carpd_src)
+        if self.carpd_commands:
+            env["PYTHONPATH"] = str(self.source)
         return env
 
     def run(self, verb: str, iface: str = "eth0") -> int:
@@ -487,6 +531,8 @@ class Request:
     end: float
     outcome: str
     body: str
+    port: int = 0
+    """The client's port: finds the request's segments in a capture."""
 
     @property
     def ok(self) -> bool:
@@ -500,8 +546,9 @@ def read_requests(path: Path) -> list[Request]:
     for line in path.read_text().splitlines():
         parts = line.split()
         if len(parts) >= 3:
-            requests.append(Request(float(parts[0]), float(parts[1]), parts[2],
-                                    parts[3] if len(parts) > 3 else ""))
+            body = parts[3] if len(parts) > 3 and parts[3] != "-" else ""
+            port = int(parts[4]) if len(parts) > 4 else 0
+            requests.append(Request(float(parts[0]), float(parts[1]), parts[2], body, port))
     requests.sort(key=lambda r: r.start)
     return requests
 
@@ -509,6 +556,43 @@ def read_requests(path: Path) -> list[Request]:
 def finished_between(requests: Iterable[Request], start: float, stop: float) -> list[Request]:
     """The requests started in [start, stop) that ended before the client stopped."""
     return [r for r in requests if start <= r.start < stop and r.outcome != "unfinished"]
+
+
+def between(starts: Sequence[float], requests: Sequence[Request],
+            end: float) -> list[list[Request]]:
+    """The requests of each round: started from its start to the next round's (the last's to
+    ``end``), ended before the client stopped."""
+    stops = [*starts[1:], end]
+    return [finished_between(requests, start, stop) for start, stop in zip(starts, stops,
+                                                                           strict=True)]
+
+
+# ---- the hand-overs of one engine kind, one after the other -----------------------------------
+
+
+class HasError(Protocol):
+    error: str | None
+
+
+R = TypeVar("R", bound=HasError)
+
+
+def hand_overs(kind: str, count: int, deadline: Deadline, needs: float,
+               one: Callable[[int], R], describe: Callable[[R], str]) -> tuple[list[R], str | None]:
+    """Up to ``count`` hand-overs (``one(index)``), each begun only while ``deadline`` leaves
+    ``needs`` s and printed as ``describe`` says; the rounds, and why they stopped early (the
+    time budget, or the first round with an error)."""
+    rounds: list[R] = []
+    for index in range(count):
+        if deadline.left() < needs:
+            return rounds, f"time budget exhausted after {index} hand-overs"
+        record = one(index)
+        rounds.append(record)
+        print(f"  {kind} #{index + 1}: {describe(record)}"
+              f"{'  ' + record.error if record.error else ''}", flush=True)
+        if record.error:
+            return rounds, record.error
+    return rounds, None
 
 
 # ---- one run: each engine in turn, a table, the JSON ------------------------------------------
@@ -532,6 +616,36 @@ def run_each(kinds: Sequence[str], args: argparse.Namespace, prefix: str,
     return results
 
 
+Report = Callable[[dict[str, dict[str, Any]], argparse.Namespace], None]
+
+
+def bench_main(benchmark: str, args: argparse.Namespace, run_kind: RunKind, report: Report,
+               needs: Sequence[Path] = ()) -> int:
+    """A comparison's main: as root, with ``needs`` there, ``run_kind`` for carpd and ucarp
+    (or ``args.only``; ``args.runs`` times if given), the table, the JSON and the exit
+    status."""
+    if os.geteuid() != 0:
+        print("needs root (network namespaces, raw sockets, mounts)", file=sys.stderr)
+        return 2
+    missing = [str(path) for path in needs if not path.exists()]
+    if missing:
+        print(f"needs Debian's ucarp ({', '.join(missing)})", file=sys.stderr)
+        return 2
+    kinds = [args.only] if args.only else ["ucarp", "carpd"]
+    runs: int = getattr(args, "runs", 1)
+    results: dict[str, dict[str, Any]] = {}
+    for run in range(1, runs + 1):  # each run a fresh test bed, labelled "KIND run N"
+        if runs > 1:
+            print(f"[{time.strftime('%H:%M:%S')}] run {run} of {runs}", flush=True)
+        this = argparse.Namespace(**vars(args))
+        if runs > 1 and args.keep:
+            this.keep = str(Path(args.keep) / f"run{run}")
+        for kind, result in run_each(kinds, this, f"carpd-{benchmark}-", run_kind).items():
+            results[f"{kind} run {run}" if runs > 1 else kind] = {**result, "run": run}
+    report(results, args)
+    return finish(benchmark, args, results)
+
+
 def finish(benchmark: str, args: argparse.Namespace, results: dict[str, dict[str, Any]],
            **extra: Any) -> int:
     """The JSON (with ``--json``) and the exit status: 1 if any kind reported an error."""
@@ -544,7 +658,7 @@ def finish(benchmark: str, args: argparse.Namespace, results: dict[str, dict[str
 # ---- the programs run inside namespaces -------------------------------------------------------
 
 
-def serve(name: str, port: int) -> int:
+def serve(name: str, port: int, fastopen: bool = False) -> int:
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     body = name.encode() + b"\n"
@@ -564,6 +678,11 @@ def serve(name: str, port: int) -> int:
     class Server(ThreadingHTTPServer):
         daemon_threads = True
         request_queue_size = 512
+
+        def server_bind(self) -> None:
+            if fastopen:  # a queue of pending Fast Open requests as long as the backlog
+                self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_FASTOPEN, 512)
+            super().server_bind()
 
     with Server(("0.0.0.0", port), Handler) as server:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -591,11 +710,30 @@ class _Pending:
     deadline: float
     sent: bool = False
     data: bytes = b""
+    port: int = 0
+    unsent: bytes = b""
+
+
+def _open(sock: socket.socket, address: tuple[str, int], request: bytes,
+          fastopen: bool) -> int:
+    """Start connecting; how much of ``request`` went with the SYN (Fast Open with a cookie:
+    all of it; without one the kernel sends a SYN asking for a cookie, and the request goes
+    once connected, as without Fast Open).  OSError if it failed at once."""
+    if fastopen:
+        try:
+            return sock.sendto(request, socket.MSG_FASTOPEN, address)
+        except BlockingIOError:  # EINPROGRESS: nothing went with the SYN
+            return 0
+    err = sock.connect_ex(address)
+    if err not in (0, errno.EINPROGRESS):
+        raise OSError(err, os.strerror(err))
+    return 0
 
 
 def client(vip: str, port: int, rate: float, timeout: float, out: str,
-           max_seconds: float) -> int:
-    """Open-loop load: a new connection every 1/rate s whatever the others are doing."""
+           max_seconds: float, fastopen: bool = False) -> int:
+    """Open-loop load: a new connection every 1/rate s whatever the others are doing; with
+    ``fastopen``, each request sent in the SYN (MSG_FASTOPEN) once the server gave a cookie."""
     stopping = False
 
     def stop(*_: Any) -> None:
@@ -618,19 +756,27 @@ def client(vip: str, port: int, rate: float, timeout: float, out: str,
         with contextlib.suppress(KeyError, ValueError):
             sel.unregister(p.sock)
         p.sock.close()
-        lines.append(f"{p.start_wall:.6f} {time.time():.6f} {outcome} {body}".rstrip())
+        lines.append(f"{p.start_wall:.6f} {time.time():.6f} {outcome} {body or '-'} {p.port}")
 
     def launch() -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setblocking(False)
         start_wall = time.time()
         fd = sock.fileno()
-        pending[fd] = _Pending(sock, start_wall, time.monotonic() + timeout)
-        err = sock.connect_ex((vip, port))
-        if err not in (0, errno.EINPROGRESS):
-            finish(fd, errno.errorcode.get(err, str(err)))
+        p = pending[fd] = _Pending(sock, start_wall, time.monotonic() + timeout)
+        try:
+            sent = _open(sock, (vip, port), request, fastopen)
+        except OSError as error:
+            finish(fd, errno.errorcode.get(error.errno or 0, "error"))
             return
-        sel.register(sock, selectors.EVENT_WRITE, fd)
+        with contextlib.suppress(OSError):
+            p.port = sock.getsockname()[1]
+        p.unsent = request[sent:]
+        if not p.unsent:
+            p.sent = True
+            sel.register(sock, selectors.EVENT_READ, fd)
+        else:
+            sel.register(sock, selectors.EVENT_WRITE, fd)
 
     last_flush = began
     while not stopping and time.monotonic() - began < max_seconds:
@@ -652,7 +798,7 @@ def client(vip: str, port: int, rate: float, timeout: float, out: str,
                     if err:
                         finish(fd, errno.errorcode.get(err, str(err)))
                         continue
-                    p.sock.send(request)
+                    p.sock.sendall(p.unsent)
                     p.sent = True
                     sel.modify(p.sock, selectors.EVENT_READ, fd)
                     continue
@@ -725,7 +871,7 @@ def download_serve(name: str, port: int, log: str) -> int:
         except (OSError, ValueError):
             pass
         with lock, open(log, "a") as out:
-            out.write(f"{seed} {outcome}\n")
+            out.write(f"{seed} {outcome} {time.time():.6f}\n")
 
     while True:
         conn, _ = server.accept()
@@ -817,23 +963,37 @@ def read_downloads(path: Path) -> list[Download]:
     return [Download(**json.loads(line)) for line in path.read_text().splitlines() if line]
 
 
-def read_closes(paths: Iterable[Path]) -> dict[int, str]:
-    """seed -> how the serving node saw the download end, from download-serve's logs."""
-    found: dict[int, str] = {}
+@dataclass(frozen=True)
+class Close:
+    """How and when the serving node saw a download end (download-serve's log)."""
+
+    outcome: str
+    """clean (the client's FIN came), unclosed (it never came), data, reset or error."""
+    at: float
+    """When the server closed its socket (wall clock)."""
+
+
+def read_closes(paths: Iterable[Path]) -> dict[int, Close]:
+    """seed -> how and when the serving node saw the download end, from download-serve's
+    logs."""
+    found: dict[int, Close] = {}
     for path in paths:
         for line in path.read_text().splitlines() if path.exists() else []:
-            seed, outcome = line.split()
+            seed, outcome, at = line.split()
             if seed.isdigit():
-                found[int(seed)] = outcome
+                found[int(seed)] = Close(outcome, float(at))
     return found
 
 
 def main(argv: list[str]) -> int:
+    fastopen = argv[-1:] == ["tfo"]
+    argv = argv[:-1] if fastopen else argv
     if argv[:1] == ["serve"] and len(argv) == 3:
-        return serve(argv[1], int(argv[2]))
+        return serve(argv[1], int(argv[2]), fastopen)
     if argv[:1] == ["client"] and len(argv) == 7:
         vip, port, rate, timeout, out, max_seconds = argv[1:]
-        return client(vip, int(port), float(rate), float(timeout), out, float(max_seconds))
+        return client(vip, int(port), float(rate), float(timeout), out, float(max_seconds),
+                      fastopen)
     if argv[:1] == ["download-serve"] and len(argv) == 4:
         return download_serve(argv[1], int(argv[2]), argv[3])
     if argv[:1] == ["download-fetch"] and len(argv) == 7:

@@ -23,8 +23,15 @@ process this starts is removed at the end (by PID), also on failure or Ctrl-C.
 the client's ARP cache changes and ``timeline.txt``: around each handover, the bow-out advert, the
 gratuitous ARPs for the VIP, the VIP added/removed on each node and every failed request, in ms.
 ``--carpd-src DIR`` measures a carpd package in DIR (e.g. a patched copy) instead of the tree's.
+With ``--trace``, each failed request is also classified from the capture of its connection
+(SYNs sent, who answered, who reset it; failures.txt).
 
-    .venv/bin/python -m bench.handover [--count 20] [--quick] [--json out.json]
+``--tfo``: the client sends each request in its SYN (TCP Fast Open, ``sendto(MSG_FASTOPEN)``),
+the servers accept data in the SYN (``TCP_FASTOPEN``), ``net.ipv4.tcp_fastopen=3`` is set in
+the test's namespaces only; the table shows how many SYNs carried data and were accepted.
+``--runs N`` runs the whole comparison N times on fresh test beds, with a total per engine.
+
+    .venv/bin/python -m bench.handover [--count 20] [--quick] [--tfo] [--runs 5] [--json out.json]
 """
 
 from __future__ import annotations
@@ -33,7 +40,6 @@ import argparse
 import collections
 import datetime
 import itertools
-import os
 import re
 import shutil
 import subprocess
@@ -52,18 +58,20 @@ from bench.common import (
     Processes,
     Request,
     add_counts,
+    bench_main,
+    between,
+    enable_fastopen,
     engine_running,
-    finish,
-    finished_between,
     fmt,
+    hand_overs,
     listed,
     machine_line,
     read_requests,
-    run_each,
     stanza,
     start_server,
     summary,
     table,
+    tcp_counters,
     wait_until,
 )
 from lab.netns import PASSWORD, UCARP, VIP, Node
@@ -95,9 +103,10 @@ class Cluster(Bed):
 
     def __init__(self, kind: str, directory: Path, rate: float, timeout: float,
                  trace: bool = False, carpd_src: Path | None = None,
-                 stanza_extra: Sequence[str] = ()) -> None:
+                 stanza_extra: Sequence[str] = (), fastopen: bool = False) -> None:
         super().__init__(directory, prefix="carpbh")
         self.kind = kind
+        self.fastopen = fastopen
         self.carpd_src = carpd_src
         self.trace = trace
         self.rate = rate
@@ -108,8 +117,12 @@ class Cluster(Bed):
 
     def setup(self) -> None:
         self.add_nodes()
+        if self.fastopen:
+            for node in (*self.nodes.values(), self.client_node):
+                enable_fastopen(node.ns)
         for name, node in self.nodes.items():
-            start_server(self.procs, node.ns, name, self.directory / f"server-{name}.log")
+            start_server(self.procs, node.ns, name, self.directory / f"server-{name}.log",
+                         self.fastopen)
         if self.trace:
             self._start_trace()
         if self.kind == "ucarp":
@@ -151,6 +164,11 @@ class Cluster(Bed):
             # ifupdown owns eth0 from now on
             node.exec("ip", "addr", "flush", "dev", "eth0")
             node.exec("ip", "link", "set", "eth0", "down")
+
+    def macs(self) -> dict[str, str]:
+        """MAC address -> node name (the client too), as tcpdump prints them."""
+        nodes = {**self.nodes, "client": self.client_node}
+        return {node.mac.hex(":"): name for name, node in nodes.items()}
 
     def engine_running(self, name: str) -> bool:
         return engine_running(self.nodes[name].ns, self.kind)
@@ -239,10 +257,117 @@ def timeline(directory: Path, handovers: list[Handover], requests: list[Request]
     (directory / "timeline.txt").write_text("\n".join(lines) + "\n")
 
 
+SEGMENT = re.compile(r"^(\S+) (\S+) > \S+, .*?: \S+\.(\d+) > \S+\.(\d+): Flags \[([^\]]*)\]")
+
+
+def classify(directory: Path, requests: list[Request], macs: dict[str, str]) -> dict[str, int]:
+    """With --trace: each failed request by what the bridge saw of its connection (its
+    client port): how many SYNs the client sent (more than one: retransmitted), who answered
+    with a SYN-ACK and who reset it (by the sender's MAC: node a, b or the client).  Counts
+    by kind; the list in failures.txt."""
+    failed = [r for r in requests if not r.ok and r.outcome != "unfinished" and r.port]
+    if not failed:
+        return {}
+    dump = subprocess.run(
+        ["tcpdump", "-r", str(directory / "bridge.pcap"), "-n", "-tt", "-e",
+         "tcp port 8080 and tcp[tcpflags] & (tcp-syn|tcp-rst) != 0"],
+        capture_output=True, text=True, timeout=120, check=False).stdout
+    seen: dict[int, list[tuple[float, str]]] = collections.defaultdict(list)
+    for line in dump.splitlines():
+        m = SEGMENT.match(line)
+        if not m:
+            continue
+        when, who = float(m.group(1)), macs.get(m.group(2), m.group(2))
+        sport, dport, flags = int(m.group(3)), int(m.group(4)), m.group(5)
+        if flags == "S":
+            seen[sport].append((when, "SYN"))
+        elif "R" in flags:
+            seen[dport].append((when, f"RST from {who}"))
+        elif flags == "S.":
+            seen[dport].append((when, f"SYN-ACK from {who}"))
+    kinds: collections.Counter[str] = collections.Counter()
+    lines = []
+    for r in failed:
+        port = r.port
+        # a port comes back in later connections: this request's own segments only
+        events = [e for t, e in seen.get(port, []) if r.start - 0.01 <= t <= r.end + 0.05]
+        syns = events.count("SYN")
+        others = sorted(set(e for e in events if e != "SYN"))
+        kind = (f"{r.outcome}: {syns} SYN{'s (retransmitted)' if syns > 1 else ''}"
+                f"{', ' if others else ''}{', '.join(others)}")
+        kinds[kind] += 1
+        lines.append(f"{r.start:.6f} port {port} {kind}")
+    (directory / "failures.txt").write_text("\n".join(lines) + "\n")
+    return dict(kinds)
+
+
+FIN_LATE = 1.0
+
+
+@dataclass
+class _Connection:
+    served_by: str = ""
+    """The MAC that answered the SYN."""
+    sent_to: set[str] = field(default_factory=set)
+    """The MACs the client's segments after the SYN went to."""
+    first_fin: float | None = None
+    """When the client sent its first FIN."""
+    fin_reached_server: float | None = None
+    """When a FIN of the client first reached the MAC that served it (straight, or passed
+    on)."""
+
+    def fin_late(self) -> bool:
+        """The client's FIN reached the node serving it only a second later (a
+        retransmission that went there once the ARP caches moved back), or never."""
+        if self.fin_reached_server is None or self.first_fin is None:
+            return True
+        return self.fin_reached_server - self.first_fin > FIN_LATE
+
+
+def strays(directory: Path, macs: dict[str, str]) -> dict[str, int]:
+    """With --trace: the connections one node answered whose later segments the client sent to
+    the other node (in flight when the client's ARP cache moved: the new MASTER must pass
+    them on), and of those, the ones whose closing FIN reached the node serving them only
+    late, or never (its socket lingers meanwhile: a connection drain would wait for it; the
+    request itself may have succeeded)."""
+    dump = subprocess.run(["tcpdump", "-r", str(directory / "bridge.pcap"), "-n", "-tt", "-e",
+                           "tcp port 8080"], capture_output=True, text=True, timeout=300,
+                          check=False).stdout
+    client = next((mac for mac, name in macs.items() if name == "client"), "")
+    connections: dict[int, list[_Connection]] = collections.defaultdict(list)
+    for line in dump.splitlines():
+        m = SEGMENT.match(line)
+        if not m:
+            continue
+        when, source, port, flags = float(m.group(1)), m.group(2), int(m.group(3)), m.group(5)
+        destination = line.split(" > ", 1)[1].split(",", 1)[0]
+        if port == 8080:  # from a node to the client
+            port = int(m.group(4))
+            if flags == "S." and connections[port]:
+                connections[port][-1].served_by = connections[port][-1].served_by or source
+            continue
+        if flags == "S" and source == client:
+            connections[port].append(_Connection())
+            continue
+        one = connections[port][-1] if connections[port] else None
+        if one is None:
+            continue
+        if source == client:
+            one.sent_to.add(destination)
+            if "F" in flags and one.first_fin is None:
+                one.first_fin = when
+        if "F" in flags and destination == one.served_by and one.fin_reached_server is None:
+            one.fin_reached_server = when
+    stray = [c for cs in connections.values() for c in cs
+             if c.served_by and c.sent_to - {c.served_by}]
+    return {"stray connections": len(stray),
+            f"their FIN reached the server >{FIN_LATE:g} s late or never":
+                sum(c.fin_late() for c in stray)}
+
+
 def analyse(handovers: list[Handover], requests: list[Request], end: float) -> None:
-    for i, h in enumerate(handovers):
-        stop = handovers[i + 1].start if i + 1 < len(handovers) else end
-        window = finished_between(requests, h.start, stop)
+    for h, window in zip(handovers, between([h.start for h in handovers], requests, end),
+                         strict=True):
         h.sent = len(window)
         h.failed = sum(not r.ok for r in window)
         h.outcomes = dict(collections.Counter(r.outcome for r in window))
@@ -254,28 +379,22 @@ def run_kind(kind: str, args: argparse.Namespace, deadline: Deadline,
              directory: Path) -> dict[str, Any]:
     directory.mkdir()
     cluster = Cluster(kind, directory, args.rate, args.timeout, trace=args.trace,
-                      carpd_src=args.carpd_src)
+                      carpd_src=args.carpd_src, fastopen=args.tfo)
     handovers: list[Handover] = []
     error = None
     baseline: list[Request] = []
+    counters: dict[str, dict[str, int]] = {}
+    failures: dict[str, int] = {}
+    stray: dict[str, int] = {}
     try:
         cluster.setup()
-        print(f"[{time.strftime('%H:%M:%S')}] {kind}: {cluster.mode}", flush=True)
-        client = cluster.start_load(args.rate, args.timeout, deadline.left() + 30)
+        print(f"[{time.strftime('%H:%M:%S')}] {kind}: {cluster.mode}"
+              f"{'; TCP Fast Open' if args.tfo else ''}", flush=True)
+        client = cluster.start_load(args.rate, args.timeout, deadline.left() + 30, args.tfo)
         began = time.time()
         time.sleep(1.0)
-        for index in range(args.count):
-            if deadline.left() < 10:
-                error = f"time budget exhausted after {index} handovers"
-                break
-            h = cluster.handover(index)
-            handovers.append(h)
-            print(f"  {kind} #{index + 1}: {h.old} -> {h.new}, takeover "
-                  f"{'?' if h.takeover is None else f'{h.takeover * 1000:.0f} ms'}"
-                  f"{'  ' + h.error if h.error else ''}", flush=True)
-            if h.error:
-                error = h.error
-                break
+        handovers, error = hand_overs(kind, args.count, deadline, 10, cluster.handover,
+                                      _described)
         cluster.settle()
         time.sleep(1.0)
         end = time.time()
@@ -284,9 +403,13 @@ def run_kind(kind: str, args: argparse.Namespace, deadline: Deadline,
         baseline = [r for r in requests if began <= r.start < (handovers[0].start if handovers
                                                                  else end)]
         analyse(handovers, requests, end)
+        counters = {name: tcp_counters(node.ns)
+                    for name, node in [*cluster.nodes.items(), ("client", cluster.client_node)]}
         if args.trace:
             cluster.procs.close()  # flush the captures
             timeline(directory, handovers, requests)
+            failures = classify(directory, requests, cluster.macs())
+            stray = strays(directory, cluster.macs())
     except Exception as exc:  # reported in the table and the JSON
         error = f"{type(exc).__name__}: {exc}"
         print(f"  {kind}: {error}", flush=True)
@@ -306,63 +429,100 @@ def run_kind(kind: str, args: argparse.Namespace, deadline: Deadline,
         "longest_gap_s": summary([h.longest_gap for h in handovers
                                   if h.longest_gap is not None]),
         "outcomes": add_counts(h.outcomes for h in handovers),
+        "tcp_counters": counters,
+        "failures": failures,
+        "strays": stray,
     }
 
 
+def _described(h: Handover) -> str:
+    return (f"{h.old} -> {h.new}, takeover "
+            f"{'?' if h.takeover is None else f'{h.takeover * 1000:.0f} ms'}")
+
+
 def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
-    print(f"\nPlanned handovers: {args.count} per implementation, client {args.rate:g} req/s "
-          f"to {VIP}:8080, timeout {args.timeout:g} s, advbase 1")
-    rows = []
-    for kind, r in results.items():
-        rows.append([
-            kind,
-            fmt(r["failed_per_handover"]),
-            f"{r['failed_total']}/{r['sent_total']}",
-            fmt(r["takeover_s"], 1000, " ms"),
-            fmt(r["longest_gap_s"], 1000, " ms"),
-        ])
+    print(f"\nPlanned handovers: {args.count} per implementation"
+          f"{f' in each of {args.runs} runs' if args.runs > 1 else ''}, client {args.rate:g} "
+          f"req/s to {VIP}:8080{' with TCP Fast Open' if args.tfo else ''}, timeout "
+          f"{args.timeout:g} s, advbase 1")
+    rows = [[label, fmt(r["failed_per_handover"]), f"{r['failed_total']}/{r['sent_total']}",
+             fmt(r["takeover_s"], 1000, " ms"), fmt(r["longest_gap_s"], 1000, " ms"),
+             fastopen_line(r.get("tcp_counters", {}))]
+            for label, r in results.items()]
+    if args.runs > 1:
+        rows += [total_row(kind, [r for r in results.values() if r["kind"] == kind])
+                 for kind in dict.fromkeys(r["kind"] for r in results.values())]
     print(table(["engine", "failed requests per handover", "failed/sent",
-                 "takeover (1st advert of new)", "longest gap w/o success"], rows))
-    for kind, r in results.items():
-        print(f"{kind}: {r['mode']}")
+                 "takeover (1st advert of new)", "longest gap w/o success",
+                 "TFO data in SYN accepted/sent, client SYN retransmits"], rows))
+    for label, r in results.items():
+        print(f"{label}: {r['mode']}")
         print(f"    outcomes: {listed(r['outcomes'])}; failures before the first handover: "
               f"{r['baseline_failed']}{'; ERROR: ' + r['error'] if r['error'] else ''}")
+        if r.get("failures"):
+            print(f"    failures as the bridge saw them: {listed(r['failures'])}")
+        if r.get("strays"):
+            print(f"    connections across the ARP move: {listed(r['strays'])}")
     print(machine_line())
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def fastopen_line(counters: dict[str, dict[str, int]]) -> str:
+    """Data in SYNs the servers accepted / SYNs with data the client sent (a SYN with a cookie
+    the new MASTER did not issue is refused: the data goes again once connected), and the
+    client's SYN retransmissions."""
+    if not counters:
+        return "-"
+    client = counters.get("client", {})
+    servers = [c for n, c in counters.items() if n != "client"]
+    accepted = sum(c.get("TCPFastOpenPassive", 0) for c in servers)
+    refused = sum(c.get("TCPFastOpenPassiveFail", 0) for c in servers)
+    return (f"{accepted}/{client.get('TCPFastOpenActive', 0)} ({refused} refused), "
+            f"{client.get('TCPSynRetrans', 0)}")
+
+
+def total_row(kind: str, runs: list[dict[str, Any]]) -> list[str]:
+    per_run = [r["failed_total"] for r in runs]
+    return [f"{kind}, {len(runs)} runs", f"per run: {' '.join(map(str, per_run))}",
+            f"{sum(per_run)}/{sum(r['sent_total'] for r in runs)}", "", "",
+            f"{sum(len(r['handovers']) for r in runs)} hand-overs"]
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--count", type=int, default=20, help="handovers per implementation")
     parser.add_argument("--quick", action="store_true", help="3 handovers per implementation")
+    parser.add_argument("--runs", type=int, default=1,
+                        help="the whole comparison this many times, each on a fresh test bed")
     parser.add_argument("--rate", type=float, default=100.0, help="client requests per second")
     parser.add_argument("--timeout", type=float, default=0.5, help="per-request timeout, s")
+    parser.add_argument("--tfo", action="store_true",
+                        help="TCP Fast Open: the client sends each request in its SYN "
+                             "(MSG_FASTOPEN), the servers accept it (TCP_FASTOPEN), "
+                             "net.ipv4.tcp_fastopen=3 in the test's namespaces only")
     parser.add_argument("--only", choices=("carpd", "ucarp"), help="run one implementation")
     parser.add_argument("--carpd-src", type=Path,
                         help="import carpd from this folder (holding a carpd/ package) instead "
                              "of the installed one: to measure a change before it lands")
     parser.add_argument("--max-seconds", type=float, default=290.0,
-                        help="time budget of the whole run")
+                        help="time budget of each run")
     parser.add_argument("--json", help="write the results to this file")
     parser.add_argument("--keep", help="keep logs and request records in this folder")
     parser.add_argument("--trace", action="store_true",
                         help="with --keep: also a pcap of the bridge, the nodes' address "
                              "changes and the client's ARP cache changes")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:
         args.count = min(args.count, 3)
         args.max_seconds = min(args.max_seconds, 58.0)
     if args.trace and not args.keep:
         parser.error("--trace needs --keep DIR")
-    if os.geteuid() != 0:
-        print("needs root (network namespaces, raw sockets, mounts)", file=sys.stderr)
-        return 2
-    if not Path(UCARP).exists() or not UCARP_HOOK.exists():
-        print(f"needs Debian's ucarp ({UCARP}, {UCARP_HOOK})", file=sys.stderr)
-        return 2
-    kinds = [args.only] if args.only else ["ucarp", "carpd"]
-    results = run_each(kinds, args, "carpd-handover-", run_kind)
-    report(results, args)
-    return finish("handover", args, results)
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    return args
+
+
+def main() -> int:
+    return bench_main("handover", parse(), run_kind, report, needs=(Path(UCARP), UCARP_HOOK))
 
 
 if __name__ == "__main__":

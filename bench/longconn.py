@@ -15,13 +15,23 @@ engine has released the VIP); the client checks every download's bytes (SHA-256)
 has returned, ``ifup eth0`` brings the node back as BACKUP.  All along, 100 short requests per
 second go to the VIP (bench/common.py's client).
 
-    .venv/bin/python -m bench.longconn [--count 10] [--quick] [--json out.json]
+What the table counts, per engine:
+- broken downloads: not every byte, or not the right ones, or reset, or stalled;
+- closes lost: downloads whose serving node never saw the client's FIN (or not within STALL s
+  of its own half close): its socket lingers, and a drain that waits for the connections to
+  close (``--drain-connections``) would wait for it.  After a hand-over the client's FIN
+  reaches the new MASTER, which must pass it on to the old one;
+- ifdown returned after the last download ended (the client's view) and after the old MASTER's
+  last close (its server closed the socket, the client's FIN having come): with a fixed drain
+  the drain's remainder; with ``--drain-connections`` what the engine takes to notice.
+
+    .venv/bin/python -m bench.longconn [--count 10] [--quick] [--drain-connections 60]
+        [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import time
@@ -34,20 +44,22 @@ from typing import Any
 from bench.common import (
     STALL,
     Background,
+    Close,
     Deadline,
+    Download,
     Processes,
     Request,
     add_counts,
+    bench_main,
+    between,
     download_listening,
-    finish,
-    finished_between,
     fmt,
+    hand_overs,
     listed,
     machine_line,
     read_closes,
     read_downloads,
     read_requests,
-    run_each,
     start_download_server,
     start_downloads,
     summary,
@@ -72,13 +84,17 @@ class Round:
     released: float | None = None
     """When ``ifdown`` returned on the old MASTER."""
     last_end: float | None = None
-    """When the last download ended (however it ended)."""
+    """When the last download ended at the client (however it ended)."""
+    last_close: float | None = None
+    """When the old MASTER's server closed the last socket of a download it served."""
     downloads: int = 0
     broken: int = 0
     unclosed: int = 0
     """Downloads whose server never saw the client's FIN: its socket lingers (a drain that
     waits for connections to close would wait for it)."""
     outcomes: dict[str, int] = field(default_factory=dict)
+    closes: dict[str, int] = field(default_factory=dict)
+    """How the servers saw the downloads end (``unknown``: no word from the server)."""
     failed: int = 0
     sent: int = 0
     error: str | None = None
@@ -89,12 +105,19 @@ class Round:
             return None
         return self.released - self.last_end
 
+    @property
+    def release_after_last_close(self) -> float | None:
+        if self.released is None or self.last_close is None:
+            return None
+        return self.released - self.last_close
+
 
 class LongCluster(Cluster):
-    """handover.py's cluster, with a download server on each node and, for carpd, a drain."""
+    """handover.py's cluster, with a download server on each node and, for carpd, a drain
+    (and, with ``--drain-connections``, a drain until the connections have closed)."""
 
     def __init__(self, kind: str, directory: Path, args: argparse.Namespace) -> None:
-        extra = [f"ucarp-drain {args.drain:g}", *args.carpd_option] if kind == "carpd" else []
+        extra = carpd_lines(args) if kind == "carpd" else []
         super().__init__(kind, directory, args.rate, args.timeout, stanza_extra=extra)
         self.drain: float = args.drain
 
@@ -118,12 +141,39 @@ class LongCluster(Cluster):
     def closes(self, name: str) -> Path:
         return self.directory / f"closes-{name}.log"
 
-    def close_outcomes(self) -> dict[int, str]:
-        """seed -> how the serving node saw the download end."""
+    def close_outcomes(self) -> dict[int, Close]:
+        """seed -> how and when the serving node saw the download end."""
         return read_closes(self.closes(name) for name in self.nodes)
 
 
-def one_round(cluster: LongCluster, index: int, args: argparse.Namespace) -> Round:
+def carpd_lines(args: argparse.Namespace) -> list[str]:
+    """carpd's stanza lines beyond the shared ones: the drain, the connection drain."""
+    lines = [f"ucarp-drain {args.drain:g}"]
+    if args.drain_connections is not None:
+        lines.append(f"ucarp-drain-connections {args.drain_connections:g}")
+    return [*lines, *args.carpd_option]
+
+
+def release_budget(args: argparse.Namespace) -> float:
+    """The longest an ``ifdown`` of carpd may rightly take: its drain, or the connections'."""
+    drain: float = args.drain
+    return max(drain, args.drain_connections or 0.0)
+
+
+def await_closes(cluster: LongCluster, downloads: list[Download],
+                 last_end: float | None) -> dict[int, Close]:
+    """The servers' word on each download: every one has it once the client's FIN came, or
+    STALL s after the server's half close without it (``unclosed``); waits for that long
+    after the last download ended, not longer (a server stuck sending to a client gone says
+    nothing)."""
+    seeds = {d.seed for d in downloads}
+    until = (last_end or time.time()) + STALL + 1.0
+    wait_until(lambda: seeds <= cluster.close_outcomes().keys(), max(0.0, until - time.time()),
+               interval=0.1)
+    return cluster.close_outcomes()
+
+
+def one_round(cluster: LongCluster, args: argparse.Namespace, index: int) -> Round:
     old = cluster.settle()
     new = cluster.peer(old)
     record = Round(index, old.name, new.name)
@@ -147,27 +197,35 @@ def one_round(cluster: LongCluster, index: int, args: argparse.Namespace) -> Rou
     record.outcomes = dict(Counter(d.outcome for d in downloads))
     record.broken = sum(d.outcome != "ok" for d in downloads) + args.downloads - len(downloads)
     record.last_end = max((d.end for d in downloads), default=None)
-    if not ifdown.join(args.drain + 60):
+    if not ifdown.join(release_budget(args) + 60):
         record.error = "ifdown did not return"
         return record
     record.released = ifdown.ended
     record.error = record.error or ifdown.error
-    time.sleep(0.5)  # the servers' last lines
-    closes = cluster.close_outcomes()
+    closes = await_closes(cluster, downloads, record.last_end)
     for d in downloads:
-        d.close = closes.get(d.seed, "unknown")
+        d.close = closes[d.seed].outcome if d.seed in closes else "unknown"
+    record.closes = dict(Counter(d.close for d in downloads))
     record.unclosed = sum(d.close != "clean" for d in downloads)
+    record.last_close = max((closes[d.seed].at for d in downloads
+                             if d.server == old.name and d.seed in closes), default=None)
     cluster.back(old.name)
     return record
+
+
+def _described(r: Round) -> str:
+    return (f"{r.old} -> {r.new}: {r.broken}/{r.downloads} broken {r.outcomes}, "
+            f"{r.unclosed} closes lost {r.closes}, release {_seconds(r.release_after_last)} "
+            f"after the last download, {_seconds(r.release_after_last_close)} after the old "
+            f"MASTER's last close")
 
 
 # ---- the run ----------------------------------------------------------------------------------
 
 
 def analyse(rounds: list[Round], requests: list[Request], end: float) -> None:
-    for i, r in enumerate(rounds):
-        stop = rounds[i + 1].start if i + 1 < len(rounds) else end
-        window = finished_between(requests, r.start, stop)
+    for r, window in zip(rounds, between([r.start for r in rounds], requests, end),
+                         strict=True):
         r.sent = len(window)
         r.failed = sum(not q.ok for q in window)
 
@@ -185,19 +243,9 @@ def run_kind(kind: str, args: argparse.Namespace, deadline: Deadline,
               f"{' '.join(cluster.stanza_extra) or 'no drain'}", flush=True)
         client = cluster.start_load(args.rate, args.timeout, deadline.left() + 60)
         time.sleep(1.0)
-        for index in range(args.count):
-            if deadline.left() < args.seconds + args.drain + 20:
-                error = f"time budget exhausted after {index} hand-overs"
-                break
-            r = one_round(cluster, index, args)
-            rounds.append(r)
-            print(f"  {kind} #{index + 1}: {r.old} -> {r.new}: {r.broken}/{r.downloads} broken "
-                  f"{r.outcomes}, {r.unclosed} closes lost, release "
-                  f"{_seconds(r.release_after_last)} after the last download"
-                  f"{'  ' + r.error if r.error else ''}", flush=True)
-            if r.error:
-                error = r.error
-                break
+        needs = args.seconds + release_budget(args) + STALL + 20
+        rounds, error = hand_overs(kind, args.count, deadline, needs,
+                                   partial(one_round, cluster, args), _described)
         cluster.settle()
         end = time.time()
         Processes.stop(client)
@@ -209,15 +257,19 @@ def run_kind(kind: str, args: argparse.Namespace, deadline: Deadline,
         cluster.close()
     return {
         "kind": kind, "mode": cluster.mode, "error": error, "extra": cluster.stanza_extra,
-        "rounds": [{**asdict(r), "release_after_last": r.release_after_last} for r in rounds],
+        "rounds": [{**asdict(r), "release_after_last": r.release_after_last,
+                    "release_after_last_close": r.release_after_last_close} for r in rounds],
         "broken": sum(r.broken for r in rounds),
         "unclosed": sum(r.unclosed for r in rounds),
         "downloads": sum(r.downloads for r in rounds),
         "failed": sum(r.failed for r in rounds), "sent": sum(r.sent for r in rounds),
         "release_after_last_s": summary([r.release_after_last for r in rounds
                                          if r.release_after_last is not None]),
+        "release_after_last_close_s": summary([r.release_after_last_close for r in rounds
+                                               if r.release_after_last_close is not None]),
         "takeover_s": summary([r.takeover for r in rounds if r.takeover is not None]),
         "outcomes": add_counts(r.outcomes for r in rounds),
+        "closes": add_counts(r.closes for r in rounds),
     }
 
 
@@ -237,15 +289,16 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> None
             f"{r['unclosed']}/{r['downloads']}",
             f"{r['failed']}/{r['sent']}",
             fmt(r["release_after_last_s"], 1, " s", 1),
+            fmt(r["release_after_last_close_s"], 1, " s", 1),
             fmt(r["takeover_s"], 1000, " ms"),
         ])
     print(table(["engine", "hand-overs", "broken downloads", "closes lost",
-                 "failed short requests",
-                 "ifdown returned after the last download ended", "takeover"], rows))
+                 "failed short requests", "ifdown returned after the last download ended",
+                 "after the old MASTER's last close", "takeover"], rows))
     for kind, r in results.items():
         print(f"{kind}: {r['mode']} {' '.join(r['extra'])}")
-        print(f"    download outcomes: {listed(r['outcomes'])}"
-              f"{'; ERROR: ' + r['error'] if r['error'] else ''}")
+        print(f"    download outcomes: {listed(r['outcomes'])}; as the servers saw them end: "
+              f"{listed(r['closes'])}{'; ERROR: ' + r['error'] if r['error'] else ''}")
     print(machine_line())
 
 
@@ -261,10 +314,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         help="hand over this long after the downloads start (default: a "
                              "third of their length)")
     parser.add_argument("--drain", type=float, default=None,
-                        help="carpd's ucarp-drain (default: the downloads' length + 5 s)")
+                        help="carpd's ucarp-drain (default: the downloads' length + 5 s; "
+                             "with --drain-connections, carpd's default, 2 s)")
+    parser.add_argument("--drain-connections", type=float, default=None, metavar="SECONDS",
+                        help="carpd's ucarp-drain-connections: keep the VIP until the "
+                             "connections of the hand-over have closed, at most SECONDS")
     parser.add_argument("--carpd-option", action="append", default=[],
-                        help="another line for carpd's stanza, e.g. "
-                             "'ucarp-drain-connections 60' (repeatable)")
+                        help="another line for carpd's stanza (repeatable)")
     parser.add_argument("--rate", type=float, default=100.0, help="short requests per second")
     parser.add_argument("--timeout", type=float, default=0.5, help="short request timeout, s")
     parser.add_argument("--only", choices=("carpd", "ucarp"), help="run one engine")
@@ -276,22 +332,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         args.count = min(args.count, 2)
         args.seconds = min(args.seconds, 8.0)
     args.lead = args.seconds / 3 if args.lead is None else args.lead
-    args.drain = args.seconds + 5 if args.drain is None else args.drain
+    if args.drain is None:
+        args.drain = 2.0 if args.drain_connections is not None else args.seconds + 5
     return args
 
 
 def main() -> int:
-    args = parse()
-    if os.geteuid() != 0:
-        print("needs root (network namespaces, raw sockets, mounts)", file=sys.stderr)
-        return 2
-    if not UCARP_HOOK.exists():
-        print(f"needs Debian's ucarp ({UCARP_HOOK})", file=sys.stderr)
-        return 2
-    kinds = [args.only] if args.only else ["ucarp", "carpd"]
-    results = run_each(kinds, args, "carpd-longconn-", run_kind)
-    report(results, args)
-    return finish("longconn", args, results)
+    return bench_main("longconn", parse(), run_kind, report, needs=(UCARP_HOOK,))
 
 
 if __name__ == "__main__":

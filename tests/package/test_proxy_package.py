@@ -1,0 +1,244 @@
+"""A long download through a real L7 proxy survives a planned hand-over (issue 12, item 4).
+
+Two trixie nodes (chroots in network namespaces on one bridge) run the installed carpd through
+real ifup/ifdown and Debian's own nginx as a reverse proxy to a backend in a third namespace;
+a client in a fourth downloads a file from the VIP through nginx, slowly (the backend sends it
+at an even rate).  Mid-download the MASTER is taken down for maintenance (``ifdown eth0``,
+with ``ucarp-drain`` longer than what is left of the download): the peer takes the VIP over
+at once, the old MASTER keeps its connections while it drains and the new one passes their
+segments on to it, so the download ends complete, its checksum right, never reset.
+
+Without the drain (``ucarp-drain 0``, tried by hand) the same download is broken: the old
+MASTER lets the VIP go at once and the client's segments reach a node without the
+connection."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from pkgtools import (
+    NET,
+    PASSWORD,
+    VIP,
+    Installed,
+    Node,
+    Overlay,
+    Pair,
+    Result,
+    Stage,
+    ifup_both,
+    interfaces_file,
+    record,
+    run,
+)
+from test_health_package import Segment, nginx_master, wait_until, with_nginx
+
+__all__ = ["with_nginx"]  # the fixture, shared with the nginx pair's test
+
+DRAIN = 30.0  # ucarp-drain on both nodes: longer than what is left of the download
+BACKEND = f"{NET}.60"
+BACKEND_PORT = 8000
+CLIENT = f"{NET}.50"
+SIZE = 3 * 1024 * 1024
+SECONDS = 12.0  # the download's length, at an even rate
+HAND_OVER_AFTER = 3.0  # into the download
+SEED = 12
+STALL = 10.0  # the client gives up on a download that receives nothing for this long
+
+PROXY_SITE = f"""\
+# carpd's package test: this node's nginx passes every request on to the backend
+server {{
+    listen 80 default_server;
+    location / {{
+        proxy_pass http://{BACKEND}:{BACKEND_PORT};
+        proxy_buffering off;
+        proxy_read_timeout 60s;
+    }}
+}}
+"""
+
+# The backend: GET /SIZE/SECONDS/SEED answers SIZE bytes of random.Random(SEED), sent at an
+# even rate over SECONDS (Content-Length set, so the client knows when it has it all).
+BACKEND_SERVER = """\
+import random, sys, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        size, seconds, seed = self.path.strip("/").split("/")
+        size, seconds = int(size), float(seconds)
+        data = random.Random(int(seed)).randbytes(size)
+        self.send_response(200)
+        self.send_header("Content-Length", str(size))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        chunk = max(1, size // int(seconds * 20))
+        start = time.monotonic()
+        for sent in range(0, size, chunk):
+            time.sleep(max(0.0, start + seconds * sent / size - time.monotonic()))
+            self.wfile.write(data[sent:sent + chunk])
+    def log_message(self, *args):
+        pass
+ThreadingHTTPServer(("0.0.0.0", int(sys.argv[1])), Handler).serve_forever()
+"""
+
+# The client: one download from the VIP; prints a JSON line when it ends (however it ends).
+FETCH = """\
+import hashlib, http.client, json, sys, time
+host, path, stall = sys.argv[1], sys.argv[2], float(sys.argv[3])
+sha, received, error, server = hashlib.sha256(), 0, None, ""
+try:
+    c = http.client.HTTPConnection(host, 80, timeout=stall)
+    c.request("GET", path)
+    reply = c.getresponse()
+    server = reply.getheader("Server", "")
+    if reply.status != 200:
+        error = f"HTTP {reply.status}"
+    while chunk := reply.read(65536):
+        sha.update(chunk)
+        received += len(chunk)
+except Exception as exc:
+    error = type(exc).__name__ + ": " + str(exc)
+print(json.dumps({"sha256": sha.hexdigest(), "received": received, "error": error,
+                  "server": server, "ended": time.monotonic()}), flush=True)
+"""
+
+
+@dataclass
+class ProxyPair:
+    pair: Pair
+    a: Node
+    b: Node
+    client: str  # network namespaces
+    backend: str
+
+
+def proxy_node(segment: Segment, layers: Installed, base: Path, name: str, host: int,
+               advskew: int, preempt: bool) -> Node:
+    """A node with the VIP's stanza (plus ``ucarp-drain``) and nginx proxying to the
+    backend."""
+    overlay = Overlay(base / name, layers.lowers)
+    node = Node(name, segment.netns(name), overlay, f"{NET}.{host}", layers.deb_in_root)
+    stanza = interfaces_file(node.address, advskew, preempt)
+    password = f"    ucarp-password {PASSWORD}\n"
+    assert password in stanza
+    stanza = stanza.replace(password, password + f"    ucarp-drain {DRAIN:g}\n")
+    (node.root / "etc/network/interfaces").write_text(stanza)
+    (node.root / "run/network").mkdir(parents=True, exist_ok=True)
+    sites = node.root / "etc/nginx/sites-enabled"
+    for site in sites.iterdir():
+        site.unlink()
+    (sites / "proxy").write_text(PROXY_SITE)
+    (node.root / "usr/sbin/policy-rc.d").unlink()
+    return node
+
+
+def start_proxy(node: Node) -> None:
+    node.run("nginx")  # Debian's configuration with our site: it forks, writes /run/nginx.pid
+    wait_until(lambda: nginx_master(node) is not None, 10, f"nginx running on {node.name}")
+
+
+def in_netns(netns: str, *argv: str) -> list[str]:
+    return ["ip", "netns", "exec", netns, *argv]
+
+
+@pytest.fixture
+def proxies(with_nginx: Installed, tmp_path: Path) -> Iterator[ProxyPair]:
+    """a (advskew 0, preempt) and b (advskew 100), each with nginx proxying to a backend
+    namespace, and a client namespace, all on one bridge; nothing is up yet."""
+    segment = Segment()
+    nodes: list[Node] = []
+    backend_proc: subprocess.Popen[bytes] | None = None
+    try:
+        for name, host, advskew, preempt in (("a", 11, 0, True), ("b", 12, 100, False)):
+            nodes.append(proxy_node(segment, with_nginx, tmp_path, name, host, advskew,
+                                    preempt))
+        client, backend = segment.netns("client"), segment.netns("backend")
+        for netns, address in ((client, CLIENT), (backend, BACKEND)):
+            run(["ip", "-n", netns, "addr", "add", f"{address}/24", "dev", "eth0"])
+            run(["ip", "-n", netns, "link", "set", "eth0", "up"])
+        with (tmp_path / "backend.log").open("wb") as log:
+            backend_proc = subprocess.Popen(
+                in_netns(backend, sys.executable, "-c", BACKEND_SERVER, str(BACKEND_PORT)),
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        for node in nodes:
+            start_proxy(node)
+        yield ProxyPair(Pair(nodes[0], nodes[1]), nodes[0], nodes[1], client, backend)
+    finally:
+        for node in nodes:
+            node.stop_everything()  # the engines and nginx
+        if backend_proc is not None:
+            backend_proc.kill()  # by its PID: the one process this started there
+            backend_proc.wait()
+        segment.close()
+        for node in nodes:
+            node.overlay.unmount()
+
+
+class Background:
+    """A node's command in a thread (an ``ifdown`` that returns once the drain is over)."""
+
+    def __init__(self, node: Node, *argv: str) -> None:
+        self.result: Result | None = None
+        self.ended: float | None = None
+        self._thread = threading.Thread(target=self._run, args=(node, argv), daemon=True)
+        self._thread.start()
+
+    def _run(self, node: Node, argv: tuple[str, ...]) -> None:
+        self.result = node.run(*argv, check=False, timeout=DRAIN + 60)
+        self.ended = time.monotonic()
+
+    def join(self, timeout: float) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+
+def expected_sha256() -> str:
+    return hashlib.sha256(random.Random(SEED).randbytes(SIZE)).hexdigest()
+
+
+def test_a_long_download_through_nginx_survives_a_planned_hand_over_unbroken(
+        proxies: ProxyPair, tmp_path: Path) -> None:
+    a, b, pair = proxies.a, proxies.b, proxies.pair
+    assert ifup_both(pair) is a
+    path = f"/{SIZE}/{SECONDS:g}/{SEED}"
+    with (tmp_path / "fetch.log").open("wb") as err:
+        fetch = subprocess.Popen(in_netns(proxies.client, sys.executable, "-c", FETCH,
+                                          VIP, path, str(STALL)),
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
+    try:
+        began = time.monotonic()
+        time.sleep(HAND_OVER_AFTER)
+        assert fetch.poll() is None, "the download ended before the hand-over"
+        with Stage(f"ifdown eth0 on the MASTER mid-download (ucarp-drain {DRAIN:g})"):
+            ifdown = Background(a, "ifdown", "eth0")
+            # the peer takes over at the bow-out while the old MASTER keeps the VIP, draining
+            wait_until(b.holds, 5, "the VIP on b")
+            drained = a.holds()
+            out, _ = fetch.communicate(timeout=SECONDS + 2 * STALL)
+    finally:
+        if fetch.poll() is None:
+            fetch.kill()  # by its PID
+            fetch.wait()
+    outcome = json.loads(out)
+    record("long download through nginx across a hand-over: its length",
+           outcome["ended"] - began)
+    assert outcome["error"] is None, outcome
+    assert outcome["received"] == SIZE, outcome
+    assert outcome["sha256"] == expected_sha256(), outcome
+    assert outcome["server"].startswith("nginx"), outcome  # it went through the proxy
+    assert drained, "the old MASTER let the VIP go without draining"
+    assert ifdown.join(DRAIN + 60), "ifdown eth0 did not return"
+    assert ifdown.result is not None and ifdown.result.returncode == 0, ifdown.result
+    assert not a.engines() and not a.holds(), "the old MASTER kept an engine or the VIP"
+    assert pair.holders() == [b]
