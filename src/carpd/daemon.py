@@ -277,7 +277,7 @@ class Engine:
         for key, _events in ready:
             handler: Callable[[Any], None] = key.data
             handler(key.fileobj)
-        if ready:
+        if ready:  # the handlers may have fed any group
             timers.rebuild(self.all_groups())
         now = time.monotonic()
         for group in timers.pop_due(now):
@@ -286,7 +286,7 @@ class Engine:
         self._finish_retired(now)
         for idle in self.control.expire():
             self._drop_client(idle)
-        if ready or self.retiring or self._signals:  # groups fed, stopping, or about to be
+        if self.retiring or self._signals:  # groups stopping, or signals to be handled
             timers.invalidate()
 
     def _on_frames(self, _fileobj: Any) -> None:
