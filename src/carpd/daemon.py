@@ -12,18 +12,21 @@ health verdicts, control requests and signals (through a wakeup pipe).  Time is
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
 import logging
 import os
 import selectors
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from ipaddress import IPv4Address
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from carpd import _memory, control, identity, netlink, sdnotify, wire
 from carpd.config import ConfigError, EngineConfig, Options, engine_config, stop_budget
+from carpd.election import State
 from carpd.group import Group, alias_label
 from carpd.net import Link
 from carpd.watchdog import Watchdog
@@ -36,6 +39,8 @@ RELOAD_FIXED = ("interface", "mcast", "nomcast", "ignoreifstate", "state_dir", "
 """Interface-level keys a reload cannot change (the socket, the filter, the folders)."""
 
 __all__ = ["EXIT_SIGNALS", "Engine", "alias_label", "source_address"]
+
+T = TypeVar("T")
 
 
 def source_address(options: Options) -> IPv4Address:
@@ -50,6 +55,89 @@ def source_address(options: Options) -> IPv4Address:
         raise ConfigError(f"-s/--srcip: not given, and {options.interface} has no IPv4 address "
                           "to use instead")
     return primary
+
+
+ADVERT_LEAD = 0.002
+"""A MASTER runs its timers up to this long before its schedule: the loop's wake-up comes late
+by up to a millisecond of rounding (epoll counts whole ms) plus the kernel's slack (0.1 % of
+the sleep), and an advert early is harmless (peers restart their master-down timers) where a
+late one is not."""
+SCHEDULE_SLOTS = 8
+SCHEDULE_STEP = 0.003
+"""Groups due at one instant (started together, or taken over together) would all advertise in
+one burst, the last ones late by the whole burst: a MASTER's schedule is its core's schedule
+less ``(vhid % SCHEDULE_SLOTS) * SCHEDULE_STEP``, so 255 groups go out in 8 bursts of at most
+32 adverts 3 ms apart.  Their interval is unchanged."""
+
+
+def schedule_offset(vhid: int) -> float:
+    """How much earlier than its core's schedule a MASTER of ``vhid`` is scheduled (the bench
+    measures lateness against this schedule)."""
+    return (vhid % SCHEDULE_SLOTS) * SCHEDULE_STEP
+
+
+def timer_lead(group: Group) -> float:
+    """How long before its core's deadline a group's timers run: a MASTER's by its schedule
+    offset and ADVERT_LEAD (its other timers, re-announcement and the end of forwarding, may as
+    well run those milliseconds early); a BACKUP's master-down never early."""
+    if group.host.state is not State.MASTER:
+        return 0.0
+    return ADVERT_LEAD + schedule_offset(group.vhid)
+
+
+def timers_due_at(group: Group) -> float | None:
+    """When the loop runs ``group``'s timers, handing its core the time it is due (``now`` plus
+    :func:`timer_lead`): the core counts the next interval from the deadline, not from when the
+    loop got to it, so running early never moves the schedule."""
+    deadline = group.next_deadline()
+    return None if deadline is None else deadline - timer_lead(group)
+
+
+class TimerQueue(Generic[T]):
+    """The instants at which the loop runs each group's timers, soonest first: a turn that
+    only runs timers pays for the groups it runs, not for all 255.
+
+    Only the loop changes a group's timers by running them (it then :meth:`push`-es the group
+    again); anything else that feeds a group (a frame, a link event, a request, a signal, a
+    group stopping) may change them too, and the loop then :meth:`invalidate`-s the queue,
+    which is rebuilt from every group before it is used again."""
+
+    def __init__(self, due_at: Callable[[T], float | None]) -> None:
+        self._due_at = due_at
+        self._heap: list[tuple[float, int, T]] | None = None
+        self._order = itertools.count()  # ties in time go first in, first out; T is not compared
+
+    @property
+    def valid(self) -> bool:
+        return self._heap is not None
+
+    def invalidate(self) -> None:
+        self._heap = None
+
+    def rebuild(self, items: Iterable[T]) -> None:
+        self._heap = []
+        for item in items:
+            self.push(item)
+
+    def push(self, item: T) -> None:
+        """Queue ``item`` at its instant now (nothing if it has none)."""
+        assert self._heap is not None
+        due = self._due_at(item)
+        if due is not None:
+            heapq.heappush(self._heap, (due, next(self._order), item))
+
+    def soonest(self) -> float | None:
+        assert self._heap is not None
+        return self._heap[0][0] if self._heap else None
+
+    def pop_due(self, now: float) -> list[T]:
+        """Every item due at ``now``, soonest first, taken off the queue (push each back once
+        its timers have run)."""
+        assert self._heap is not None
+        due = []
+        while self._heap and self._heap[0][0] <= now:
+            due.append(heapq.heappop(self._heap)[2])
+        return due
 
 
 def vhid_of(packet: bytes) -> int | None:
@@ -96,6 +184,7 @@ class Engine:
         self._infos: dict[str, netlink.InterfaceInfo] = {}
         """Interface info read during this loop turn (forgotten at the next)."""
         self.watchdog: Watchdog | None = None
+        self._timer_queue: TimerQueue[Group] = TimerQueue(timers_due_at)
 
     # ---- what groups see of the interface (carpd.group.Port) ------------------------------------
 
@@ -177,20 +266,28 @@ class Engine:
             self._handle_signals()
 
     def _loop_once(self) -> None:
-        deadlines = [d for d in (*(g.next_deadline() for g in self.all_groups()),
-                                 self.control.next_deadline(), self._exit_by) if d is not None]
+        timers = self._timer_queue
+        if not timers.valid:
+            timers.rebuild(self.all_groups())
+        deadlines = [d for d in (timers.soonest(), self.control.next_deadline(), self._exit_by)
+                     if d is not None]
         timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
         ready = self._selector.select(timeout)
         self._infos.clear()
         for key, _events in ready:
             handler: Callable[[Any], None] = key.data
             handler(key.fileobj)
+        if ready:  # the handlers may have fed any group
+            timers.rebuild(self.all_groups())
         now = time.monotonic()
-        for group in list(self.all_groups()):
-            group.on_timer(now)
+        for group in timers.pop_due(now):
+            group.on_timer(now + timer_lead(group))
+            timers.push(group)
         self._finish_retired(now)
         for idle in self.control.expire():
             self._drop_client(idle)
+        if self.retiring or self._signals:  # groups stopping, or signals to be handled
+            timers.invalidate()
 
     def _on_frames(self, _fileobj: Any) -> None:
         try:

@@ -92,6 +92,9 @@ class Group:
             wire.multicast_mac(options.mcast)
         self._ucarp_mac = wire.ucarp_source_mac(options.vhid)
         self._src_mac = self._ucarp_mac if options.ucarp_mac else port.mac
+        p = self.host.params
+        self._advert_frames = wire.AdvertFrames(p.key, p.vip, p.source, p.group, self._dest_mac,
+                                                self._src_mac)
         self._persistent_demotion = False
         self._was_master = False
         self._vip_port: Port | VipPort = port if options.vip_on == port.ifname else \
@@ -240,9 +243,7 @@ class Group:
         self.forwarder.engage(to)
 
     def _send_advert(self, advert: wire.Advert) -> None:
-        p = self.host.params
-        packet = wire.encode_packet(advert, p.key, p.vip, p.source, random_ident(), p.group)
-        self.port.send(wire.encode_ethernet(self._dest_mac, self._src_mac, wire.ETH_P_IP, packet))
+        self.port.send(self._advert_frames.frame(advert, random_ident()))
 
     def _announce(self) -> None:
         """Gratuitous ARP for the VIP and every address of the NAME:ucarp alias (NAME: the

@@ -47,6 +47,7 @@ ACCEPT_BYTES = 0xFFFF
 Insn = tuple[int, int, int, int]
 
 _ETH = 14  # the IPv4 header starts here; the CARP header at _ETH + 4 * IHL
+_ETHERTYPE_IP = wire.ETH_P_IP.to_bytes(2, "big")
 
 
 def carp_filter(group: IPv4Address | None = None,
@@ -187,9 +188,13 @@ class Link:
 
     def send(self, frame: bytes) -> None:
         # carrier gone or buffer full: CARP tolerates a lost advert, the next one follows
-        ethertype = int.from_bytes(frame[12:14], "big")
         with contextlib.suppress(OSError):
-            self._packets.sendto(frame, (self.ifname, ethertype))
+            if frame[12:14] == _ETHERTYPE_IP:
+                # the socket is bound to the interface and IPv4: one syscall (sendto with a
+                # name looks the interface up by ioctl first, at every advert)
+                self._packets.send(frame)
+            else:
+                self._packets.sendto(frame, (self.ifname, int.from_bytes(frame[12:14], "big")))
 
     def close(self) -> None:
         self._packets.close()
