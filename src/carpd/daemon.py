@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from ipaddress import IPv4Address
 from typing import Any
 
-from carpd import _memory, control, identity, netlink, sdnotify, wire
+from carpd import _memory, control, drainsock, identity, netlink, sdnotify, wire
 from carpd.config import ConfigError, EngineConfig, Options, engine_config, stop_budget
 from carpd.group import Group, alias_label
 from carpd.net import Link
@@ -77,6 +77,7 @@ class Engine:
         self.link = Link(first.interface, None if first.nomcast else first.mcast,
                          group=first.mcast, vhids=config.vhids)
         self.monitor = None if first.ignoreifstate else netlink.LinkMonitor(self.info.index)
+        self.signals = drainsock.SignalSocket.open(first.interface)
         self._carrier = self.info.carrier
         self.groups = {o.vhid: Group(o, sources[o.vhid], self, self.tagged)
                        for o in config.groups}
@@ -101,6 +102,10 @@ class Engine:
 
     def send(self, frame: bytes) -> None:
         self.link.send(frame)
+
+    def send_signal(self, data: bytes, to: IPv4Address, source: IPv4Address) -> None:
+        if self.signals is not None:
+            self.signals.send(data, to, source)
 
     def interface_info(self, ifname: str) -> netlink.InterfaceInfo:
         info = self._infos.get(ifname)
@@ -131,6 +136,8 @@ class Engine:
         sel.register(wakeup_read, selectors.EVENT_READ, self._on_signal_pipe)
         if self.monitor is not None:
             sel.register(self.monitor, selectors.EVENT_READ, self._on_link_event)
+        if self.signals is not None:
+            sel.register(self.signals, selectors.EVENT_READ, self._on_drain_signals)
         now = time.monotonic()
         for group in self.groups.values():
             self._start_group(group, now)
@@ -208,6 +215,14 @@ class Engine:
             group = self._group_for(packet)
             if group is not None:
                 group.receive(frame, packet, time.monotonic())
+
+    def _on_drain_signals(self, _fileobj: Any) -> None:
+        assert self.signals is not None
+        for data, source in self.signals.receive():
+            vhid = drainsock.vhid_of(data)
+            group = self.groups.get(vhid) or self.retiring.get(vhid) if vhid else None
+            if group is not None:
+                group.drain_signal(data, source, time.monotonic())
 
     def _group_for(self, packet: bytes) -> Group | None:
         vhid = vhid_of(packet)
@@ -458,7 +473,7 @@ class Engine:
 
     def _shut_down(self) -> int:
         groups = list(self.all_groups())
-        drain = max(g.options.drain for g in groups)
+        drain = max(max(g.options.drain, g.options.drain_connections) for g in groups)
         script_timeout = max(g.options.script_timeout for g in groups)
         # The drain and the down script may take longer than the unit's TimeoutStopSec.
         budget = stop_budget(drain, script_timeout)
@@ -481,6 +496,8 @@ class Engine:
             group.release()
         self.control.close()
         self.link.close()
+        if self.signals is not None:
+            self.signals.close()
         if self.monitor is not None:
             self.monitor.close()
         return 0
