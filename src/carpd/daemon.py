@@ -346,11 +346,15 @@ class Engine:
         return [group]
 
     def _answer(self, groups: list[Group]) -> dict[str, Any]:
-        """{"ok", "interface", "pid", "groups": [...], "stopping": [vhid...]}, and when one group
-        is answered for, its fields at the top too (as an engine of one group always has)."""
+        """{"ok", "interface", "pid", "groups": [...], "stopping": [vhid...],
+        "stopping_groups": [...]}, and when one group is answered for, its fields at the top too
+        (as an engine of one group always has).  "stopping_groups": the status of each group
+        still bowing out, draining (connections left) or running its down script."""
         statuses = [g.status() for g in groups]
         reply: dict[str, Any] = {"ok": True, "interface": self.ifname, "pid": os.getpid(),
-                                 "groups": statuses, "stopping": sorted(self.retiring)}
+                                 "groups": statuses, "stopping": sorted(self.retiring),
+                                 "stopping_groups": [{**g.status(), "stopping": True}
+                                                     for g in self.retiring.values()]}
         if len(statuses) == 1:
             reply = {**statuses[0], **reply}
         return reply

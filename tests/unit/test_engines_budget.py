@@ -35,3 +35,9 @@ def test_a_groups_conf_gives_its_slowest_group() -> None:
 
 def test_defaults_are_the_engines_defaults() -> None:
     assert _engines().conf_budget({"groups": [{"vhid": 1}]}) == 32.0
+
+
+def test_drain_connections_lengthens_the_budget_to_its_cap() -> None:
+    data = {"groups": [{"vhid": 1, "drain": 2, "drain_connections": 600, "script_timeout": 30},
+                       {"vhid": 2, "drain": 90, "drain_connections": 10, "script_timeout": 30}]}
+    assert _engines().conf_budget(data) == 630.0

@@ -356,6 +356,8 @@ class Engine:
     vhid: int = field(default=0, compare=False)
     vip_interface: str = field(default="", compare=False)
     """Where the VIP is when not on ``interface`` (a dedicated cluster network)."""
+    drain_connections: float = field(default=0.0, compare=False)
+    """A drain may last this long too (until the hand-over's connections have closed)."""
 
     @classmethod
     def from_conf(cls, path: Path) -> Engine | None:
@@ -371,7 +373,8 @@ class Engine:
                    data.get("xparam"), float(data.get("script_timeout", 30.0)),
                    float(data.get("drain", DEFAULT_DRAIN)),
                    str(data.get("script_interface") or vip_interface or interface),
-                   int(data.get("vhid", 1)), vip_interface)
+                   int(data.get("vhid", 1)), vip_interface,
+                   float(data.get("drain_connections", 0.0)))
 
     @property
     def vip_on(self) -> str:
@@ -386,7 +389,7 @@ class Engine:
     def stop_budget(self) -> float:
         from carpd.config import stop_budget
 
-        return stop_budget(self.drain, self.script_timeout)
+        return stop_budget(max(self.drain, self.drain_connections), self.script_timeout)
 
     def script_argv(self) -> list[str] | None:
         if not self.downscript:
