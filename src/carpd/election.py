@@ -388,6 +388,9 @@ class VirtualHost:
         """A datagram on :data:`carpd.drainsignal.PORT` from ``source``: while we pass an old
         MASTER's connections on, its "still draining" keeps us at it, its "drained" ends it
         (and, as MASTER, we announce the VIP again: the old MASTER has let go of it)."""
+        if not self._watch.forwarding:  # before the digest: a flood costs little
+            self.signal_rejected[drainsignal.Reject.NOT_FORWARDING] += 1
+            return []
         taken = self._watch.receive(data, source, now)
         if isinstance(taken, drainsignal.Reject):
             self.signal_rejected[taken] += 1
@@ -615,6 +618,8 @@ class VirtualHost:
     def stop(self, now: float) -> list[Action]:
         """Shutting down: bow out if MASTER so a peer takes over at once, then release."""
         self._running = False
+        if not self.draining:  # a hand-over of ours whose VIP we took back: over now
+            self._finish_handover(now)
         if self.state is State.MASTER:
             bow_out: list[Action] = [self._advert(wire.BOW_OUT, wire.BOW_OUT)]
             reason = "shutting down: bowed out"

@@ -308,3 +308,31 @@ def test_status_shows_the_drain_and_the_forwarding() -> None:
     assert drain == {"connections": 2, "left": 59.0, "to": str(B)}
     forward = pair["b"].host.status(pair.now)["forwarding"]
     assert forward["to"] == str(A) and forward["connections"] == 2
+
+
+def test_stopping_after_taking_the_vip_back_ends_the_older_hand_over_at_once() -> None:
+    """A -> B -> A, then a loses its link (no hand-over) and is stopped: its first hand-over
+    (still counting connections) must not hold the stop up to its cap."""
+    pair = handed_over({"drain": 2.0, "drain_connections": 600.0}, how="demote")
+    pair["a"].open_connections = 1
+    pair.run_until(12.0)
+    pair.act("a", "promote")
+    pair.act("b", "demote")
+    assert pair["a"].host.state is State.MASTER
+    pair.run_until(20.0)
+    assert pair["a"].host.signalling, "a's first hand-over still runs (1 connection)"
+    a = pair["a"]
+    pair.carry_out(a, a.host.link_changed(False, pair.now))
+    assert a.host.state is State.INIT and a.host.signalling
+    pair.act("a", "stop")
+    pair.run_until(25.0)
+    assert not pair["a"].host.draining and not pair["a"].host.signalling
+
+
+def test_signals_while_not_forwarding_are_counted_and_ignored() -> None:
+    pair = handed_over({"drain": 2.0})
+    pair.run_until(20.0)
+    b = pair["b"].host
+    before = b.signal_rejected[drainsignal.Reject.NOT_FORWARDING]  # "drained" repeated
+    assert b.drain_signal(b"CARPDRN1" + bytes(drainsignal.SIZE - 8), A, pair.now) == []
+    assert b.signal_rejected[drainsignal.Reject.NOT_FORWARDING] == before + 1
