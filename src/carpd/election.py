@@ -379,10 +379,12 @@ class VirtualHost:
         if freshness is Freshness.KEEPALIVE:
             self._setrun(now)
             return []
-        heard = self._heard_during_handover(result, sender_drains, now)
         if self.state is State.BACKUP:
-            return self._emit(heard + self._backup_hears(result, now, sender_drains, sender_mac))
-        return self._emit(heard + self._master_hears(result, now, sender_drains))
+            actions = self._backup_hears(result, now, sender_drains, sender_mac)
+        else:
+            actions = self._master_hears(result, now, sender_drains)
+        # after the election: the advert that preempted us names whom our signals go to
+        return self._emit(actions + self._heard_during_handover(result, sender_drains, now))
 
     def drain_signal(self, data: bytes, source: IPv4Address, now: float) -> list[Action]:
         """A datagram on :data:`carpd.drainsignal.PORT` from ``source``: while we pass an old

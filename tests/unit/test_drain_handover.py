@@ -336,3 +336,23 @@ def test_signals_while_not_forwarding_are_counted_and_ignored() -> None:
     before = b.signal_rejected[drainsignal.Reject.NOT_FORWARDING]  # "drained" repeated
     assert b.drain_signal(b"CARPDRN1" + bytes(drainsignal.SIZE - 8), A, pair.now) == []
     assert b.signal_rejected[drainsignal.Reject.NOT_FORWARDING] == before + 1
+
+
+def test_a_preempted_carpd_master_signals_from_the_first_advert_of_the_preempter() -> None:
+    """Preempted by a carpd node (planned: it drains), the old MASTER's first signal goes out
+    at once, not an advert interval later (the new MASTER would have fallen silent by then)."""
+    pair = Pair({"drain": 5.0, "advskew": 50},
+                {"drain": 5.0, "preempt": True, "replay_check": False})  # b answers no farewell
+    a, b = pair["a"], pair["b"]
+    pair.carry_out(a, a.host.start(0.0))
+    pair.run_until(5.0)
+    assert a.host.state is State.MASTER
+    pair.carry_out(b, b.host.start(5.0))
+    pair.run_until(8.0)
+    assert b.host.state is State.MASTER and a.host.draining
+    taken = min(b.got(ForwardStrays))
+    assert min(a.got(SendDrainSignal)) == taken
+    pair.run_until(taken + 4.9)
+    assert forwarding(b), "b stopped passing a's connections on during a's 5 s drain"
+    pair.run_until(taken + 6.0)
+    assert b.got(StopForwarding) == [taken + 5.0]

@@ -23,6 +23,7 @@ from carpd.election import (
     RunScript,
     Script,
     SendAdvert,
+    SendDrainSignal,
     SendGratuitousArp,
     StartDrain,
     State,
@@ -841,7 +842,9 @@ def test_preempted_by_a_preferred_carpd_master_drains_like_any_planned_release()
     actions = master.receive(packet_from("10.0.0.9"), 5.0, sender_drains=True)
     assert StartDrain() in actions and RunScript(Script.DOWN) not in actions
     assert master.draining
-    assert master.handle_timer(7.0) == [RunScript(Script.DOWN), EndDrain()]
+    actions = master.handle_timer(7.0)
+    assert actions[:2] == [RunScript(Script.DOWN), EndDrain()]
+    assert [type(a) for a in actions[2:]] == [SendDrainSignal]  # "drained", to the preempter
 
 
 def test_stepping_down_to_an_equal_carpd_master_after_a_partition_releases_at_once() -> None:
