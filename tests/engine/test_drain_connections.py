@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import signal
 import time
+from ipaddress import IPv4Address
 
 import pytest
 from test_drain_forwarding import (
@@ -25,7 +26,9 @@ from test_drain_forwarding import (
     servers,
 )
 
-from lab.netns import VIP, Daemon, Network, Node, wait_for
+from carpd import drainsignal
+from carpd.drainsock import SignalSocket, vhid_of
+from lab.netns import VIP, Daemon, Network, Node, in_netns, wait_for
 
 pytestmark = [pytest.mark.netns]
 __all__ = ["servers"]  # the fixture, used by name
@@ -127,3 +130,24 @@ def test_a_crash_of_the_draining_old_master_stops_the_forwarding_within_a_second
     assert _state(second) == "MASTER" and b.has(VIP), "b changed more than its forwarding"
     a.remove_address(VIP)  # what a's watchdog does (killed with it here)
     assert fetch_name(client) == "b"
+
+
+def test_the_signal_socket_sends_from_the_groups_own_address_and_only_on_its_interface(
+        net: Network) -> None:
+    """A group whose -s is not the interface's first address: the peer must see the signal
+    come from that address (its Watch checks it against the adverts' source)."""
+    a, b = net.add_node("10.9.1.1"), net.add_node("10.9.1.2")
+    a.exec("ip", "addr", "add", "10.9.1.77/16", "dev", "eth0")
+    with in_netns(a.ns):
+        sender = SignalSocket("eth0")
+    with in_netns(b.ns):
+        receiver = SignalSocket("eth0")
+    try:
+        data = b"CARPDRN1\x07" + bytes(drainsignal.SIZE - 9)
+        sender.send(data, b.address, IPv4Address("10.9.1.77"))
+        received = wait_for(receiver.receive, 5)
+        assert received == [(data, IPv4Address("10.9.1.77"))]
+        assert vhid_of(received[0][0]) == 7
+    finally:
+        sender.close()
+        receiver.close()
