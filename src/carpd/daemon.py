@@ -220,9 +220,10 @@ class Engine:
         assert self.signals is not None
         for data, source in self.signals.receive():
             vhid = drainsock.vhid_of(data)
-            group = self.groups.get(vhid) or self.retiring.get(vhid) if vhid else None
-            if group is not None:
-                group.drain_signal(data, source, time.monotonic())
+            # a group being restarted by a reload may still forward: both instances hear it
+            for group in (self.groups.get(vhid or 0), self.retiring.get(vhid or 0)):
+                if group is not None:
+                    group.drain_signal(data, source, time.monotonic())
 
     def _group_for(self, packet: bytes) -> Group | None:
         vhid = vhid_of(packet)
