@@ -224,7 +224,9 @@ class Group:
         elif isinstance(action, election.EndDrain):
             self.arp_guard.release()
         elif isinstance(action, election.ForwardStrays):
-            self._forward_strays(action.to, action.mac)
+            # its MAC as the adverts' interface saw it: the loop guard's, if the VIP is there too
+            same_link = self.options.vip_on == self.port.ifname
+            self._forward_strays(action.to, action.mac if same_link else None)
         elif isinstance(action, election.StopForwarding):
             self._stop_forwarding()
         elif isinstance(action, election.CountConnections):
@@ -255,7 +257,8 @@ class Group:
     def _stop_forwarding(self) -> None:
         to = self.forwarder.forwarding_to
         if to is not None:
-            self.log.info("no longer passing %s's connections on: its drain is over", to)
+            self.log.info("no longer passing %s's connections on: it said its drain is over, "
+                          "or fell silent", to)
         self.forwarder.release()
 
     def _forward_strays(self, to: IPv4Address, mac: bytes | None = None) -> None:
