@@ -190,6 +190,8 @@ def _groups_of(reply: dict[str, Any], interface: str | None = None,
         return [reply]
     groups = reply.get("groups")
     entries = [g for g in groups if isinstance(g, dict)] if isinstance(groups, list) else [reply]
+    stopping = reply.get("stopping_groups")  # draining: its connections left
+    entries += [g for g in stopping if isinstance(g, dict)] if isinstance(stopping, list) else []
     return [g for g in entries if (interface is None or g.get("interface") == interface)
             and (vhid is None or g.get("vhid") == vhid)]
 
@@ -225,8 +227,10 @@ def _table(replies: list[dict[str, Any]]) -> str:
             state = str(r.get("state", "NO ANSWER"))
             rows.append([str(r.get("interface", "?")), "-", "-", state, "-", "-", "-", "-"])
             continue
+        state = f"{r.get('state')}, STOPPING" if r.get("stopping") is True else \
+            str(r.get("state"))
         rows.append([str(r.get("interface")), str(r.get("vhid")), str(r.get("vip")),
-                     str(r.get("state")), _ago(r.get("since"), now), str(r.get("master") or "-"),
+                     state, _ago(r.get("since"), now), str(r.get("master") or "-"),
                      "yes" if r.get("demoted") else "no", str(r.get("pid"))])
         why = r.get("why")
         if why:  # under its group's row: why it is BACKUP, or MASTER only as a last resort
@@ -234,11 +238,33 @@ def _table(replies: list[dict[str, Any]]) -> str:
         contradiction = _vip_contradiction(r)
         if contradiction:
             rows.append([f"  vip: {contradiction}"])
+        rows += [[line] for line in _handover_lines(r)]
     widths = [max(len(row[i]) for row in rows if len(row) > 1) for i in range(len(rows[0]))]
     table = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)).rstrip()
              for row in rows]
     return "\n".join(table + [f"{r.get('interface')}: {r['error']}" for r in replies
                               if "error" in r])
+
+
+def _handover_lines(reply: dict[str, Any]) -> list[str]:
+    """Under a group's row: its drain (connections of the hand-over still open), and whose
+    connections it passes on."""
+    lines = []
+    drain = reply.get("drain")
+    if isinstance(drain, dict):
+        count = drain.get("connections")
+        left = f"{count} connection{'s' if count != 1 else ''} left, " if count is not None \
+            else ""
+        told = f"; telling {drain['to']}" if drain.get("to") else ""
+        lines.append(f"  drain: {left}{float(drain.get('left') or 0):.0f} s at most{told}")
+    forwarding = reply.get("forwarding")
+    if isinstance(forwarding, dict):
+        count = forwarding.get("connections")
+        left = f": {count} connection{'s' if count != 1 else ''} left there" \
+            if count is not None else ""
+        lines.append(f"  forwarding: {forwarding.get('to')}'s connections go on to it while "
+                     f"it drains{left}")
+    return lines
 
 
 def _vip_present(reply: dict[str, Any]) -> bool | None:
@@ -263,7 +289,7 @@ def _vip_contradiction(reply: dict[str, Any]) -> str | None:
     vip, interface = reply.get("vip"), reply.get("interface")
     if present is False and state == "MASTER":
         return f"MASTER, but {vip} is not on {interface}"
-    if present is True and state in ("BACKUP", "INIT"):
+    if present is True and state in ("BACKUP", "INIT") and not reply.get("drain"):
         return f"{state}, but {vip} is on {interface} (left behind, or added by someone else)"
     return None
 

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from ipaddress import IPv4Address
 from typing import Any, Generic, TypeVar
 
-from carpd import _memory, control, identity, netlink, sdnotify, wire
+from carpd import _memory, control, drainsock, identity, netlink, sdnotify, wire
 from carpd.config import ConfigError, EngineConfig, Options, engine_config, stop_budget
 from carpd.election import State
 from carpd.group import Group, alias_label
@@ -165,6 +165,7 @@ class Engine:
         self.link = Link(first.interface, None if first.nomcast else first.mcast,
                          group=first.mcast, vhids=config.vhids)
         self.monitor = None if first.ignoreifstate else netlink.LinkMonitor(self.info.index)
+        self.signals = drainsock.SignalSocket.open(first.interface)
         self._carrier = self.info.carrier
         self.groups = {o.vhid: Group(o, sources[o.vhid], self, self.tagged)
                        for o in config.groups}
@@ -190,6 +191,10 @@ class Engine:
 
     def send(self, frame: bytes) -> None:
         self.link.send(frame)
+
+    def send_signal(self, data: bytes, to: IPv4Address, source: IPv4Address) -> None:
+        if self.signals is not None:
+            self.signals.send(data, to, source)
 
     def interface_info(self, ifname: str) -> netlink.InterfaceInfo:
         info = self._infos.get(ifname)
@@ -220,6 +225,8 @@ class Engine:
         sel.register(wakeup_read, selectors.EVENT_READ, self._on_signal_pipe)
         if self.monitor is not None:
             sel.register(self.monitor, selectors.EVENT_READ, self._on_link_event)
+        if self.signals is not None:
+            sel.register(self.signals, selectors.EVENT_READ, self._on_drain_signals)
         now = time.monotonic()
         for group in self.groups.values():
             self._start_group(group, now)
@@ -305,6 +312,15 @@ class Engine:
             group = self._group_for(packet)
             if group is not None:
                 group.receive(frame, packet, time.monotonic())
+
+    def _on_drain_signals(self, _fileobj: Any) -> None:
+        assert self.signals is not None
+        for data, source in self.signals.receive():
+            vhid = drainsock.vhid_of(data)
+            # a group being restarted by a reload may still forward: both instances hear it
+            for group in (self.groups.get(vhid or 0), self.retiring.get(vhid or 0)):
+                if group is not None:
+                    group.drain_signal(data, source, time.monotonic())
 
     def _group_for(self, packet: bytes) -> Group | None:
         vhid = vhid_of(packet)
@@ -428,11 +444,15 @@ class Engine:
         return [group]
 
     def _answer(self, groups: list[Group]) -> dict[str, Any]:
-        """{"ok", "interface", "pid", "groups": [...], "stopping": [vhid...]}, and when one group
-        is answered for, its fields at the top too (as an engine of one group always has)."""
+        """{"ok", "interface", "pid", "groups": [...], "stopping": [vhid...],
+        "stopping_groups": [...]}, and when one group is answered for, its fields at the top too
+        (as an engine of one group always has).  "stopping_groups": the status of each group
+        still bowing out, draining (connections left) or running its down script."""
         statuses = [g.status() for g in groups]
         reply: dict[str, Any] = {"ok": True, "interface": self.ifname, "pid": os.getpid(),
-                                 "groups": statuses, "stopping": sorted(self.retiring)}
+                                 "groups": statuses, "stopping": sorted(self.retiring),
+                                 "stopping_groups": [{**g.status(), "stopping": True}
+                                                     for g in self.retiring.values()]}
         if len(statuses) == 1:
             reply = {**statuses[0], **reply}
         return reply
@@ -555,7 +575,7 @@ class Engine:
 
     def _shut_down(self) -> int:
         groups = list(self.all_groups())
-        drain = max(g.options.drain for g in groups)
+        drain = max(max(g.options.drain, g.options.drain_connections) for g in groups)
         script_timeout = max(g.options.script_timeout for g in groups)
         # The drain and the down script may take longer than the unit's TimeoutStopSec.
         budget = stop_budget(drain, script_timeout)
@@ -578,6 +598,8 @@ class Engine:
             group.release()
         self.control.close()
         self.link.close()
+        if self.signals is not None:
+            self.signals.close()
         if self.monitor is not None:
             self.monitor.close()
         return 0

@@ -178,6 +178,11 @@ class Watch:
     def forwarding(self) -> bool:
         return self._until is not None
 
+    @property
+    def peer(self) -> IPv4Address | None:
+        """The old MASTER of the last :meth:`start`."""
+        return self._peer
+
     def start(self, peer: IPv4Address, handover: int, now: float) -> None:
         """We took over from ``peer``; ``handover`` is the counter of the last advert we
         accepted from it (its bow-out, or the farewell it sent as we preempted it): forward for

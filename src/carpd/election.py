@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Any
 
-from carpd import wire
+from carpd import drainsignal, wire
 
 TICKS_PER_SECOND = 256
 REANNOUNCE_AFTER_DRAIN_SLACK = 0.2
-FORWARD_AFTER_DRAIN_SLACK = 1.0
 RECENT_COUNTERS = 256
 """How many accepted counters are remembered to spot an exact replay."""
 RANDOM_COUNTER_DISTANCE = 1 << 32
@@ -67,8 +66,10 @@ class Timer(enum.Enum):
     """A planned release is over: the VIP goes (down script)."""
     REANNOUNCE = "reannounce"
     """Gratuitous ARP again while MASTER."""
+    SIGNAL = "signal"
+    """The old MASTER's next "still draining" signal (and connection count)."""
     FORWARD = "forward"
-    """Stop passing a drained master's connections back to it."""
+    """Stop passing a drained master's connections back to it: it fell silent."""
     MASTER_DOWN = "master down"
     """A BACKUP has not heard the master for long enough: take over."""
     ADVERT = "advert"
@@ -107,7 +108,26 @@ class Dropped:
 
 @dataclass(frozen=True)
 class StartDrain:
-    """Released by plan: keep the VIP, but stop answering ARP for it, until :class:`EndDrain`."""
+    """Released by plan: keep the VIP, but stop answering ARP for it, until :class:`EndDrain`.
+    ``count``: note the TCP connections to the VIP now; the drain waits for them to close
+    (:class:`CountConnections`, :meth:`VirtualHost.connections_left`)."""
+
+    count: bool = False
+
+
+@dataclass(frozen=True)
+class CountConnections:
+    """Tell :meth:`VirtualHost.connections_left` how many of the connections noted at
+    :class:`StartDrain` are still open."""
+
+
+@dataclass(frozen=True)
+class SendDrainSignal:
+    """Send ``data`` (a :mod:`carpd.drainsignal` datagram) to ``to``'s port
+    :data:`carpd.drainsignal.PORT`, from our own address."""
+
+    data: bytes
+    to: IPv4Address
 
 
 @dataclass(frozen=True)
@@ -120,9 +140,14 @@ class EndDrain:
 @dataclass(frozen=True)
 class ForwardStrays:
     """We took over from a master that bowed out and now drains: pass segments of its
-    connections that reach us on to it, until :class:`StopForwarding`."""
+    connections that reach us on to it, until :class:`StopForwarding` (its "drained" signal,
+    or its silence: :mod:`carpd.drainsignal`)."""
 
     to: IPv4Address
+    mac: bytes | None = None
+    """The source MAC of the advert that handed over (the old MASTER's NIC)."""
+    handover: int = 0
+    """That advert's counter: the old MASTER's signals name it."""
 
 
 @dataclass(frozen=True)
@@ -131,7 +156,7 @@ class StopForwarding:
 
 
 Action = (SendAdvert | SendGratuitousArp | RunScript | Transition | Dropped | StartDrain
-          | EndDrain | ForwardStrays | StopForwarding)
+          | EndDrain | ForwardStrays | StopForwarding | CountConnections | SendDrainSignal)
 
 
 @dataclass(frozen=True)
@@ -150,6 +175,9 @@ class Params:
     group: IPv4Address = wire.DEFAULT_GROUP
     drain: float = 0.0
     """After a planned release, keep the VIP this long (without answering ARP for it)."""
+    drain_connections: float = 0.0
+    """And then on until the TCP connections to the VIP open at the hand-over have closed,
+    at most this long from the hand-over (0: ``drain`` alone)."""
     reannounce: float = 0.0
     """While MASTER, gratuitous ARP every this many seconds (0: only on the usual occasions)."""
     replay_check: bool = True
@@ -237,6 +265,23 @@ class TokenBucket:
 
 
 @dataclass
+class Handover:
+    """The old MASTER's side of a planned hand-over: from its bow-out (or farewell) until its
+    drain is over, and the "still draining" signals to the new MASTER."""
+
+    floor: float
+    """Not over before this (``drain``: requests in flight)."""
+    until: float
+    """Over at this time at the latest (``max(drain, drain_connections)``)."""
+    counting: bool
+    """Waiting for the connections open at the hand-over to close."""
+    connections: int | None = None
+    to: IPv4Address | None = None
+    """The new MASTER, once heard (a carpd node: only those pass connections back)."""
+    finished: bool = False
+
+
+@dataclass
 class VirtualHost:
     """One vhid on one interface."""
 
@@ -276,11 +321,21 @@ class VirtualHost:
     """Up scripts asked for and not reported finished (with ``await_scripts``)."""
     _lift_after_down: bool = False
     """The drain's ARP rule goes when the down script asked for with it has finished."""
+    signal_rejected: Counter[drainsignal.Reject] = field(default_factory=Counter)
+    """Drain signals not taken, by reason."""
+    _handover: Handover | None = None
+    _last_sent: int = 0
+    """The counter of our last advert (the hand-over a drain signal names)."""
     _expect: wire.Expect = field(init=False)
+    _watch: drainsignal.Watch = field(init=False)
+    _beacon: drainsignal.Beacon = field(init=False)
 
     def __post_init__(self) -> None:
         p = self.params
         self._expect = wire.Expect(p.vhid, p.key, p.vip, p.source, p.group)
+        key = drainsignal.derive_key(p.key)
+        self._watch = drainsignal.Watch(p.vhid, p.vip, key)
+        self._beacon = drainsignal.Beacon(p.vhid, p.vip, p.source, key)
 
     # ---- inputs ---------------------------------------------------------------------------
 
@@ -300,16 +355,21 @@ class VirtualHost:
             actions.append(RunScript(Script.DOWN))
         return self._emit(actions)
 
-    def receive(self, packet: bytes, now: float, sender_drains: bool = False) -> list[Action]:
+    def receive(self, packet: bytes, now: float, sender_drains: bool = False,
+                sender_mac: bytes | None = None) -> list[Action]:
         """An IPv4 packet from the interface.  ``sender_drains``: it came from a carpd node (its
         own MAC, not ucarp's ``00:00:5e:00:00:VHID``), which drains when preempted and passes
-        a drained master's connections back: a hand-over between two such nodes is planned."""
+        a drained master's connections back: a hand-over between two such nodes is planned.
+        ``sender_mac``: the frame's source MAC (where the old MASTER's segments go)."""
         result = wire.inspect(packet, self._expect)
         if isinstance(result, wire.Reject):
             return self._drop(result, packet)
         if self.state is State.INIT:
             self.accepted += 1
-            return []
+            if self._handover is None or self._freshness(result) is not Freshness.NEW:
+                return []
+            self._remember(result.advert.counter, Freshness.NEW)
+            return self._emit(self._heard_during_handover(result, sender_drains, now))
         freshness = self._freshness(result)
         if freshness is Freshness.STALE:
             self._skip_counter()
@@ -320,8 +380,45 @@ class VirtualHost:
             self._setrun(now)
             return []
         if self.state is State.BACKUP:
-            return self._emit(self._backup_hears(result, now, sender_drains))
-        return self._emit(self._master_hears(result, now, sender_drains))
+            actions = self._backup_hears(result, now, sender_drains, sender_mac)
+        else:
+            actions = self._master_hears(result, now, sender_drains)
+        # after the election: the advert that preempted us names whom our signals go to
+        return self._emit(actions + self._heard_during_handover(result, sender_drains, now))
+
+    def drain_signal(self, data: bytes, source: IPv4Address, now: float) -> list[Action]:
+        """A datagram on :data:`carpd.drainsignal.PORT` from ``source``: while we pass an old
+        MASTER's connections on, its "still draining" keeps us at it, its "drained" ends it
+        (and, as MASTER, we announce the VIP again: the old MASTER has let go of it)."""
+        if not self._watch.forwarding:  # before the digest: a flood costs little
+            self.signal_rejected[drainsignal.Reject.NOT_FORWARDING] += 1
+            return []
+        taken = self._watch.receive(data, source, now)
+        if isinstance(taken, drainsignal.Reject):
+            self.signal_rejected[taken] += 1
+            return []
+        if self._watch.forwarding:
+            self._arm(Timer.FORWARD, self._watch.next_deadline())
+            return []
+        self._arm(Timer.FORWARD, None)
+        actions: list[Action] = [StopForwarding()]
+        if self.state is State.MASTER:
+            actions.append(SendGratuitousArp())
+        return self._emit(actions)
+
+    def connections_left(self, count: int, now: float) -> list[Action]:
+        """The shell's answer to :class:`CountConnections`: ``count`` of the TCP connections to
+        the VIP open at the hand-over are open still.  At none the drain ends (not before
+        ``drain``)."""
+        h = self._handover
+        if h is None or not h.counting:
+            return []
+        h.connections = count
+        if count > 0:
+            return []
+        h.counting = False
+        self._shorten_handover(max(now, h.floor))
+        return self.handle_timer(now)
 
     def handle_timer(self, now: float) -> list[Action]:
         actions: list[Action] = []
@@ -336,8 +433,10 @@ class VirtualHost:
             return self._end_drain(now)
         if timer is Timer.REANNOUNCE:
             return self._reannounce(now)
+        if timer is Timer.SIGNAL:
+            return self._signal(now)
         if timer is Timer.FORWARD:
-            return self._stop_forwarding()
+            return self._silence(now)
         if timer is Timer.MASTER_DOWN:
             return self._master_down(now)
         return self._send_ad(now)
@@ -469,6 +568,10 @@ class VirtualHost:
         drain = self._timers.get(Timer.DRAIN)
         if drain is not None:
             self._arm(Timer.DRAIN, max(drain, retake + LAST_RESORT_DRAIN_SLACK))
+            h = self._handover
+            if h is not None:
+                h.floor = max(h.floor, retake + LAST_RESORT_DRAIN_SLACK)
+                h.until = max(h.until, h.floor)
 
     def status(self, now: float) -> dict[str, Any]:
         """What the core knows, as of ``now`` (times on the core's monotonic clock): a
@@ -484,7 +587,26 @@ class VirtualHost:
             "master_since": None if self.master is None else self.master.since,
             "sent": self.sent, "accepted": self.accepted, "transitions": self.transitions,
             "rejected": {reason.name.lower(): n for reason, n in self.rejected.items()},
+            "drain": self._drain_status(now), "forwarding": self._forwarding_status(),
         }
+
+    def _drain_status(self, now: float) -> dict[str, Any] | None:
+        """Our side of a hand-over: connections still open of those at the hand-over (None:
+        not counted), seconds left at most, the new MASTER told."""
+        h = self._handover
+        if h is None or h.finished:
+            return None
+        return {"connections": h.connections, "left": round(max(0.0, h.until - now), 3),
+                "to": None if h.to is None else str(h.to)}
+
+    def _forwarding_status(self) -> dict[str, Any] | None:
+        """The old MASTER whose connections we pass on, and what its last signal said."""
+        peer = self._watch.peer
+        if not self._watch.forwarding or peer is None:
+            return None
+        last = self._watch.last
+        return {"to": str(peer), "connections": None if last is None else last.connections,
+                "left": None if last is None else last.left_ms / 1000}
 
     def demotion_in_force(self, now: float) -> bool:
         """A demotion (operator's or a temporary step-down) keeps this host BACKUP now."""
@@ -498,6 +620,8 @@ class VirtualHost:
     def stop(self, now: float) -> list[Action]:
         """Shutting down: bow out if MASTER so a peer takes over at once, then release."""
         self._running = False
+        if not self.draining:  # a hand-over of ours whose VIP we took back: over now
+            self._finish_handover(now)
         if self.state is State.MASTER:
             bow_out: list[Action] = [self._advert(wire.BOW_OUT, wire.BOW_OUT)]
             reason = "shutting down: bowed out"
@@ -567,7 +691,7 @@ class VirtualHost:
     # ---- the election ---------------------------------------------------------------------
 
     def _backup_hears(self, received: wire.Received, now: float,
-                      sender_drains: bool) -> list[Action]:
+                      sender_drains: bool, sender_mac: bytes | None = None) -> list[Action]:
         bowing_out = self._is_master_bowing_out(received)
         self._note_master(received, now)
         theirs = received.advert.interval_ticks
@@ -591,7 +715,8 @@ class VirtualHost:
         # pass its connections back to it.
         actions = self._take_over(reason, now)
         if bowing_out or sender_drains:
-            actions += self._forward_strays(received.source, now)
+            actions += self._forward_strays(received.source, received.advert.counter,
+                                            sender_mac, now)
         return actions
 
     def _unhealthy_backup_hears(self, bowing_out: bool, now: float) -> list[Action]:
@@ -688,7 +813,8 @@ class VirtualHost:
 
     def _advert(self, advbase: int, advskew: int) -> SendAdvert:
         self.sent += 1
-        return SendAdvert(wire.Advert(self.params.vhid, advbase, advskew, self._next_counter()))
+        self._last_sent = self._next_counter()
+        return SendAdvert(wire.Advert(self.params.vhid, advbase, advskew, self._last_sent))
 
     def _next_counter(self) -> int:
         """Count up by one from a random start, and past the newest counter heard, so a cluster
@@ -725,25 +851,125 @@ class VirtualHost:
 
     def _end_drain(self, now: float, release: bool = True) -> list[Action]:
         """Finish a drain (its timer, a second stop signal, carrier loss, or a takeover, which
-        keeps the VIP: ``release=False``)."""
+        keeps the VIP: ``release=False``).  A takeover does not end the hand-over: the peer we
+        handed over to goes on passing our connections back while they last (its own drain
+        may send them to us still), until our signal says "drained"."""
         if Timer.DRAIN not in self._timers:
             return []
         self._arm(Timer.DRAIN, None)
+        h = self._handover
+        if release:
+            self._finish_handover(now)
+        elif h is not None and h.to is None and not h.counting:
+            self._finish_handover(now)  # nobody to tell, nothing to wait for
         down: list[Action] = [RunScript(Script.DOWN)] if release else []
         return [*down, EndDrain()]
 
-    def _forward_strays(self, to: IPv4Address, now: float) -> list[Action]:
-        """A master bows out, then drains for (we assume) as long as we would."""
-        if self.params.drain <= 0:
-            return []
-        self._arm(Timer.FORWARD, now + self.params.drain + FORWARD_AFTER_DRAIN_SLACK)
-        return [ForwardStrays(to)]
+    # ---- the hand-over's signal (carpd.drainsignal) ---------------------------------------
 
-    def _stop_forwarding(self) -> list[Action]:
-        if Timer.FORWARD not in self._timers:
+    @property
+    def signalling(self) -> bool:
+        """The old MASTER's side of a hand-over still runs (drain, "drained" repeats)."""
+        return self._handover is not None
+
+    def _begin_handover(self, now: float) -> list[Action]:
+        """Leaving MASTER by plan: drain for ``drain`` s, or on until the connections open now
+        have closed (at most ``drain_connections`` s); the bow-out or farewell just sent is
+        the hand-over our signals name."""
+        p = self.params
+        counting = p.drain_connections > 0
+        until = now + max(p.drain, p.drain_connections)
+        self._handover = Handover(now + p.drain, until, counting)
+        self._beacon.start(self._last_sent, now)
+        self._arm(Timer.DRAIN, until)
+        self._arm(Timer.SIGNAL, now if counting else None)
+        return [StartDrain(count=counting)]
+
+    def _heard_during_handover(self, received: wire.Received, sender_drains: bool,
+                               now: float) -> list[Action]:
+        """An advert while our hand-over runs: a carpd node's names the new MASTER our signals
+        go to (at once); a ucarp node's means nobody passes our connections back, so waiting
+        for them is pointless: the drain is ``drain`` long."""
+        h = self._handover
+        if h is None or h.finished or _is_bow_out(received.advert):
             return []
-        self._arm(Timer.FORWARD, None)
-        return [StopForwarding()]
+        if sender_drains:
+            if h.to != received.source:
+                h.to = received.source
+                self._arm(Timer.SIGNAL, now)
+            return []
+        if h.counting:
+            h.counting = False
+            self._shorten_handover(max(now, h.floor))
+        return []
+
+    def _shorten_handover(self, until: float) -> None:
+        h = self._handover
+        assert h is not None
+        h.until = min(h.until, until)
+        drain = self._timers.get(Timer.DRAIN)
+        if drain is not None:
+            self._arm(Timer.DRAIN, min(drain, h.until))
+        if h.to is not None or h.counting:
+            self._arm(Timer.SIGNAL, min(self._timers.get(Timer.SIGNAL, h.until), h.until))
+
+    def _finish_handover(self, now: float) -> None:
+        """Say "drained" (a few times); with nobody to say it to, it is over now."""
+        h = self._handover
+        if h is None or h.finished:
+            return
+        h.finished, h.counting = True, False
+        if h.to is None:
+            self._handover = None
+            self._arm(Timer.SIGNAL, None)
+            return
+        self._beacon.finish(now)
+        self._arm(Timer.SIGNAL, now)
+
+    def _signal(self, now: float) -> list[Action]:
+        h = self._handover
+        if h is None:
+            self._arm(Timer.SIGNAL, None)
+            return []
+        actions: list[Action] = [CountConnections()] if h.counting else []
+        if not h.finished and not self.draining and now >= h.until:
+            self._finish_handover(now)  # we took the VIP back; its time is up
+        left = max(0.0, h.until - now)
+        data = self._beacon.due(now, h.connections or 0, left)
+        if data is not None and h.to is not None:
+            actions.append(SendDrainSignal(data, h.to))
+        self._arm(Timer.SIGNAL, self._next_signal(h, now))
+        return actions
+
+    def _next_signal(self, h: Handover, now: float) -> float | None:
+        """When :meth:`_signal` runs next: the beacon's next datagram, and the end of a
+        hand-over whose VIP we took back; nothing while there is nobody to tell and nothing
+        to count."""
+        deadline = self._beacon.next_deadline()
+        if deadline is None:  # "drained" said as often as it is
+            self._handover = None
+            return None
+        if h.finished:
+            return deadline
+        if h.to is None and not h.counting:
+            return None
+        return min(deadline, h.until) if h.until > now else deadline
+
+    def _forward_strays(self, to: IPv4Address, handover: int, mac: bytes | None,
+                        now: float) -> list[Action]:
+        """A master bows out (or we preempt a carpd one): pass its connections back to it for
+        as long as its signals say it drains (:data:`carpd.drainsignal.SILENCE` s without)."""
+        self._watch.start(to, handover, now)
+        self._arm(Timer.FORWARD, self._watch.next_deadline())
+        return [ForwardStrays(to, mac, handover)]
+
+    def _silence(self, now: float) -> list[Action]:
+        """The old MASTER fell silent (it died, or its link): stop passing connections on."""
+        if self._watch.handle_timer(now):
+            self._arm(Timer.FORWARD, None)
+            return [StopForwarding()]
+        self._arm(Timer.FORWARD, self._watch.next_deadline())
+        return []
 
     def _reannounce(self, now: float) -> list[Action]:
         self._arm(Timer.REANNOUNCE,
@@ -767,16 +993,16 @@ class VirtualHost:
         self._setrun(now)
         if new is State.MASTER:
             self._garp_at_advert = self.sent + 3
+        # Forwarding an older hand-over's connections goes on whatever our state: it ends
+        # with that old MASTER's drain (its signal), not with ours.
         actions: list[Action] = [Transition(old, new, reason)]
-        if new is not State.MASTER:
-            actions += self._stop_forwarding()
         self._arm(Timer.REANNOUNCE, None)
+        p = self.params
         if new is State.MASTER:
             actions.append(RunScript(Script.UP))
             self._schedule_reannounce(now)
-        elif old is State.MASTER and planned and self.params.drain > 0:
-            self._arm(Timer.DRAIN, now + self.params.drain)
-            actions.append(StartDrain())
+        elif old is State.MASTER and planned and (p.drain > 0 or p.drain_connections > 0):
+            actions += self._begin_handover(now)
         elif old is State.MASTER:
             actions.append(RunScript(Script.DOWN))
         return actions

@@ -20,7 +20,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any, Protocol
 
-from carpd import election, health, netlink, sdnotify, wire
+from carpd import election, health, netlink, sdnotify, strays, wire
 from carpd.arpguard import ArpGuard, StrayForwarder
 from carpd.config import Options
 from carpd.election import Action, Script, State
@@ -42,6 +42,10 @@ class Port(Protocol):
     mac: bytes
 
     def send(self, frame: bytes) -> None: ...
+
+    def send_signal(self, data: bytes, to: IPv4Address, source: IPv4Address) -> None:
+        """A drain signal (:mod:`carpd.drainsignal`) to ``to``, from ``source``."""
+        ...
 
     def interface_info(self, ifname: str) -> netlink.InterfaceInfo:
         """What the kernel says of ``ifname`` (read once per loop turn: 255 groups announcing
@@ -99,6 +103,8 @@ class Group:
         self._was_master = False
         self._vip_port: Port | VipPort = port if options.vip_on == port.ifname else \
             VipPort(options.vip_on)
+        self._drain_flows: set[strays.Flow] = set()
+        """The TCP connections to the VIP open at the hand-over and not closed since."""
 
     @property
     def vhid(self) -> int:
@@ -143,7 +149,10 @@ class Group:
     def receive(self, frame: bytes, packet: bytes, now: float) -> None:
         # carpd sends from the NIC's MAC, ucarp from 00:00:5e:00:00:VHID
         carpd_peer = frame[6:12] != self._ucarp_mac
-        self.carry_out(self.host.receive(packet, now, carpd_peer))
+        self.carry_out(self.host.receive(packet, now, carpd_peer, frame[6:12]))
+
+    def drain_signal(self, data: bytes, source: IPv4Address, now: float) -> None:
+        self.carry_out(self.host.drain_signal(data, source, now))
 
     def on_timer(self, now: float) -> None:
         self.carry_out(self.host.handle_timer(now))
@@ -214,20 +223,48 @@ class Group:
         elif isinstance(action, election.Dropped):
             self._log_drop(action)
         elif isinstance(action, election.StartDrain):
-            self._start_drain()
+            self._start_drain(action.count)
         elif isinstance(action, election.EndDrain):
             self.arp_guard.release()
         elif isinstance(action, election.ForwardStrays):
-            self._forward_strays(action.to)
+            # its MAC as the adverts' interface saw it: the loop guard's, if the VIP is there too
+            same_link = self.options.vip_on == self.port.ifname
+            self._forward_strays(action.to, action.mac if same_link else None)
         elif isinstance(action, election.StopForwarding):
-            self.forwarder.release()
+            self._stop_forwarding()
+        elif isinstance(action, election.CountConnections):
+            self._count_connections()
+        elif isinstance(action, election.SendDrainSignal):
+            self.port.send_signal(action.data, action.to, self.source)
 
-    def _start_drain(self) -> None:
-        self.log.info("draining for %.1f s: keeping %s without answering ARP for it",
-                      self.options.drain, self.vip)
+    def _start_drain(self, count: bool) -> None:
+        o = self.options
+        if count:
+            self._drain_flows = strays.open_connections(self.vip)
+            self.log.info("draining until the %d TCP connections to %s have closed (at least "
+                          "%.1f s, at most %.1f s), without answering ARP for it",
+                          len(self._drain_flows), self.vip, o.drain,
+                          max(o.drain, o.drain_connections))
+        else:
+            self.log.info("draining for %.1f s: keeping %s without answering ARP for it",
+                          o.drain, self.vip)
         self.arp_guard.engage()
 
-    def _forward_strays(self, to: IPv4Address) -> None:
+    def _count_connections(self) -> None:
+        self._drain_flows &= strays.open_connections(self.vip)
+        left = len(self._drain_flows)
+        if not left:
+            self.log.info("the last connection to %s open at the hand-over has closed", self.vip)
+        self.carry_out(self.host.connections_left(left, time.monotonic()))
+
+    def _stop_forwarding(self) -> None:
+        to = self.forwarder.forwarding_to
+        if to is not None:
+            self.log.info("no longer passing %s's connections on: it said its drain is over, "
+                          "or fell silent", to)
+        self.forwarder.release()
+
+    def _forward_strays(self, to: IPv4Address, mac: bytes | None = None) -> None:
         """Pass the draining master's connections back to it: only to another host on our
         subnet, never to an address a forged advert could pick (broadcast, elsewhere)."""
         ifname = self.options.vip_on
@@ -240,7 +277,7 @@ class Group:
             self.log.warning("not forwarding to %s: not a unicast address on %s's subnets", to,
                              ifname)
             return
-        self.forwarder.engage(to)
+        self.forwarder.engage(to, mac)
 
     def _send_advert(self, advert: wire.Advert) -> None:
         self.port.send(self._advert_frames.frame(advert, random_ident()))
@@ -282,6 +319,7 @@ class Group:
             "transitions": core["transitions"], "rejected": core["rejected"],
             "script_interface": self.options.scripts_interface,
             "vip_interface": self.options.vip_on,
+            "drain": core["drain"], "forwarding": core["forwarding"],
         }
 
     def _demotion(self, core: dict[str, Any], wall: float) -> dict[str, Any] | None:
@@ -376,7 +414,7 @@ class Group:
 
     def stopped(self) -> bool:
         """The drain is over and no script runs or waits."""
-        return not self.host.draining and self.scripts.idle
+        return not self.host.draining and not self.host.signalling and self.scripts.idle
 
     def release(self) -> None:
         """The last of a stop: no VIP, rule or check stays behind."""
@@ -420,7 +458,8 @@ def params(options: Options, source: IPv4Address) -> election.Params:
         vhid=options.vhid, key=options.password, vip=options.addr, source=source,
         advbase=options.advbase, advskew=options.advskew, deadratio=options.deadratio,
         preempt=options.preempt, neutral=options.neutral, group=options.mcast,
-        drain=options.drain, reannounce=options.reannounce,
+        drain=options.drain, drain_connections=options.drain_connections,
+        reannounce=options.reannounce,
         replay_check=options.replay_check, await_scripts=True,
     )
 

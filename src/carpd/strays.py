@@ -88,6 +88,49 @@ def our_flows(vip: IPv4Address, path: Path = PROC_NET_TCP) -> set[Flow]:
         return set()
 
 
+_TCP_CLOSED = {0x06, 0x07, _TCP_LISTEN}
+"""TIME_WAIT, CLOSE and LISTEN: not a connection that is still open."""
+PROC_NET_TCP6 = Path("/proc/net/tcp6")
+_V4_MAPPED = "0000000000000000" + ("FFFF0000" if sys.byteorder == "little" else "0000FFFF")
+"""::ffff:0:0/96 as /proc/net/tcp6 prints it: 32-bit words, each a native integer."""
+
+
+def parse_open_connections(text: str, vip: IPv4Address) -> set[Flow]:
+    """The connections to ``vip`` still open (not TIME_WAIT or closed) in ``/proc/net/tcp``
+    or ``/proc/net/tcp6`` text (a dual-stack socket's ``::ffff:VIP``)."""
+    flows: set[Flow] = set()
+    for line in text.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 4 or int(fields[3], 16) in _TCP_CLOSED:
+            continue
+        local, remote = (_v4_field(f) for f in fields[1:3])
+        if local is None or remote is None or local[0] != vip:
+            continue
+        flows.add(Flow(remote[0], remote[1], local[1]))
+    return flows
+
+
+def _v4_field(field: str) -> tuple[IPv4Address, int] | None:
+    address, _, port = field.partition(":")
+    if len(address) == 32:  # tcp6: only an IPv4-mapped address is ours
+        if address[:24].upper() != _V4_MAPPED:
+            return None
+        address = address[24:]
+    return _address(f"{address}:{port}")
+
+
+def open_connections(vip: IPv4Address, paths: tuple[Path, ...] = (PROC_NET_TCP, PROC_NET_TCP6),
+                     ) -> set[Flow]:
+    """This host's TCP connections to ``vip`` open now (this network namespace)."""
+    flows: set[Flow] = set()
+    for path in paths:
+        try:
+            flows |= parse_open_connections(path.read_text(), vip)
+        except OSError:
+            continue
+    return flows
+
+
 def _elements(flows: Iterable[Flow]) -> str:
     listed = ", ".join(sorted(flow.element() for flow in flows))
     return f" elements = {{ {listed} }};" if listed else ""

@@ -216,13 +216,6 @@ def test_a_download_survives_a_planned_hand_over_and_new_connections_go_to_the_n
     assert first.alive() and a.has(VIP), "a still drains (30 s)"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "defect: VirtualHost._set_state (src/carpd/election.py) emits StopForwarding whenever the "
-    "new state is not MASTER, so when b (forwarding a's drained download to a) is demoted and "
-    "bows out, b drops its StrayForwarder rules at once, while b itself still drains and the "
-    "client still sends to b's MAC: a's segments reach b's stack, which resets them. "
-    "a's download 1 is reset. Forwarding must last as long as the old MASTER's drain (its "
-    "signal), whatever b's own state"))
 def test_the_engines_keep_downloads_across_a_hand_over_and_back(
         net: Network, servers: Servers) -> None:
     """A -> B -> A with the real engines (demote/promote on the control socket)."""

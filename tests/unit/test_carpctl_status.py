@@ -201,3 +201,24 @@ def test_check_notes_ifupdown2_only_for_a_file_with_ucarp_stanzas(
     assert "note: ifupdown2" in capsys.readouterr().err
     assert carpctl_under_ifupdown2(tmp_path, state_dir, "check", str(without)) == 0
     assert "ifupdown2" not in capsys.readouterr().err
+
+
+# -- a hand-over in progress ----------------------------------------------------------------------
+
+def test_status_shows_the_connections_a_drain_waits_for_and_the_forwarding() -> None:
+    base = {"interface": "eth0", "vhid": 1, "vip": "10.0.0.100", "since": 0, "pid": 1}
+    draining = {**base, "state": "INIT",
+                "drain": {"connections": 3, "left": 57.2, "to": "10.0.0.2"}}
+    forwarding = {**base, "state": "MASTER",
+                  "forwarding": {"to": "10.0.0.1", "connections": 1, "left": 57.0}}
+    table = carpctl._table([draining, forwarding])
+    assert "drain: 3 connections left, 57 s at most; telling 10.0.0.2" in table
+    assert "forwarding: 10.0.0.1's connections go on to it while it drains: 1 connection " \
+           "left there" in table
+
+
+def test_a_draining_group_holding_its_vip_is_no_contradiction() -> None:
+    reply = {"state": "INIT", "vip": "10.0.0.100", "interface": "eth0", "vip_present": True,
+             "drain": {"connections": 1, "left": 30.0, "to": None}}
+    assert carpctl._vip_contradiction(reply) is None
+    assert carpctl._vip_contradiction({**reply, "drain": None}) is not None

@@ -15,7 +15,7 @@ import pytest
 from cluster import KEY, VIP, Cluster, params
 from frames import FUZZ_SEED, carp_cases, fuzz_inputs
 
-from carpd import wire
+from carpd import drainsignal, wire
 from carpd.election import (
     Dropped,
     EndDrain,
@@ -23,6 +23,7 @@ from carpd.election import (
     RunScript,
     Script,
     SendAdvert,
+    SendDrainSignal,
     SendGratuitousArp,
     StartDrain,
     State,
@@ -841,7 +842,9 @@ def test_preempted_by_a_preferred_carpd_master_drains_like_any_planned_release()
     actions = master.receive(packet_from("10.0.0.9"), 5.0, sender_drains=True)
     assert StartDrain() in actions and RunScript(Script.DOWN) not in actions
     assert master.draining
-    assert master.handle_timer(7.0) == [RunScript(Script.DOWN), EndDrain()]
+    actions = master.handle_timer(7.0)
+    assert actions[:2] == [RunScript(Script.DOWN), EndDrain()]
+    assert [type(a) for a in actions[2:]] == [SendDrainSignal]  # "drained", to the preempter
 
 
 def test_stepping_down_to_an_equal_carpd_master_after_a_partition_releases_at_once() -> None:
@@ -856,7 +859,7 @@ def test_preempting_a_carpd_master_passes_its_drained_connections_back() -> None
     backup = backup_hearing("10.0.0.9", advskew=0, preempt=True, drain=2.0)
     actions = backup.receive(packet_from("10.0.0.9", advskew=100), 1.0, sender_drains=True)
     assert backup.state is State.MASTER
-    assert ForwardStrays(IPv4Address("10.0.0.9")) in actions
+    assert [a.to for a in actions if isinstance(a, ForwardStrays)] == [IPv4Address("10.0.0.9")]
 
 
 def test_preempting_a_ucarp_master_forwards_nothing_to_it() -> None:
@@ -965,26 +968,33 @@ def test_receive_never_raises_whatever_arrives_in_any_state() -> None:
     assert vh.accepted > 1000
 
 
-def test_taking_over_from_a_bowing_out_master_forwards_its_strays_until_its_drain_ends() -> None:
+def test_taking_over_from_a_bowing_out_master_forwards_its_strays_until_it_falls_silent() -> None:
     backup = backup_hearing("10.0.0.1", source="10.0.0.2", drain=2.0)
-    actions = backup.receive(packet_from("10.0.0.1", advbase=255, advskew=255), 1.0)
+    bow_out = packet_from("10.0.0.1", advbase=255, advskew=255)
+    actions = backup.receive(bow_out, 1.0, sender_mac=b"\x02\0\0\0\0\x01")
     assert backup.state is State.MASTER
-    assert actions[-1] == ForwardStrays(IPv4Address("10.0.0.1"))
-    assert StopForwarding() not in backup.handle_timer(3.99)
-    assert StopForwarding() in backup.handle_timer(4.0)
+    counter = wire.inspect(bow_out, backup._expect)
+    assert isinstance(counter, wire.Received)
+    assert actions[-1] == ForwardStrays(IPv4Address("10.0.0.1"), b"\x02\0\0\0\0\x01",
+                                        counter.advert.counter)
+    assert StopForwarding() not in backup.handle_timer(1.0 + drainsignal.SILENCE - 0.01)
+    assert StopForwarding() in backup.handle_timer(1.0 + drainsignal.SILENCE)
 
 
-def test_forwarding_stops_when_the_new_master_steps_down() -> None:
+def test_forwarding_goes_on_when_the_new_master_is_preempted() -> None:
+    """The old MASTER's drain, not our state, decides (its signal falls silent here)."""
     backup = backup_hearing("10.0.0.1", source="10.0.0.2", drain=2.0, advskew=50)
     backup.receive(packet_from("10.0.0.1", advbase=255, advskew=255), 1.0)
     actions = backup.receive(packet_from("10.0.0.9"), 1.5)
-    assert StopForwarding() in actions and backup.state is State.BACKUP
+    assert StopForwarding() not in actions and backup.state is State.BACKUP
+    assert StopForwarding() in backup.handle_timer(1.0 + drainsignal.SILENCE)
 
 
-def test_no_forwarding_without_a_drain() -> None:
+def test_a_new_master_without_a_drain_of_its_own_still_forwards_the_old_masters() -> None:
+    """The nodes may have different settings: the old MASTER's signal says how long."""
     backup = backup_hearing("10.0.0.1", source="10.0.0.2")
     actions = backup.receive(packet_from("10.0.0.1", advbase=255, advskew=255), 1.0)
-    assert not any(isinstance(a, ForwardStrays) for a in actions)
+    assert any(isinstance(a, ForwardStrays) for a in actions)
 
 
 # ---- the VIP deleted by someone else ------------------------------------------------------------

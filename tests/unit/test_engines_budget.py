@@ -44,3 +44,9 @@ def test_its_run_folder_is_carpds_own() -> None:
     from carpd.ifupdown import runtime
 
     assert Path(_engines().RUN_DIR) == RUN_DIR == runtime.RUN_DIR
+
+
+def test_drain_connections_lengthens_the_budget_to_its_cap() -> None:
+    data = {"groups": [{"vhid": 1, "drain": 2, "drain_connections": 600, "script_timeout": 30},
+                       {"vhid": 2, "drain": 90, "drain_connections": 10, "script_timeout": 30}]}
+    assert _engines().conf_budget(data) == 630.0

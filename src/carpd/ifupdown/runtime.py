@@ -364,6 +364,8 @@ class ConfGroup:
     vhid: int = field(default=0, compare=False)
     vip_interface: str = field(default="", compare=False)
     """Where the VIP is when not on ``interface`` (a dedicated cluster network)."""
+    drain_connections: float = field(default=0.0, compare=False)
+    """A drain may last this long too (until the hand-over's connections have closed)."""
 
     @classmethod
     def from_conf(cls, path: Path) -> ConfGroup | None:
@@ -379,7 +381,8 @@ class ConfGroup:
                    data.get("xparam"), float(data.get("script_timeout", 30.0)),
                    float(data.get("drain", DEFAULT_DRAIN)),
                    str(data.get("script_interface") or vip_interface or interface),
-                   int(data.get("vhid", 1)), vip_interface)
+                   int(data.get("vhid", 1)), vip_interface,
+                   float(data.get("drain_connections", 0.0)))
 
     @property
     def vip_on(self) -> str:
@@ -394,7 +397,7 @@ class ConfGroup:
     def stop_budget(self) -> float:
         from carpd.config import stop_budget
 
-        return stop_budget(self.drain, self.script_timeout)
+        return stop_budget(max(self.drain, self.drain_connections), self.script_timeout)
 
     def script_argv(self) -> list[str] | None:
         """The down script as the engine runs it."""
