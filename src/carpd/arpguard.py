@@ -185,7 +185,7 @@ class StrayForwarder:
             if mac is None:
                 log.warning("%s's MAC is unknown: forwarding to it without the loop guard", to)
             rules = strays.forward_ruleset(self._name, quoted_ifname(self._ifname), self._vip,
-                                           to, mac, strays.our_flows(self._vip))
+                                           to, mac, strays.open_connections(self._vip))
             self._table.install(rules)
         except ArpGuardError as error:
             log.error("cannot pass %s's connections on to it: %s", to, error)

@@ -65,29 +65,6 @@ def _address(field: str) -> tuple[IPv4Address, int]:
     return IPv4Address(int(address, 16).to_bytes(4, sys.byteorder)), int(port, 16)
 
 
-def parse_proc_net_tcp(text: str, vip: IPv4Address) -> set[Flow]:
-    """Every connection (not a listener) whose local address is ``vip``."""
-    flows: set[Flow] = set()
-    for line in text.splitlines()[1:]:
-        fields = line.split()
-        if len(fields) < 4 or int(fields[3], 16) == _TCP_LISTEN:
-            continue
-        local, port = _address(fields[1])
-        if local != vip:
-            continue
-        client, client_port = _address(fields[2])
-        flows.add(Flow(client, client_port, port))
-    return flows
-
-
-def our_flows(vip: IPv4Address, path: Path = PROC_NET_TCP) -> set[Flow]:
-    """This host's TCP connections to ``vip`` now (in this process's network namespace)."""
-    try:
-        return parse_proc_net_tcp(path.read_text(), vip)
-    except OSError:
-        return set()
-
-
 _TCP_CLOSED = {0x06, 0x07, _TCP_LISTEN}
 """TIME_WAIT, CLOSE and LISTEN: not a connection that is still open."""
 PROC_NET_TCP6 = Path("/proc/net/tcp6")
@@ -159,6 +136,7 @@ def forward_ruleset(table: str, ifname: str, vip: IPv4Address, to: IPv4Address,
         f"ct state established,related return; "
         f"{flow} @theirs update @theirs {{ {flow} }} goto pass; "
         f"ct state new add @theirs {{ {flow} }} goto pass; "
+        f"ct state invalid add @theirs {{ {flow} }} goto pass; "
         f"tcp flags & (fin | rst) != 0 goto pass; }}; "
         f"chain pass {{ dup to {to} device {ifname}; drop; }}; }}"
     )

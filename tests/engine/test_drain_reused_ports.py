@@ -74,12 +74,6 @@ def nodes(net: Network, servers: Servers, rules: list[Rules]) -> tuple[Node, Nod
     return a, b, client
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "defect: strays.parse_proc_net_tcp (src/carpd/strays.py) puts every socket on the VIP "
-    "but listeners into @ours, TIME_WAIT ones too; a TIME_WAIT socket's connection is over, "
-    "so a segment with its addresses is of a new connection, here the old MASTER's: the new "
-    "MASTER's TIME_WAIT socket answers it (an ACK) instead of passing it on, the old MASTER "
-    "never hears the client again and the download stalls. Fix: skip TIME_WAIT (st 06) there"))
 def test_a_download_reusing_a_port_the_new_master_holds_in_time_wait_survives_a_hand_over(
         net: Network, servers: Servers, rules: list[Rules]) -> None:
     a, b, client = nodes(net, servers, rules)
@@ -101,13 +95,6 @@ def test_a_download_reusing_a_port_the_new_master_holds_in_time_wait_survives_a_
     assert download.server == "a"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "defect: strays.forward_ruleset (src/carpd/strays.py) lets a segment conntrack marks "
-    "invalid fall off the vip chain unless it is a FIN or RST: a segment of the old MASTER's "
-    "connection whose addresses match a stale conntrack entry here (TIME_WAIT, 120 s, from a "
-    "connection this node served) is out of that entry's window, so invalid, and is delivered "
-    "to our stack, which resets the connection. Fix: 'ct state invalid' goes to the old "
-    "MASTER too (add @theirs, goto pass), as everything not ours does"))
 def test_a_download_reusing_a_port_conntrack_still_knows_here_survives_a_hand_over(
         net: Network, servers: Servers, rules: list[Rules]) -> None:
     a, b, client = nodes(net, servers, rules)

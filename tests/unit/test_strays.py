@@ -7,7 +7,7 @@ import sys
 from ipaddress import IPv4Address
 from pathlib import Path
 
-from carpd.strays import Flow, forward_ruleset, neighbour_mac, parse_proc_net_tcp
+from carpd.strays import Flow, forward_ruleset, neighbour_mac, parse_open_connections
 
 VIP = IPv4Address("10.9.1.100")
 
@@ -25,7 +25,8 @@ def proc_line(local: tuple[str, int], remote: tuple[str, int], state: int) -> st
 HEADER = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid"
 
 
-def test_our_connections_to_the_vip_are_every_socket_on_it_but_listeners() -> None:
+def test_our_connections_to_the_vip_are_the_open_sockets_on_it_not_listeners_or_time_wait(
+) -> None:
     text = "\n".join([
         HEADER,
         proc_line(("0.0.0.0", 8080), ("0.0.0.0", 0), 0x0A),          # listener
@@ -33,8 +34,8 @@ def test_our_connections_to_the_vip_are_every_socket_on_it_but_listeners() -> No
         proc_line((str(VIP), 8080), ("10.9.1.50", 40001), 0x06),     # time-wait
         proc_line(("10.9.1.1", 22), ("10.9.1.50", 40002), 0x01),     # not the VIP
     ])
-    assert parse_proc_net_tcp(text, VIP) == {
-        Flow(IPv4Address("10.9.1.50"), 40000, 8080), Flow(IPv4Address("10.9.1.50"), 40001, 8080)}
+    # a TIME_WAIT socket's connection is over: a segment with its addresses is of a new one
+    assert parse_open_connections(text, VIP) == {Flow(IPv4Address("10.9.1.50"), 40000, 8080)}
 
 
 def test_the_neighbour_table_gives_only_complete_entries_on_that_interface(
