@@ -27,7 +27,7 @@ from typing import Any, Generic, TypeVar
 from carpd import _memory, control, drainsock, identity, netlink, sdnotify, wire
 from carpd.config import ConfigError, EngineConfig, Options, engine_config, stop_budget
 from carpd.election import State
-from carpd.group import Group, alias_label
+from carpd.group import Group
 from carpd.net import Link
 from carpd.watchdog import Watchdog
 
@@ -38,7 +38,7 @@ SCRIPT_DRAIN_SLACK = 5.0
 RELOAD_FIXED = ("interface", "mcast", "nomcast", "ignoreifstate", "state_dir", "persist_dir")
 """Interface-level keys a reload cannot change (the socket, the filter, the folders)."""
 
-__all__ = ["EXIT_SIGNALS", "Engine", "alias_label", "source_address"]
+__all__ = ["EXIT_SIGNALS", "Engine", "source_address"]
 
 T = TypeVar("T")
 

@@ -20,7 +20,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any, Protocol
 
-from carpd import election, health, netlink, sdnotify, strays, wire
+from carpd import election, health, netlink, release, scripts, sdnotify, strays, wire
 from carpd.arpguard import ArpGuard, StrayForwarder
 from carpd.config import Options
 from carpd.election import Action, Script, State
@@ -29,10 +29,6 @@ from carpd.net import random_counter, random_ident
 from carpd.scripts import ScriptRunner
 
 log = logging.getLogger("carpd")
-
-
-def alias_label(ifname: str) -> str:
-    return f"{ifname}:ucarp"
 
 
 class Port(Protocol):
@@ -288,7 +284,7 @@ class Group:
         addresses = [self.vip]
         with contextlib.suppress(LookupError, OSError):
             info = self.port.interface_info(self.options.vip_on)
-            label = alias_label(self.options.scripts_interface)
+            label = release.alias_label(self.options.scripts_interface)
             addresses += [a for a in info.labelled(label) if a != self.vip]
         for address in addresses:
             self._vip_port.send(wire.encode_gratuitous_arp(self._vip_port.mac, address))
@@ -429,13 +425,15 @@ class Group:
         """No VIP may stay behind on an interface whose group is gone."""
         ifname = self.options.vip_on
         try:
-            removed = netlink.remove_address(ifname, self.vip)
-        except (LookupError, OSError) as error:
+            # the VIP alone: groups of one engine may share a label (several on eth0)
+            removed = release.release(ifname, self.vip)
+        except OSError as error:
             self.log.debug("could not check for the VIP at exit: %s", error)
             return
         if removed:
             why = "the down script left it" if self._was_master else "it was there without us"
-            self.log.warning("removed %s from %s at exit: %s", self.vip, ifname, why)
+            self.log.warning("removed %s from %s at exit: %s",
+                             ", ".join(str(a) for a in removed), ifname, why)
 
 
 def _tracked(options: Options) -> tuple[str, ...]:
@@ -465,10 +463,9 @@ def params(options: Options, source: IPv4Address) -> election.Params:
 
 
 def script_argv(options: Options) -> dict[Script, list[str] | None]:
-    extra = [options.xparam] if options.xparam is not None else []
-    name = options.scripts_interface
-
+    """The group's up and down scripts as they are run (:func:`carpd.scripts.script_argv`)."""
     def argv(path: Path | None) -> list[str] | None:
-        return [str(path), name, str(options.addr), *extra] if path else None
+        return scripts.script_argv(path, options.scripts_interface, options.addr,
+                                   options.xparam)
 
     return {Script.UP: argv(options.upscript), Script.DOWN: argv(options.downscript)}
