@@ -270,10 +270,30 @@ class Daemon:
 
 
 @dataclass
-class Node:
-    network: Network
+class Host:
+    """A node of any lab as the host sees it: its name and its network namespace (the carpd
+    nodes here, tests/ifupdown's ifupdown nodes and tests/package's chroots build on it)."""
+
     name: str
-    ns: str
+    netns: str
+
+    def pids(self) -> list[int]:
+        """Every process in its network namespace."""
+        return netns_pids(self.netns)
+
+    def labels(self, ifname: str = "eth0") -> dict[str, str]:
+        """address -> label of the IPv4 addresses of ``ifname``."""
+        return labels(self.netns, ifname)
+
+    def holds(self, address: str) -> bool:
+        return address in self.labels()
+
+
+@dataclass
+class Node(Host):
+    """A node of a :class:`Network`: eth0 with ``address`` on its bridge, carpd/ucarp daemons."""
+
+    network: Network
     address: IPv4Address
     mac: bytes
     port: str
@@ -283,8 +303,12 @@ class Node:
     def exec(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return run("ip", "netns", "exec", self.ns, *cmd, check=check)
 
+    @property
+    def ns(self) -> str:
+        return self.netns
+
     def addresses(self) -> set[IPv4Address]:
-        return {IPv4Address(address) for address in labels(self.ns)}
+        return {IPv4Address(address) for address in self.labels()}
 
     def has(self, vip: IPv4Address) -> bool:
         return vip in self.addresses()
@@ -460,7 +484,7 @@ class Network:
         run("ip", "-n", ns, "link", "set", "eth0", "up")
         link = json.loads(run("ip", "-n", ns, "-j", "link", "show", "dev", "eth0").stdout)[0]
         mac = bytes.fromhex(link["address"].replace(":", ""))
-        node = Node(self, name, ns, IPv4Address(address), mac, port)
+        node = Node(name, ns, self, IPv4Address(address), mac, port)
         self.nodes.append(node)
         return node
 

@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lab.netns import Switch, labels, netns_pids
+from lab.netns import Host, Switch
 from lab.poll import wait_for as wait_for
 from lab.tree import REPO, SRC, console_scripts, write_command
 
@@ -71,9 +71,7 @@ def stanza(number: int, extra: str = "", vip: str = VIP, alias_extra: str = "") 
 
 
 @dataclass
-class Node:
-    name: str
-    netns: str
+class Node(Host):
     home: Path
     interfaces: Path = field(init=False)
     state: Path = field(init=False)
@@ -135,13 +133,10 @@ class Node:
 
     def addresses(self, ifname: str = "eth0") -> dict[str, str]:
         """address -> label of the IPv4 addresses of ``ifname``."""
-        return labels(self.netns, ifname)
+        return self.labels(ifname)
 
     def holds_vip(self) -> bool:
         return VIP in self.addresses()
-
-    def pids(self) -> list[int]:
-        return netns_pids(self.netns)
 
     def processes(self) -> dict[int, str]:
         """pid -> command line of every process in the node's network namespace."""

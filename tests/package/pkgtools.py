@@ -41,8 +41,8 @@ from pathlib import Path
 from typing import Protocol
 
 from lab import booted
+from lab import netns as lab_netns
 from lab.booted import power_off
-from lab.netns import labels
 from lab.poll import Timeout, wait_for
 from lab.rootfs import CACHE, CLEAN_PATH, Overlay
 from lab.tree import REPO
@@ -230,7 +230,7 @@ def _argv_of(pid: int) -> list[str]:
 
 def netns_holds(netns: str, address: str = VIP) -> bool:
     """Whether eth0 in network namespace netns has address."""
-    return address in labels(netns)
+    return address in lab_netns.labels(netns)
 
 
 class Host(Protocol):
@@ -243,9 +243,7 @@ class Host(Protocol):
 
 
 @dataclass
-class Node:
-    name: str
-    netns: str
+class Node(lab_netns.Host):
     overlay: Overlay
     address: str
     deb_in_root: str
@@ -290,7 +288,7 @@ class Node:
         return sorted(found)
 
     def holds(self, address: str = VIP) -> bool:
-        return netns_holds(self.netns, address)
+        return super().holds(address)
 
     def stop_everything(self) -> None:
         """Finalizer: end what runs in this root (engines, stray scripts), by PID."""
