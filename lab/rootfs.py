@@ -57,13 +57,21 @@ def trixie(packages: Sequence[str] = MINBASE, scratch: Path | None = None) -> Pa
     return _made[name]
 
 
+LEGACY = ("ifupdown-systemd-trixie-", "package-systemd-trixie-", "trixie-minbase-")
+"""The names the three builders this one replaced cached their trees under (removed once a day
+is over: a tree of older sources may still be using today's)."""
+
+
 def _cached(name: str, packages: Sequence[str]) -> Path:
-    target = CACHE / f"root-trixie-{name}-{datetime.date.today():%Y%m%d}"
+    today = f"{datetime.date.today():%Y%m%d}"
+    target = CACHE / f"root-trixie-{name}-{today}"
     if (target / ".complete").exists():
         return target
     CACHE.mkdir(parents=True, exist_ok=True)
-    for old in CACHE.glob(f"root-trixie-{name}-*"):
-        if old != target and ".partial" not in old.name:
+    legacy = (old for prefix in LEGACY for old in CACHE.glob(f"{prefix}*"))
+    olds = [*CACHE.glob(f"root-trixie-{name}-*"), *(old for old in legacy if today not in old.name)]
+    for old in olds:
+        if old != target and ".partial" not in old.name and old.is_dir():
             shutil.rmtree(old, ignore_errors=True)
     return _build(target, packages, name)
 
