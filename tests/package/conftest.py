@@ -59,6 +59,10 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.section("carpd package stages (seconds)")
         for name, seconds in STAGES.items():
             terminalreporter.write_line(f"{seconds:8.2f}  {name}")
+    if rootfs.BUILDS:  # each built once per run, whichever suite asked first (lab/rootfs.py)
+        terminalreporter.section("debootstrapped trixie roots built by this run (seconds)")
+        for label, seconds in rootfs.BUILDS.items():
+            terminalreporter.write_line(f"{seconds:8.2f}  root-trixie-{label}")
 
 
 @pytest.fixture(scope="session")
@@ -154,6 +158,11 @@ class Lab:
         self.tag = uuid.uuid4().hex[:8]
         self.switch = Switch(f"carpd-pkg-{self.tag}-hub")
         self.hub = self.switch.name
+
+    @property
+    def made(self) -> list[str]:
+        """The namespaces made so far (the bridge's first)."""
+        return self.switch.namespaces
 
     def node_netns(self, name: str) -> str:
         """A namespace whose eth0 is on the bridge."""
