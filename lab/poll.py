@@ -39,7 +39,8 @@ def wait_for(predicate: Callable[[], T | None], timeout: float, interval: float 
         if result:
             return result
         if time.monotonic() >= deadline:
-            message = f"after {timeout} s, still not {what or describe(predicate)}"
+            message = (f"after {timeout} s, still not {what}" if what else
+                       f"after {timeout} s, still false: {describe(predicate)}")
             if detail is not None:
                 message += f":\n{detail()}"
             raise Timeout(message)
