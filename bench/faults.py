@@ -73,6 +73,7 @@ from bench.common import (
     write_json,
 )
 from lab.netns import PASSWORD, UCARP, VIP, Network, Node, in_netns
+from lab.poll import Timeout, wait_for
 
 UCARP_HOOK = Path("/etc/network/if-up.d/ucarp")
 ACTIONS = {"carpd": {"up": "/usr/share/carpd/vip-up", "down": "/usr/share/carpd/vip-down"},
@@ -120,16 +121,6 @@ def log(message: str) -> None:
 
 def sh(*argv: str, check: bool = False) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=check)
-
-
-def wait_until(predicate: Callable[[], T], timeout: float, interval: float = 0.02) -> T:
-    """Poll ``predicate``; return its first truthy value, or its last value after ``timeout``."""
-    end = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() >= end:
-            return value
-        time.sleep(interval)
 
 
 # ---- the faults to inject ---------------------------------------------------------------------
@@ -258,8 +249,9 @@ class Cluster:
             node.exec("ip", "link", "set", "eth0", "down")
         for name in self.nodes:
             self.ifup(name)
-            if name == "a" and not wait_until(lambda: self.holders() == ["a"], 10):
-                raise RuntimeError(f"{self.engine}: a never became MASTER")
+            if name == "a":
+                wait_for(lambda: self.holders() == ["a"], 10, 0.02,
+                         what=f"{self.engine}: a MASTER", detail=self.holders)
         if not self.wait_healthy(20):
             raise RuntimeError(f"{self.engine}: the cluster never became healthy: "
                                f"{self.health_problems()}")
@@ -332,8 +324,10 @@ iface eth0:ucarp inet static
                 if fields[1:3] == [word, event] and float(fields[0]) >= since:
                     return float(fields[0])
             return None
-        when: float | None = wait_until(found, timeout, interval=0.01)
-        return when
+        try:
+            return wait_for(found, timeout, 0.01, what=f"{name}: {word} {event}")
+        except Timeout:
+            return None
 
     def roles(self) -> dict[str, str]:
         holders = self.holders()
@@ -408,7 +402,10 @@ iface eth0:ucarp inet static
             holders = self.holders()
             time.sleep(STABLE)
             return self.holders() == holders and not self.health_problems()
-        return bool(wait_until(healthy, timeout, interval=0.2))
+        try:
+            return wait_for(healthy, timeout, 0.2, what="a healthy cluster")
+        except Timeout:
+            return False
 
 
 # ---- watching and checking ----------------------------------------------------------------------
@@ -485,7 +482,8 @@ def check_after_ifdown(cluster: Cluster, name: str, outcome: Outcome, what: str)
                  if f not in ("eth0.log", "eth0.hook")]
         return left
 
-    if wait_until(lambda: not leftovers(), 2.0, interval=0.1):
+    with contextlib.suppress(Timeout):
+        wait_for(lambda: not leftovers(), 2.0, 0.1, what=f"{name} clean after {what}")
         return
     for item in leftovers():
         outcome.violations.append(f"{name}: after {what}: {item} left")
@@ -567,9 +565,10 @@ def kill_mid_drain(what: str) -> Inject:
     def inject(cluster: Cluster, fault: Fault, outcome: Outcome) -> float:
         name = cluster.roles()["master"]
         cluster.demote(name)
-        draining = wait_until(lambda: cluster.nft_tables(name), 3.0, interval=0.01)
         outcome.detail = f"SIGUSR2 the master {name}, SIGKILL {what} while it drains"
-        if not draining:
+        try:
+            wait_for(lambda: cluster.nft_tables(name), 3.0, 0.01, what=f"{name} draining")
+        except Timeout:
             outcome.notes.append(f"{name}: no drain seen within 3 s")
         time.sleep(fault.phase)
         return kill_now(cluster, name, what, fault)
@@ -828,7 +827,8 @@ def reset(cluster: Cluster, name: str) -> None:
     """By force: kill everything in the node, forget its state, ifup again."""
     node = cluster.nodes[name]
     kill_namespace_processes([node.ns])
-    wait_until(lambda: not netns_pids(node.ns), 5)
+    with contextlib.suppress(Timeout):  # ifup below says if something was left
+        wait_for(lambda: not netns_pids(node.ns), 5, 0.02, what=f"{name}'s processes gone")
     sh("ip", "-n", node.ns, "addr", "flush", "dev", "eth0")
     sh("ip", "-n", node.ns, "link", "set", "eth0", "down")
     ifupdown = cluster.ifupdown[name]
@@ -843,8 +843,9 @@ def reset(cluster: Cluster, name: str) -> None:
 def heal(cluster: Cluster, outcome: Outcome) -> None:
     undo(cluster)
     # the supervisor restarts a killed engine after its back-off: give it a moment first
-    wait_until(lambda: not any(cluster.engine_problems(n) for n in cluster.nodes
-                               if n not in cluster.down), 3.0, interval=0.2)
+    with contextlib.suppress(Timeout):  # those still failing are restarted below
+        wait_for(lambda: not any(cluster.engine_problems(n) for n in cluster.nodes
+                                 if n not in cluster.down), 3.0, 0.2, what="engines back")
     for name in cluster.nodes:
         if name in cluster.down and cluster.engine == "carpd":
             cluster.ifup(name)

@@ -33,10 +33,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +41,7 @@ from typing import Any
 from bench.common import fmt, machine, machine_line, run_seconds, summary, table, write_json
 from lab.attacker import KINDS as FRAME_KINDS
 from lab.attacker import PASSING_FILTER, Flood, SentBy, Target, bad_frames, gaps
-from lab.netns import UCARP, VIP, Daemon, Network, Node, wait_for
+from lab.netns import UCARP, VIP, Daemon, Network, Node, network, wait_for
 
 ADVBASE = 1
 MASTER_SKEW, BACKUP_SKEW = 100, 200
@@ -85,16 +82,6 @@ class Result:
 
     def within_goal(self) -> int:
         return sum(d <= ACTED_ON_GOAL for d in self.acted_on)
-
-
-@contextmanager
-def network(prefix: str) -> Iterator[Network]:
-    with tempfile.TemporaryDirectory(prefix="carpd-flood-") as directory:
-        net = Network(Path(directory), prefix=prefix)
-        try:
-            yield net
-        finally:
-            net.close()
 
 
 def start(node: Node, kind: str, advskew: int, preempt: bool = False) -> Daemon:
@@ -177,7 +164,7 @@ class Bench:
 def run_one(kind: str, rate: float, args: argparse.Namespace) -> Result:
     result = Result(kind, rate)
     flood_seconds = args.seconds + args.reps * (MASTER_DOWN + 4) + 30
-    with network("carpfl") as net:
+    with network("carpfl", "carpd-flood-") as net:
         bench = None
         try:
             bench = Bench(net, kind, rate, flood_seconds)

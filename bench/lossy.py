@@ -43,16 +43,15 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bench.common import machine, machine_line, table, write_json
-from lab.netns import UCARP, Capture, Daemon, Event, Network, Node, run, wait_for
+from lab.netns import UCARP, Capture, Daemon, Event, Network, Node, network, run, wait_for
 
 ADVBASE = 1
 MASTER_SKEW, BACKUP_SKEW = 0, 100
@@ -288,23 +287,14 @@ def both_up(first: list[Event], second: list[Event], began: float, ended: float)
     return stretches
 
 
-@contextmanager
-def network() -> Iterator[Network]:
-    with tempfile.TemporaryDirectory(prefix="carpd-lossy-") as directory:
-        net = Network(Path(directory), prefix="carplo")
-        try:
-            yield net
-        finally:
-            net.close()
-
-
 def run_all(results: list[Result], seconds: float) -> None:
     """Every cluster at once: build them, let them settle, drop frames for ``seconds``."""
     with ExitStack() as stack:
         clusters = []
         for result in results:
             try:
-                clusters.append(Cluster(stack.enter_context(network()), result))
+                net = stack.enter_context(network("carplo", "carpd-lossy-"))
+                clusters.append(Cluster(net, result))
                 stack.callback(clusters[-1].close)
             except (OSError, RuntimeError, TimeoutError, subprocess.SubprocessError) as error:
                 result.error = f"{type(error).__name__}: {error}"

@@ -22,16 +22,15 @@ import os
 import signal
 import statistics
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
 from bench.common import run_seconds
-from lab.netns import VIP, CarpFrame, Daemon, Network, Node, wait_for
+from lab.netns import VIP, CarpFrame, Daemon, Network, Node, network, wait_for
 
 KINDS = ("carpd", "ucarp")
 ADVBASE = 1
@@ -39,14 +38,8 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 T = TypeVar("T")
 
 
-@contextmanager
-def network() -> Iterator[Network]:
-    with tempfile.TemporaryDirectory(prefix="carpd-bench-") as directory:
-        net = Network(Path(directory), prefix="carpbr")
-        try:
-            yield net
-        finally:
-            net.close()
+def bench_network() -> AbstractContextManager[Network]:
+    return network("carpbr", "carpd-bench-")
 
 
 def master_down(advskew: int) -> float:
@@ -74,7 +67,7 @@ def start_as_backup(node: Node, kind: str, advskew: int) -> Daemon:
 def failover(kind: str, advskew: int, reps: int) -> list[float]:
     """Two nodes take turns: kill -9 the master, time the takeover, restart it as the backup."""
     gaps = []
-    with network() as net:
+    with bench_network() as net:
         nodes = [net.add_node("10.9.1.2"), net.add_node("10.9.1.3")]
         master = nodes[0].start(kind, advskew=advskew)
         wait_for(sole_holder(net, nodes[0]), timeout=10)
@@ -94,7 +87,7 @@ def failover(kind: str, advskew: int, reps: int) -> list[float]:
 def reaction(kind: str, reps: int) -> list[float]:
     """A slower master (advskew 100) and a preempter (-P, advskew 0) joining it, again and again."""
     delays = []
-    with network() as net:
+    with bench_network() as net:
         slow_node, fast_node = net.add_node("10.9.1.2"), net.add_node("10.9.1.3")
         slow_node.start(kind, advskew=100)
         for _ in range(reps):
@@ -113,7 +106,7 @@ def reaction(kind: str, reps: int) -> list[float]:
 def bow_out(backup_kind: str, reps: int) -> list[float]:
     """A carpd master is terminated; time from its bow-out advert to the backup's first advert."""
     delays = []
-    with network() as net:
+    with bench_network() as net:
         master_node, backup_node = net.add_node("10.9.1.2"), net.add_node("10.9.1.3")
         backup = None
         for _ in range(reps):
@@ -151,7 +144,7 @@ def idle(seconds: float) -> dict[tuple[str, str], tuple[int, float, float]]:
     Per daemon: VmRSS (KiB), CPU ms per minute from utime + stime (10 ms ticks), and the same from
     the scheduler's nanosecond run time of all its threads (/proc/PID/task/*/schedstat)."""
     results: dict[tuple[str, str], tuple[int, float, float]] = {}
-    with network() as carpd_net, network() as ucarp_net:
+    with bench_network() as carpd_net, bench_network() as ucarp_net:
         pairs: dict[str, tuple[Daemon, Daemon]] = {}
         for kind, net in (("carpd", carpd_net), ("ucarp", ucarp_net)):
             a, b = net.add_node("10.9.1.2"), net.add_node("10.9.1.3")

@@ -16,11 +16,9 @@ from __future__ import annotations
 import shutil
 import signal
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-from lab.netns import UCARP, VIP, Daemon, Network, wait_for
+from lab.netns import UCARP, VIP, Daemon, Network, network, wait_for
 
 SKEWS = {"a": 0, "b": 50, "c": 100}
 
@@ -93,15 +91,13 @@ def run_demo(net: Network) -> None:
 
 
 def main() -> int:
-    with tempfile.TemporaryDirectory(prefix="carpd-demo-") as directory:
-        net = Network(Path(directory), prefix="carpdemo")
-        try:
+    try:
+        with network("carpdemo", "carpd-demo-") as net:
             run_demo(net)
-        except KeyboardInterrupt:
-            print("interrupted")
-        finally:
-            net.close()
-            print("\ncleaned up: namespaces deleted, processes ended")
+    except KeyboardInterrupt:
+        print("interrupted")
+    finally:
+        print("\ncleaned up: namespaces deleted, processes ended")
     return 0
 
 

@@ -22,15 +22,17 @@ import signal
 import socket
 import struct
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import TypeVar
 
 from carpd import control, wire
+from lab.poll import Timeout as Timeout
+from lab.poll import wait_for as wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 CARPD = [str(REPO / ".venv" / "bin" / "python"), "-m", "carpd"]
@@ -46,23 +48,8 @@ _PACKET_ADD_MEMBERSHIP = 1
 _PACKET_MR_PROMISC = 1
 _libc = ctypes.CDLL(None, use_errno=True)
 
-T = TypeVar("T")
-
-
 def run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, check=check, capture_output=True, text=True, timeout=30)
-
-
-def wait_for(predicate: Callable[[], T | None], timeout: float, interval: float = 0.05) -> T:
-    """Poll ``predicate`` until it returns something truthy; return it, or raise TimeoutError."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"not true after {timeout} s: {predicate}")
-        time.sleep(interval)
 
 
 @contextlib.contextmanager
@@ -283,10 +270,30 @@ class Daemon:
 
 
 @dataclass
-class Node:
-    network: Network
+class Host:
+    """A node of any lab as the host sees it: its name and its network namespace (the carpd
+    nodes here, tests/ifupdown's ifupdown nodes and tests/package's chroots build on it)."""
+
     name: str
-    ns: str
+    netns: str
+
+    def pids(self) -> list[int]:
+        """Every process in its network namespace."""
+        return netns_pids(self.netns)
+
+    def labels(self, ifname: str = "eth0") -> dict[str, str]:
+        """address -> label of the IPv4 addresses of ``ifname``."""
+        return labels(self.netns, ifname)
+
+    def holds(self, address: str) -> bool:
+        return address in self.labels()
+
+
+@dataclass
+class Node(Host):
+    """A node of a :class:`Network`: eth0 with ``address`` on its bridge, carpd/ucarp daemons."""
+
+    network: Network
     address: IPv4Address
     mac: bytes
     port: str
@@ -296,11 +303,12 @@ class Node:
     def exec(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return run("ip", "netns", "exec", self.ns, *cmd, check=check)
 
+    @property
+    def ns(self) -> str:
+        return self.netns
+
     def addresses(self) -> set[IPv4Address]:
-        out = run("ip", "-n", self.ns, "-j", "-4", "addr", "show", "dev", "eth0").stdout
-        return {
-            IPv4Address(a["local"]) for link in json.loads(out) for a in link.get("addr_info", [])
-        }
+        return {IPv4Address(address) for address in self.labels()}
 
     def has(self, vip: IPv4Address) -> bool:
         return vip in self.addresses()
@@ -367,23 +375,97 @@ class Node:
         return f"{self.name}({self.address})"
 
 
+# ---- namespaces and the bridge ----------------------------------------------------------------
+
+
+def netns_pids(ns: str) -> list[int]:
+    """Every process whose network namespace is ``ns`` (daemonized ones included)."""
+    return [int(p) for p in run("ip", "netns", "pids", ns, check=False).stdout.split()]
+
+
+def kill_all(ns: str) -> None:
+    """SIGKILL, by pid, every process left in ``ns`` (one of a test's own), until none is."""
+    for _ in range(50):
+        pids = netns_pids(ns)
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+
+
+def labels(ns: str, ifname: str = "eth0") -> dict[str, str]:
+    """address -> label of the IPv4 addresses of ``ifname`` in ``ns`` (none if it is gone)."""
+    out = run("ip", "-n", ns, "-j", "-4", "addr", "show", "dev", ifname, check=False).stdout
+    return {a["local"]: a.get("label", ifname)
+            for link in (json.loads(out) if out.strip() else []) for a in link.get("addr_info", [])}
+
+
+class Switch:
+    """The lab's one namespace-bridge builder: ``br0`` (multicast snooping off, so CARP adverts
+    reach every port) in a namespace of its own, and node namespaces each plugged into it by a
+    veth pair (``eth0`` in the node).  The callers choose every name (unique ones: they carry a
+    pid or a random tag).  :meth:`close` kills what is left in the namespaces, by pid (they are
+    the test's own), and deletes them; it runs even when building failed halfway."""
+
+    def __init__(self, name: str, *, ipv6: bool = True) -> None:
+        self.name = name
+        self.ipv6 = ipv6
+        self.namespaces: list[str] = []
+        try:
+            self.add_namespace(name)
+            self.add_bridge("br0")
+        except BaseException:
+            self.close()
+            raise
+
+    def add_namespace(self, ns: str) -> str:
+        run("ip", "netns", "add", ns)
+        self.namespaces.append(ns)
+        run("ip", "-n", ns, "link", "set", "lo", "up")
+        if not self.ipv6:  # no router solicitations or MLD reports among the frames
+            for knob in ("all", "default"):
+                run("ip", "netns", "exec", ns, "sysctl", "-q", "-w",
+                    f"net.ipv6.conf.{knob}.disable_ipv6=1")
+        return ns
+
+    def add_bridge(self, bridge: str) -> None:
+        run("ip", "-n", self.name, "link", "add", bridge, "type", "bridge", "mcast_snooping", "0")
+        run("ip", "-n", self.name, "link", "set", bridge, "up")
+
+    def plug(self, ns: str, port: str, ifname: str = "eth0", bridge: str = "br0") -> None:
+        """``ifname`` in ``ns``, a veth whose peer ``port`` is a port of ``bridge``."""
+        run("ip", "link", "add", ifname, "netns", ns, "type", "veth", "peer", "name", port,
+            "netns", self.name)
+        run("ip", "-n", self.name, "link", "set", port, "master", bridge, "up")
+
+    def add_node(self, ns: str, port: str) -> str:
+        """A new namespace ``ns`` whose eth0 is on ``br0`` (by ``port``)."""
+        self.add_namespace(ns)
+        self.plug(ns, port)
+        return ns
+
+    def close(self) -> None:
+        for ns in reversed(self.namespaces):
+            kill_all(ns)
+            run("ip", "netns", "del", ns, check=False)
+        self.namespaces.clear()
+
+
 class Network:
     """A bridge in a switch namespace and the nodes plugged into it."""
 
     def __init__(self, directory: Path, prefix: str = "carpt") -> None:
         self.directory = directory
         self.tag = f"{prefix}{os.getpid()}{secrets.token_hex(2)}"
-        self.switch = f"{self.tag}-sw"
         self.nodes: list[Node] = []
         self.daemons: list[Daemon] = []
-        self._namespaces: list[str] = []
         self._capture: Capture | None = None
         self._lan_captures: list[Capture] = []
+        self.wiring = Switch(f"{self.tag}-sw", ipv6=False)
+        self.switch = self.wiring.name
         try:
-            self._add_namespace(self.switch)
-            run("ip", "-n", self.switch, "link", "add", "br0", "type", "bridge",
-                "mcast_snooping", "0")
-            run("ip", "-n", self.switch, "link", "set", "br0", "up")
             self._capture = Capture(self.switch)
         except BaseException:
             self.close()
@@ -394,36 +476,22 @@ class Network:
         assert self._capture is not None
         return self._capture
 
-    def _add_namespace(self, name: str) -> None:
-        run("ip", "netns", "add", name)
-        self._namespaces.append(name)
-        run("ip", "-n", name, "link", "set", "lo", "up")
-        for knob in ("net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"):
-            run("ip", "netns", "exec", name, "sysctl", "-q", "-w", knob)
-
     def add_node(self, address: str, name: str | None = None) -> Node:
         name = name or chr(ord("a") + len(self.nodes))
-        ns = f"{self.tag}-{name}"
         port = f"p{len(self.nodes)}{self.tag[-4:]}"
-        self._add_namespace(ns)
-        run("ip", "link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", port,
-            "netns", self.switch)
-        run("ip", "-n", self.switch, "link", "set", port, "master", "br0")
-        run("ip", "-n", self.switch, "link", "set", port, "up")
+        ns = self.wiring.add_node(f"{self.tag}-{name}", port)
         run("ip", "-n", ns, "addr", "add", f"{address}/16", "dev", "eth0")
         run("ip", "-n", ns, "link", "set", "eth0", "up")
         link = json.loads(run("ip", "-n", ns, "-j", "link", "show", "dev", "eth0").stdout)[0]
         mac = bytes.fromhex(link["address"].replace(":", ""))
-        node = Node(self, name, ns, IPv4Address(address), mac, port)
+        node = Node(name, ns, self, IPv4Address(address), mac, port)
         self.nodes.append(node)
         return node
 
     def add_lan(self, bridge: str) -> Capture:
         """Another bridge in the switch namespace, a LAN apart from ``br0``'s (a cluster
         network), and a capture of it."""
-        run("ip", "-n", self.switch, "link", "add", bridge, "type", "bridge", "mcast_snooping",
-            "0")
-        run("ip", "-n", self.switch, "link", "set", bridge, "up")
+        self.wiring.add_bridge(bridge)
         capture = Capture(self.switch, bridge)
         self._lan_captures.append(capture)
         return capture
@@ -432,9 +500,7 @@ class Network:
         """Give ``node`` another interface, ``ifname`` with ``address``/16, on ``bridge`` (see
         :meth:`add_lan`); returns its port on the bridge."""
         port = f"{node.port}{ifname}"[:15]
-        run("ip", "link", "add", ifname, "netns", node.ns, "type", "veth", "peer", "name", port,
-            "netns", self.switch)
-        run("ip", "-n", self.switch, "link", "set", port, "master", bridge, "up")
+        self.wiring.plug(node.ns, port, ifname, bridge)
         run("ip", "-n", node.ns, "addr", "add", f"{address}/16", "dev", ifname)
         run("ip", "-n", node.ns, "link", "set", ifname, "up")
         return port
@@ -454,12 +520,24 @@ class Network:
         return [n for n in self.nodes if n.has(vip)]
 
     def close(self) -> None:
-        """Kill every daemon this network started, then delete its namespaces."""
+        """Kill every daemon this network started, then what is left in its namespaces, and
+        delete them."""
         for daemon in self.daemons:
             daemon.kill()
         if self._capture is not None:
             self._capture.close()
         for capture in self._lan_captures:
             capture.close()
-        for name in reversed(self._namespaces):
-            run("ip", "netns", "del", name, check=False)
+        self.wiring.close()
+
+
+@contextlib.contextmanager
+def network(prefix: str = "carpt", folder: str = "carpd-lab-") -> Iterator[Network]:
+    """A :class:`Network` in a temporary folder of its own, closed and removed on the way out
+    (the benchmarks' and the demo's; the tests' is conftest's ``net`` fixture)."""
+    with tempfile.TemporaryDirectory(prefix=folder) as directory:
+        net = Network(Path(directory), prefix=prefix)
+        try:
+            yield net
+        finally:
+            net.close()

@@ -13,27 +13,28 @@ private mount namespace; there, before the command, the node's view of the syste
 
 and ``ifup``/``ifdown`` run with ``-i`` the node's interfaces file and ``--state-dir`` its state
 folder.  Nothing of this is visible outside; the finalizer kills every process left in the lab's
-namespaces (by pid) and deletes them, even when the test failed.
+namespaces (by pid) and deletes them, even when the test failed.  The bridge and the namespaces
+are lab/netns.py's :class:`~lab.netns.Switch`, the poll helper lab/poll.py's ``wait_for``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
-import re
 import shlex
-import signal
 import subprocess
 import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from lab.netns import Host, Switch
+from lab.poll import wait_for as wait_for
+from lab.tree import REPO, SRC, console_scripts, write_command
+
+ROOT = REPO
 GOLDEN = Path(__file__).parent / "golden"
 PASSWORD = "s3cr3t-Pa55"
 VIP = "10.77.0.1"
@@ -42,13 +43,6 @@ _counter = itertools.count()
 
 def unique_prefix() -> str:
     return f"cifu{os.getpid() % 100000}x{next(_counter)}"
-
-
-COMMANDS = {
-    "carpd": "from carpd.cli import main",
-    "carpd-ifupdown": "from carpd.ifupdown.main import main",
-    "carpctl": "from carpd.carpctl import main",
-}
 
 
 def _run(argv: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -77,9 +71,7 @@ def stanza(number: int, extra: str = "", vip: str = VIP, alias_extra: str = "") 
 
 
 @dataclass
-class Node:
-    name: str
-    netns: str
+class Node(Host):
     home: Path
     interfaces: Path = field(init=False)
     state: Path = field(init=False)
@@ -92,17 +84,9 @@ class Node:
         for folder in (self.state, self.run_dir, self.home / "empty", self.home / "bin",
                        self.home / "share"):
             folder.mkdir(parents=True, exist_ok=True)
-        for command, source in COMMANDS.items():
-            wrapper = self.home / "bin" / command
-            # this tree's sources, whatever the venv's editable install points at (ifupdown
-            # gives hooks a clean environment: no PYTHONPATH reaches them)
-            # (and on to the supervisor the hook starts with `python -m`)
-            src = str(ROOT / "src")
-            wrapper.write_text(f"#!{sys.executable}\nimport os, sys\n"
-                               f"sys.path.insert(0, {src!r})\n"
-                               f"os.environ['PYTHONPATH'] = {src!r}\n"
-                               f"{source}\nsys.exit(main())\n")
-            wrapper.chmod(0o755)
+        for command in console_scripts():
+            # this tree's sources, whatever the venv's editable install points at
+            write_command(self.home / "bin" / command, command, sys.executable, SRC)
         (self.home / "share" / "carpd").symlink_to(ROOT / "share")
         libexec = self.home / "libexec" / "carpd"  # the hooks run /usr/libexec/carpd/carpd-ifupdown
         libexec.mkdir(parents=True, exist_ok=True)
@@ -149,21 +133,10 @@ class Node:
 
     def addresses(self, ifname: str = "eth0") -> dict[str, str]:
         """address -> label of the IPv4 addresses of ``ifname``."""
-        out = _run(["ip", "-n", self.netns, "-o", "-4", "addr", "show", "dev", ifname],
-                   check=False).stdout
-        found = {}
-        for line in out.splitlines():
-            match = re.search(r"inet (\S+)/\d+ .*? (\S+)\\", line + "\\")
-            if match:
-                found[match[1]] = match[2]
-        return found
+        return self.labels(ifname)
 
     def holds_vip(self) -> bool:
         return VIP in self.addresses()
-
-    def pids(self) -> list[int]:
-        out = _run(["ip", "netns", "pids", self.netns], check=False).stdout
-        return [int(p) for p in out.split()]
 
     def processes(self) -> dict[int, str]:
         """pid -> command line of every process in the node's network namespace."""
@@ -224,25 +197,20 @@ class Lab:
     root: Path
     switch: str = field(init=False)
     nodes: list[Node] = field(default_factory=list)
+    wiring: Switch | None = None
 
     def __post_init__(self) -> None:
         self.switch = f"{self.prefix}sw"
 
     def start(self) -> None:
-        _run(["ip", "netns", "add", self.switch])
-        _run(["ip", "-n", self.switch, "link", "add", "br0", "type", "bridge"])
-        _run(["ip", "-n", self.switch, "link", "set", "br0", "up"])
+        self.wiring = Switch(self.switch)
 
     def node(self) -> Node:
+        assert self.wiring is not None, "start() the lab first"
         number = len(self.nodes) + 1
         node = Node(f"n{number}", f"{self.prefix}n{number}", self.root / f"n{number}")
         self.nodes.append(node)
-        _run(["ip", "netns", "add", node.netns])
-        port = f"p{number}"
-        _run(["ip", "-n", node.netns, "link", "add", "eth0", "type", "veth", "peer", "name",
-              port, "netns", self.switch])
-        _run(["ip", "-n", self.switch, "link", "set", port, "master", "br0", "up"])
-        _run(["ip", "-n", node.netns, "link", "set", "lo", "up"])
+        self.wiring.add_node(node.netns, f"p{number}")
         return node
 
     def sniff_arp(self) -> subprocess.Popen[str]:
@@ -257,28 +225,5 @@ class Lab:
         return sniffer
 
     def destroy(self) -> None:
-        for netns in [n.netns for n in self.nodes] + [self.switch]:
-            _kill_all(netns)
-            _run(["ip", "netns", "del", netns], check=False)
-
-
-def _kill_all(netns: str) -> None:
-    """SIGKILL every process this test started in ``netns`` (by pid), until none is left."""
-    for _ in range(50):
-        out = _run(["ip", "netns", "pids", netns], check=False).stdout
-        pids = [int(p) for p in out.split()]
-        if not pids:
-            return
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.05)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(interval)
-    return condition()
+        if self.wiring is not None:
+            self.wiring.close()

@@ -43,6 +43,17 @@ def _alias_stanza(name: str, vid: int, address: str, extra: str = "") -> str:
             + OWN_SCRIPTS + extra + "\n")
 
 
+def _problems(tmp_path: Path, *stanzas: str) -> tuple[Path, list[str]]:
+    """The interfaces file of ``stanzas`` and what `carpctl check` says of it."""
+    path = _file(tmp_path, "".join(stanzas))
+    return path, _check(path)[0]
+
+
+def _vhid_again(where: str, iface: str, vid: int, first: str, first_iface: str) -> str:
+    return (f"{where}: iface {iface}: ucarp-vid: '{vid}': vhid {vid} on eth0 again, first at "
+            f"{first} (iface {first_iface}): each group of an interface needs a vhid of its own")
+
+
 # -- Debian's alias form ---------------------------------------------------------------------
 
 def test_alias_stanza_runs_its_group_on_the_interface_with_its_own_address_as_source() -> None:
@@ -140,13 +151,10 @@ def test_check_accepts_repeated_stanzas_of_one_interface_with_their_own_alias(
 
 def test_the_same_vhid_twice_on_an_interface_names_option_value_and_both_stanzas(
         tmp_path: Path) -> None:
-    path = _file(tmp_path, _alias_stanza("eth0:1", 7, "10.0.0.12")
-                 + _alias_stanza("eth0:2", 7, "10.0.0.22"))
-    problems, _count = _check(path)
-    assert problems == [
-        f"{path}:9: iface eth0:2 inet static: ucarp-vid: '7': vhid 7 on eth0 again, first at "
-        f"{path}:1 (iface eth0:1 inet static): each group of an interface needs a vhid of its "
-        "own"]
+    path, problems = _problems(tmp_path, _alias_stanza("eth0:1", 7, "10.0.0.12"),
+                               _alias_stanza("eth0:2", 7, "10.0.0.22"))
+    assert problems == [_vhid_again(f"{path}:9", "eth0:2 inet static", 7, f"{path}:1",
+                                    "eth0:1 inet static")]
 
 
 def test_the_same_vhid_in_two_stanzas_of_the_interface_itself_is_named_across_files(
@@ -154,18 +162,16 @@ def test_the_same_vhid_in_two_stanzas_of_the_interface_itself_is_named_across_fi
     extra = tmp_path / "more"
     extra.write_text(_alias_stanza("eth0", 3, "10.0.0.3").replace("inet static", "inet manual")
                      .replace("    address 10.0.0.3/24\n", ""))
-    path = _file(tmp_path, _alias_stanza("eth0", 3, "10.0.0.2") + f"source {extra}\n")
-    problems, _count = _check(path)
-    assert problems == [
-        f"{extra}:1: iface eth0 inet manual: ucarp-vid: '3': vhid 3 on eth0 again, first at "
-        f"{path}:1 (iface eth0 inet static): each group of an interface needs a vhid of its "
-        "own"]
+    path, problems = _problems(tmp_path, _alias_stanza("eth0", 3, "10.0.0.2"),
+                               f"source {extra}\n")
+    assert problems == [_vhid_again(f"{extra}:1", "eth0 inet manual", 3, f"{path}:1",
+                                    "eth0 inet static")]
 
 
 def test_the_same_vhid_on_two_interfaces_is_fine(tmp_path: Path) -> None:
     path = _file(tmp_path, _alias_stanza("eth0", 3, "10.0.0.2")
                  + _alias_stanza("eth1", 3, "10.0.1.2"))
-    assert _check(path) == ([], 2)
+    assert _check(path) == ([], 2)  # and both groups counted
 
 
 def test_two_groups_bringing_up_the_same_alias_stanza_are_refused(tmp_path: Path) -> None:
@@ -188,9 +194,8 @@ def test_two_groups_bringing_up_the_same_alias_stanza_are_refused(tmp_path: Path
 
 def test_groups_of_one_interface_with_different_interface_wide_options_are_refused(
         tmp_path: Path) -> None:
-    path = _file(tmp_path, _alias_stanza("eth0:1", 1, "10.0.0.12")
-                 + _alias_stanza("eth0:2", 2, "10.0.0.22", "    ucarp-nomcast yes\n"))
-    problems, _count = _check(path)
+    path, problems = _problems(tmp_path, _alias_stanza("eth0:1", 1, "10.0.0.12"),
+                               _alias_stanza("eth0:2", 2, "10.0.0.22", "    ucarp-nomcast yes\n"))
     assert problems == [
         f"{path}:9: iface eth0:2 inet static: ucarp-nomcast: 'yes': eth0 runs one engine for "
         f"all its groups, and vhid 1 at {path}:1 (iface eth0:1 inet static) has 'no': give "

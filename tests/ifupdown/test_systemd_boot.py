@@ -3,18 +3,15 @@
 Debian 13's own systemd, ifupdown, python3, pydantic and pyroute2 run carpd's hooks from
 networking.service at boot; the hook starts carpd@eth0.service with --no-block (no deadlock on
 networking's start job), the unit restarts a killed engine after releasing its VIP, and stopping
-networking stops the engine before the address goes.  The root file system (debootstrap, ~1 min)
-is cached per day in /var/cache/carpd-tests; each run works on an overlay of it.
+networking stops the engine before the address goes.  The root file system is lab/rootfs.py's
+trixie with systemd (debootstrap, ~1 min; cached per day, and the one tests/package boots too);
+each test works on an overlay of it, booted by lab/booted.py.
 """
 
 from __future__ import annotations
 
-import datetime
-import hashlib
-import os
 import re
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,35 +20,15 @@ from pathlib import Path
 import pytest
 from ifnodes import PASSWORD, ROOT, VIP, Lab, Node, stanza, wait_for
 
+from lab import booted as lab_booted
+from lab import rootfs
+from lab.rootfs import CLEAN_PATH, Overlay
+from lab.tree import console_scripts, write_command
+
 pytestmark = pytest.mark.netns
 
-CACHE = Path("/var/cache/carpd-tests")
-MIRROR = "http://deb.debian.org/debian"
-PACKAGES = ["systemd", "systemd-sysv", "ifupdown", "iproute2", "python3-pydantic",
-            "python3-pyroute2", "python3-debian"]
-CLEAN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
-COMMANDS = {"carpd": "carpd.cli", "carpd-ifupdown": "carpd.ifupdown.main",
-            "carpctl": "carpd.carpctl"}
 BOOT = 120.0
 ELECTION = 20.0
-
-
-def _rootfs() -> Path:
-    """Debian 13 with systemd, ifupdown and carpd's dependencies; built once a day."""
-    packages = hashlib.sha256(",".join(PACKAGES).encode()).hexdigest()[:8]
-    target = CACHE / f"ifupdown-systemd-trixie-{datetime.date.today():%Y%m%d}-{packages}"
-    if (target / ".complete").exists():
-        return target
-    partial = target.with_name(target.name + f".partial{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}",
-                    "trixie", str(partial), MIRROR], check=True, capture_output=True,
-                   timeout=1200, env={"PATH": CLEAN_PATH})
-    (partial / ".complete").touch()
-    shutil.rmtree(target, ignore_errors=True)
-    partial.rename(target)
-    return target
 
 
 def _install_carpd(root: Path, interfaces: str, dropin: Path | None = None) -> None:
@@ -59,13 +36,9 @@ def _install_carpd(root: Path, interfaces: str, dropin: Path | None = None) -> N
     drop-in for carpd@.service an administrator may add)."""
     site = root / "usr/lib/python3/dist-packages/carpd"
     shutil.copytree(ROOT / "src/carpd", site, ignore=shutil.ignore_patterns("__pycache__"))
-    for command, module in COMMANDS.items():
+    for command in console_scripts():
         folder = root / ("usr/libexec/carpd" if command == "carpd-ifupdown" else "usr/sbin")
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / command
-        path.write_text(f"#!/usr/bin/python3\nimport sys\nfrom {module} import main\n"
-                        "sys.exit(main())\n")
-        path.chmod(0o755)
+        write_command(folder / command, command, "/usr/bin/python3")
     for phase in ("up", "down"):
         shutil.copy2(ROOT / f"if-{phase}.d/carpd", root / f"etc/network/if-{phase}.d/carpd")
     shutil.copytree(ROOT / "share", root / "usr/share/carpd")
@@ -80,37 +53,13 @@ def _install_carpd(root: Path, interfaces: str, dropin: Path | None = None) -> N
 
 
 @dataclass
-class Booted:
+class Booted(lab_booted.Booted):
+    """The booted trixie, on the lab's ``node`` (its network namespace)."""
+
     node: Node
-    nspawn: subprocess.Popen[bytes]
-    console: Path
-
-    def leader(self) -> int:
-        """The container's init (pid 1 inside), once systemd-nspawn has started it."""
-        children: list[str] = []
-
-        def started() -> bool:
-            children[:] = subprocess.run(
-                ["ps", "-o", "pid=", "--ppid", str(self.nspawn.pid)], capture_output=True,
-                text=True, check=False).stdout.split()
-            return bool(children) or self.nspawn.poll() is not None
-
-        assert wait_for(started, 30.0) and children, self.console.read_text(errors="replace")
-        return int(children[0])
-
-    def inside(self, command: str) -> subprocess.CompletedProcess[str]:
-        """Run ``command`` in the container (its namespaces and root)."""
-        return subprocess.run(
-            ["nsenter", "-t", str(self.leader()), "-m", "-u", "-i", "-n", "-p", "-r", "-w",
-             "--", "/bin/sh", "-c", command],
-            capture_output=True, text=True, check=False, timeout=120,
-            env={"PATH": CLEAN_PATH})
 
     def state(self, unit: str) -> str:
-        return self.inside(f"systemctl is-active {unit}").stdout.strip()
-
-    def main_pid(self, unit: str) -> int:
-        return int(self.inside(f"systemctl show -p MainPID --value {unit}").stdout.strip() or 0)
+        return self.unit_state(unit)
 
 
 def _boot(lab: Lab, tmp_path: Path, interfaces: str, dropin: Path | None = None,
@@ -118,38 +67,23 @@ def _boot(lab: Lab, tmp_path: Path, interfaces: str, dropin: Path | None = None,
     for tool in ("debootstrap", "systemd-nspawn", "nsenter"):
         if shutil.which(tool, path=CLEAN_PATH) is None:
             pytest.skip(f"needs {tool} (see .ci/apt-packages)")
-    lower = _rootfs()
-    upper, work, root = tmp_path / "upper", tmp_path / "work", tmp_path / "root"
-    for folder in (upper, work, root):
-        folder.mkdir()
-    subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
-                    f"lowerdir={lower},upperdir={upper},workdir={work}", str(root)], check=True)
+    overlay = Overlay(tmp_path, [rootfs.trixie(rootfs.SYSTEMD, tmp_path.parent)])
     node = lab.node()
     console = tmp_path / "console.log"
     try:
+        root = overlay.root
         _install_carpd(root, interfaces, dropin)
         for path, text in (scripts or {}).items():
             (root / path).write_text(text)
             (root / path).chmod(0o755)
-        with console.open("wb") as out:
-            nspawn = subprocess.Popen(
-                ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--boot",
-                 "--capability=CAP_NET_ADMIN,CAP_NET_RAW",
-                 f"--network-namespace-path=/run/netns/{node.netns}", "-D", str(root)],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                env={"PATH": CLEAN_PATH, "SYSTEMD_NSPAWN_TMPFS_TMP": "0"})
-        booted = Booted(node, nspawn, console)
+        booted = Booted(node.netns, root, console, lab_booted.nspawn(root, node.netns, console),
+                        node)
         try:
             yield booted
         finally:
-            nspawn.terminate()  # the container powers off
-            try:
-                nspawn.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                nspawn.kill()
-                nspawn.wait()
+            booted.power_off()
     finally:
-        subprocess.run(["umount", "-l", str(root)], check=False)
+        overlay.unmount()
 
 
 @pytest.fixture

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import datetime
 import os
 import shutil
-import subprocess
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from pkgtools import (
-    CACHE,
     CLEAN_PATH,
     NEEDS,
     NET,
@@ -26,14 +23,15 @@ from pkgtools import (
     boot_node_a,
     clean_env,
     copy_tree,
-    debootstrap,
-    debootstrap_systemd,
     forbid_service_starts,
     in_root,
     interfaces_file,
-    power_off,
     run,
 )
+
+from lab import rootfs
+from lab.booted import Booted
+from lab.netns import Switch
 
 ROOT_FIXTURES = {"built", "trixie", "trixie_systemd", "installed", "trixie_lintian", "pair",
                  "systemd_pair"}
@@ -61,6 +59,10 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.section("carpd package stages (seconds)")
         for name, seconds in STAGES.items():
             terminalreporter.write_line(f"{seconds:8.2f}  {name}")
+    if rootfs.BUILDS:  # each built once per run, whichever suite asked first (lab/rootfs.py)
+        terminalreporter.section("debootstrapped trixie roots built by this run (seconds)")
+        for label, seconds in rootfs.BUILDS.items():
+            terminalreporter.write_line(f"{seconds:8.2f}  root-trixie-{label}")
 
 
 @pytest.fixture(scope="session")
@@ -94,23 +96,6 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     return Built(tree=tree, deb=debs[0], changes=changes[0], dsc=dscs[0], log=result.output)
 
 
-def cached_root(prefix: str, make: Callable[[Path], None],
-                tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A debootstrapped tree: made fresh under CI, else cached per day in CACHE as
-    PREFIX-YYYYMMDD (older days' trees of this prefix are removed)."""
-    if os.environ.get("CI"):
-        target = tmp_path_factory.mktemp(prefix) / "root"
-        make(target)
-        return target
-    CACHE.mkdir(parents=True, exist_ok=True)
-    target = CACHE / f"{prefix}-{datetime.date.today():%Y%m%d}"
-    if not target.is_dir():
-        for old in CACHE.glob(f"{prefix}-*"):
-            shutil.rmtree(old, ignore_errors=True)
-        make(target)
-    return target
-
-
 WHERE = " (CI: fresh)" if os.environ.get("CI") else " (cached per day)"
 
 
@@ -118,14 +103,15 @@ WHERE = " (CI: fresh)" if os.environ.get("CI") else " (cached per day)"
 def trixie(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A debootstrapped minbase trixie (read-only from here on: everything else overlays it)."""
     with Stage("debootstrap --variant=minbase trixie" + WHERE):
-        return cached_root("trixie-minbase", debootstrap, tmp_path_factory)
+        return rootfs.trixie(rootfs.MINBASE, tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(scope="session")
 def trixie_systemd(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """minbase trixie with systemd and the package's dependencies (read-only)."""
+    """minbase trixie with systemd and the package's dependencies (read-only; lab.rootfs's,
+    the one tests/ifupdown boots too, built once per run)."""
     with Stage("debootstrap --variant=minbase --include=systemd,... trixie" + WHERE):
-        return cached_root("package-systemd-trixie", debootstrap_systemd, tmp_path_factory)
+        return rootfs.trixie(rootfs.SYSTEMD, tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(scope="session")
@@ -170,29 +156,20 @@ class Lab:
 
     def __init__(self) -> None:
         self.tag = uuid.uuid4().hex[:8]
-        self.made: list[str] = []
-        self.hub = self._netns("hub")
-        run(["ip", "-n", self.hub, "link", "add", "br0", "type", "bridge"])
-        run(["ip", "-n", self.hub, "link", "set", "br0", "up"])
+        self.switch = Switch(f"carpd-pkg-{self.tag}-hub")
+        self.hub = self.switch.name
 
-    def _netns(self, name: str) -> str:
-        netns = f"carpd-pkg-{self.tag}-{name}"
-        run(["ip", "netns", "add", netns])
-        self.made.append(netns)
-        return netns
+    @property
+    def made(self) -> list[str]:
+        """The namespaces made so far (the bridge's first)."""
+        return self.switch.namespaces
 
     def node_netns(self, name: str) -> str:
         """A namespace whose eth0 is on the bridge."""
-        netns = self._netns(name)
-        run(["ip", "-n", netns, "link", "set", "lo", "up"])
-        run(["ip", "-n", netns, "link", "add", "eth0", "type", "veth", "peer", "name",
-             f"p-{name}", "netns", self.hub])
-        run(["ip", "-n", self.hub, "link", "set", f"p-{name}", "master", "br0", "up"])
-        return netns
+        return self.switch.add_node(f"carpd-pkg-{self.tag}-{name}", f"p-{name}")
 
     def close(self) -> None:
-        for netns in reversed(self.made):
-            run(["ip", "netns", "del", netns], check=False)
+        self.switch.close()
 
 
 def chroot_node(lab: Lab, installed: Installed, base: Path, name: str, host: int,
@@ -238,7 +215,7 @@ def systemd_pair(built: Built, installed: Installed, trixie_systemd: Path,
     yet."""
     lab = Lab()
     overlay = Overlay(tmp_path / "a", [trixie_systemd])
-    nspawn: subprocess.Popen[bytes] | None = None
+    a: Booted | None = None
     b: Node | None = None
     try:
         root = overlay.root
@@ -250,14 +227,13 @@ def systemd_pair(built: Built, installed: Installed, trixie_systemd: Path,
                            deb])
         a = boot_node_a(overlay, lab.node_netns("a"), tmp_path / "console.log", "carpd-a",
                         deb)
-        nspawn = a.nspawn
         b = chroot_node(lab, installed, tmp_path, "b", 12, 100, False)
         yield Pair(a, b)
     finally:
         if b is not None:
             b.stop_everything()
-        if nspawn is not None:
-            power_off(nspawn)
+        if a is not None:
+            a.power_off()
         lab.close()
         if b is not None:
             b.overlay.unmount()

@@ -6,16 +6,18 @@ the *installed* package through real ifup/ifdown.
 
 Layout on disk (all under pytest's temporary folder unless said otherwise):
 - a copy of the tree, built with dpkg-buildpackage (so the repository stays clean);
-- debootstrap --variant=minbase trixie, cached per day in $CARPD_TEST_CACHE (default
-  /var/cache/carpd-tests) on a developer's machine, made fresh when $CI is set;
+- debootstrap --variant=minbase trixie (lab/rootfs.py: cached per day in $CARPD_TEST_CACHE,
+  default /var/cache/carpd-tests, on a developer's machine; made fresh once per run when $CI
+  is set);
 - the package installed with apt-get in an overlay over it (the cached tree stays pristine);
 - one overlay per node over that, so each node has its own /etc/network/interfaces, /run
   (ifupdown state, /run/carpd) and dpkg database, in its own network namespace; the nodes'
   eth0 are veths on a bridge in a third namespace. Nothing is added to the host's network.
   Such a node runs no init: the hooks run the engines under carpd's own supervisor;
-- for the systemd path, a second debootstrapped trixie with systemd and the package's
-  dependencies (cached the same way), the package installed in an overlay of it, booted with
-  systemd-nspawn in a node's network namespace: there the hooks start carpd@IFACE.service.
+- for the systemd path, lab.rootfs's trixie with systemd and the package's dependencies (the
+  same tree tests/ifupdown boots), the package installed in an overlay of it, booted with
+  systemd-nspawn (lab/booted.py) in a node's network namespace: there the hooks start
+  carpd@IFACE.service.
 
 Every chroot command runs in a private mount namespace (`ip netns exec` makes one; elsewhere
 `unshare --mount`) that mounts /proc and /sys for it, so nothing is left mounted on the host but
@@ -33,15 +35,21 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-REPO = Path(__file__).resolve().parents[2]
-CLEAN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
-MIRROR = "http://deb.debian.org/debian"
-CACHE = Path(os.environ.get("CARPD_TEST_CACHE", "/var/cache/carpd-tests"))
+from lab import booted
+from lab import netns as lab_netns
+from lab.booted import power_off
+from lab.poll import Timeout, wait_for
+from lab.rootfs import CACHE, CLEAN_PATH, Overlay
+from lab.tree import REPO
+
+# at home in lab/; the tests import them from here
+__all__ = ["CACHE", "CLEAN_PATH", "REPO", "Overlay", "power_off"]
+
 CARPD = "/usr/sbin/carpd"
 
 # Seconds each stage took, printed at the end of the run.
@@ -147,34 +155,6 @@ def copy_tree(target: Path) -> None:
         shutil.copy2(source, dest, follow_symlinks=False)
 
 
-def debootstrap(target: Path) -> None:
-    partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    run(["debootstrap", "--variant=minbase", "trixie", str(partial), MIRROR], timeout=900)
-    partial.rename(target)
-
-
-class Overlay:
-    """An overlay mount: lower layers (first is topmost) under a fresh upper layer."""
-
-    def __init__(self, base: Path, lowers: Sequence[Path]) -> None:
-        self.upper = base / "upper"
-        self.work = base / "work"
-        self.root = base / "root"
-        for path in (self.upper, self.work, self.root):
-            path.mkdir(parents=True)
-        lowerdir = ":".join(str(p) for p in lowers)
-        run(["mount", "-t", "overlay", "overlay", "-o",
-             f"lowerdir={lowerdir},upperdir={self.upper},workdir={self.work}", str(self.root)])
-        self.mounted = True
-
-    def unmount(self) -> None:
-        if self.mounted:
-            if run(["umount", str(self.root)], check=False).returncode != 0:
-                run(["umount", "--lazy", str(self.root)], check=False)
-            self.mounted = False
-
-
 CHROOT = 'r="$1"; shift; mount -t proc proc "$r/proc" && mount -t sysfs sysfs "$r/sys" ' \
          '&& exec chroot "$r" "$@"'
 
@@ -250,8 +230,7 @@ def _argv_of(pid: int) -> list[str]:
 
 def netns_holds(netns: str, address: str = VIP) -> bool:
     """Whether eth0 in network namespace netns has address."""
-    out = run(["ip", "-n", netns, "-4", "-o", "addr", "show", "dev", "eth0"]).output
-    return f" {address}/" in out
+    return address in lab_netns.labels(netns)
 
 
 class Host(Protocol):
@@ -264,9 +243,7 @@ class Host(Protocol):
 
 
 @dataclass
-class Node:
-    name: str
-    netns: str
+class Node(lab_netns.Host):
     overlay: Overlay
     address: str
     deb_in_root: str
@@ -311,7 +288,7 @@ class Node:
         return sorted(found)
 
     def holds(self, address: str = VIP) -> bool:
-        return netns_holds(self.netns, address)
+        return super().holds(address)
 
     def stop_everything(self) -> None:
         """Finalizer: end what runs in this root (engines, stray scripts), by PID."""
@@ -319,9 +296,8 @@ class Node:
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(_state(p) not in (None, "Z") for p in pids):
-            time.sleep(0.05)
+        with contextlib.suppress(Timeout):
+            wait_for(lambda: all(_state(p) in (None, "Z") for p in pids), 10)
         for pid in pids:
             if _state(pid) not in (None, "Z"):
                 with contextlib.suppress(ProcessLookupError):
@@ -348,13 +324,8 @@ class Pair:
         return [node for node in self.nodes if node.holds()]
 
     def wait_holder(self, node: Host, timeout: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.holders() == [node]:
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"after {timeout} s the VIP is on "
-                             f"{[n.name for n in self.holders()]}, not only on {node.name}")
+        wait_for(lambda: self.holders() == [node], timeout, what=f"the VIP on {node.name} alone",
+                 detail=lambda: f"it is on {[n.name for n in self.holders()]}")
 
 
 # How long a VIP may be on no node while it moves: one handover (the MASTER bows out, the
@@ -438,63 +409,20 @@ def ifup_both(pair: Pair) -> Node:
 # A booted trixie (systemd as PID 1)
 
 
-SYSTEMD_PACKAGES = ("systemd", "systemd-sysv", "dbus", "ifupdown", "iproute2",
-                    "python3-pydantic", "python3-pyroute2", "python3-debian", "libnftables1")
-
-
-def debootstrap_systemd(target: Path) -> None:
-    """minbase trixie with systemd and carpd's dependencies, so the package installs offline."""
-    partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    run(["debootstrap", "--variant=minbase", f"--include={','.join(SYSTEMD_PACKAGES)}",
-         "trixie", str(partial), MIRROR], timeout=1200)
-    partial.rename(target)
-
-
 @dataclass
-class Booted:
+class Booted(booted.Booted):
     """A trixie booted with systemd-nspawn in network namespace netns, its root an overlay."""
 
     name: str
-    netns: str
     overlay: Overlay
-    nspawn: subprocess.Popen[bytes]
-    console: Path
     deb_in_root: str
-
-    @property
-    def root(self) -> Path:
-        return self.overlay.root
 
     def holds(self, address: str = VIP) -> bool:
         return netns_holds(self.netns, address)
 
-    def leader(self) -> int:
-        """The container's init, as the host sees it."""
-        for name in os.listdir("/proc"):
-            if name.isdigit():
-                try:
-                    stat = Path(f"/proc/{name}/stat").read_text()
-                except OSError:
-                    continue
-                if int(stat.rsplit(")", 1)[1].split()[1]) == self.nspawn.pid:
-                    return int(name)
-        raise AssertionError("the container has no init:\n" + self.console_tail())
-
-    def console_tail(self) -> str:
-        return self.console.read_text(errors="replace")[-3000:]
-
     def run(self, *argv: str, check: bool = True, timeout: float = 120) -> Result:
         """Run argv inside the container (all its namespaces, its root)."""
-        return run(["nsenter", "-t", str(self.leader()), "-m", "-u", "-i", "-n", "-p", "-r",
-                    "-w", "--", *argv], check=check, timeout=timeout)
-
-    def unit_state(self, unit: str) -> str:
-        return self.run("systemctl", "is-active", unit, check=False).output.strip()
-
-    def main_pid(self, unit: str) -> int:
-        out = self.run("systemctl", "show", "-p", "MainPID", "--value", unit).output.strip()
-        return int(out or 0)
+        return run(self.enter(*argv), check=check, timeout=timeout)
 
     def carpd_processes(self) -> list[str]:
         """Command lines of carpd's processes in the container."""
@@ -503,14 +431,6 @@ class Booted:
         return [line for line in out.splitlines()
                 if "/usr/sbin/carpd" in line or "carpd.ifupdown" in line
                 or "carpd-ifupdown" in line]
-
-    def wait(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if condition():
-                return
-            time.sleep(0.2)
-        raise AssertionError(f"after {timeout} s, not {what}:\n{self.console_tail()}")
 
 
 def boot_node_a(overlay: Overlay, netns: str, console: Path, hostname: str,
@@ -523,21 +443,6 @@ def boot_node_a(overlay: Overlay, netns: str, console: Path, hostname: str,
     (root / "etc/network/interfaces").write_text(
         "auto lo\niface lo inet loopback\n\nauto eth0\n"
         + interfaces_file(f"{NET}.11", 0, True))
-    with console.open("wb") as out:
-        nspawn = subprocess.Popen(
-            ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--boot",
-             "--capability=CAP_NET_ADMIN,CAP_NET_RAW",
-             f"--network-namespace-path=/run/netns/{netns}", "-D", str(root)],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            env={"PATH": CLEAN_PATH, "SYSTEMD_NSPAWN_TMPFS_TMP": "0"})
-    return Booted("a", netns, overlay, nspawn, console, deb_in_root)
+    return Booted(netns, root, console, booted.nspawn(root, netns, console), name="a",
+                  overlay=overlay, deb_in_root=deb_in_root)
 
-
-def power_off(nspawn: subprocess.Popen[bytes]) -> None:
-    """Stop a booted container (SIGTERM powers it off), killing it after a minute."""
-    nspawn.terminate()
-    try:
-        nspawn.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        nspawn.kill()
-        nspawn.wait()

@@ -1,7 +1,37 @@
 """Unit tests of the pure core: carpd.wire against captured ucarp frames, carpd.election on a fake
 clock and an in-memory link.  Nothing here touches the network, the clock or /work/shared."""
 
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
+from ctlserver import Served
 
 # The helper modules hold assertions too (the simulated link checks every timer it fires).
 pytest.register_assert_rewrite("cluster", "frames")
+
+
+# carpctl's tests: engines' control sockets (ctlserver.py) in a state folder of the test's own.
+
+
+@pytest.fixture
+def state_dir() -> Iterator[Path]:
+    """A fresh state folder with a short path (a unix socket's path has at most 107 bytes)."""
+    folder = Path(tempfile.mkdtemp(prefix="carpctl-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def engines() -> Iterator[list[Served]]:
+    """The control sockets a test serves (append them), closed after it."""
+    started: list[Served] = []
+    try:
+        yield started
+    finally:
+        for engine in started:
+            engine.close()

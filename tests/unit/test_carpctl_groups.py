@@ -5,33 +5,25 @@
 from __future__ import annotations
 
 import json
-import selectors
-import shutil
-import socket
-import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from ctlserver import Served
 from test_metrics import status_reply
 
 from carpd import carpctl, control
 
 
-class GroupsEngine:
+class GroupsEngine(Served):
     """The control side of an engine of the interface, running ``vhids``; records requests."""
 
     def __init__(self, state_dir: Path, interface: str, vhids: list[int]) -> None:
         self.groups = {v: status_reply(v, interface=interface) for v in vhids}
         self.interface = interface
         self.requests: list[dict[str, Any]] = []
-        self.server = control.ControlServer(control.socket_path(state_dir, interface),
-                                            self._answer)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
+        super().__init__(control.socket_path(state_dir, interface), self._answer)
 
     def _answer(self, request: dict[str, Any]) -> dict[str, Any]:
         self.requests.append(request)
@@ -44,34 +36,6 @@ class GroupsEngine:
                 group["demoted"], group["state"] = True, "BACKUP"
         reply = {"ok": True, "interface": self.interface, "pid": 4242, "groups": chosen}
         return {**chosen[0], **reply} if len(chosen) == 1 else reply
-
-    def _loop(self) -> None:
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.server, selectors.EVENT_READ)
-            while not self._stop.is_set():
-                for key, _ in selector.select(0.05):
-                    if key.fileobj is self.server:
-                        conn, _evicted = self.server.accept()
-                        if conn is not None:
-                            selector.register(conn, selectors.EVENT_READ)
-                    elif isinstance(key.fileobj, socket.socket) and self.server.serve(
-                            key.fileobj):
-                        selector.unregister(key.fileobj)
-                        key.fileobj.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self.server.close()
-
-
-@pytest.fixture
-def state_dir() -> Iterator[Path]:
-    folder = Path(tempfile.mkdtemp(prefix="carpg-"))
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

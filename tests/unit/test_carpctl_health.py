@@ -8,16 +8,11 @@ from __future__ import annotations
 
 import copy
 import json
-import selectors
-import shutil
-import socket
-import tempfile
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from ctlserver import Served
 
 from carpd import carpctl, control
 
@@ -47,7 +42,7 @@ UNHEALTHY: dict[str, Any] = {"state": "BACKUP", "healthy": False, "why": WHY_UNH
      "rc": None, "output": ""}]}
 
 
-class FakeEngine:
+class FakeEngine(Served):
     """The control side of one engine: records each request, answers as told."""
 
     def __init__(self, state_dir: Path, vhid: int, *, before_issue_11: bool = False,
@@ -55,11 +50,7 @@ class FakeEngine:
         self.requests: list[dict[str, Any]] = []
         self.before_issue_11 = before_issue_11  # no persistent demotions, no "demotion" field
         self.reply = status_reply(vhid, **reply)
-        self.server = control.ControlServer(control.socket_path(state_dir, "eth0", vhid),
-                                            self._handle)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
+        super().__init__(control.socket_path(state_dir, "eth0", vhid), self._handle)
 
     def _handle(self, request: dict[str, Any]) -> dict[str, Any]:
         self.requests.append(request)
@@ -72,49 +63,6 @@ class FakeEngine:
             reply.update(state="BACKUP", demoted=True, demotion={
                 "persistent": persistent, "until": None, "since": 1_700_000_000.0})
         return reply
-
-    def _loop(self) -> None:
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.server, selectors.EVENT_READ)
-            while not self._stop.is_set():
-                for key, _ in selector.select(0.05):
-                    if key.fileobj is self.server:
-                        conn, evicted = self.server.accept()
-                        for gone in evicted:
-                            selector.unregister(gone)
-                            gone.close()
-                        if conn is not None:
-                            selector.register(conn, selectors.EVENT_READ)
-                    else:
-                        assert isinstance(key.fileobj, socket.socket)
-                        if self.server.serve(key.fileobj):
-                            selector.unregister(key.fileobj)
-                            key.fileobj.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self.server.close()
-
-
-@pytest.fixture
-def state_dir() -> Iterator[Path]:
-    # short: a unix socket's path has at most 107 bytes
-    folder = Path(tempfile.mkdtemp(prefix="carpctl-"))
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-@pytest.fixture
-def engines(state_dir: Path) -> Iterator[list[FakeEngine]]:
-    started: list[FakeEngine] = []
-    try:
-        yield started
-    finally:
-        for engine in started:
-            engine.close()
 
 
 def carpctl_run(state_dir: Path, *argv: str) -> int:

@@ -9,17 +9,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import selectors
-import shutil
 import socket
 import stat
-import tempfile
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from ctlserver import Served
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -45,58 +41,13 @@ def status_reply(vhid: int, **changes: Any) -> dict[str, Any]:
     return reply
 
 
-class Engine:
+class Engine(Served):
     """The control side of one engine, answering every request with ``reply``."""
 
     def __init__(self, state_dir: Path, reply: dict[str, Any]) -> None:
         self.reply = reply
-        self.server = control.ControlServer(
-            control.socket_path(state_dir, reply["interface"], reply["vhid"]),
-            lambda _request: self.reply)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.server, selectors.EVENT_READ)
-            while not self._stop.is_set():
-                for key, _ in selector.select(0.05):
-                    if key.fileobj is self.server:
-                        conn, evicted = self.server.accept()
-                        for gone in evicted:
-                            selector.unregister(gone)
-                            gone.close()
-                        if conn is not None:
-                            selector.register(conn, selectors.EVENT_READ)
-                    elif isinstance(key.fileobj, socket.socket) and self.server.serve(
-                            key.fileobj):
-                        selector.unregister(key.fileobj)
-                        key.fileobj.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self.server.close()
-
-
-@pytest.fixture
-def state_dir() -> Iterator[Path]:
-    folder = Path(tempfile.mkdtemp(prefix="carpm-"))  # short: unix socket paths are short
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-@pytest.fixture
-def engines(state_dir: Path) -> Iterator[list[Engine]]:
-    started: list[Engine] = []
-    try:
-        yield started
-    finally:
-        for engine in started:
-            engine.close()
+        super().__init__(control.socket_path(state_dir, reply["interface"], reply["vhid"]),
+                         lambda _request: self.reply)
 
 
 def carpctl_metrics(state_dir: Path, capsys: pytest.CaptureFixture[str], *argv: str) -> str:
