@@ -25,10 +25,11 @@ from ipaddress import IPv4Address
 from typing import Any, Generic, TypeVar
 
 from carpd import _memory, control, drainsock, identity, netlink, sdnotify, wire
-from carpd.config import ConfigError, EngineConfig, Options, engine_config, stop_budget
 from carpd.election import State
 from carpd.group import Group
 from carpd.net import Link
+from carpd.problems import ConfigError
+from carpd.settings import EngineSettings, NoSettings, Settings, stop_budget, validated
 from carpd.watchdog import Watchdog
 
 log = logging.getLogger("carpd")
@@ -43,7 +44,7 @@ __all__ = ["EXIT_SIGNALS", "Engine", "source_address"]
 T = TypeVar("T")
 
 
-def source_address(options: Options) -> IPv4Address:
+def source_address(options: Settings) -> IPv4Address:
     """The group's -s/--srcip, or the interface's primary address (ConfigError if none)."""
     if options.srcip is not None:
         return options.srcip
@@ -151,7 +152,7 @@ def vhid_of(packet: bytes) -> int | None:
 class Engine:
     """Every group of one interface, wired to the real world."""
 
-    def __init__(self, config: EngineConfig, sources: dict[int, IPv4Address],
+    def __init__(self, config: EngineSettings, sources: dict[int, IPv4Address],
                  argv: list[str] | None = None,
                  locks: dict[int, identity.GroupLock] | None = None) -> None:
         first = config.first
@@ -171,7 +172,7 @@ class Engine:
                        for o in config.groups}
         self.retiring: dict[int, Group] = {}
         """Groups removed (or changed) by a reload, or stopping: bowing out, draining, down."""
-        self._replacements: dict[int, tuple[Options, IPv4Address]] = {}
+        self._replacements: dict[int, tuple[Settings, IPv4Address]] = {}
         self._locks = dict(locks or {})
         path = control.socket_path(first.state_dir, self.ifname,
                                    None if self.tagged else first.vhid)
@@ -466,11 +467,11 @@ class Engine:
             return {"ok": False, "error": "reload: this engine was started without --config: "
                                           "there is no file to read again"}
         try:
-            new = engine_config(self.argv)
+            new = validated(self.argv)
             self._check_fixed(new)
             sources = {o.vhid: source_address(o) for o in new.groups}
             self._lock_new(new)
-        except (ConfigError, identity.GroupTaken) as error:
+        except (ConfigError, NoSettings, identity.GroupTaken) as error:
             log.error("reload refused, nothing changed: %s", error)
             return {"ok": False, "error": f"reload refused, nothing changed: {error}"}
         wanted = {o.vhid: (o, sources[o.vhid]) for o in new.groups}
@@ -482,14 +483,14 @@ class Engine:
                  self.config.config_file, *(_vhids(plan[k]) for k in plan))
         return {**self._answer(list(self.groups.values())), **plan}
 
-    def _check_fixed(self, new: EngineConfig) -> None:
+    def _check_fixed(self, new: EngineSettings) -> None:
         old = self.config.first
         for key in RELOAD_FIXED:
             if getattr(new.first, key) != getattr(old, key):
                 raise ConfigError(f"{key}: {getattr(new.first, key)!s} instead of "
                                   f"{getattr(old, key)!s}: restart the engine to change it")
 
-    def _lock_new(self, new: EngineConfig) -> None:
+    def _lock_new(self, new: EngineSettings) -> None:
         """Take the identity of each group not run yet (GroupTaken if another engine runs
         one: then none is taken)."""
         taken: dict[int, identity.GroupLock] = {}
@@ -504,7 +505,7 @@ class Engine:
                                       "network namespace") from None
         self._locks.update(taken)
 
-    def _plan(self, wanted: dict[int, tuple[Options, IPv4Address]]) -> dict[str, list[int]]:
+    def _plan(self, wanted: dict[int, tuple[Settings, IPv4Address]]) -> dict[str, list[int]]:
         running = self.groups
         return {
             "started": [v for v in wanted if v not in running],
@@ -516,7 +517,7 @@ class Engine:
         }
 
     def _apply(self, plan: dict[str, list[int]],
-               wanted: dict[int, tuple[Options, IPv4Address]]) -> None:
+               wanted: dict[int, tuple[Settings, IPv4Address]]) -> None:
         now = time.monotonic()
         for vhid in plan["stopped"]:
             self._retire(vhid, now)
@@ -536,7 +537,7 @@ class Engine:
         self._replacements.pop(vhid, None)
         group.begin_stop(now)
 
-    def _add_group(self, options: Options, source: IPv4Address, now: float) -> None:
+    def _add_group(self, options: Settings, source: IPv4Address, now: float) -> None:
         group = Group(options, source, self, self.tagged)
         self.groups[options.vhid] = group
         if self.watchdog is not None:
