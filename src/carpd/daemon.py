@@ -29,7 +29,7 @@ from carpd.election import State
 from carpd.group import Group
 from carpd.net import Link
 from carpd.problems import ConfigError
-from carpd.settings import EngineSettings, NoSettings, Settings, stop_budget, validated
+from carpd.settings import EngineSettings, NoSettings, Settings, Validation, stop_budget
 from carpd.watchdog import Watchdog
 
 log = logging.getLogger("carpd")
@@ -186,6 +186,8 @@ class Engine:
         self._infos: dict[str, netlink.InterfaceInfo] = {}
         """Interface info read during this loop turn (forgotten at the next)."""
         self.watchdog: Watchdog | None = None
+        self._validation: Validation | None = None
+        """The --config file of a reload being validated (see :meth:`reload`)."""
         self._timer_queue: TimerQueue[Group] = TimerQueue(timers_due_at)
 
     # ---- what groups see of the interface (carpd.group.Port) ------------------------------------
@@ -378,7 +380,11 @@ class Engine:
             self._selector.register(conn, selectors.EVENT_READ, self._on_control_client)
 
     def _on_control_client(self, conn: Any) -> None:
-        if self.control.serve(conn):
+        if not self.control.serve(conn):
+            return
+        if conn in self.control.waiting:  # answered later (a reload): only no longer read
+            self._selector.unregister(conn)
+        else:
             self._drop_client(conn)
 
     def _drop_client(self, conn: socket.socket) -> None:
@@ -462,12 +468,33 @@ class Engine:
 
     def reload(self) -> dict[str, Any]:
         """Read the --config file again: start new groups, release removed ones as at a stop,
-        restart changed ones, leave the others untouched.  An invalid file changes nothing."""
+        restart changed ones, leave the others untouched.  An invalid file changes nothing.
+        The file is validated in a process of its own (see :mod:`carpd.validate`) while the
+        loop goes on; the client is answered once it is done (:meth:`_on_validated`)."""
         if self.config.config_file is None or self.argv is None:
             return {"ok": False, "error": "reload: this engine was started without --config: "
                                           "there is no file to read again"}
+        if self._validation is not None:
+            return {"ok": False, "error": "reload: another reload is under way: try again"}
         try:
-            new = validated(self.argv)
+            self._validation = Validation(self.argv)
+        except OSError as error:
+            log.error("reload refused, nothing changed: %s", error)
+            return {"ok": False, "error": f"reload refused, nothing changed: {error}"}
+        self._selector.register(self._validation, selectors.EVENT_READ, self._on_validated)
+        return control.LATER
+
+    def _on_validated(self, _fileobj: Any) -> None:
+        validation = self._validation
+        if validation is None or not validation.read():
+            return
+        self._selector.unregister(validation)
+        self._validation = None
+        self.control.answer_waiting(self._reload_with(validation))
+
+    def _reload_with(self, validation: Validation) -> dict[str, Any]:
+        try:
+            new = validation.result()
             self._check_fixed(new)
             sources = {o.vhid: source_address(o) for o in new.groups}
             self._lock_new(new)
@@ -597,6 +624,8 @@ class Engine:
         for group in self.retiring.values():
             group.log.error("scripts still running at exit")
             group.release()
+        if self._validation is not None:
+            self._validation.close()
         self.control.close()
         self.link.close()
         if self.signals is not None:

@@ -23,8 +23,8 @@ from typing import Any
 from carpd import identity, wire
 from carpd.problems import HIDDEN, ConfigError
 
-__all__ = ["EngineSettings", "NoSettings", "Secret", "Settings", "engine_settings_from_json",
-           "engine_settings_to_json", "stop_budget", "validated"]
+__all__ = ["EngineSettings", "NoSettings", "Secret", "Settings", "Validation",
+           "engine_settings_from_json", "engine_settings_to_json", "stop_budget", "validated"]
 
 
 class Secret(bytes):
@@ -199,25 +199,66 @@ def _interpreter_flags() -> list[str]:
     return found + ["-O"] * flags.optimize
 
 
+class Validation:
+    """:mod:`carpd.validate` run on ``argv`` (carpd's command line), in a process of its own so
+    that this one never loads pydantic; its answer read as it comes (:meth:`read`, the loop
+    watches :meth:`fileno`), then :meth:`result`."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self._argv = argv
+        read, write = os.pipe()
+        try:
+            self._child = subprocess.Popen(
+                [sys.executable, *_interpreter_flags(), "-m", "carpd.validate", str(write)],
+                stdin=subprocess.PIPE, pass_fds=(write,))
+        except BaseException:
+            os.close(read)
+            raise
+        finally:
+            os.close(write)
+        self._read = read
+        self._answer = b""
+        assert self._child.stdin is not None
+        with self._child.stdin:  # never in argv: it may hold the password
+            self._child.stdin.write(json.dumps(argv).encode())
+
+    def fileno(self) -> int:
+        return self._read
+
+    def read(self) -> bool:
+        """Read what the validator has written; True once it has all been read."""
+        chunk = os.read(self._read, 65536)
+        self._answer += chunk
+        return not chunk
+
+    def result(self) -> EngineSettings:
+        """The validated settings (once :meth:`read` said done); ConfigError as the validator
+        words it, NoSettings if it gave no answer."""
+        self._close_pipe()
+        code = self._child.wait()
+        if not self._answer:
+            raise NoSettings(code)
+        answer = json.loads(self._answer)
+        if not answer["ok"]:
+            raise ConfigError(str(answer["error"]))
+        return engine_settings_from_json(json.dumps(answer["config"]))
+
+    def _close_pipe(self) -> None:
+        if self._read >= 0:
+            os.close(self._read)
+            self._read = -1
+
+    def close(self) -> None:
+        """Give up on it (the engine stops)."""
+        self._close_pipe()
+        if self._child.poll() is None:
+            self._child.kill()
+            self._child.wait()
+
+
 def validated(argv: list[str]) -> EngineSettings:
-    """``argv`` (carpd's command line) validated by :mod:`carpd.validate` in a process of its
-    own, so that this one never loads pydantic; ConfigError as that module words it."""
-    read, write = os.pipe()
-    try:
-        child = subprocess.Popen(
-            [sys.executable, *_interpreter_flags(), "-m", "carpd.validate", str(write)],
-            stdin=subprocess.PIPE, pass_fds=(write,))
-    finally:
-        os.close(write)
-    with os.fdopen(read, "rb") as answers:
-        assert child.stdin is not None
-        with child.stdin:
-            child.stdin.write(json.dumps(argv).encode())
-        raw = answers.read()
-    code = child.wait()
-    if not raw:
-        raise NoSettings(code)
-    answer = json.loads(raw)
-    if not answer["ok"]:
-        raise ConfigError(str(answer["error"]))
-    return engine_settings_from_json(json.dumps(answer["config"]))
+    """``argv`` validated by :mod:`carpd.validate` (see :class:`Validation`), waiting for it."""
+    validation = Validation(argv)
+    while not validation.read():
+        pass
+    return validation.result()

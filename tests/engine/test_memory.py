@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import select
+import socket
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
 import pytest
 from groups import group, start_groups
 
+from carpd import control
 from lab.netns import Network, wait_for
 
 PACKAGE = Path(__file__).resolve().parents[2] / "src" / "carpd"
@@ -106,3 +110,22 @@ def test_the_running_engine_never_loads_pydantic_not_at_start_nor_at_a_reload(
     assert any(".so" in name for name in at_start)  # the maps do list the libraries loaded
     assert [n for n in at_start | after_reloads if "pydantic" in n] == []
     assert sorted(engine.groups()) == [1, 2]
+
+
+def test_the_engine_answers_while_a_reload_is_being_validated(net: Network) -> None:
+    """Validation in its own process takes a fresh interpreter's start (some 0.3 s): the loop
+    goes on meanwhile (adverts, control requests); the reload is answered when it is done."""
+    a = net.add_node("10.9.1.1")
+    engine = start_groups(net, a, [group(1)])
+    wait_for(lambda: engine.state(1) == "MASTER", 15)
+    engine.rewrite([group(1), group(2)])
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as reloading:
+        reloading.settimeout(10)
+        reloading.connect(str(control.socket_path(engine.state_dir, "eth0")))
+        reloading.sendall(b'{"cmd": "reload"}\n')
+        time.sleep(0.05)  # the engine has the reload in hand
+        engine.request(cmd="status")
+        reload_answered_first, _, _ = select.select([reloading], [], [], 0)
+        reply = json.loads(reloading.makefile("rb").readline())
+    assert reply["ok"] is True and reply["started"] == [2], reply
+    assert not reload_answered_first, "the status waited for the reload"
