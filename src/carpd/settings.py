@@ -189,6 +189,13 @@ class NoSettings(Exception):
         self.code = code
 
 
+PACKAGES = Path(__file__).resolve().parents[1]
+"""Where this carpd was imported from: the validator imports the same one (whatever put it on
+this process's path: PYTHONPATH, a wrapper's sys.path, the interpreter's own)."""
+_VALIDATOR = ("import sys; sys.path.insert(0, sys.argv.pop(1)); "
+              "import carpd.validate; sys.exit(carpd.validate.main())")
+
+
 def _interpreter_flags() -> list[str]:
     """This interpreter's own flags, for the validator to run as this engine does."""
     flags = sys.flags
@@ -209,8 +216,8 @@ class Validation:
         read, write = os.pipe()
         try:
             self._child = subprocess.Popen(
-                [sys.executable, *_interpreter_flags(), "-m", "carpd.validate", str(write)],
-                stdin=subprocess.PIPE, pass_fds=(write,))
+                [sys.executable, *_interpreter_flags(), "-c", _VALIDATOR, str(PACKAGES),
+                 str(write)], stdin=subprocess.PIPE, pass_fds=(write,))
         except BaseException:
             os.close(read)
             raise

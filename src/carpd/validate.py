@@ -1,5 +1,5 @@
 """``python -m carpd.validate RESULT_FD``: the command line of an engine, validated in a
-process of its own.
+process of its own (:class:`carpd.settings.Validation` runs it, on the carpd it imported).
 
 The engine (:mod:`carpd.cli`, :mod:`carpd.daemon`) never loads pydantic: at start and at each
 reload it runs this module (:func:`carpd.settings.validated`), writes its command line as JSON to

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import json
 import os
+import select
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from carpd import config
+from carpd import config, control
 from carpd.problems import ConfigError
 from carpd.settings import Settings, settings_to_plain, validated
 
@@ -65,3 +67,24 @@ def test_the_validator_process_words_every_problem_as_in_process_validation(
         validated(argv)
     assert str(got.value) == str(expected.value)
     assert [p.located for p in got.value.problems] == [str(expected.value)]
+
+
+def test_a_request_answered_later_gets_its_reply_when_the_server_has_it(tmp_path: Path) -> None:
+    """How a reload waits for its validator without holding up the loop."""
+    server = control.ControlServer(tmp_path / "c.sock", lambda request: control.LATER)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.settimeout(5)
+            client.connect(str(server.path))
+            client.sendall(b'{"cmd": "reload"}\n')
+            conn, _ = server.accept()
+            assert conn is not None
+            conn.setblocking(True)
+            assert server.serve(conn) is True  # read and done with, not answered
+            assert server.waiting == [conn]
+            assert select.select([client], [], [], 0.1)[0] == []
+            server.answer_waiting({"ok": True, "started": [2]})
+            assert json.loads(client.makefile("rb").readline()) == {"ok": True, "started": [2]}
+            assert server.waiting == []
+    finally:
+        server.close()
