@@ -43,8 +43,10 @@ from pkgtools import (
     record,
     run,
 )
-from test_health_package import Segment, wait_until
 from test_proxy_package import BACKEND_SERVER, FETCH, in_netns
+
+from conftest import Lab
+from lab.poll import wait_for
 
 # The stanza's drain lines on both nodes (the feature under test).
 DRAIN_LINES = ("ucarp-drain-connections 60",)
@@ -68,11 +70,11 @@ class ServingPair:
     client: str  # network namespace
 
 
-def drain_node(segment: Segment, layers: Installed, base: Path, name: str, host: int,
+def drain_node(lab: Lab, layers: Installed, base: Path, name: str, host: int,
                advskew: int, preempt: bool) -> Node:
     """A node with the VIP's stanza plus DRAIN_LINES; nothing is up yet."""
     overlay = Overlay(base / name, layers.lowers)
-    node = Node(name, segment.netns(name), overlay, f"{NET}.{host}", layers.deb_in_root)
+    node = Node(name, lab.node_netns(name), overlay, f"{NET}.{host}", layers.deb_in_root)
     stanza = interfaces_file(node.address, advskew, preempt)
     password = f"    ucarp-password {PASSWORD}\n"
     assert password in stanza
@@ -94,13 +96,13 @@ def serve(netns: str, log: Path) -> subprocess.Popen[bytes]:
 def serving(installed: Installed, tmp_path: Path) -> Iterator[ServingPair]:
     """a (advskew 0, preempt) and b (advskew 100), each serving the slow file on port 80, and a
     client namespace, all on one bridge; nothing is up yet."""
-    segment = Segment()
+    lab = Lab()
     nodes: list[Node] = []
     servers: list[subprocess.Popen[bytes]] = []
     try:
         for name, host, advskew, preempt in (("a", 11, 0, True), ("b", 12, 100, False)):
-            nodes.append(drain_node(segment, installed, tmp_path, name, host, advskew, preempt))
-        client = segment.netns("client")
+            nodes.append(drain_node(lab, installed, tmp_path, name, host, advskew, preempt))
+        client = lab.node_netns("client")
         run(["ip", "-n", client, "addr", "add", f"{CLIENT}/24", "dev", "eth0"])
         run(["ip", "-n", client, "link", "set", "eth0", "up"])
         for node in nodes:
@@ -112,7 +114,7 @@ def serving(installed: Installed, tmp_path: Path) -> Iterator[ServingPair]:
         for server in servers:
             server.kill()  # by its PID: the processes this started
             server.wait()
-        segment.close()
+        lab.close()
         for node in nodes:
             node.overlay.unmount()
 
@@ -154,7 +156,7 @@ def test_a_long_download_from_the_master_survives_ifdown_which_returns_when_it_e
         assert fetch.poll() is None, "the download ended before the hand-over"
         with Stage(f"ifdown eth0 on the MASTER mid-download ({', '.join(DRAIN_LINES)})"):
             ifdown = Background(a, "ifdown", "eth0")
-            wait_until(b.holds, 5, "the VIP on b")  # the peer takes over at the bow-out
+            wait_for(b.holds, 5, what="the VIP on b")  # the peer takes over at the bow-out
             out, _ = fetch.communicate(timeout=SECONDS + 2 * STALL)
             assert ifdown.join(DRAIN_BOUND + 60), "ifdown eth0 did not return"
     finally:
