@@ -50,12 +50,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
-from lab.netns import VIP, Network, Node
+from lab.netns import VIP, Network, Node, netns_pids
+from lab.poll import Timeout, wait_for
+from lab.tree import console_scripts, write_command
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 
 PORT = 8080
+POLL = 0.02
+"""The benchmarks' poll interval (s) for :func:`lab.poll.wait_for`."""
 T = TypeVar("T")
 CARPD_HOOKS = (REPO / "if-up.d" / "carpd", REPO / "if-down.d" / "carpd")
 
@@ -155,19 +159,6 @@ class Deadline:
         return self.left() <= 0
 
 
-def wait_until(predicate: Callable[[], T | None], timeout: float,
-               interval: float = 0.02) -> T | None:
-    """Poll ``predicate``; return its first truthy value, or None after ``timeout``."""
-    end = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= end:
-            return None
-        time.sleep(interval)
-
-
 class Background(Generic[T]):
     """A call in a thread (an ``ifdown`` that returns once the engine has let go of the VIP):
     its result or the error it raised, and when it started and ended (wall clock)."""
@@ -194,13 +185,6 @@ class Background(Generic[T]):
 
 
 # ---- processes and namespaces -----------------------------------------------------------------
-
-
-def netns_pids(ns: str) -> list[int]:
-    """Every process whose network namespace is ``ns`` (daemonized ones included)."""
-    out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True,
-                         timeout=10, check=False).stdout
-    return [int(p) for p in out.split()]
 
 
 def cmdline(pid: int) -> list[str]:
@@ -372,12 +356,12 @@ class Bed:
             time.sleep(quiet)
             return holders[0] if self.net.holders() == holders and ready() else None
 
-        holder: Node | None = wait_until(stable, timeout, interval=0.1)
-        if holder is None:
+        try:
+            return wait_for(stable, timeout, 0.1, what="one stable MASTER")
+        except Timeout:
             dead = f", exited {exited()}" if exited else ""
             raise RuntimeError(f"no stable MASTER within {timeout} s: holders "
-                               f"{[n.name for n in self.net.holders()]}{dead}")
-        return holder
+                               f"{[n.name for n in self.net.holders()]}{dead}") from None
 
 
 # ---- ifupdown inside a node namespace ---------------------------------------------------------
@@ -391,11 +375,6 @@ def carpd_source() -> Path:
     return Path(spec.origin).resolve().parents[1]
 
 
-CARPD_COMMANDS = {
-    "carpd": "from carpd.cli import main",
-    "carpd-ifupdown": "from carpd.ifupdown.main import main",
-    "carpctl": "from carpd.carpctl import main",
-}
 ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -435,14 +414,10 @@ class Ifupdown:
                 target.chmod(0o755)
         if carpd_commands:
             (directory / "bin").mkdir(exist_ok=True)
-            for command, source in CARPD_COMMANDS.items():
-                wrapper = directory / "bin" / command
+            for command in console_scripts():
                 # The engine's supervisor starts it with a clean environment (no PYTHONPATH):
-                # without this line it would import the venv's carpd, not the one measured.
-                first = f"sys.path.insert(0, {str(self.source)!r})\n"
-                wrapper.write_text(f"#!{sys.executable}\nimport sys\n{first}{source}\n"
-                                   "sys.exit(main())\n")
-                wrapper.chmod(0o755)
+                # without ``src`` it would import the venv's carpd, not the one measured.
+                write_command(directory / "bin" / command, command, sys.executable, self.source)
             libexec = directory / "libexec" / "carpd"  # the hooks run carpd-ifupdown from here
             libexec.mkdir(parents=True, exist_ok=True)
             if not (libexec / "carpd-ifupdown").exists():

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
+    POLL,
     Bed,
     Deadline,
     Processes,
@@ -49,9 +50,9 @@ from bench.common import (
     start_server,
     summary,
     table,
-    wait_until,
 )
 from lab.netns import UCARP, VIP, Node, run
+from lab.poll import Timeout, wait_for
 
 ADVBASE = 1
 MASTER_DOWN = 3.0 * ADVBASE
@@ -107,8 +108,11 @@ class Pair(Bed):
         for node in (self.a, self.b):
             start_server(self.procs, node.ns, node.name, self.directory / f"server-{node.name}.log")
         self.daemons = {"a": self.a.start(self.kind, advbase=ADVBASE)}
-        if not wait_until(lambda: self.net.holders() == [self.a], MASTER_DOWN + 5):
-            raise RuntimeError(f"{self.kind} on a never became MASTER")
+        try:
+            wait_for(lambda: self.net.holders() == [self.a], MASTER_DOWN + 5, POLL,
+                     what="a the MASTER")
+        except Timeout:
+            raise RuntimeError(f"{self.kind} on a never became MASTER") from None
         self.daemons["b"] = self.b.start(self.kind, advbase=ADVBASE)
         self.settle()
 
@@ -131,7 +135,10 @@ class Pair(Bed):
         self.port(master, "down")
         record = Fault(index, master.name, backup.name, fault, time.time())
         try:
-            if not wait_until(lambda: backup.has(VIP), TAKEOVER_LIMIT):
+            try:
+                wait_for(lambda: backup.has(VIP), TAKEOVER_LIMIT, POLL,
+                         what=f"the VIP on {backup.name}")
+            except Timeout:
                 record.error = f"{backup.name} did not take over within {TAKEOVER_LIMIT} s"
             time.sleep(0.7)  # let the client get through to the backup
         finally:

@@ -68,11 +68,10 @@ from bench.common import (
     kill_namespace_processes,
     machine,
     machine_line,
-    netns_pids,
     table,
     write_json,
 )
-from lab.netns import PASSWORD, UCARP, VIP, Network, Node, in_netns
+from lab.netns import PASSWORD, UCARP, VIP, Network, Node, in_netns, netns_pids
 from lab.poll import Timeout, wait_for
 
 UCARP_HOOK = Path("/etc/network/if-up.d/ucarp")

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import datetime
 import itertools
 import re
@@ -52,6 +53,7 @@ from typing import Any
 
 from bench.common import (
     CARPD_HOOKS,
+    POLL,
     Bed,
     Deadline,
     Ifupdown,
@@ -72,9 +74,9 @@ from bench.common import (
     summary,
     table,
     tcp_counters,
-    wait_until,
 )
 from lab.netns import PASSWORD, UCARP, VIP, Node
+from lab.poll import Timeout, wait_for
 
 UCARP_HOOK = Path("/etc/network/if-up.d/ucarp")
 SETTLE = 2.0  # the restarted node must hear adverts before the next handover
@@ -176,13 +178,18 @@ class Cluster(Bed):
     def ifup(self, name: str) -> None:
         """``ifup eth0`` on ``name``: its engine runs within 5 s, or RuntimeError."""
         self.ifupdown[name].must("ifup")
-        if not wait_until(lambda: self.engine_running(name), 5):
-            raise RuntimeError(f"ifup eth0 on {name} started no {self.kind}")
+        try:
+            wait_for(lambda: self.engine_running(name), 5, POLL,
+                     what=f"{self.kind} running on {name}")
+        except Timeout:
+            raise RuntimeError(f"ifup eth0 on {name} started no {self.kind}") from None
 
     def _bring_up(self) -> None:
         self.ifup("a")
-        if not wait_until(lambda: self.net.holders() == [self.a], 8):
-            raise RuntimeError("a never became MASTER")
+        try:
+            wait_for(lambda: self.net.holders() == [self.a], 8, POLL, what="a the MASTER")
+        except Timeout:
+            raise RuntimeError("a never became MASTER") from None
         self.ifup("b")
         self.settle()
 
@@ -199,13 +206,17 @@ class Cluster(Bed):
         start = time.time()
         record = Handover(index, old.name, new.name, start, "ifdown/ifup")
         self.ifupdown[old.name].must("ifdown")
-        took = wait_until(lambda: self.net.holders() == [new], 15)
-        first = wait_until(lambda: self.net.capture.frames(source=new.address, since=start), 5)
-        if first:
-            record.takeover = first[0].time - start
-        if not took:
+        try:
+            wait_for(lambda: self.net.holders() == [new], 15, POLL, what=f"{new.name} the MASTER")
+        except Timeout:
             record.error = "the peer did not take over within 15 s"
-        wait_until(lambda: not self.engine_running(old.name), 10)
+        with contextlib.suppress(Timeout):
+            first = wait_for(lambda: self.net.capture.frames(source=new.address, since=start), 5,
+                             POLL, what=f"an advert from {new.name}")
+            record.takeover = first[0].time - start
+        with contextlib.suppress(Timeout):
+            wait_for(lambda: not self.engine_running(old.name), 10, POLL,
+                     what=f"{old.name}'s engine gone")
         self.ifup(old.name)
         return record
 

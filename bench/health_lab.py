@@ -15,8 +15,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.common import PORT, REPO, Bed, start_server, wait_until
+from bench.common import POLL, PORT, REPO, Bed, start_server
 from lab.netns import CARPD, VIP, Daemon, Node, in_netns
+from lab.poll import Timeout, wait_for
 
 ADVBASE = 1
 REPO_CHECK = REPO / "share" / "checks" / "http-url"
@@ -124,8 +125,11 @@ class Cluster(Bed):
         for name in self.nodes:
             self.start_server(name)
         self.daemons["a"] = self._start_engine(self.a)
-        if not wait_until(lambda: self.net.holders() == [self.a], 3 * ADVBASE + 5):
-            raise RuntimeError(f"{self.kind} on a never became MASTER")
+        try:
+            wait_for(lambda: self.net.holders() == [self.a], 3 * ADVBASE + 5, POLL,
+                     what="a the MASTER")
+        except Timeout:
+            raise RuntimeError(f"{self.kind} on a never became MASTER") from None
         self.daemons["b"] = self._start_engine(self.b)
         self.settle()
 
@@ -139,8 +143,10 @@ class Cluster(Bed):
         node = self.nodes[name]
         self.servers[name] = start_server(self.procs, node.ns, name,
                                           self.directory / f"server-{name}.log")
-        if not wait_until(lambda: self.listening(node), 10, interval=0.02):
-            raise RuntimeError(f"the HTTP server on {name} does not accept connections")
+        try:
+            wait_for(lambda: self.listening(node), 10, POLL, what=f"the HTTP server on {name}")
+        except Timeout:
+            raise RuntimeError(f"the HTTP server on {name} does not accept connections") from None
 
     def listening(self, node: Node) -> bool:
         with in_netns(node.ns):
@@ -190,7 +196,8 @@ class Cluster(Bed):
         time.sleep(random.uniform(0, ADVBASE))  # at any point of the advert and check cycles
         record = Kill(index, master.name, peer.name, time.time())
         self.kill_server(master.name)
-        if wait_until(lambda: peer.has(VIP), cap, interval=0.02):
+        with contextlib.suppress(Timeout):
+            wait_for(lambda: peer.has(VIP), cap, POLL, what=f"the VIP on {peer.name}")
             record.vip_moved = time.time()
             time.sleep(linger)
         left = record.kill + cap - time.time()

@@ -32,6 +32,7 @@ What the table counts, per engine:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import subprocess
 import sys
 import time
@@ -42,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
+    POLL,
     STALL,
     Background,
     Close,
@@ -64,10 +66,10 @@ from bench.common import (
     start_downloads,
     summary,
     table,
-    wait_until,
 )
 from bench.handover import UCARP_HOOK, Cluster
 from lab.netns import VIP
+from lab.poll import Timeout, wait_for
 
 # ---- one hand-over ----------------------------------------------------------------------------
 
@@ -128,7 +130,9 @@ class LongCluster(Cluster):
 
     def back(self, name: str) -> None:
         """``ifup eth0`` again, once the old engine has exited."""
-        wait_until(lambda: not self.engine_running(name), 10)
+        with contextlib.suppress(Timeout):
+            wait_for(lambda: not self.engine_running(name), 10, POLL,
+                     what=f"{name}'s engine gone")
         self.ifup(name)
 
     def start_download_servers(self) -> None:
@@ -136,7 +140,9 @@ class LongCluster(Cluster):
             start_download_server(self.procs, node, name, self.closes(name),
                                   self.directory / f"dl-{name}.log")
         for node in self.nodes.values():
-            wait_until(partial(download_listening, node), 10)
+            with contextlib.suppress(Timeout):
+                wait_for(partial(download_listening, node), 10, POLL,
+                         what=f"the download server on {node.name}")
 
     def closes(self, name: str) -> Path:
         return self.directory / f"closes-{name}.log"
@@ -168,8 +174,9 @@ def await_closes(cluster: LongCluster, downloads: list[Download],
     nothing)."""
     seeds = {d.seed for d in downloads}
     until = (last_end or time.time()) + STALL + 1.0
-    wait_until(lambda: seeds <= cluster.close_outcomes().keys(), max(0.0, until - time.time()),
-               interval=0.1)
+    with contextlib.suppress(Timeout):
+        wait_for(lambda: seeds <= cluster.close_outcomes().keys(), max(0.0, until - time.time()),
+                 0.1, what="every download's close")
     return cluster.close_outcomes()
 
 
@@ -184,9 +191,10 @@ def one_round(cluster: LongCluster, args: argparse.Namespace, index: int) -> Rou
     time.sleep(args.lead)
     record.start = time.time()
     ifdown = Background(partial(cluster.release, old.name))
-    if wait_until(lambda: new.has(VIP), 15):
+    try:
+        wait_for(lambda: new.has(VIP), 15, POLL, what=f"the VIP on {new.name}")
         record.takeover = time.time() - record.start
-    else:
+    except Timeout:
         record.error = "the peer did not take over within 15 s"
     try:
         fetcher.wait(timeout=args.seconds + 3 * STALL)

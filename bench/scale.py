@@ -56,11 +56,12 @@ from ipaddress import IPv4Address
 from itertools import pairwise
 from pathlib import Path
 
-from bench.common import machine_line, run_seconds, table, wait_until, write_json
+from bench.common import machine_line, run_seconds, table, write_json
 from carpd import control
 from carpd.daemon import schedule_offset
-from lab.netns import CARPD, PASSWORD, UCARP, CarpFrame, Network, Node
+from lab.netns import CARPD, PASSWORD, UCARP, CarpFrame, Network, Node, network
 from lab.netns import run as sh
+from lab.poll import Timeout, wait_for
 
 GOALS_MB = {1: 30.0, 255: 40.0}
 ADVERT_GOAL_MS = 5.0
@@ -266,18 +267,23 @@ def wait_masters(net: Network, started: Started) -> None:
             return False
         return advertising_all(net, started)
 
-    if not wait_until(ready, 30, 0.2):
+    try:
+        wait_for(ready, 30, 0.2, what=f"{started.kind} MASTER of all")
+    except Timeout:
         raise RuntimeError(f"{started.kind} with {started.groups} groups on {started.node} did "
-                           f"not become MASTER of all: {started.log_tail()}")
+                           f"not become MASTER of all: {started.log_tail()}") from None
 
 
 def wait_backups(net: Network, started: Started, master: Started) -> None:
     """``started`` is listening (BACKUP of every group, silent) and ``master`` still MASTER."""
     settle = master_down(BACKUP_SKEW) + 1.5  # ucarp has no status: past its master-down
     since = time.time()
-    if started.kind == "carpd" and not wait_until(lambda: started.all_in("BACKUP"), 30, 0.2):
-        raise RuntimeError(f"carpd on {started.node} did not become BACKUP of all: "
-                           f"{started.log_tail()}")
+    if started.kind == "carpd":
+        try:
+            wait_for(lambda: started.all_in("BACKUP"), 30, 0.2, what="carpd BACKUP of all")
+        except Timeout:
+            raise RuntimeError(f"carpd on {started.node} did not become BACKUP of all: "
+                               f"{started.log_tail()}") from None
     time.sleep(max(0.0, since + settle - time.time()))
     alive = all(p.poll() is None for p in started.processes)
     if not alive or advertised_vhids(net, started.node, since) or not advertising_all(net, master):
@@ -371,7 +377,9 @@ def wait_takeover(net: Network, backup: Started, cut: float) -> None:
     until a second past master-down: looking through the capture would compete with b."""
     time.sleep(master_down(BACKUP_SKEW) + 1.0)
     every = set(range(1, backup.groups + 1))
-    wait_until(lambda: advertised_vhids(net, backup.node, cut) == every, 9.0, 0.5)
+    with contextlib.suppress(Timeout):
+        wait_for(lambda: advertised_vhids(net, backup.node, cut) == every, 9.0, 0.5,
+                 what=f"every group advertised by {backup.node}")
 
 
 def first_and_last(frames: list[CarpFrame], first: IPv4Address,
@@ -447,20 +455,16 @@ def summarise(backup: Started, over: dict[int, float], last: float | None,
 def run(groups: int, seconds: float, only: list[str],
         failovers: int) -> tuple[list[Result], list[Failover]]:
     results, failed_over = [], []
-    with tempfile.TemporaryDirectory(prefix="scale") as tmp:
-        net = Network(Path(tmp), prefix="carps")
-        try:
-            for count in (1, groups) if "memory" in only else ():
-                for kind in KINDS:
-                    node = net.add_node(f"10.9.1.{len(net.nodes) + 1}")
-                    results.append(measure(net, node, kind, count, seconds))
-                    print(f"  {kind} x{count}: done", file=sys.stderr)
-            for n in range(failovers if "failover" in only else 0):
-                for kind in KINDS:
-                    failed_over.append(failover(net, kind, groups))
-                    print(f"  failover {n + 1} {kind} x{groups}: done", file=sys.stderr)
-        finally:
-            net.close()
+    with network("carps", "scale") as net:
+        for count in (1, groups) if "memory" in only else ():
+            for kind in KINDS:
+                node = net.add_node(f"10.9.1.{len(net.nodes) + 1}")
+                results.append(measure(net, node, kind, count, seconds))
+                print(f"  {kind} x{count}: done", file=sys.stderr)
+        for n in range(failovers if "failover" in only else 0):
+            for kind in KINDS:
+                failed_over.append(failover(net, kind, groups))
+                print(f"  failover {n + 1} {kind} x{groups}: done", file=sys.stderr)
     return results, failed_over
 
 

@@ -8,12 +8,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from lab.poll import wait_for
 
 RUN = Path("/run/carpd/netns")
 PERSIST = Path("/var/lib/carpd/netns")
@@ -57,14 +58,17 @@ def carpctl_status(ns: str) -> subprocess.CompletedProcess[str]:
 
 
 def wait_status(ns: str) -> list[dict[str, object]]:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+    def answered() -> subprocess.CompletedProcess[str] | None:
         result = carpctl_status(ns)
-        if result.returncode == 0:
-            replies: list[dict[str, object]] = json.loads(result.stdout)
-            return replies
-        time.sleep(0.1)
-    raise AssertionError(f"no engine answers in {ns}: {result.stdout} {result.stderr}")
+        return result if result.returncode == 0 else None
+
+    def why() -> str:
+        result = carpctl_status(ns)
+        return f"{result.stdout} {result.stderr}"
+
+    replies: list[dict[str, object]] = json.loads(
+        wait_for(answered, 10, 0.1, what=f"an engine answering in {ns}", detail=why).stdout)
+    return replies
 
 
 def test_the_same_vhid_runs_in_two_namespaces_and_each_carpctl_sees_its_own(

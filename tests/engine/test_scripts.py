@@ -18,6 +18,7 @@ import pytest
 from carpd.election import Script
 from carpd.logs import RateLimiter
 from carpd.scripts import Finished, ScriptRunner, script_argv
+from lab.poll import wait_for
 
 
 def script(tmp_path: Path, name: str, body: str) -> str:
@@ -56,10 +57,7 @@ def test_a_given_xparam_is_the_third_argument_even_empty_as_ucarp_passes_it(
 
 def started(mark: Path) -> None:
     """Wait until a script has touched ``mark``: it is running."""
-    deadline = time.monotonic() + 5
-    while not mark.exists():
-        assert time.monotonic() < deadline, f"{mark} never appeared"
-        time.sleep(0.01)
+    wait_for(mark.exists, 5, 0.01, what=f"{mark} there")
 
 
 def test_scripts_run_one_at_a_time_in_the_order_asked(tmp_path: Path) -> None:
@@ -286,10 +284,8 @@ def test_a_script_dies_with_the_engine(tmp_path: Path) -> None:
         script_pid = int(pidfile.read_text())
         proc.kill()
         proc.wait()
-        deadline = time.monotonic() + 5
-        while Path(f"/proc/{script_pid}").exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not Path(f"/proc/{script_pid}").exists(), "the script outlived the engine"
+        wait_for(lambda: not Path(f"/proc/{script_pid}").exists(), 5,
+                 what="the script gone with the engine (it outlived it)")
     finally:
         proc.kill()
 

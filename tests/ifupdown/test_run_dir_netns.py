@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 
 from carpd import control
 from carpd.ifupdown import runtime
+from lab.poll import wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a network namespace")
 
@@ -42,13 +42,12 @@ def namespace() -> Iterator[str]:
         subprocess.run(["ip", "netns", "del", name], check=False)
 
 
-def _answer(sock: Path, deadline: float) -> dict[str, object] | None:
-    while time.monotonic() < deadline:
-        try:
-            return control.request(sock, {"cmd": "status"}, timeout=1.0)
-        except (OSError, ValueError):
-            time.sleep(0.1)
-    return None
+def _answer(sock: Path) -> dict[str, object] | None:
+    """The engine's status reply, or None while nothing answers on ``sock``."""
+    try:
+        return control.request(sock, {"cmd": "status"}, timeout=1.0)
+    except (OSError, ValueError):
+        return None
 
 
 def test_the_engine_a_supervisor_starts_listens_in_its_run_dir(namespace: str,
@@ -65,8 +64,9 @@ def test_the_engine_a_supervisor_starts_listens_in_its_run_dir(namespace: str,
     try:
         sock = runtime.engine_socket(CONF, run_dir)
         assert sock == run_dir / "v0.sock"
-        reply = _answer(sock, time.monotonic() + 15.0)
-        assert reply is not None and reply.get("vhid") == 5, paths.log.read_text()
+        reply = wait_for(lambda: _answer(sock), 15.0, 0.1, what=f"an engine answering on {sock}",
+                         detail=paths.log.read_text)
+        assert reply.get("vhid") == 5, paths.log.read_text()
         assert paths.control_sockets() == [sock]  # what removing the files takes
     finally:
         supervisor.send_signal(signal.SIGTERM)

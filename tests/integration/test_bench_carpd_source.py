@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.common import CARPD_COMMANDS, ROOT_PATH, Ifupdown
+from bench.common import ROOT_PATH, Ifupdown
+from lab.tree import console_scripts
 
 
 def measured_source() -> Path:
@@ -22,7 +23,7 @@ def measured_source() -> Path:
     return Path(spec.origin).resolve().parents[1]
 
 
-@pytest.mark.parametrize("command", sorted(CARPD_COMMANDS))
+@pytest.mark.parametrize("command", sorted(console_scripts()))
 def test_the_bench_carpd_commands_import_the_benchmarks_carpd_without_pythonpath(
         tmp_path: Path, command: str) -> None:
     harness = Ifupdown("not-used", tmp_path / "node", "", {}, carpd_commands=True)

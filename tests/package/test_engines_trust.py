@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from pkgtools import NET, PASSWORD, Built, Node, Pair, Stage
 from test_upgrade import newer
+
+from lab.poll import wait_for
 
 NOBODY = 65534
 BAIT_DIR = "/tmp/x"
@@ -71,9 +72,8 @@ class Bait:
                       f"carpd.ifupdown.main supervise eth9 {quiet}")
         self.node.run("sh", "-c", f"{as_nobody} bash -c 'exec -a /usr/sbin/carpd python3 "
                       f"{BAIT_DIR}/carpd/ifupdown/main.py engine' {quiet}")
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and len(self.markers()) < 2:
-            time.sleep(0.05)
+        wait_for(lambda: len(self.markers()) >= 2, 10, what="both lookalikes' markers",
+                 detail=self.markers)
         assert self.markers() == ["engine-ran-as-65534", "supervisor-ran-as-65534"]
         for pid, argv in self.node.processes().items():
             if argv[:5] == ["python3", "-m", "carpd.ifupdown.main", "supervise", "eth9"]:
@@ -175,9 +175,7 @@ def _start_by_hand(node: Node, vhid: int) -> int:
     node.run("carpd", "-B", "-i", "eth0", "-s", node.address, "-v", str(vhid),
              "-o", "/root/carpd-pass", "-a", f"{NET}.101", "-f", "none")
     pidfile = node.root / f"run/carpd/eth0.{vhid}.pid"
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and not pidfile.exists():
-        time.sleep(0.05)
+    wait_for(pidfile.exists, 10, what=f"{pidfile} written")
     return int(pidfile.read_text())
 
 

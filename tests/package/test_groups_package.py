@@ -39,6 +39,7 @@ from pkgtools import (
 )
 
 from conftest import Lab, chroot_node
+from lab.poll import Timeout, wait_for
 
 ELECTION = 20.0
 """A group's first MASTER, or a dead MASTER's successor: the master-down interval (3 advbases
@@ -108,7 +109,8 @@ class Cluster:
         namespaces and the overlays."""
         try:
             for node in self.nodes:
-                kill(node, freeze(node))
+                with contextlib.suppress(Timeout):  # what is left goes with its namespace
+                    kill(node, freeze(node))
         finally:
             self.lab.close()
             for node in self.nodes:
@@ -159,15 +161,13 @@ def freeze(node: Node) -> set[int]:
     return frozen
 
 
-def kill(node: Node, frozen: set[int]) -> bool:
-    """SIGKILL the node's frozen processes, by PID; whether they are all gone within 10 s."""
+def kill(node: Node, frozen: set[int]) -> None:
+    """SIGKILL the node's frozen processes, by PID; they are all gone within 10 s."""
     for pid in frozen:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while node.processes() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return not node.processes()
+    wait_for(lambda: not node.processes(), 10, what=f"{node.name}'s processes gone",
+             detail=node.processes)
 
 
 def die(node: Node) -> None:
@@ -175,7 +175,7 @@ def die(node: Node) -> None:
     bow-out, no down action, nothing said on the network."""
     frozen = freeze(node)
     run(["ip", "-n", node.netns, "link", "set", "eth0", "down"])
-    assert kill(node, frozen), node.processes()
+    kill(node, frozen)
 
 
 def boot_again(node: Node) -> None:
@@ -220,16 +220,13 @@ def situation(nodes: Sequence[Node]) -> str:
     return "\n".join(f"{node.name}: {addresses(node)}\n{log_tail(node)}" for node in nodes)
 
 
-def wait_until(condition: Callable[[], object], timeout: float, what: str,
-               detail: Callable[[], object] | None = None) -> float:
-    """Seconds it took for ``condition`` to hold."""
+def seconds_until(condition: Callable[[], object], timeout: float, what: str,
+                  detail: Callable[[], object] | None = None) -> float:
+    """Seconds it took for ``condition`` to hold (:func:`lab.poll.wait_for`'s ``Timeout``
+    after ``timeout``)."""
     started = time.monotonic()
-    while time.monotonic() < started + timeout:
-        if condition():
-            return time.monotonic() - started
-        time.sleep(0.05)
-    raise AssertionError(f"after {timeout} s, not {what}"
-                         + (f":\n{detail()}" if detail is not None else ""))
+    wait_for(condition, timeout, what=what, detail=detail)
+    return time.monotonic() - started
 
 
 def expect(nodes: Sequence[Node], masters: dict[int, Node], timeout: float = ELECTION) -> float:
@@ -237,8 +234,8 @@ def expect(nodes: Sequence[Node], masters: dict[int, Node], timeout: float = ELE
     eth0:N:ucarp stanza puts it; returns how long that took."""
     wanted = {vhid: [(node.name, f"eth0:{vhid}:ucarp")] for vhid, node in masters.items()}
     shown = {vhid: node.name for vhid, node in masters.items()}
-    return wait_until(lambda: all(holders(nodes, VIPS[v]) == w for v, w in wanted.items()),
-                      timeout, f"the groups' VIPs on {shown} alone", lambda: situation(nodes))
+    return seconds_until(lambda: all(holders(nodes, VIPS[v]) == w for v, w in wanted.items()),
+                         timeout, f"the groups' VIPs on {shown} alone", lambda: situation(nodes))
 
 
 def groups(node: Node) -> dict[int, dict[str, Any]]:
@@ -426,16 +423,16 @@ def test_a_group_whose_alias_holds_a_hundred_vips_announces_releases_and_moves_t
                     if label == "eth0:1:ucarp"}
 
         # the alias's address first, then its `up` lines
-        wait_until(lambda: labelled(a) == wanted, MOVE, "the alias's 100 VIPs on a",
-                   lambda: sorted(labelled(a) ^ wanted))
+        wait_for(lambda: labelled(a) == wanted, MOVE, what="the alias's 100 VIPs on a",
+                 detail=lambda: sorted(labelled(a) ^ wanted))
         assert not wanted & set(addresses(b))
 
         def announced(node: Node, since: int = 0) -> set[str]:
             source = mac(node)
             return {address for seen, address in sniffer.gratuitous(since) if seen == source}
 
-        wait_until(lambda: wanted <= announced(a), 10, "every VIP announced by a",
-                   lambda: sorted(wanted - announced(a)))
+        wait_for(lambda: wanted <= announced(a), 10, what="every VIP announced by a",
+                 detail=lambda: sorted(wanted - announced(a)))
         pids = engines(a, b)
         group2 = steady(groups(b)[2])
 
@@ -443,10 +440,10 @@ def test_a_group_whose_alias_holds_a_hundred_vips_announces_releases_and_moves_t
         a.run("ifdown", "eth0:1")
         left = set(addresses(a))
         assert not wanted & left, f"still on a after ifdown eth0:1: {sorted(wanted & left)}"
-        wait_until(lambda: labelled(b) == wanted, 2 * MOVE, "the alias's 100 VIPs on b",
-                   lambda: sorted(labelled(b) ^ wanted))
-        wait_until(lambda: wanted <= announced(b, mark), 10, "every VIP announced by b",
-                   lambda: sorted(wanted - announced(b, mark)))
+        wait_for(lambda: labelled(b) == wanted, 2 * MOVE, what="the alias's 100 VIPs on b",
+                 detail=lambda: sorted(labelled(b) ^ wanted))
+        wait_for(lambda: wanted <= announced(b, mark), 10, what="every VIP announced by b",
+                 detail=lambda: sorted(wanted - announced(b, mark)))
         assert engines(a, b) == pids
         assert steady(groups(b)[2]) == group2
         assert addresses(b)[VIPS[2]] == "eth0:2:ucarp"

@@ -14,8 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,9 @@ from pkgtools import (
     record,
     run,
 )
+
+from conftest import Lab
+from lab.poll import wait_for
 
 PORT = 80  # Debian's default site
 CHECK = "/usr/share/carpd/checks/http-url http://127.0.0.1/"  # as in docs/nginx-pair.md
@@ -73,41 +75,11 @@ def with_nginx(installed: Installed, tmp_path_factory: pytest.TempPathFactory) -
                      deb_in_root=installed.deb_in_root)
 
 
-class Segment:
-    """Network namespaces with their eth0 on one bridge (itself in a namespace of its own),
-    all removed by close()."""
-
-    def __init__(self) -> None:
-        self.tag = uuid.uuid4().hex[:8]
-        self.made: list[str] = []
-        self.hub = self._netns("hub")
-        run(["ip", "-n", self.hub, "link", "add", "br0", "type", "bridge"])
-        run(["ip", "-n", self.hub, "link", "set", "br0", "up"])
-
-    def _netns(self, name: str) -> str:
-        netns = f"carpd-hp-{self.tag}-{name}"
-        run(["ip", "netns", "add", netns])
-        self.made.append(netns)
-        return netns
-
-    def netns(self, name: str) -> str:
-        netns = self._netns(name)
-        run(["ip", "-n", netns, "link", "set", "lo", "up"])
-        run(["ip", "-n", netns, "link", "add", "eth0", "type", "veth", "peer", "name",
-             f"p-{name}", "netns", self.hub])
-        run(["ip", "-n", self.hub, "link", "set", f"p-{name}", "master", "br0", "up"])
-        return netns
-
-    def close(self) -> None:
-        for netns in reversed(self.made):
-            run(["ip", "netns", "del", netns], check=False)
-
-
-def web_node(segment: Segment, layers: Installed, base: Path, name: str, host: int,
+def web_node(lab: Lab, layers: Installed, base: Path, name: str, host: int,
              advskew: int, preempt: bool) -> Node:
     """A node with the VIP's stanza tracking its nginx, which serves its name."""
     overlay = Overlay(base / name, layers.lowers)
-    node = Node(name, segment.netns(name), overlay, f"{NET}.{host}", layers.deb_in_root)
+    node = Node(name, lab.node_netns(name), overlay, f"{NET}.{host}", layers.deb_in_root)
     stanza = interfaces_file(node.address, advskew, preempt)
     master = f"    ucarp-master {'yes' if preempt else 'no'}\n"
     password = f"    ucarp-password {PASSWORD}\n"
@@ -136,12 +108,12 @@ class Web:
 def web_pair(layers: Installed, base: Path, preempt: bool) -> Iterator[Web]:
     """a (advskew 0, preempt as asked) and b (advskew 100, no preempt), each with its nginx
     running, and a client namespace on the same bridge; nothing is up yet."""
-    segment = Segment()
+    lab = Lab()
     nodes: list[Node] = []
     try:
         for name, host, advskew, first in (("a", 11, 0, preempt), ("b", 12, 100, False)):
-            nodes.append(web_node(segment, layers, base, name, host, advskew, first))
-        client = segment.netns("client")
+            nodes.append(web_node(lab, layers, base, name, host, advskew, first))
+        client = lab.node_netns("client")
         run(["ip", "-n", client, "addr", "add", f"{CLIENT}/24", "dev", "eth0"])
         run(["ip", "-n", client, "link", "set", "eth0", "up"])
         for node in nodes:
@@ -150,7 +122,7 @@ def web_pair(layers: Installed, base: Path, preempt: bool) -> Iterator[Web]:
     finally:
         for node in nodes:
             node.stop_everything()  # the engines, their checks and nginx
-        segment.close()
+        lab.close()
         for node in nodes:
             node.overlay.unmount()
 
@@ -190,8 +162,8 @@ def serves(node: Node) -> bool:
 
 def start_nginx(node: Node) -> None:
     node.run("nginx")  # Debian's configuration: it forks, the master writes /run/nginx.pid
-    wait_until(lambda: nginx_master(node) is not None and serves(node), 10,
-               f"nginx serving on {node.name}")
+    wait_for(lambda: nginx_master(node) is not None and serves(node), 10,
+             what=f"nginx serving on {node.name}")
 
 
 def kill_nginx(node: Node) -> float:
@@ -202,7 +174,7 @@ def kill_nginx(node: Node) -> float:
     workers = [p for p, argv in node.processes().items() if argv[0].startswith("nginx:")]
     killed = time.monotonic()
     os.kill(pid, signal.SIGTERM)
-    wait_until(lambda: not set(workers) & set(node.processes()), 10, "nginx gone")
+    wait_for(lambda: not set(workers) & set(node.processes()), 10, what="nginx gone")
     assert not serves(node)
     return killed
 
@@ -298,17 +270,6 @@ def client(netns: str, log: Path) -> Iterator[Client]:
 # Waiting and the engine's status
 
 
-def wait_until(condition: Callable[[], object], timeout: float, what: str,
-               detail: Callable[[], object] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"after {timeout} s, not {what}"
-                         + (f": {detail()}" if detail is not None else ""))
-
-
 def status(node: Node) -> dict[str, Any]:
     """`carpctl status eth0 --json` on the node: its one engine's reply."""
     result = node.run("carpctl", "status", "eth0", "--json", check=False)
@@ -331,18 +292,19 @@ def fail_over(web: Web, asking: Client) -> None:
     and a says why it is BACKUP."""
     a, b, pair = web.a, web.b, web.pair
     assert ifup_both(pair) is a
-    wait_until(lambda: healthy(a) and healthy(b), 10, "both nodes healthy",
-               lambda: (status(a), status(b)))
+    wait_for(lambda: healthy(a) and healthy(b), 10, what="both nodes healthy",
+             detail=lambda: (status(a), status(b)))
     checks = status(a)["health"]
     assert [(c["kind"], c["name"], c["healthy"]) for c in checks] == [
         ("script", CHECK, True)], checks
     assert status(a)["why"] is None
-    wait_until(lambda: asking.first(a.name, 0.0) is not None, 10, "the client served by a")
+    wait_for(lambda: asking.first(a.name, 0.0) is not None, 10, what="the client served by a")
 
     with VipWatch(pair) as watch:
         killed = kill_nginx(a)
         pair.wait_holder(b, timeout=MOVE_WITHIN + 5)
-        wait_until(lambda: asking.first(b.name, killed) is not None, 5, "the client served by b")
+        wait_for(lambda: asking.first(b.name, killed) is not None, 5,
+                 what="the client served by b")
     served = asking.first(b.name, killed)
     assert served is not None
     record("nginx killed on the MASTER -> the client's first answer from the peer",
@@ -375,8 +337,8 @@ def test_the_nginx_pair_from_the_package_the_vip_follows_nginx_and_stays_when_it
         with VipWatch(pair) as watch:
             back = time.monotonic()
             start_nginx(a)
-            wait_until(lambda: healthy(a), RISE * INTERVAL + 5, "a healthy again",
-                       lambda: status(a))
+            wait_for(lambda: healthy(a), RISE * INTERVAL + 5, what="a healthy again",
+                     detail=lambda: status(a))
             time.sleep(4.0)  # a few advertisements: time for a wrong move to show
         assert status(a)["why"] is None and status(a)["state"] == "BACKUP"
         assert not any(held_a for _, held_a, _ in watch.samples), "the VIP went back to a"
@@ -397,8 +359,8 @@ def test_the_nginx_pair_as_documented_the_vip_comes_back_by_a_planned_hand_over(
             back = time.monotonic()
             start_nginx(a)
             pair.wait_holder(a, timeout=RISE * INTERVAL + 5)
-            wait_until(lambda: asking.first(a.name, back) is not None, 5,
-                       "the client served by a again")
+            wait_for(lambda: asking.first(a.name, back) is not None, 5,
+                     what="the client served by a again")
             until = time.monotonic() + 1.0
             time.sleep(until + CLIENT_TIMEOUT + 0.5 - time.monotonic())  # every request ended
         taken = watch.first(0, after=back)

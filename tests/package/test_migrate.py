@@ -47,6 +47,7 @@ from pkgtools import (
 from carpd import wire
 from carpd.ifupdown import migrate
 from conftest import Lab
+from lab.poll import wait_for
 
 MIGRATE = "usr/libexec/carpd/migrate"
 MAX_TIME_ON_NO_NODE = 1.0
@@ -505,13 +506,12 @@ def engine_state(node: Node | Booted) -> str:
 
 def wait_engine(node: Node | Booted, timeout: float = 20.0) -> int:
     """The engine's pid once exactly one runs (under systemd it starts after the hook)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def the_one() -> int | None:
         found = engines(node)
-        if len(found) == 1:
-            return found[0]
-        time.sleep(0.05)
-    raise AssertionError(f"{node.name}: engines {engines(node)} after {timeout} s")
+        return found[0] if len(found) == 1 else None
+
+    return wait_for(the_one, timeout, what=f"one engine on {node.name}",
+                    detail=lambda: f"engines {engines(node)}")
 
 
 def migrate_node_by_node(pair: Pair, client: str, preempt: bool, tag: str,
@@ -635,10 +635,8 @@ def test_a_stanza_carpd_refuses_keeps_its_ucarp_until_fixed_and_migrate_runs_aga
     fixed = ucarp_node.run(f"/{MIGRATE}").output
     assert f"ucarp (pid {daemon}) stopped" in fixed and "carpd's engine started" in fixed, fixed
     assert ucarp_daemons(ucarp_node) == [] and len(engines(ucarp_node)) == 1, fixed
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and not ucarp_node.holds():
-        time.sleep(0.1)
-    assert ucarp_node.holds(), "alone, carpd's engine takes the VIP after the master-down time"
+    # alone, carpd's engine takes the VIP after the master-down time
+    wait_for(ucarp_node.holds, 10, 0.1, what=f"the VIP on {ucarp_node.name}")
 
 
 # Not with preempt on a: its engine would take the VIP back from b's ucarp at once, and ucarp

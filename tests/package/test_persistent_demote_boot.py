@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-from pkgtools import CLEAN_PATH, VHID, Booted, Built, Node, Pair, Stage, VipWatch, run
+from pkgtools import VHID, Booted, Built, Node, Pair, Stage, VipWatch, run
 
 UNIT = "carpd@eth0.service"
 BOOT = 120.0
@@ -64,44 +63,6 @@ def assert_still_demoted(pair: Pair, a: Booted, b: Node, when: str) -> None:
     assert (a.root / PERSISTED).is_file(), when
 
 
-def boot_again(a: Booted) -> None:
-    """Power the container off (SIGTERM to systemd-nspawn, as the fixture's finalizer does) and
-    boot the same root again in the same network namespace, as conftest's systemd_pair first
-    booted it: /run starts empty, /var stays."""
-    a.nspawn.terminate()
-    assert a.nspawn.wait(timeout=90) == 0, a.console_tail()
-    with a.console.open("ab") as out:
-        a.nspawn = subprocess.Popen(
-            ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--boot",
-             "--capability=CAP_NET_ADMIN,CAP_NET_RAW",
-             f"--network-namespace-path=/run/netns/{a.netns}", "-D", str(a.root)],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            env={"PATH": CLEAN_PATH, "SYSTEMD_NSPAWN_TMPFS_TMP": "0"})
-    deadline = time.monotonic() + 30
-    while not has_init(a):
-        assert time.monotonic() < deadline and a.nspawn.poll() is None, a.console_tail()
-        time.sleep(0.1)
-
-
-def has_init(a: Booted) -> bool:
-    try:
-        a.leader()
-    except AssertionError:
-        return False
-    return True
-
-
-def power_off(a: Booted, first: subprocess.Popen[bytes]) -> None:
-    """Finalizer for a container this test booted (the fixture powers off only its own)."""
-    if a.nspawn is not first and a.nspawn.poll() is None:
-        a.nspawn.terminate()
-        try:
-            a.nspawn.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            a.nspawn.kill()
-            a.nspawn.wait()
-
-
 def newer_version(built: Built, folder: Path) -> tuple[Path, str]:
     """The built .deb as a later version (dpkg-deb -R, the control file's Version plus
     "+upgrade1", dpkg-deb -b): to dpkg an upgrade, to carpd the same code. Returns the .deb and
@@ -123,68 +84,65 @@ def test_a_persistent_demotion_survives_unit_restart_upgrade_and_reboot_until_pr
     pair = systemd_pair
     newer, version = newer_version(built, tmp_path)
     a, b = pair.a, pair.b
+    # the fixture powers a off, as it runs then: rebooted or not (Booted.power_off)
     assert isinstance(a, Booted) and isinstance(b, Node)
-    first = a.nspawn
-    try:
-        with Stage("persistent demotion: boot until carpd@eth0.service answers"):
-            a.wait(lambda: a.unit_state("networking.service") == "active", BOOT,
-                   "networking.service active")
-            pid = wait_engine(a)
-        b.run("ifup", "eth0")
-        pair.wait_holder(a, timeout=20)
-        assert status(a)["demotion"] is None and status(a)["why"] is None
+    with Stage("persistent demotion: boot until carpd@eth0.service answers"):
+        a.wait(lambda: a.unit_state("networking.service") == "active", BOOT,
+               "networking.service active")
+        pid = wait_engine(a)
+    b.run("ifup", "eth0")
+    pair.wait_holder(a, timeout=20)
+    assert status(a)["demotion"] is None and status(a)["why"] is None
 
-        demoted = a.run("carpctl", "demote", "eth0", "--persistent", check=False)
-        assert demoted.returncode == 0, demoted.output
-        pair.wait_holder(b, timeout=5)
-        persisted = a.root / PERSISTED
-        assert persisted.is_file()
-        mode, owner = persisted.stat().st_mode & 0o777, persisted.stat().st_uid  # checked last
-        assert_still_demoted(pair, a, b, "demoted")
+    demoted = a.run("carpctl", "demote", "eth0", "--persistent", check=False)
+    assert demoted.returncode == 0, demoted.output
+    pair.wait_holder(b, timeout=5)
+    persisted = a.root / PERSISTED
+    assert persisted.is_file()
+    mode, owner = persisted.stat().st_mode & 0o777, persisted.stat().st_uid  # checked last
+    assert_still_demoted(pair, a, b, "demoted")
 
-        restarted = a.run("systemctl", "restart", UNIT, check=False)
-        assert restarted.returncode == 0, restarted.output
-        pid = wait_engine(a, other_than=pid)
-        assert_still_demoted(pair, a, b, "after systemctl restart")
+    restarted = a.run("systemctl", "restart", UNIT, check=False)
+    assert restarted.returncode == 0, restarted.output
+    pid = wait_engine(a, other_than=pid)
+    assert_still_demoted(pair, a, b, "after systemctl restart")
 
-        with Stage("persistent demotion: dpkg -i of the same .deb"):
-            a.run("dpkg", "-i", a.deb_in_root, timeout=180)
-        pid = wait_engine(a)  # the same version: postinst may leave the engine running
-        assert_still_demoted(pair, a, b, "after reinstalling the package")
+    with Stage("persistent demotion: dpkg -i of the same .deb"):
+        a.run("dpkg", "-i", a.deb_in_root, timeout=180)
+    pid = wait_engine(a)  # the same version: postinst may leave the engine running
+    assert_still_demoted(pair, a, b, "after reinstalling the package")
 
-        upgrade = f"/root/{newer.name}"
-        shutil.copy2(newer, a.root / upgrade.lstrip("/"))
-        with Stage("persistent demotion: dpkg -i of a newer version"):
-            a.run("dpkg", "-i", upgrade, timeout=180)
-        assert a.run("dpkg-query", "-W", "-f", "${Version}", "carpd").output == version
-        pid = wait_engine(a, other_than=pid)  # an upgrade restarts the engine on the new code
-        assert_still_demoted(pair, a, b, "after upgrading the package")
+    upgrade = f"/root/{newer.name}"
+    shutil.copy2(newer, a.root / upgrade.lstrip("/"))
+    with Stage("persistent demotion: dpkg -i of a newer version"):
+        a.run("dpkg", "-i", upgrade, timeout=180)
+    assert a.run("dpkg-query", "-W", "-f", "${Version}", "carpd").output == version
+    pid = wait_engine(a, other_than=pid)  # an upgrade restarts the engine on the new code
+    assert_still_demoted(pair, a, b, "after upgrading the package")
 
-        a.run("touch", "/run/before-reboot")
-        with Stage("persistent demotion: reboot (power off, boot the same root)"):
-            boot_again(a)
-            a.wait(lambda: a.unit_state("networking.service") == "active", BOOT,
-                   "networking.service active after the reboot")
-            wait_engine(a)
-        assert a.run("test", "-e", "/run/before-reboot", check=False).returncode == 1, \
-            "not a new boot: /run was kept"
-        assert_still_demoted(pair, a, b, "after a reboot")
+    a.run("touch", "/run/before-reboot")
+    with Stage("persistent demotion: reboot (power off, boot the same root)"):
+        a.reboot()
+        a.wait(lambda: a.unit_state("networking.service") == "active", BOOT,
+               "networking.service active after the reboot")
+        wait_engine(a)
+    assert a.run("test", "-e", "/run/before-reboot", check=False).returncode == 1, \
+        "not a new boot: /run was kept"
+    assert_still_demoted(pair, a, b, "after a reboot")
 
-        promoted = a.run("carpctl", "promote", "eth0", check=False)
-        assert promoted.returncode == 0, promoted.output
-        pair.wait_holder(a, timeout=10)  # advskew 0 and preempt: it takes the VIP back
-        shown = status(a)
-        assert shown["demoted"] is False and shown["demotion"] is None, shown
-        assert shown["why"] is None and shown["state"] == "MASTER", shown
-        assert not persisted.exists()
+    promoted = a.run("carpctl", "promote", "eth0", check=False)
+    assert promoted.returncode == 0, promoted.output
+    pair.wait_holder(a, timeout=10)  # advskew 0 and preempt: it takes the VIP back
+    shown = status(a)
+    assert shown["demoted"] is False and shown["demotion"] is None, shown
+    assert shown["why"] is None and shown["state"] == "MASTER", shown
+    assert not persisted.exists()
 
-        # demoted again, then purged: nothing of carpd's state is left
-        a.run("carpctl", "demote", "eth0", "--persistent")
-        assert persisted.is_file()
-        with Stage("persistent demotion: dpkg --purge carpd"):
-            a.run("dpkg", "--purge", "carpd", timeout=180)
-        assert not (a.root / "var/lib/carpd").exists()
-        assert (oct(mode), owner) == (oct(0o644), 0), "the persistent marker's mode and owner"
-    finally:
-        power_off(a, first)
+    # demoted again, then purged: nothing of carpd's state is left
+    a.run("carpctl", "demote", "eth0", "--persistent")
+    assert persisted.is_file()
+    with Stage("persistent demotion: dpkg --purge carpd"):
+        a.run("dpkg", "--purge", "carpd", timeout=180)
+    assert not (a.root / "var/lib/carpd").exists()
+    assert (oct(mode), owner) == (oct(0o644), 0), "the persistent marker's mode and owner"
 

@@ -41,7 +41,10 @@ from pkgtools import (
     record,
     run,
 )
-from test_health_package import Segment, nginx_master, wait_until, with_nginx
+from test_health_package import nginx_master, with_nginx
+
+from conftest import Lab
+from lab.poll import wait_for
 
 __all__ = ["with_nginx"]  # the fixture, shared with the nginx pair's test
 
@@ -123,12 +126,12 @@ class ProxyPair:
     backend: str
 
 
-def proxy_node(segment: Segment, layers: Installed, base: Path, name: str, host: int,
+def proxy_node(lab: Lab, layers: Installed, base: Path, name: str, host: int,
                advskew: int, preempt: bool) -> Node:
     """A node with the VIP's stanza (plus ``ucarp-drain``) and nginx proxying to the
     backend."""
     overlay = Overlay(base / name, layers.lowers)
-    node = Node(name, segment.netns(name), overlay, f"{NET}.{host}", layers.deb_in_root)
+    node = Node(name, lab.node_netns(name), overlay, f"{NET}.{host}", layers.deb_in_root)
     stanza = interfaces_file(node.address, advskew, preempt)
     password = f"    ucarp-password {PASSWORD}\n"
     assert password in stanza
@@ -145,7 +148,7 @@ def proxy_node(segment: Segment, layers: Installed, base: Path, name: str, host:
 
 def start_proxy(node: Node) -> None:
     node.run("nginx")  # Debian's configuration with our site: it forks, writes /run/nginx.pid
-    wait_until(lambda: nginx_master(node) is not None, 10, f"nginx running on {node.name}")
+    wait_for(lambda: nginx_master(node) is not None, 10, what=f"nginx running on {node.name}")
 
 
 def in_netns(netns: str, *argv: str) -> list[str]:
@@ -156,14 +159,14 @@ def in_netns(netns: str, *argv: str) -> list[str]:
 def proxies(with_nginx: Installed, tmp_path: Path) -> Iterator[ProxyPair]:
     """a (advskew 0, preempt) and b (advskew 100), each with nginx proxying to a backend
     namespace, and a client namespace, all on one bridge; nothing is up yet."""
-    segment = Segment()
+    lab = Lab()
     nodes: list[Node] = []
     backend_proc: subprocess.Popen[bytes] | None = None
     try:
         for name, host, advskew, preempt in (("a", 11, 0, True), ("b", 12, 100, False)):
-            nodes.append(proxy_node(segment, with_nginx, tmp_path, name, host, advskew,
+            nodes.append(proxy_node(lab, with_nginx, tmp_path, name, host, advskew,
                                     preempt))
-        client, backend = segment.netns("client"), segment.netns("backend")
+        client, backend = lab.node_netns("client"), lab.node_netns("backend")
         for netns, address in ((client, CLIENT), (backend, BACKEND)):
             run(["ip", "-n", netns, "addr", "add", f"{address}/24", "dev", "eth0"])
             run(["ip", "-n", netns, "link", "set", "eth0", "up"])
@@ -180,7 +183,7 @@ def proxies(with_nginx: Installed, tmp_path: Path) -> Iterator[ProxyPair]:
         if backend_proc is not None:
             backend_proc.kill()  # by its PID: the one process this started there
             backend_proc.wait()
-        segment.close()
+        lab.close()
         for node in nodes:
             node.overlay.unmount()
 
@@ -223,7 +226,7 @@ def test_a_long_download_through_nginx_survives_a_planned_hand_over_unbroken(
         with Stage(f"ifdown eth0 on the MASTER mid-download (ucarp-drain {DRAIN:g})"):
             ifdown = Background(a, "ifdown", "eth0")
             # the peer takes over at the bow-out while the old MASTER keeps the VIP, draining
-            wait_until(b.holds, 5, "the VIP on b")
+            wait_for(b.holds, 5, what="the VIP on b")
             drained = a.holds()
             out, _ = fetch.communicate(timeout=SECONDS + 2 * STALL)
     finally:

@@ -51,6 +51,7 @@ from pkgtools import (
 )
 
 from conftest import Lab, chroot_node
+from lab.poll import wait_for
 
 OLD_COMMIT = "3e95c8dec05b4d18c504e9fec99774859149d4de"
 """carpd 0.1.0 as released (debian/changelog 0.1.0-1)."""
@@ -259,15 +260,16 @@ def up_backup_first(pair: Pair) -> None:
 
 def wait_heard(node: Node, master: str, timeout: float = 10.0) -> None:
     """Until node's engine names master as the MASTER it hears (carpctl status --json)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        out = node.run("carpctl", "status", "eth0", "--json", check=False).output
+    def status() -> str:
+        return node.run("carpctl", "status", "eth0", "--json", check=False).output
+
+    def hears() -> bool:
         with contextlib.suppress(ValueError):
-            replies = json.loads(out)
-            if any(isinstance(r, dict) and r.get("master") == master for r in replies):
-                return
-        time.sleep(0.1)
-    raise AssertionError(f"{node.name} does not hear {master} as MASTER:\n{out}")
+            replies = json.loads(status())
+            return any(isinstance(r, dict) and r.get("master") == master for r in replies)
+        return False
+
+    wait_for(hears, timeout, 0.1, what=f"{node.name} hearing {master} as MASTER", detail=status)
 
 
 BROKEN_STANZA = """
