@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from lab.netns import UCARP, Network
+
+
+def _interrupted(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A run ended by SIGTERM (``timeout``, a CI job's cancel) stops as on Ctrl-C: pytest then
+    tears the fixtures down, so the namespaces and daemons the tests made are removed."""
+    signal.signal(signal.SIGTERM, _interrupted)
 
 
 @pytest.fixture

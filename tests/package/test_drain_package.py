@@ -16,12 +16,9 @@ would have ended, and the download is broken (it stalls at 1.25 of 3 MiB and tim
 
 from __future__ import annotations
 
-import hashlib
 import json
-import random
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,14 +33,13 @@ from pkgtools import (
     Node,
     Overlay,
     Pair,
-    Result,
     Stage,
     ifup_both,
     interfaces_file,
     record,
     run,
 )
-from test_proxy_package import BACKEND_SERVER, FETCH, in_netns
+from test_proxy_package import BACKEND_SERVER, FETCH, Background, expected_sha256, in_netns
 
 from conftest import Lab
 from lab.poll import wait_for
@@ -119,28 +115,6 @@ def serving(installed: Installed, tmp_path: Path) -> Iterator[ServingPair]:
             node.overlay.unmount()
 
 
-class Background:
-    """A node's command in a thread (an ``ifdown`` that returns once the drain is over)."""
-
-    def __init__(self, node: Node, *argv: str) -> None:
-        self.result: Result | None = None
-        self.ended: float | None = None
-        self._thread = threading.Thread(target=self._run, args=(node, argv), daemon=True)
-        self._thread.start()
-
-    def _run(self, node: Node, argv: tuple[str, ...]) -> None:
-        self.result = node.run(*argv, check=False, timeout=DRAIN_BOUND + 60)
-        self.ended = time.monotonic()
-
-    def join(self, timeout: float) -> bool:
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
-
-
-def expected_sha256() -> str:
-    return hashlib.sha256(random.Random(SEED).randbytes(SIZE)).hexdigest()
-
-
 def test_a_long_download_from_the_master_survives_ifdown_which_returns_when_it_ends(
         serving: ServingPair, tmp_path: Path) -> None:
     a, b, pair = serving.a, serving.b, serving.pair
@@ -155,7 +129,7 @@ def test_a_long_download_from_the_master_survives_ifdown_which_returns_when_it_e
         time.sleep(HAND_OVER_AFTER)
         assert fetch.poll() is None, "the download ended before the hand-over"
         with Stage(f"ifdown eth0 on the MASTER mid-download ({', '.join(DRAIN_LINES)})"):
-            ifdown = Background(a, "ifdown", "eth0")
+            ifdown = Background(a, "ifdown", "eth0", timeout=DRAIN_BOUND + 60)
             wait_for(b.holds, 5, what="the VIP on b")  # the peer takes over at the bow-out
             out, _ = fetch.communicate(timeout=SECONDS + 2 * STALL)
             assert ifdown.join(DRAIN_BOUND + 60), "ifdown eth0 did not return"
@@ -172,7 +146,7 @@ def test_a_long_download_from_the_master_survives_ifdown_which_returns_when_it_e
           "after its end")
     assert outcome["error"] is None, outcome
     assert outcome["received"] == SIZE, outcome
-    assert outcome["sha256"] == expected_sha256(), outcome
+    assert outcome["sha256"] == expected_sha256(SEED, SIZE), outcome
     assert ifdown.result is not None and ifdown.result.returncode == 0, ifdown.result
     assert -EARLY < let_go < LET_GO_WITHIN, f"ifdown returned {let_go:+.2f} s after the end"
     assert not a.engines() and not a.holds(), "the old MASTER kept an engine or the VIP"

@@ -191,14 +191,15 @@ def proxies(with_nginx: Installed, tmp_path: Path) -> Iterator[ProxyPair]:
 class Background:
     """A node's command in a thread (an ``ifdown`` that returns once the drain is over)."""
 
-    def __init__(self, node: Node, *argv: str) -> None:
+    def __init__(self, node: Node, *argv: str, timeout: float = DRAIN + 60) -> None:
         self.result: Result | None = None
         self.ended: float | None = None
+        self._timeout = timeout
         self._thread = threading.Thread(target=self._run, args=(node, argv), daemon=True)
         self._thread.start()
 
     def _run(self, node: Node, argv: tuple[str, ...]) -> None:
-        self.result = node.run(*argv, check=False, timeout=DRAIN + 60)
+        self.result = node.run(*argv, check=False, timeout=self._timeout)
         self.ended = time.monotonic()
 
     def join(self, timeout: float) -> bool:
@@ -206,8 +207,8 @@ class Background:
         return not self._thread.is_alive()
 
 
-def expected_sha256() -> str:
-    return hashlib.sha256(random.Random(SEED).randbytes(SIZE)).hexdigest()
+def expected_sha256(seed: int = SEED, size: int = SIZE) -> str:
+    return hashlib.sha256(random.Random(seed).randbytes(size)).hexdigest()
 
 
 def test_a_long_download_through_nginx_survives_a_planned_hand_over_unbroken(
