@@ -10,9 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from carpd import control, identity
-from carpd.config import ConfigError, EngineConfig, engine_config
 from carpd.daemon import Engine, source_address
 from carpd.logs import setup as setup_logging
+from carpd.problems import ConfigError
+from carpd.settings import EngineSettings, NoSettings, validated
 
 log = logging.getLogger("carpd")
 
@@ -25,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv:
         argv = ["--help"]
     try:
-        config = engine_config(argv)
+        config = validated(argv)  # in a process of its own: this one never loads pydantic
         sources = {o.vhid: source_address(o) for o in config.groups}
         locks = _take_groups(config)
     except ConfigError as error:
@@ -33,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
             for line in problem.located.splitlines():
                 print(f"carpd: {line}", file=sys.stderr)
         return EXIT_USAGE
+    except NoSettings as nothing:  # --help
+        return nothing.code
     options = config.first
     tag = f"carpd[{options.interface}]" if config.config_file else \
         f"carpd[{options.interface}/{options.vhid}]"
@@ -75,7 +78,7 @@ def _run(engine: Engine, signals_ready: Callable[[], None]) -> int:
     return engine.run(signals_ready)
 
 
-def _take_groups(config: EngineConfig) -> dict[int, identity.GroupLock]:
+def _take_groups(config: EngineSettings) -> dict[int, identity.GroupLock]:
     """Each group's identity in this network namespace, and the engine's socket: a second
     engine for a vhid, or for the interface's socket, is refused (ConfigError)."""
     options = config.first
@@ -118,7 +121,7 @@ def _vhids_of(reply: dict[str, object]) -> str:
     return str(reply.get("vhid"))
 
 
-def _runner(config: EngineConfig, vhid: int) -> str:
+def _runner(config: EngineSettings, vhid: int) -> str:
     """`` pid N`` of the engine that runs ``vhid``, if its socket says so."""
     options = config.first
     for path, request in ((control.socket_path(options.state_dir, options.interface, vhid),
@@ -145,7 +148,7 @@ def _daemonize() -> None:
     os.close(devnull)
 
 
-def _write_pidfile(config: EngineConfig) -> Path:
+def _write_pidfile(config: EngineSettings) -> Path:
     options = config.first
     name = f"{options.interface}.pid" if config.config_file else \
         f"{options.interface}.{options.vhid}.pid"

@@ -30,45 +30,23 @@ from carpd.options import (
     PER_ENGINE_KEYS,
     ROWS,
     Options,
-    Secret,
     environment_problems,
     interface_name,
     shown_name,
     without_secret,
 )
-from carpd.problems import HIDDEN, Problem
+from carpd.problems import HIDDEN, ConfigError, Problem
+from carpd.settings import STOP_MARGIN, Secret, stop_budget
 
-__all__ = ["FACILITIES", "FLAGS", "HIDDEN", "IFNAMSIZ", "INTERFACE_KEYS", "ConfigError",
-           "EngineConfig", "Options", "Secret", "build", "engine_config", "from_command_line",
+__all__ = ["FACILITIES", "FLAGS", "HIDDEN", "IFNAMSIZ", "INTERFACE_KEYS", "STOP_MARGIN",
+           "ConfigError", "EngineConfig", "Options", "Secret", "build", "engine_config",
+           "from_command_line",
            "interface_name", "parser", "read_passfile", "stop_budget", "validate",
            "without_secret"]
 
 
-class ConfigError(ValueError):
-    """Values a person gave are not allowed; :attr:`problems` says which, and what is."""
-
-    def __init__(self, problems: str | Problem | list[Problem]) -> None:
-        if isinstance(problems, str):
-            problems = [Problem(problems)]
-        elif isinstance(problems, Problem):
-            problems = [problems]
-        super().__init__("\n".join(p.located for p in problems))
-        self.problems = problems
-
-
 FLAGS: dict[str, str] = {row.name: shown_name(row.name) for row in ROWS if row.is_field}
 """Option name in the model -> how a person writes it on ucarp's command line."""
-
-
-STOP_MARGIN = 15.0
-"""Seconds beyond the drain and the down script that stopping an engine may take."""
-
-
-def stop_budget(drain: float, script_timeout: float) -> float:
-    """How long stopping an engine may take before it is killed: the drain, then the down
-    script, then the margin.  The systemd unit (through EXTEND_TIMEOUT_USEC) and carpd's own
-    supervisor both wait this long."""
-    return drain + script_timeout + STOP_MARGIN
 
 
 def _problem(item: Any, names: Mapping[str, str], given: Mapping[str, Any]) -> Problem:

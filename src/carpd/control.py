@@ -29,6 +29,10 @@ IDLE_TIMEOUT = 2.0
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 
+LATER: dict[str, Any] = {"ok": False, "error": "answered later"}
+"""What a handler returns (this very object) for a request it answers later, with
+:meth:`ControlServer.answer_waiting` (a reload, while its file is validated)."""
+
 
 def socket_path(state_dir: Path, ifname: str, vhid: int | None = None) -> Path:
     """The engine's socket: ``IFACE.sock`` for an engine of the interface (one run with
@@ -52,6 +56,8 @@ class ControlServer:
         self._handler = handler
         self._clock = clock
         self._clients: dict[int, _Client] = {}
+        self.waiting: list[socket.socket] = []
+        """Clients whose request is answered later: no longer read, not yet answered."""
         path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
@@ -116,8 +122,20 @@ class ControlServer:
         return True
 
     def _answer(self, conn: socket.socket, line: bytes) -> None:
+        reply = self._reply(line)
+        if reply is LATER:
+            self.waiting.append(conn)
+            return
         with contextlib.suppress(OSError):
-            conn.send(json.dumps(self._reply(line)).encode() + b"\n")
+            conn.send(json.dumps(reply).encode() + b"\n")
+
+    def answer_waiting(self, reply: dict[str, Any]) -> None:
+        """Answer (and close) every client :data:`LATER` kept waiting."""
+        waiting, self.waiting = self.waiting, []
+        for conn in waiting:
+            with contextlib.suppress(OSError):
+                conn.send(json.dumps(reply).encode() + b"\n")
+            conn.close()
 
     def _reply(self, line: bytes) -> dict[str, Any]:
         try:
@@ -133,6 +151,9 @@ class ControlServer:
         for client in self._clients.values():
             client.conn.close()
         self._clients.clear()
+        for conn in self.waiting:
+            conn.close()
+        self.waiting.clear()
         self._listener.close()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()

@@ -25,10 +25,11 @@ from ipaddress import IPv4Address
 from typing import Any, Generic, TypeVar
 
 from carpd import _memory, control, drainsock, identity, netlink, sdnotify, wire
-from carpd.config import ConfigError, EngineConfig, Options, engine_config, stop_budget
 from carpd.election import State
 from carpd.group import Group
 from carpd.net import Link
+from carpd.problems import ConfigError
+from carpd.settings import EngineSettings, NoSettings, Settings, Validation, stop_budget
 from carpd.watchdog import Watchdog
 
 log = logging.getLogger("carpd")
@@ -43,7 +44,7 @@ __all__ = ["EXIT_SIGNALS", "Engine", "source_address"]
 T = TypeVar("T")
 
 
-def source_address(options: Options) -> IPv4Address:
+def source_address(options: Settings) -> IPv4Address:
     """The group's -s/--srcip, or the interface's primary address (ConfigError if none)."""
     if options.srcip is not None:
         return options.srcip
@@ -151,7 +152,7 @@ def vhid_of(packet: bytes) -> int | None:
 class Engine:
     """Every group of one interface, wired to the real world."""
 
-    def __init__(self, config: EngineConfig, sources: dict[int, IPv4Address],
+    def __init__(self, config: EngineSettings, sources: dict[int, IPv4Address],
                  argv: list[str] | None = None,
                  locks: dict[int, identity.GroupLock] | None = None) -> None:
         first = config.first
@@ -171,7 +172,7 @@ class Engine:
                        for o in config.groups}
         self.retiring: dict[int, Group] = {}
         """Groups removed (or changed) by a reload, or stopping: bowing out, draining, down."""
-        self._replacements: dict[int, tuple[Options, IPv4Address]] = {}
+        self._replacements: dict[int, tuple[Settings, IPv4Address]] = {}
         self._locks = dict(locks or {})
         path = control.socket_path(first.state_dir, self.ifname,
                                    None if self.tagged else first.vhid)
@@ -185,6 +186,8 @@ class Engine:
         self._infos: dict[str, netlink.InterfaceInfo] = {}
         """Interface info read during this loop turn (forgotten at the next)."""
         self.watchdog: Watchdog | None = None
+        self._validation: Validation | None = None
+        """The --config file of a reload being validated (see :meth:`reload`)."""
         self._timer_queue: TimerQueue[Group] = TimerQueue(timers_due_at)
 
     # ---- what groups see of the interface (carpd.group.Port) ------------------------------------
@@ -377,7 +380,11 @@ class Engine:
             self._selector.register(conn, selectors.EVENT_READ, self._on_control_client)
 
     def _on_control_client(self, conn: Any) -> None:
-        if self.control.serve(conn):
+        if not self.control.serve(conn):
+            return
+        if conn in self.control.waiting:  # answered later (a reload): only no longer read
+            self._selector.unregister(conn)
+        else:
             self._drop_client(conn)
 
     def _drop_client(self, conn: socket.socket) -> None:
@@ -461,16 +468,37 @@ class Engine:
 
     def reload(self) -> dict[str, Any]:
         """Read the --config file again: start new groups, release removed ones as at a stop,
-        restart changed ones, leave the others untouched.  An invalid file changes nothing."""
+        restart changed ones, leave the others untouched.  An invalid file changes nothing.
+        The file is validated in a process of its own (see :mod:`carpd.validate`) while the
+        loop goes on; the client is answered once it is done (:meth:`_on_validated`)."""
         if self.config.config_file is None or self.argv is None:
             return {"ok": False, "error": "reload: this engine was started without --config: "
                                           "there is no file to read again"}
+        if self._validation is not None:
+            return {"ok": False, "error": "reload: another reload is under way: try again"}
         try:
-            new = engine_config(self.argv)
+            self._validation = Validation(self.argv)
+        except OSError as error:
+            log.error("reload refused, nothing changed: %s", error)
+            return {"ok": False, "error": f"reload refused, nothing changed: {error}"}
+        self._selector.register(self._validation, selectors.EVENT_READ, self._on_validated)
+        return control.LATER
+
+    def _on_validated(self, _fileobj: Any) -> None:
+        validation = self._validation
+        if validation is None or not validation.read():
+            return
+        self._selector.unregister(validation)
+        self._validation = None
+        self.control.answer_waiting(self._reload_with(validation))
+
+    def _reload_with(self, validation: Validation) -> dict[str, Any]:
+        try:
+            new = validation.result()
             self._check_fixed(new)
             sources = {o.vhid: source_address(o) for o in new.groups}
             self._lock_new(new)
-        except (ConfigError, identity.GroupTaken) as error:
+        except (ConfigError, NoSettings, identity.GroupTaken) as error:
             log.error("reload refused, nothing changed: %s", error)
             return {"ok": False, "error": f"reload refused, nothing changed: {error}"}
         wanted = {o.vhid: (o, sources[o.vhid]) for o in new.groups}
@@ -482,14 +510,14 @@ class Engine:
                  self.config.config_file, *(_vhids(plan[k]) for k in plan))
         return {**self._answer(list(self.groups.values())), **plan}
 
-    def _check_fixed(self, new: EngineConfig) -> None:
+    def _check_fixed(self, new: EngineSettings) -> None:
         old = self.config.first
         for key in RELOAD_FIXED:
             if getattr(new.first, key) != getattr(old, key):
                 raise ConfigError(f"{key}: {getattr(new.first, key)!s} instead of "
                                   f"{getattr(old, key)!s}: restart the engine to change it")
 
-    def _lock_new(self, new: EngineConfig) -> None:
+    def _lock_new(self, new: EngineSettings) -> None:
         """Take the identity of each group not run yet (GroupTaken if another engine runs
         one: then none is taken)."""
         taken: dict[int, identity.GroupLock] = {}
@@ -504,7 +532,7 @@ class Engine:
                                       "network namespace") from None
         self._locks.update(taken)
 
-    def _plan(self, wanted: dict[int, tuple[Options, IPv4Address]]) -> dict[str, list[int]]:
+    def _plan(self, wanted: dict[int, tuple[Settings, IPv4Address]]) -> dict[str, list[int]]:
         running = self.groups
         return {
             "started": [v for v in wanted if v not in running],
@@ -516,7 +544,7 @@ class Engine:
         }
 
     def _apply(self, plan: dict[str, list[int]],
-               wanted: dict[int, tuple[Options, IPv4Address]]) -> None:
+               wanted: dict[int, tuple[Settings, IPv4Address]]) -> None:
         now = time.monotonic()
         for vhid in plan["stopped"]:
             self._retire(vhid, now)
@@ -536,7 +564,7 @@ class Engine:
         self._replacements.pop(vhid, None)
         group.begin_stop(now)
 
-    def _add_group(self, options: Options, source: IPv4Address, now: float) -> None:
+    def _add_group(self, options: Settings, source: IPv4Address, now: float) -> None:
         group = Group(options, source, self, self.tagged)
         self.groups[options.vhid] = group
         if self.watchdog is not None:
@@ -596,6 +624,8 @@ class Engine:
         for group in self.retiring.values():
             group.log.error("scripts still running at exit")
             group.release()
+        if self._validation is not None:
+            self._validation.close()
         self.control.close()
         self.link.close()
         if self.signals is not None:

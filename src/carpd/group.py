@@ -22,11 +22,11 @@ from typing import Any, Protocol
 
 from carpd import election, health, netlink, release, scripts, sdnotify, strays, wire
 from carpd.arpguard import ArpGuard, StrayForwarder
-from carpd.config import Options
 from carpd.election import Action, Script, State
 from carpd.logs import RateLimiter
 from carpd.net import random_counter, random_ident
 from carpd.scripts import ScriptRunner
+from carpd.settings import Settings
 
 log = logging.getLogger("carpd")
 
@@ -74,7 +74,7 @@ class _VhidLog(logging.LoggerAdapter):  # type: ignore[type-arg]
 class Group:
     """One vhid on the engine's interface, wired to the real world through ``port``."""
 
-    def __init__(self, options: Options, source: IPv4Address, port: Port,
+    def __init__(self, options: Settings, source: IPv4Address, port: Port,
                  tagged: bool = False) -> None:
         self.options = options
         self.source = source
@@ -436,7 +436,7 @@ class Group:
                              ", ".join(str(a) for a in removed), ifname, why)
 
 
-def _tracked(options: Options) -> tuple[str, ...]:
+def _tracked(options: Settings) -> tuple[str, ...]:
     """The tracked interfaces, and the VIP's own when the adverts go out on another: without
     carrier there, the group is unhealthy (a healthy peer takes the VIP)."""
     extra = (options.vip_on,) if options.vip_on != options.interface else ()
@@ -451,7 +451,7 @@ def _clock(wall: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(wall))
 
 
-def params(options: Options, source: IPv4Address) -> election.Params:
+def params(options: Settings, source: IPv4Address) -> election.Params:
     return election.Params(
         vhid=options.vhid, key=options.password, vip=options.addr, source=source,
         advbase=options.advbase, advskew=options.advskew, deadratio=options.deadratio,
@@ -462,7 +462,7 @@ def params(options: Options, source: IPv4Address) -> election.Params:
     )
 
 
-def script_argv(options: Options) -> dict[Script, list[str] | None]:
+def script_argv(options: Settings) -> dict[Script, list[str] | None]:
     """The group's up and down scripts as they are run (:func:`carpd.scripts.script_argv`)."""
     def argv(path: Path | None) -> list[str] | None:
         return scripts.script_argv(path, options.scripts_interface, options.addr,

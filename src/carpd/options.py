@@ -48,6 +48,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from carpd import identity, wire
 from carpd.problems import HIDDEN
+from carpd.settings import Secret
 
 FACILITIES = (
     "auth", "authpriv", "cron", "daemon", "ftp", "kern", "lpr", "mail", "news", "syslog", "user",
@@ -128,18 +129,6 @@ PER_ENGINE = _PerEngine()
 
 
 # -- the values --------------------------------------------------------------------------------
-
-class Secret(bytes):
-    """The password: bytes wherever it is used (HMAC key), but never shown by repr() or str(),
-    so no log line, traceback or error message can carry it."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return f"Secret({HIDDEN})"
-
-    __str__ = __repr__
-
 
 def executable_file(path: Path) -> bool:
     return path.is_file() and os.access(path, os.X_OK)

@@ -80,6 +80,18 @@ class Problems(ValueError):
         self.problems = problems
 
 
+class ConfigError(ValueError):
+    """Values a person gave are not allowed; :attr:`problems` says which, and what is."""
+
+    def __init__(self, problems: str | Problem | list[Problem]) -> None:
+        if isinstance(problems, str):
+            problems = [Problem(problems)]
+        elif isinstance(problems, Problem):
+            problems = [problems]
+        super().__init__("\n".join(p.located for p in problems))
+        self.problems = problems
+
+
 def in_order(problems: list[Problem], files: list[str]) -> list[Problem]:
     """``problems`` by file (in the order ``files`` were read), then line; a problem without a
     place first, and the order found kept among equals."""

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import select
+import socket
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
 import pytest
+from groups import group, start_groups
+
+from carpd import control
+from lab.netns import Network, wait_for
 
 PACKAGE = Path(__file__).resolve().parents[2] / "src" / "carpd"
 
@@ -77,3 +84,48 @@ def test_the_release_takes_the_vip_whatever_its_prefix_and_the_alias_with_the_st
     assert "10.9.9.20/" not in left and "10.9.9.21/" not in left
     ours = {m for m in seen["modules"] if m.split(".")[0] in ("carpd", "pyroute2", "pydantic")}
     assert ours == {"carpd", "carpd.release"}
+
+
+def mapped_files(pid: int) -> set[str]:
+    """The files a process has mapped: its interpreter, every shared library it loaded."""
+    lines = Path(f"/proc/{pid}/maps").read_text().splitlines()
+    return {line.split(maxsplit=5)[5] for line in lines if len(line.split(maxsplit=5)) == 6}
+
+
+def test_the_running_engine_never_loads_pydantic_not_at_start_nor_at_a_reload(
+        net: Network) -> None:
+    """Validation (pydantic) runs in a short-lived process of its own: the engine that stays
+    (issue 9: at most 30 MB for one group) gets plain, validated settings."""
+    a = net.add_node("10.9.1.1")
+    engine = start_groups(net, a, [group(1)])
+    wait_for(lambda: engine.state(1) == "MASTER", 15)
+    at_start = mapped_files(engine.pid)
+    engine.rewrite([group(1), group(2)])
+    assert engine.request(cmd="reload")["ok"] is True
+    engine.rewrite([group(1), group(2, advskew=300)])
+    refused = engine.request(cmd="reload")
+    assert refused["ok"] is False
+    assert "advskew" in refused["error"] and "less than or equal to 255" in refused["error"]
+    after_reloads = mapped_files(engine.pid)
+    assert any(".so" in name for name in at_start)  # the maps do list the libraries loaded
+    assert [n for n in at_start | after_reloads if "pydantic" in n] == []
+    assert sorted(engine.groups()) == [1, 2]
+
+
+def test_the_engine_answers_while_a_reload_is_being_validated(net: Network) -> None:
+    """Validation in its own process takes a fresh interpreter's start (some 0.3 s): the loop
+    goes on meanwhile (adverts, control requests); the reload is answered when it is done."""
+    a = net.add_node("10.9.1.1")
+    engine = start_groups(net, a, [group(1)])
+    wait_for(lambda: engine.state(1) == "MASTER", 15)
+    engine.rewrite([group(1), group(2)])
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as reloading:
+        reloading.settimeout(10)
+        reloading.connect(str(control.socket_path(engine.state_dir, "eth0")))
+        reloading.sendall(b'{"cmd": "reload"}\n')
+        time.sleep(0.05)  # the engine has the reload in hand
+        engine.request(cmd="status")
+        reload_answered_first, _, _ = select.select([reloading], [], [], 0)
+        reply = json.loads(reloading.makefile("rb").readline())
+    assert reply["ok"] is True and reply["started"] == [2], reply
+    assert not reload_answered_first, "the status waited for the reload"

@@ -5,15 +5,20 @@ follow it, and a test fails when any of them drifts from it."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
+from pydantic_core import PydanticUndefined
 
 from carpd import config, options
 from carpd.ifupdown import groups, runtime
 from carpd.ifupdown import stanza as ucarp
 from carpd.options import ROWS, Kind
+from carpd.settings import Settings, settings_from_plain, settings_to_plain
 
 DEBIAN = Path(__file__).resolve().parents[2] / "debian"
 HELP = {"-h", "--help"}
@@ -182,3 +187,48 @@ def test_the_table_builds_a_parser_that_refuses_an_unknown_flag() -> None:
     with pytest.raises(config.ConfigError):
         config.parser().parse_args(["--frobnicate"])
     assert isinstance(config.parser(), argparse.ArgumentParser)
+
+
+def _every_field_given() -> options.Options:
+    """Options with every field set away from its default (the scripts: this interpreter)."""
+    return options.Options(
+        interface="lo", vhid=7, addr="10.1.2.3", password=b"\xffnot utf-8", upscript=sys.executable,
+        downscript=sys.executable, preempt=True, advskew=9, advbase=2, deadratio=4, nomcast=True,
+        xparam="x y", facility="local3", neutral=True, ignoreifstate=True, mcast="224.0.0.19",
+        debug=True, srcip="10.1.2.1", shutdown=True, daemonize=True, pidfile="/run/x.pid",
+        ucarp_mac=True, script_timeout=5, state_dir="/tmp/s", drain=1.5, drain_connections=3,
+        reannounce=4, replay_check=False,
+        track_script=[f"{sys.executable} -c 'pass'", ["/bin/true"]],
+        track_interval=2, track_timeout=1.5, track_fall=3, track_rise=4,
+        track_interface="eth1 eth2", script_interface="lo:1", vip_interface="lo",
+        persist_dir="/tmp/p")
+
+
+def test_the_engines_settings_have_every_field_of_the_table_in_order_with_its_default() -> None:
+    table = options.Options.model_fields
+    assert [f.name for f in dataclasses.fields(Settings)] == list(table)
+    for f in dataclasses.fields(Settings):
+        default = table[f.name].default
+        expected = dataclasses.MISSING if default is PydanticUndefined else default
+        assert f.default == expected, f.name
+
+
+def test_every_field_reaches_the_engine_through_json_as_the_model_made_it() -> None:
+    given = _every_field_given()
+    plain = json.loads(json.dumps(settings_to_plain(given)))
+    settings = settings_from_plain(plain)
+    for name in options.Options.model_fields:
+        value = getattr(settings, name)
+        assert value == getattr(given, name), name
+        assert type(value) is type(getattr(given, name)), name
+        assert value != options.Options.model_fields[name].default, f"{name} left at default"
+
+
+def test_the_engines_settings_offer_every_property_of_the_model() -> None:
+    properties = [n for n, v in vars(options.Options).items() if isinstance(v, property)]
+    assert {"vip_on", "scripts_interface"} <= set(properties)
+    bare = options.Options(interface="lo", addr="10.1.2.3", password=b"p")
+    for given in (_every_field_given(), bare):
+        settings = settings_from_plain(settings_to_plain(given))
+        for name in properties:
+            assert getattr(settings, name) == getattr(given, name), name
