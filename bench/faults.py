@@ -192,9 +192,10 @@ def classify(ns: str) -> Procs:
         text = shown(argv)
         if not argv:
             continue
-        if "carpd.ifupdown.main" in text and "supervise" in argv:
+        if "carpd.debian.ifupdown.main" in text and "supervise" in argv:
             procs.supervisors.append(pid)
-        elif "carpd.watchdog" in argv or any(a.endswith("/carpd/watchdog.py") for a in argv[:4]):
+        elif "carpd.engine.watchdog" in argv or any(a.endswith("/carpd/engine/watchdog.py")
+                                                           for a in argv[:4]):
             procs.watchdogs.append(pid)
         elif "--config" in argv and any(Path(a).name == "carpd" for a in argv[:3]):
             procs.engines.append(pid)
@@ -459,7 +460,7 @@ def check_node(cluster: Cluster, name: str, outcome: Outcome) -> None:
 def stale_files(cluster: Cluster, name: str, procs: Procs) -> list[str]:
     allowed = {"eth0.log", "eth0.hook"}
     if procs.supervisors or cluster.state_has(name, "eth0"):
-        # eth0.groups: every group ifupdown has up, kept with the conf (src/carpd/ifupdown)
+        # eth0.groups: every group ifupdown has up, kept with the conf (src/carpd/debian/ifupdown)
         allowed |= {"eth0.conf", "eth0.env", "eth0.supervisor", "eth0.groups"}
     if procs.engines:
         allowed |= {f"eth0.{VHID}.sock", "eth0.sock"}  # a group's socket, the interface's

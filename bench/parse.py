@@ -22,7 +22,8 @@ system runs it; without them each stanza stops at "must be an existing executabl
 
 For each version and size: ``parse`` is the best of REPS in-process runs of
 ``interfaces.parse``; ``carpctl check`` is the best of REPS wall times of the whole command
-(``python -m carpd.carpctl check FILE``: start-up, parse, check every stanza, password warnings)
+(``python -m carpd.debian.carpctl check FILE``: start-up, parse, check every stanza, password
+warnings)
 as a user runs it.  0.1.0 runs once per size (it is quadratic: minutes at 20,000).
 
 ucarp has no counterpart: Debian's ucarp hook reads no interfaces file (ifupdown hands it the
@@ -94,14 +95,14 @@ def in_private_mounts(share: Path, command: list[str],
 
 def worker(source: str, path: str, reps: int) -> dict[str, Any]:
     """Run with PYTHONPATH=source (see :func:`in_private_mounts`), as is its carpctl command."""
-    from carpd import carpctl
-    from carpd.ifupdown import interfaces
+    from carpd.debian import carpctl
+    from carpd.debian.ifupdown import interfaces
 
     assert carpctl.__file__.startswith(source), carpctl.__file__
     assert Path("/usr/share/carpd/vip-up").is_file()
     parse = min(_seconds(lambda: interfaces.parse(path)) for _ in range(reps))
     command = [sys.executable, "-c", "import sys; "
-               "from carpd.carpctl import main; sys.exit(main(sys.argv[1:]))", "check", path]
+               "from carpd.debian.carpctl import main; sys.exit(main(sys.argv[1:]))", "check", path]
     runs = [_command_seconds(command) for _ in range(reps)]
     return {"parse": parse, "check": min(seconds for seconds, _out in runs),
             "output": runs[0][1]}

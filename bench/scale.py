@@ -13,7 +13,7 @@ Once all are MASTER the case is measured for SECONDS:
   ("late", both daemons);
 - carpd also against its schedule: a MASTER's core schedules advert k at the instant it took
   over + k intervals (it counts each interval from when the advert was due, so this never
-  drifts), and the engine sends it up to ``carpd.daemon.schedule_offset(vhid)`` earlier (the
+  drifts), and the engine sends it up to ``carpd.engine.daemon.schedule_offset(vhid)`` earlier (the
   groups spread over a few ms) plus ``ADVERT_LEAD`` (for the loop's own wake-up lateness).
   The bench reads each group's takeover instant ("since", wall clock to the ms) from the
   control socket and reports each advert's time on the bridge less (since + k intervals -
@@ -57,8 +57,8 @@ from itertools import pairwise
 from pathlib import Path
 
 from bench.common import machine_line, run_seconds, table, write_json
-from carpd import control
-from carpd.daemon import schedule_offset
+from carpd.engine import control
+from carpd.engine.daemon import schedule_offset
 from lab.netns import CARPD, PASSWORD, UCARP, CarpFrame, Network, Node, network
 from lab.netns import run as sh
 from lab.poll import Timeout, wait_for

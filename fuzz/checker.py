@@ -26,8 +26,8 @@ from ipaddress import IPv4Address
 from itertools import pairwise
 from typing import NamedTuple
 
-from carpd import wire
-from carpd.election import (
+from carpd.core import wire
+from carpd.core.election import (
     RECENT_COUNTERS,
     TRANSITION_BURST,
     TRANSITIONS_PER_SECOND,

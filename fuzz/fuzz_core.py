@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Fuzz carpd's pure core: frames through carpd.wire into several carpd.election.VirtualHosts.
+"""Fuzz carpd's pure core: frames through carpd.core.wire into several
+carpd.core.election.VirtualHosts.
 
     python -m fuzz.fuzz_core --frames 1000000 --seed 20261201
 
@@ -23,8 +24,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from ipaddress import IPv4Address
 
-from carpd import wire
-from carpd.election import Action, Params, SendAdvert, VirtualHost
+from carpd.core import wire
+from carpd.core.election import Action, Params, SendAdvert, VirtualHost
 from fuzz.checker import HostChecker, Invariant, Violation
 from fuzz.generators import GROUP, KEY, VIP, Frame, FrameSource, packet
 

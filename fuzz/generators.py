@@ -1,4 +1,5 @@
-"""The frames the fuzzer drives through carpd.wire and carpd.election, one generator per kind.
+"""The frames the fuzzer drives through carpd.core.wire and carpd.core.election, one generator per
+kind.
 
 Every generator returns raw bytes: an IPv4 packet (what ``VirtualHost.receive`` takes) or, for a
 share of them, a whole Ethernet frame that goes through ``wire.strip_ethernet`` first.  Valid
@@ -14,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
-from carpd import wire
+from carpd.core import wire
 
 KEY = b"fuzz-secret"
 VIP = IPv4Address("10.99.0.100")

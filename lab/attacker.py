@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
 
-from carpd import net, wire
+from carpd.core import wire
+from carpd.engine import link
 from lab.netns import REPO, Capture, CarpFrame, Network, Node, in_netns
 
 PYTHON = str(REPO / ".venv" / "bin" / "python")
@@ -138,16 +139,16 @@ class SentBy(Capture):
     def __init__(self, network: Network, node: Node) -> None:
         super().__init__(network.switch, node.port)
         program = [
-            (net.BPF_LD_W_ABS, 0, 0, net.SKF_AD_PKTTYPE),
-            (net.BPF_JMP_JEQ_K, 5, 0, net.PACKET_OUTGOING),  # forwarded to the node: not its own
-            (net.BPF_LD_H_ABS, 0, 0, 12),
-            (net.BPF_JMP_JEQ_K, 0, 3, wire.ETH_P_IP),
-            (net.BPF_LD_B_ABS, 0, 0, 23),
-            (net.BPF_JMP_JEQ_K, 0, 1, wire.CARP_PROTO),
-            (net.BPF_RET_K, 0, 0, 0xFFFF),
-            (net.BPF_RET_K, 0, 0, 0),
+            (link.BPF_LD_W_ABS, 0, 0, link.SKF_AD_PKTTYPE),
+            (link.BPF_JMP_JEQ_K, 5, 0, link.PACKET_OUTGOING),  # forwarded to the node: not its own
+            (link.BPF_LD_H_ABS, 0, 0, 12),
+            (link.BPF_JMP_JEQ_K, 0, 3, wire.ETH_P_IP),
+            (link.BPF_LD_B_ABS, 0, 0, 23),
+            (link.BPF_JMP_JEQ_K, 0, 1, wire.CARP_PROTO),
+            (link.BPF_RET_K, 0, 0, 0xFFFF),
+            (link.BPF_RET_K, 0, 0, 0),
         ]
-        net.attach_filter(self._sock, program)  # Capture itself skips what came before
+        link.attach_filter(self._sock, program)  # Capture itself skips what came before
 
 
 def gaps(frames: Sequence[CarpFrame]) -> list[float]:

@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
 
-from carpd import control, wire
+from carpd.core import wire
+from carpd.engine import control
 from lab.poll import Timeout as Timeout
 from lab.poll import wait_for as wait_for
 

@@ -15,7 +15,7 @@ import struct
 from ipaddress import IPv4Address
 from types import TracebackType
 
-from carpd import wire
+from carpd.core import wire
 from lab.netns import CarpFrame, Node, in_netns
 
 _ETH_HEADER_LEN = 14

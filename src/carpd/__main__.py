@@ -1,5 +1,5 @@
 import sys
 
-from carpd.cli import main
+from carpd.engine.cli import main
 
 sys.exit(main())

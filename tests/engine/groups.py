@@ -11,7 +11,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
-from carpd import control
+from carpd.engine import control
 from lab.netns import CARPD, PASSWORD, Daemon, Event, Network, Node
 
 VIPS = {1: IPv4Address("10.9.1.101"), 2: IPv4Address("10.9.1.102"),

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from carpd import arpguard
-from carpd.arpguard import ArpGuardError, quoted_ifname, table_name
+from carpd.engine import arpguard
+from carpd.engine.arpguard import ArpGuardError, quoted_ifname, table_name
 
 VIP = IPv4Address("10.9.0.100")
-SRC = Path(arpguard.__file__).resolve().parents[1]
+SRC = Path(arpguard.__file__).resolve().parents[2]
 
 
 def test_interfaces_that_differ_only_in_punctuation_get_tables_of_their_own() -> None:
@@ -68,7 +68,7 @@ def netns() -> Iterator[str]:
 GUARDS = textwrap.dedent("""\
     import sys
     from ipaddress import IPv4Address
-    from carpd.arpguard import ArpGuard
+    from carpd.engine.arpguard import ArpGuard
     guards = [ArpGuard(name, 1, IPv4Address(sys.argv[1])) for name in sys.argv[2:]]
     print(" ".join(str(g.engage()) for g in guards), flush=True)
     sys.stdin.readline()  # the tables live as long as this process

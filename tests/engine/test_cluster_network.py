@@ -20,7 +20,7 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from carpd import control
+from carpd.engine import control
 from lab.netns import CARPD, PASSWORD, VIP, Capture, Daemon, Network, Node, in_netns, run, wait_for
 
 pytestmark = pytest.mark.netns

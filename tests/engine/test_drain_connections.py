@@ -26,8 +26,8 @@ from test_drain_forwarding import (
     servers,
 )
 
-from carpd import drainsignal
-from carpd.drainsock import SignalSocket, vhid_of
+from carpd.core import drainsignal
+from carpd.engine.drainsock import SignalSocket, vhid_of
 from lab.netns import VIP, Daemon, Network, Node, in_netns, wait_for
 
 pytestmark = [pytest.mark.netns]

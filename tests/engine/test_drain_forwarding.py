@@ -247,7 +247,7 @@ def test_the_engines_keep_downloads_across_a_hand_over_and_back(
 HOLDER = """
 import sys
 from ipaddress import IPv4Address
-from carpd.arpguard import ArpGuard, StrayForwarder
+from carpd.engine.arpguard import ArpGuard, StrayForwarder
 vip = IPv4Address(sys.argv[1])
 guard, forwarder = ArpGuard("eth0", 1, vip), StrayForwarder("eth0", 1, vip)
 for line in sys.stdin:

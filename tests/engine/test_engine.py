@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from ipaddress import IPv4Address
 from pathlib import Path
 
-from carpd import control
+from carpd.engine import control
 from lab.netns import CARPD, VIP, Daemon, Network, Node, in_netns, run, wait_for
 
 ETH_P_ARP = 0x0806

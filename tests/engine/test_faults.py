@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from carpd import control
+from carpd.engine import control
 from lab.netns import VIP, Daemon, Network, Node, run, wait_for
 
 OVERFLOW_EVENTS = 20_000

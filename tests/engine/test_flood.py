@@ -16,8 +16,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from carpd import wire
-from carpd.net import RECEIVE_BATCH, Link
+from carpd.core import wire
+from carpd.engine.link import RECEIVE_BATCH, Link
 from lab.attacker import (
     KINDS,
     Flood,

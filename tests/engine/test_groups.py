@@ -19,7 +19,7 @@ from pathlib import Path
 
 from groups import VIPS, GroupsEngine, group, start_groups
 
-from carpd import control
+from carpd.engine import control
 from lab.netns import Network, Node, in_netns, wait_for
 
 
@@ -163,7 +163,7 @@ def test_sigusr2_steps_every_group_down_and_the_peer_takes_them_all(net: Network
 
 
 def carpctl(node: Node, state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return node.exec(sys.executable, "-m", "carpd.carpctl", "--state-dir", str(state_dir),
+    return node.exec(sys.executable, "-m", "carpd.debian.carpctl", "--state-dir", str(state_dir),
                      *args, check=False)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from carpd.health import OUTPUT_KEPT, Health
+from carpd.engine.health import OUTPUT_KEPT, Health
 from lab.netns import in_netns, run, wait_for
 
 

@@ -11,7 +11,7 @@ PROBE = r'''
 import json, select, subprocess, socket
 from pyroute2 import IPRSocket
 from pyroute2.netlink.rtnl import RTMGRP_LINK
-from carpd import netlink
+from carpd.engine import netlink
 run = lambda *a: subprocess.run(["ip", *a], check=True)
 run("link", "add", "br0", "type", "bridge")
 run("link", "add", "p0", "type", "veth", "peer", "name", "p1")

@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 from groups import group, start_groups
 
-from carpd import control
+from carpd.engine import control
 from lab.netns import Network, wait_for
 
 PACKAGE = Path(__file__).resolve().parents[2] / "src" / "carpd"
 
 IMPORTS = r'''
 import json, sys
-from carpd import netlink
+from carpd.engine import netlink
 before = sorted(m for m in sys.modules if m.startswith(("pyroute2.ndb", "pyroute2.ipdb",
                                                         "pyroute2.nftables", "pyroute2.remote")))
 info = netlink.interface_info("lo")
@@ -46,7 +46,7 @@ RELEASE = r'''
 import json, sys
 sys.path.insert(0, sys.argv[1])
 from ipaddress import IPv4Address
-from carpd import release
+from carpd.engine import release
 vip = IPv4Address("10.9.9.9")
 print(json.dumps({
     "removed": [release.remove_address("v0", vip), release.remove_address("v0", vip)],
@@ -83,7 +83,7 @@ def test_the_release_takes_the_vip_whatever_its_prefix_and_the_alias_with_the_st
     assert "10.9.9.9/28" not in left and "10.9.9.1/24" in left and "10.9.9.30/32" in left
     assert "10.9.9.20/" not in left and "10.9.9.21/" not in left
     ours = {m for m in seen["modules"] if m.split(".")[0] in ("carpd", "pyroute2", "pydantic")}
-    assert ours == {"carpd", "carpd.release"}
+    assert ours == {"carpd", "carpd.engine.release"}
 
 
 def mapped_files(pid: int) -> set[str]:

@@ -53,7 +53,7 @@ def carpd(ns: str, passfile: Path) -> subprocess.Popen[str]:
 
 
 def carpctl_status(ns: str) -> subprocess.CompletedProcess[str]:
-    return sh("ip", "netns", "exec", ns, sys.executable, "-m", "carpd.carpctl", "status",
+    return sh("ip", "netns", "exec", ns, sys.executable, "-m", "carpd.debian.carpctl", "status",
               "--json", check=False)
 
 

@@ -9,18 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from carpd import config
+from carpd.config import load
 
 BASE = ["-i", "lo", "-a", "10.0.0.1", "-s", "127.0.0.1"]
 
 
-def parse(*extra: str) -> config.Options:
-    return config.from_command_line([*BASE, *extra])
+def parse(*extra: str) -> load.Options:
+    return load.from_command_line([*BASE, *extra])
 
 
 def refusal(*argv: str) -> str:
-    with pytest.raises(config.ConfigError) as caught:
-        config.from_command_line(list(argv))
+    with pytest.raises(load.ConfigError) as caught:
+        load.from_command_line(list(argv))
     return str(caught.value)
 
 
@@ -28,7 +28,7 @@ def test_the_usual_ucarp_start_line_parses_unchanged(tmp_path: Path) -> None:
     up = tmp_path / "vip-up"
     up.write_text("#!/bin/sh\n")
     up.chmod(0o755)
-    engine = config.engine_config(
+    engine = load.engine_config(
         ["-i", "lo", "-s", "10.0.0.2", "-B", "-z", "-v", "1", "-p", "secret", "-a", "10.0.0.1",
          "-u", str(up), "-d", str(up)])
     options = engine.first
@@ -106,7 +106,7 @@ def test_passfile_first_line_is_the_password(tmp_path: Path) -> None:
     passfile = tmp_path / "pass"
     passfile.touch(mode=0o600)
     passfile.write_bytes(b"s3cret\nignored\n")
-    engine = config.engine_config([*BASE, "-o", str(passfile)])
+    engine = load.engine_config([*BASE, "-o", str(passfile)])
     assert engine.first.password == b"s3cret" and not engine.password_on_command_line
 
 
@@ -135,7 +135,7 @@ def test_replay_check_is_on_by_default_and_the_flag_turns_it_off() -> None:
 
 def test_no_replay_check_flag_is_in_the_help() -> None:
     assert "accept adverts whose counter is not newer (replay protection off)" in " ".join(
-        config.parser().format_help().split())
+        load.parser().format_help().split())
 
 
 def test_config_file_supplies_options_and_command_line_overrides(tmp_path: Path) -> None:
@@ -143,7 +143,7 @@ def test_config_file_supplies_options_and_command_line_overrides(tmp_path: Path)
     conf.touch(mode=0o600)
     conf.write_text('{"interface": "lo", "addr": "10.0.0.1", "srcip": "127.0.0.1", '
                     '"password": "fromfile", "advskew": 7}')
-    engine = config.engine_config(["--config", str(conf), "-k", "9"])
+    engine = load.engine_config(["--config", str(conf), "-k", "9"])
     assert engine.first.password == b"fromfile" and engine.first.advskew == 9
     assert not engine.password_on_command_line
 
@@ -151,7 +151,7 @@ def test_config_file_supplies_options_and_command_line_overrides(tmp_path: Path)
 def test_carpd_exits_nonzero_with_the_message_before_starting() -> None:
     proc = subprocess.run([sys.executable, "-m", "carpd", *BASE, "-p", "x", "-v", "300"],
                           capture_output=True, text=True, timeout=30,
-                          env={**os.environ, "PYTHONPATH": str(Path(config.__file__).parents[1])})
+                          env={**os.environ, "PYTHONPATH": str(Path(load.__file__).parents[2])})
     assert proc.returncode == 2
     assert "carpd: -v/--vhid: '300': Input should be less than or equal to 255" in proc.stderr
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from carpd.election import Script
-from carpd.logs import RateLimiter
-from carpd.scripts import Finished, ScriptRunner, script_argv
+from carpd.core.election import Script
+from carpd.engine.logs import RateLimiter
+from carpd.engine.scripts import Finished, ScriptRunner, script_argv
 from lab.poll import wait_for
 
 
@@ -213,7 +213,7 @@ def test_output_a_script_floods_is_bounded(tmp_path: Path,
     up = script(tmp_path, "up", "head -c 10000000 /dev/zero | tr '\\0' x; echo\n")
     runner = ScriptRunner({Script.UP: [up], Script.DOWN: None}, 20)
     runner.start()
-    with caplog.at_level(logging.INFO, logger="carpd.scripts"):
+    with caplog.at_level(logging.INFO, logger="carpd.engine.scripts"):
         runner.submit(Script.UP)
         assert wait_finished(runner, 1) == [Finished(Script.UP, 0)]
     logged = sum(len(r.getMessage()) for r in caplog.records)
@@ -274,8 +274,8 @@ def test_a_script_dies_with_the_engine(tmp_path: Path) -> None:
     up = script(tmp_path, "up", f"echo $$ > {pidfile}\nexec sleep 600\n")
     engine.write_text(
         "import time\n"
-        "from carpd.election import Script\n"
-        "from carpd.scripts import ScriptRunner\n"
+        "from carpd.core.election import Script\n"
+        "from carpd.engine.scripts import ScriptRunner\n"
         f"r = ScriptRunner({{Script.UP: [{up!r}], Script.DOWN: None}}, 600)\n"
         "r.start(); r.submit(Script.UP); time.sleep(600)\n")
     proc = subprocess.Popen([sys.executable, str(engine)])

@@ -151,7 +151,7 @@ class Node(Host):
 
     def engines(self) -> list[int]:
         return [pid for pid, cmd in self.processes().items()
-                if "carpd --config" in cmd or "carpd.cli" in cmd]
+                if "carpd --config" in cmd or "carpd.engine.cli" in cmd]
 
     def supervisors(self) -> list[int]:
         return [pid for pid, cmd in self.processes().items() if " supervise " in cmd]

@@ -130,7 +130,7 @@ def _carp_stanzas(count: int) -> str:
 _TIMER = """\
 import sys, time
 from pathlib import Path
-from carpd import carpctl
+from carpd.debian import carpctl
 for name in sys.argv[1:]:
     best = float("inf")
     for _ in range(3):

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from carpd import carpctl
-from carpd.ifupdown import groups, hook, interfaces, regen, runtime
-from carpd.ifupdown import stanza as ucarp
-from carpd.ifupdown.runtime import Group, Owner, Paths
+from carpd.debian import carpctl
+from carpd.debian.ifupdown import groups, hook, interfaces, regen, runtime
+from carpd.debian.ifupdown import stanza as ucarp
+from carpd.debian.ifupdown.runtime import Group, Owner, Paths
 
 OWN_SCRIPTS = "    ucarp-upscript /bin/true\n    ucarp-downscript /bin/true\n"
 

@@ -309,7 +309,7 @@ def test_migrating_debians_ucarp_alias_groups_runs_them_all_in_one_engine(lab: L
     assert wait_for(lambda: len(_ucarp_daemons(node)) == 2, 5), node.processes()
 
     script = (f"{node._setup()} && mount --bind {node.interfaces} /etc/network/interfaces && "
-              f"PYTHONPATH={ROOT / 'src'} {sys.executable} -m carpd.ifupdown.migrate")
+              f"PYTHONPATH={ROOT / 'src'} {sys.executable} -m carpd.debian.ifupdown.migrate")
     migrated = subprocess.run(["ip", "netns", "exec", node.netns, "sh", "-c", script],
                               capture_output=True, text=True, timeout=120, check=False)
     assert migrated.returncode == 0, migrated.stdout + migrated.stderr + node.log()

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from carpd.ifupdown import hook, runtime
-from carpd.ifupdown.stanza import engine_options
+from carpd.debian.ifupdown import hook, runtime
+from carpd.debian.ifupdown.stanza import engine_options
 
 SCRIPTS = {"ucarp-upscript": "/bin/true", "ucarp-downscript": "/bin/true"}
 
@@ -54,7 +54,8 @@ def test_the_interfaces_file_and_state_dir_of_ifup_pass_to_the_scripts(
 def test_the_invoking_ifup_is_found_among_the_ancestors(tmp_path: Path) -> None:
     # like ifup -> sh -c -> run-parts -> hook: a program named ifup whose grandchild asks
     fake = tmp_path / "ifup"
-    ask = f"{sys.executable} -c 'from carpd.ifupdown import hook; print(hook.invoking_ifupdown())'"
+    ask = (f"{sys.executable} -c 'from carpd.debian.ifupdown import hook; "
+           "print(hook.invoking_ifupdown())'")
     fake.write_text(f"#!/bin/sh\nsh -c \"{ask}; true\"\n")
     fake.chmod(0o755)
     result = subprocess.run([str(fake), "-i", "/x/interfaces", "eth0"], capture_output=True,
@@ -85,7 +86,7 @@ def test_conf_is_written_root_only_with_the_password_and_what_differs(tmp_path: 
 
 
 def test_the_engine_reads_the_conf_the_hook_writes(tmp_path: Path) -> None:
-    from carpd.config import from_command_line
+    from carpd.config.load import from_command_line
 
     options = engine_options({"ucarp-vid": "3", "ucarp-vip": "10.0.0.1",
                               "ucarp-password": "secret", "ucarp-advskew": "20", **SCRIPTS},

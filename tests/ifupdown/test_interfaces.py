@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from carpd.ifupdown import interfaces
+from carpd.debian.ifupdown import interfaces
 
 
 def _write(path: Path, text: str) -> Path:

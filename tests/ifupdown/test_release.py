@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from carpd.config import from_command_line
-from carpd.ifupdown import runtime
+from carpd.config.load import from_command_line
+from carpd.debian.ifupdown import runtime
 
 
 def conf_with_down_script(tmp_path: Path, marker: Path,
@@ -73,7 +73,7 @@ def test_release_loads_neither_pyroute2_nor_pydantic(tmp_path: Path) -> None:
     # on the path of ifdown and of the supervisor's restarts: the standard library's netlink
     marker = tmp_path / "ran"
     paths = conf_with_down_script(tmp_path, marker)
-    code = ("import sys; from pathlib import Path; from carpd.ifupdown import runtime; "
+    code = ("import sys; from pathlib import Path; from carpd.debian.ifupdown import runtime; "
             f"runtime.release(runtime.Paths('lo', Path({str(tmp_path)!r})), crashed=True); "
             "print(sorted(m for m in sys.modules if m.startswith(('pyroute2', 'pydantic'))))")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,

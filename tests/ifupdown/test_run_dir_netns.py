@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from carpd import control
-from carpd.ifupdown import runtime
+from carpd.debian.ifupdown import runtime
+from carpd.engine import control
 from lab.poll import wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a network namespace")
@@ -59,7 +59,7 @@ def test_the_engine_a_supervisor_starts_listens_in_its_run_dir(namespace: str,
     log = paths.log.open("wb")
     supervisor = subprocess.Popen(
         ["ip", "netns", "exec", namespace, "unshare", "-m", "sh", "-c", PRIVATE_RUN, "sh",
-         sys.executable, "-m", "carpd.ifupdown.main", "supervise", "v0", "--run-dir",
+         sys.executable, "-m", "carpd.debian.ifupdown.main", "supervise", "v0", "--run-dir",
          str(run_dir)], env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
     try:
         sock = runtime.engine_socket(CONF, run_dir)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from carpd import wire
-from carpd.ifupdown import hook, stanza
-from carpd.ifupdown.interfaces import parse
-from carpd.ifupdown.stanza import StanzaError, engine_options
+from carpd.core import wire
+from carpd.debian.ifupdown import hook, stanza
+from carpd.debian.ifupdown.interfaces import parse
+from carpd.debian.ifupdown.stanza import StanzaError, engine_options
 
 SCRIPTS = {"ucarp-upscript": "/bin/true", "ucarp-downscript": "/bin/true"}
 BASE = {"ucarp-vid": "3", "ucarp-vip": "10.0.0.1", "ucarp-password": "secret", **SCRIPTS}

@@ -204,7 +204,7 @@ def _status(booted: Booted, pid: int) -> dict[str, str]:
 def _ask(command: str) -> str:
     """A command to the engine's control socket (one per engine: eth0.sock; carpctl needs
     python3-debian, not installed)."""
-    code = ("from carpd.control import request; "
+    code = ("from carpd.engine.control import request; "
             f"print(request('/run/carpd/eth0.sock', {{'cmd': '{command}'}}))")
     return f'python3 -c "{code}"'
 

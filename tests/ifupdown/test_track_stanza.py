@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from ifnodes import Lab, stanza
 
-from carpd import carpctl
-from carpd.config import from_command_line
-from carpd.ifupdown import hook, runtime
-from carpd.ifupdown.stanza import KNOWN, StanzaError, engine_options
+from carpd.config.load import from_command_line
+from carpd.debian import carpctl
+from carpd.debian.ifupdown import hook, runtime
+from carpd.debian.ifupdown.stanza import KNOWN, StanzaError, engine_options
 
 BASE = {"ucarp-vid": "3", "ucarp-vip": "10.0.0.1", "ucarp-password": "secret",
         "ucarp-upscript": "/bin/true", "ucarp-downscript": "/bin/true"}

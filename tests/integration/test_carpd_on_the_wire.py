@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from carpd import wire
+from carpd.core import wire
 from lab.netns import PASSWORD, Network, wait_for
 
 pytestmark = [pytest.mark.netns]

@@ -762,7 +762,8 @@ def test_ucarp_joining_a_last_resort_carpd_master_sees_only_a_slower_master(
 
 def carpctl(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [CARPD[0], "-m", "carpd.carpctl", "--state-dir", str(daemon.directory / "state"), *args],
+        [CARPD[0], "-m", "carpd.debian.carpctl", "--state-dir", str(daemon.directory / "state"),
+         *args],
         capture_output=True, text=True, timeout=30, check=False)
 
 

@@ -273,7 +273,7 @@ class Node(lab_netns.Host):
     def carpd_processes(self) -> dict[int, list[str]]:
         """The engines and their supervisors (not the scripts they run)."""
         return {pid: argv for pid, argv in self.processes().items()
-                if CARPD in argv[:2] or "carpd.ifupdown.main" in argv[:3]}
+                if CARPD in argv[:2] or "carpd.debian.ifupdown.main" in argv[:3]}
 
     def outputs(self) -> list[tuple[str, int]]:
         """(command line, inode of what its stdout is) of the engines and supervisors in this
@@ -429,7 +429,7 @@ class Booted(booted.Booted):
         out = self.run("sh", "-c", "for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f; "
                        "echo; done 2>/dev/null").output
         return [line for line in out.splitlines()
-                if "/usr/sbin/carpd" in line or "carpd.ifupdown" in line
+                if "/usr/sbin/carpd" in line or "carpd.debian.ifupdown" in line
                 or "carpd-ifupdown" in line]
 
 

@@ -56,7 +56,7 @@ def test_package_installs_commands_hooks_docs_and_man_pages(built: Built) -> Non
     for path in ("/usr/share/man/man8/carpd.8.gz", "/usr/share/man/man8/carpctl.8.gz",
                  "/usr/share/doc/carpd/copyright",
                  "/usr/share/doc/carpd/changelog.Debian.gz",
-                 "/usr/lib/python3/dist-packages/carpd/debian_status.py"):
+                 "/usr/lib/python3/dist-packages/carpd/debian/debian_status.py"):
         assert path in files, path
     # dh_compress compresses documents over 4 kB
     assert {"/usr/share/doc/carpd/README.Debian",

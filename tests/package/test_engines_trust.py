@@ -1,7 +1,8 @@
 """The maintainer scripts run as root: what any user can set (a process's command line,
 environment, working folder) must never make them signal a process or run code as root.
 
-Bait: processes of user nobody that look like carpd's own, one `python3 -m carpd.ifupdown.main
+Bait: processes of user nobody that look like carpd's own, one `python3 -m
+carpd.debian.ifupdown.main
 supervise eth9` with PYTHONPATH leading to a module of the user's own, one whose argv[0] is
 /usr/sbin/carpd. Each writes a marker naming its uid when it runs, and another when it gets a
 signal. Installing, upgrading and removing the package must leave them running, untouched, and
@@ -23,7 +24,7 @@ from lab.poll import wait_for
 NOBODY = 65534
 BAIT_DIR = "/tmp/x"
 
-# carpd/ifupdown/main.py of the user's own: also run as the fake engine (role "engine").
+# carpd/debian/ifupdown/main.py of the user's own: also run as the fake engine (role "engine").
 BAIT = """\
 import os, signal, sys, time
 
@@ -56,12 +57,12 @@ class Bait:
         return self.node.root / BAIT_DIR.lstrip("/")
 
     def plant(self) -> None:
-        package = self.folder / "carpd" / "ifupdown"
+        package = self.folder / "carpd" / "debian" / "ifupdown"
         package.mkdir(parents=True)
-        for init in (self.folder / "carpd", package):
+        for init in (self.folder / "carpd", package.parent, package):
             (init / "__init__.py").write_text("")
         (package / "main.py").write_text(BAIT)
-        for path in (self.folder, self.folder / "carpd", package):
+        for path in (self.folder, self.folder / "carpd", package.parent, package):
             os.chown(path, NOBODY, NOBODY)
             path.chmod(0o755)
 
@@ -69,14 +70,14 @@ class Bait:
         as_nobody = "setsid -f setpriv --reuid=nobody --regid=nogroup --clear-groups --"
         quiet = "</dev/null >/dev/null 2>&1"
         self.node.run("sh", "-c", f"{as_nobody} env PYTHONPATH={BAIT_DIR} python3 -m "
-                      f"carpd.ifupdown.main supervise eth9 {quiet}")
+                      f"carpd.debian.ifupdown.main supervise eth9 {quiet}")
         self.node.run("sh", "-c", f"{as_nobody} bash -c 'exec -a /usr/sbin/carpd python3 "
-                      f"{BAIT_DIR}/carpd/ifupdown/main.py engine' {quiet}")
+                      f"{BAIT_DIR}/carpd/debian/ifupdown/main.py engine' {quiet}")
         wait_for(lambda: len(self.markers()) >= 2, 10, what="both lookalikes' markers",
                  detail=self.markers)
         assert self.markers() == ["engine-ran-as-65534", "supervisor-ran-as-65534"]
         for pid, argv in self.node.processes().items():
-            if argv[:5] == ["python3", "-m", "carpd.ifupdown.main", "supervise", "eth9"]:
+            if argv[:5] == ["python3", "-m", "carpd.debian.ifupdown.main", "supervise", "eth9"]:
                 self.supervisor = pid
             elif argv[:1] == ["/usr/sbin/carpd"] and argv[-1:] == ["engine"]:
                 self.engine = pid
@@ -119,7 +120,7 @@ def _upgrade(node: Node, deb: Path) -> str:
 
 def _root_supervisors(node: Node) -> list[int]:
     return sorted(pid for pid, argv in node.processes().items()
-                  if "carpd.ifupdown.main" in argv[:3] and _running_as(pid) == 0)
+                  if "carpd.debian.ifupdown.main" in argv[:3] and _running_as(pid) == 0)
 
 
 def _root_engines(node: Node) -> list[int]:

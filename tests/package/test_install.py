@@ -35,7 +35,7 @@ def test_installed_carpd_runs_on_trixies_python(installed: Installed, tmp_path: 
             result = in_root(overlay.root, [command, "--help"])
             assert result.output.startswith(f"usage: {Path(command).name}"), result.output
         result = in_root(overlay.root, ["python3", "-c",
-                                        "from carpd.debian_status import ifupdown_status; "
+                                        "from carpd.debian.debian_status import ifupdown_status; "
                                         "print(ifupdown_status().flavour)"])
         assert result.output.strip() == "ifupdown"
         hooks = [overlay.root / "etc/network/if-up.d/carpd",

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from carpd import carpctl, config, daemon, metrics
-from carpd.ifupdown import main as ifupdown_main
-from carpd.ifupdown import stanza as ucarp
+from carpd.config import load
+from carpd.debian import carpctl
+from carpd.debian.ifupdown import main as ifupdown_main
+from carpd.debian.ifupdown import stanza as ucarp
+from carpd.engine import daemon, metrics
 
 DEBIAN = Path(__file__).resolve().parents[2] / "debian"
 
@@ -40,7 +42,7 @@ def words(parser: argparse.ArgumentParser) -> set[str]:
 
 
 @pytest.mark.parametrize(("page", "parser"), [
-    ("carpd.8", config.parser()),
+    ("carpd.8", load.parser()),
     ("carpctl.8", carpctl._parser()),
     ("carpd-ifupdown.8", ifupdown_main._parser()),
 ])

@@ -44,8 +44,8 @@ from pkgtools import (
     record,
 )
 
-from carpd import wire
-from carpd.ifupdown import migrate
+from carpd.core import wire
+from carpd.debian.ifupdown import migrate
 from conftest import Lab
 from lab.poll import wait_for
 
@@ -138,7 +138,7 @@ def test_migrate_takes_only_roots_ucarp_binary_in_its_own_network_namespace(
         time.sleep(1.0)
         assert all(p.poll() is None for p in started.values()), \
             {name: p.returncode for name, p in started.items()}
-        script = ("import json; from carpd.ifupdown.migrate import find_daemons; "
+        script = ("import json; from carpd.debian.ifupdown.migrate import find_daemons; "
                   "found, unreadable = find_daemons(); "
                   "print(json.dumps([[d.pid, d.args.interface, d.args.vhid, str(d.args.vip)] "
                   "for d in found]))")

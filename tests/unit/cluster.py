@@ -1,7 +1,8 @@
 """A fake clock and an in-memory link for testing the election of several VirtualHosts.
 
-A :class:`Cluster` wires N :class:`~carpd.election.VirtualHost` s to one simulated Ethernet
-segment.  Every ``SendAdvert`` is encoded with :func:`carpd.wire.encode_packet` and delivered to
+A :class:`Cluster` wires N :class:`~carpd.core.election.VirtualHost` s to one simulated Ethernet
+segment.  Every ``SendAdvert`` is encoded with :func:`carpd.core.wire.encode_packet` and delivered
+to
 every other node's ``receive()`` after ``delay`` seconds; the clock jumps to the earliest pending
 event (a delivery or a node's ``next_deadline()``), so a simulated minute takes milliseconds.
 Nodes can crash, be restarted, stopped, unplugged (carrier loss, ``link_changed``) or isolated
@@ -19,8 +20,8 @@ import random
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
-from carpd import wire
-from carpd.election import (
+from carpd.core import wire
+from carpd.core.election import (
     Action,
     Params,
     RunScript,

@@ -1,4 +1,5 @@
-"""Unit tests of the pure core: carpd.wire against captured ucarp frames, carpd.election on a fake
+"""Unit tests of the pure core: carpd.core.wire against captured ucarp frames, carpd.core.election
+on a fake
 clock and an in-memory link.  Nothing here touches the network, the clock or /work/shared."""
 
 import shutil

@@ -1,5 +1,5 @@
 """The control side of an engine for carpctl's unit tests: a real
-:class:`carpd.control.ControlServer` on a unix socket, served from a thread until closed.
+:class:`carpd.engine.control.ControlServer` on a unix socket, served from a thread until closed.
 
 Its fixtures (``state_dir``, ``engines``) are in conftest.py."""
 
@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from carpd import control
+from carpd.engine import control
 
 Answer = Callable[[dict[str, Any]], dict[str, Any]]
 

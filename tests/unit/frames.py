@@ -14,7 +14,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
-from carpd import wire
+from carpd.core import wire
 
 VECTORS = Path(__file__).resolve().parent.parent / "data" / "vectors"
 # Any address none of the captured nodes used: the receiver's own address in an Expect.

@@ -1,4 +1,4 @@
-"""The kernel filter of carpd.net, run on a small classic-BPF interpreter: it drops what the
+"""The kernel filter of carpd.engine.link, run on a small classic-BPF interpreter: it drops what the
 receive checks would reject without the key, and never what they might accept.
 
 One table of frames drives both sides: the verdict of the filter and the verdict of
@@ -14,7 +14,8 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from carpd import net, wire
+from carpd.core import wire
+from carpd.engine import link
 
 KEY = b"pass"
 VIP = IPv4Address("10.9.1.100")
@@ -33,37 +34,37 @@ class OutOfBounds(Exception):
 
 
 def load(frame: bytes, offset: int, size: int, pkttype: int) -> int:
-    if offset == net.SKF_AD_PKTTYPE and size == 4:
+    if offset == link.SKF_AD_PKTTYPE and size == 4:
         return pkttype
     if offset < 0 or offset + size > len(frame):
         raise OutOfBounds
     return int.from_bytes(frame[offset : offset + size], "big")
 
 
-def run_filter(program: list[net.Insn], frame: bytes, pkttype: int = PACKET_MULTICAST) -> int:
+def run_filter(program: list[link.Insn], frame: bytes, pkttype: int = PACKET_MULTICAST) -> int:
     """The number of bytes the program keeps of ``frame`` (0: dropped)."""
     a = x = pc = 0
     try:
         while True:
             code, jt, jf, k = program[pc]
             pc += 1
-            if code == net.BPF_RET_K:
+            if code == link.BPF_RET_K:
                 return k
-            if code == net.BPF_LD_W_ABS:
+            if code == link.BPF_LD_W_ABS:
                 a = load(frame, k, 4, pkttype)
-            elif code == net.BPF_LD_H_ABS:
+            elif code == link.BPF_LD_H_ABS:
                 a = load(frame, k, 2, pkttype)
-            elif code == net.BPF_LD_B_ABS:
+            elif code == link.BPF_LD_B_ABS:
                 a = load(frame, k, 1, pkttype)
-            elif code == net.BPF_LD_B_IND:
+            elif code == link.BPF_LD_B_IND:
                 a = load(frame, x + k, 1, pkttype)
-            elif code == net.BPF_LDX_B_MSH:
+            elif code == link.BPF_LDX_B_MSH:
                 x = 4 * (load(frame, k, 1, pkttype) & 0x0F)
-            elif code == net.BPF_ALU_AND_K:
+            elif code == link.BPF_ALU_AND_K:
                 a &= k
-            elif code == net.BPF_JMP_JEQ_K:
+            elif code == link.BPF_JMP_JEQ_K:
                 pc += jt if a == k else jf
-            elif code == net.BPF_JMP_JSET_K:
+            elif code == link.BPF_JMP_JSET_K:
                 pc += jt if a & k else jf
             else:
                 raise AssertionError(f"instruction {code:#x} unknown to this interpreter")
@@ -148,27 +149,27 @@ CASES = [
     Case("cut short before the vhid", frame(ip_packet())[:14 + 20 + 1], False, "SHORT"),
     Case("IPv6 in an IPv4 ethertype", frame(b"\x60" + ip_packet()[1:]), False, "NOT_IPV4"),
     Case("our own advert going out", frame(ip_packet()), False, "accepted",
-         pkttype=net.PACKET_OUTGOING),
+         pkttype=link.PACKET_OUTGOING),
 ]
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_filter_drops_what_the_receive_checks_reject_without_the_key(case: Case) -> None:
-    program = net.carp_filter(GROUP, {1})
+    program = link.carp_filter(GROUP, {1})
     kept = run_filter(program, case.frame, case.pkttype)
     assert (kept > 0) == case.passes_filter
-    assert kept in (0, net.ACCEPT_BYTES), "the filter must keep whole frames or nothing"
+    assert kept in (0, link.ACCEPT_BYTES), "the filter must keep whole frames or nothing"
     assert receive_checks(case.frame) == case.checks
 
 
 def test_filter_lets_through_every_vhid_given_and_no_other() -> None:
-    program = net.carp_filter(GROUP, {3, 7, 200})
+    program = link.carp_filter(GROUP, {3, 7, 200})
     passed = {v for v in range(1, 256) if run_filter(program, frame(ip_packet(vhid=v)))}
     assert passed == {3, 7, 200}
 
 
 def test_without_vhids_or_group_the_filter_leaves_those_fields_to_the_checks() -> None:
-    program = net.carp_filter(None, None)
+    program = link.carp_filter(None, None)
     assert run_filter(program, frame(ip_packet(vhid=9, destination=OTHER_GROUP),
                                      wire.multicast_mac(OTHER_GROUP)))
     assert run_filter(program, frame(ip_packet(vhid=9), wire.BROADCAST_MAC))
@@ -177,7 +178,7 @@ def test_without_vhids_or_group_the_filter_leaves_those_fields_to_the_checks() -
 
 
 def test_too_many_vhids_leave_the_vhid_to_the_checks() -> None:
-    program = net.carp_filter(GROUP, range(1, 256))
+    program = link.carp_filter(GROUP, range(1, 256))
     assert run_filter(program, frame(ip_packet(vhid=77)))
     assert max(max(jt, jf) for _code, jt, jf, _k in program) <= 255
 
@@ -205,14 +206,14 @@ def mutations(seed: int) -> list[bytes]:
 
 @pytest.mark.parametrize("seed", range(3))
 def test_filter_never_drops_a_frame_the_receive_checks_accept(seed: int) -> None:
-    program = net.carp_filter(GROUP, {1})
+    program = link.carp_filter(GROUP, {1})
     accepted_by_checks = [f for f in mutations(seed) if receive_checks(f) == "accepted"]
     assert len(accepted_by_checks) >= 300
     assert all(run_filter(program, f) for f in accepted_by_checks)
 
 
 def test_filter_lets_through_only_what_could_pass_with_the_right_key() -> None:
-    program = net.carp_filter(GROUP, {1})
+    program = link.carp_filter(GROUP, {1})
     let_through = [f for f in mutations(7) if run_filter(program, f)]
     verdicts = {receive_checks(f) for f in let_through}
     assert verdicts <= {"accepted", "BAD_CHECKSUM", "BAD_HMAC", "SHORT"}
@@ -229,8 +230,8 @@ def vhid_sets() -> list[Collection[int]]:
 
 @pytest.mark.parametrize("vhids", vhid_sets(), ids=["1", "255", "1-64"])
 def test_every_jump_lands_inside_the_program(vhids: Collection[int]) -> None:
-    program = net.carp_filter(GROUP, vhids)
+    program = link.carp_filter(GROUP, vhids)
     for index, (code, jt, jf, _k) in enumerate(program):
-        if code in (net.BPF_JMP_JEQ_K, net.BPF_JMP_JSET_K):
+        if code in (link.BPF_JMP_JEQ_K, link.BPF_JMP_JSET_K):
             assert index + 1 + max(jt, jf) < len(program)
-    assert program[-1] == (net.BPF_RET_K, 0, 0, 0)
+    assert program[-1] == (link.BPF_RET_K, 0, 0, 0)

@@ -13,7 +13,8 @@ import pytest
 from ctlserver import Served
 from test_metrics import status_reply
 
-from carpd import carpctl, control
+from carpd.debian import carpctl
+from carpd.engine import control
 
 
 class GroupsEngine(Served):

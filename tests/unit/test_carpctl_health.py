@@ -1,7 +1,8 @@
 """carpctl against real control sockets: demote --persistent, promote and status of one group,
 and why a group is BACKUP.
 
-Each engine here is a real :class:`carpd.control.ControlServer` on a unix socket, served from a
+Each engine here is a real :class:`carpd.engine.control.ControlServer` on a unix socket, served
+from a
 thread, answering with the replies the control protocol documents."""
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from typing import Any
 import pytest
 from ctlserver import Served
 
-from carpd import carpctl, control
+from carpd.debian import carpctl
+from carpd.engine import control
 
 WHY_DEMOTED = "demoted (persistent) since 12:03:04"
 WHY_UNHEALTHY = ("unhealthy: check '/usr/share/carpd/checks/http-url http://127.0.0.1/' failing "

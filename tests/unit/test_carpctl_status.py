@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from test_metrics import Engine, status_reply
 
-from carpd import carpctl
+from carpd.debian import carpctl
 from lab.netns import in_netns, run
 
 

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from carpd import config, watchdog
-from carpd.config import ConfigError, engine_config, from_command_line
+from carpd.config import load
+from carpd.config.load import ConfigError, engine_config, from_command_line
+from carpd.engine import watchdog
 
 
 def write(tmp_path: Path, data: dict[str, Any]) -> str:
@@ -112,11 +113,11 @@ def test_a_group_without_a_password_is_an_error_naming_it(tmp_path: Path) -> Non
 
 def test_script_interface_may_name_an_alias_but_not_a_path() -> None:
     base = {"interface": "lo", "addr": "10.0.0.1", "password": b"x"}
-    assert config.build({**base, "script_interface": "eth0:1"}).scripts_interface == "eth0:1"
+    assert load.build({**base, "script_interface": "eth0:1"}).scripts_interface == "eth0:1"
     with pytest.raises(ConfigError, match="script_interface: 'eth0/1'"):
-        config.build({**base, "script_interface": "eth0/1"})
+        load.build({**base, "script_interface": "eth0/1"})
     with pytest.raises(ConfigError, match="--vip-interface: 'nosuchif9'"):
-        config.build({**base, "vip_interface": "nosuchif9"})
+        load.build({**base, "vip_interface": "nosuchif9"})
 
 
 # -- the watchdog's protocol: what it releases when the engine dies ---------------------------

@@ -12,7 +12,7 @@ import random
 
 from cluster import Cluster, Node, params
 
-from carpd.election import Params, RunScript, Script, State, Transition, tie_break_key
+from carpd.core.election import Params, RunScript, Script, State, Transition, tie_break_key
 
 SEED = 4242
 SCENARIOS = 2000

@@ -11,8 +11,8 @@ from typing import Any
 
 from cluster import KEY, VIP, params
 
-from carpd import wire
-from carpd.election import (
+from carpd.core import wire
+from carpd.core.election import (
     Action,
     EndDrain,
     RunScript,

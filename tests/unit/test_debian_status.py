@@ -1,4 +1,4 @@
-"""carpd.debian_status reads dpkg's status database to tell which ifupdown is installed."""
+"""carpd.debian.debian_status reads dpkg's status database to tell which ifupdown is installed."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from carpd.debian_status import (
+from carpd.debian.debian_status import (
     IfupdownStatus,
     InstalledPackage,
     ifupdown_status,
@@ -158,7 +158,7 @@ def test_this_hosts_status_agrees_with_dpkg_query() -> None:
 
 
 def test_carpctl_explains_what_differs_under_ifupdown2(tmp_path: Path) -> None:
-    from carpd.carpctl import ifupdown_note
+    from carpd.debian.carpctl import ifupdown_note
 
     note = ifupdown_note(write_status(tmp_path, IFUPDOWN_CONFIG_FILES, IFUPDOWN2))
     assert note is not None
@@ -166,13 +166,13 @@ def test_carpctl_explains_what_differs_under_ifupdown2(tmp_path: Path) -> None:
 
 
 def test_carpctl_says_nothing_extra_under_ifupdown(tmp_path: Path) -> None:
-    from carpd.carpctl import ifupdown_note
+    from carpd.debian.carpctl import ifupdown_note
 
     assert ifupdown_note(write_status(tmp_path, IFUPDOWN)) is None
 
 
 def test_carpctl_warns_when_no_ifupdown_is_installed(tmp_path: Path) -> None:
-    from carpd.carpctl import ifupdown_note
+    from carpd.debian.carpctl import ifupdown_note
 
     note = ifupdown_note(write_status(tmp_path, IFUPDOWN_CONFIG_FILES))
     assert note is not None and "start nothing" in note

@@ -10,8 +10,8 @@ from typing import Any
 
 from cluster import KEY, VIP, params
 
-from carpd import drainsignal, wire
-from carpd.election import (
+from carpd.core import drainsignal, wire
+from carpd.core.election import (
     Action,
     CountConnections,
     EndDrain,

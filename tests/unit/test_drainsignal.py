@@ -1,4 +1,4 @@
-"""The "still draining" signal (carpd.drainsignal): encoding, authentication, replays, and the
+"""The "still draining" signal (carpd.core.drainsignal): encoding, authentication, replays, and the
 new MASTER's forwarding ending on "drained" or on silence, with a fake clock."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from carpd import drainsignal
-from carpd.drainsignal import Beacon, Kind, Reject, Signal, Watch, decode, derive_key, encode
+from carpd.core import drainsignal
+from carpd.core.drainsignal import Beacon, Kind, Reject, Signal, Watch, decode, derive_key, encode
 
 VIP = IPv4Address("10.9.1.100")
 OLD = IPv4Address("10.9.1.1")

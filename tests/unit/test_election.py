@@ -1,4 +1,4 @@
-"""The election of carpd.election.VirtualHost, on a fake clock and an in-memory link.
+"""The election of carpd.core.election.VirtualHost, on a fake clock and an in-memory link.
 
 Times are exact: every interval is a multiple of 1/256 s and every link delay a power of two, so
 the simulated clock has no rounding and "takes over at master-down" can be checked with ``==``.
@@ -15,8 +15,8 @@ import pytest
 from cluster import KEY, VIP, Cluster, params
 from frames import FUZZ_SEED, carp_cases, fuzz_inputs
 
-from carpd import drainsignal, wire
-from carpd.election import (
+from carpd.core import drainsignal, wire
+from carpd.core.election import (
     Dropped,
     EndDrain,
     ForwardStrays,

@@ -1,5 +1,5 @@
 """The engine never loads pydantic (issue 9: memory): the command line and the --config file are
-validated in a short-lived process of its own (carpd.validate), which hands the engine plain
+validated in a short-lived process of its own (carpd.config.validate), which hands the engine plain
 settings, or the problems worded exactly as in-process validation words them."""
 
 from __future__ import annotations
@@ -14,13 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from carpd import config, control
-from carpd.problems import ConfigError
-from carpd.settings import Settings, settings_to_plain, validated
+from carpd.config import load
+from carpd.config.problems import ConfigError
+from carpd.engine import control
+from carpd.engine.settings import Settings, settings_to_plain, validated
 
 ENGINE_IMPORTS = r'''
 import json, sys
-import carpd.cli, carpd.daemon, carpd.group
+import carpd.engine.cli, carpd.engine.daemon, carpd.engine.group
 print(json.dumps(sorted(m for m in sys.modules
                         if m.split(".")[0] in ("pydantic", "pydantic_core", "annotated_types"))))
 '''
@@ -45,7 +46,7 @@ def test_the_validator_process_gives_the_engine_what_in_process_validation_gives
         "interface": "lo", "state_dir": str(tmp_path), "groups": [
             {"vhid": 3, "addr": "10.1.2.3", "password": "p1", "track_interface": "lo"},
             {"vhid": 4, "addr": "10.1.2.4", "password": "p2", "advskew": 7}]})]
-    expected = config.engine_config(argv)
+    expected = load.engine_config(argv)
     got = validated(argv)
     assert all(isinstance(g, Settings) for g in got.groups)
     assert [settings_to_plain(g) for g in got.groups] == \
@@ -62,7 +63,7 @@ def test_the_validator_process_gives_the_engine_what_in_process_validation_gives
 def test_the_validator_process_words_every_problem_as_in_process_validation(
         argv: list[str]) -> None:
     with pytest.raises(ConfigError) as expected:
-        config.engine_config(argv)
+        load.engine_config(argv)
     with pytest.raises(ConfigError) as got:
         validated(argv)
     assert str(got.value) == str(expected.value)

@@ -40,8 +40,8 @@ def test_defaults_are_the_engines_defaults() -> None:
 def test_its_run_folder_is_carpds_own() -> None:
     # standard library only (it runs while the package is half installed): its own copy of
     # the one run folder constant, which must not drift from it
-    from carpd.identity import RUN_DIR
-    from carpd.ifupdown import runtime
+    from carpd.debian.ifupdown import runtime
+    from carpd.engine.identity import RUN_DIR
 
     assert Path(_engines().RUN_DIR) == RUN_DIR == runtime.RUN_DIR
 

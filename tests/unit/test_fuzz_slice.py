@@ -8,8 +8,8 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from carpd import wire
-from carpd.election import (
+from carpd.core import wire
+from carpd.core.election import (
     Action,
     Dropped,
     Freshness,

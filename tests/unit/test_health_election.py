@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from cluster import Cluster, params
 
-from carpd import wire
-from carpd.election import (
+from carpd.core import wire
+from carpd.core.election import (
     LAST_RESORT_ADVSKEW,
     RunScript,
     Script,

@@ -7,8 +7,8 @@ import itertools
 
 import pytest
 
-from carpd.health import FallRise, Health, default_timeout, one_line
-from carpd.netlink import IFF_RUNNING, IFF_UP, RTM_DELLINK, RTM_NEWLINK, LinkTable
+from carpd.engine.health import FallRise, Health, default_timeout, one_line
+from carpd.engine.netlink import IFF_RUNNING, IFF_UP, RTM_DELLINK, RTM_NEWLINK, LinkTable
 
 CARRIER = IFF_UP | IFF_RUNNING
 AF_BRIDGE = 7

@@ -7,7 +7,7 @@ import socket
 import threading
 from pathlib import Path
 
-from carpd import logs
+from carpd.engine import logs
 
 
 def test_a_stalled_syslog_socket_drops_lines_instead_of_blocking(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """`carpctl metrics`: the engines' status as Prometheus text, read back by prometheus_client's
 parser; and `--textfile DIR`, the atomic write node-exporter's textfile collector reads.
 
-Each engine here is a real :class:`carpd.control.ControlServer` on a unix socket, served from a
+Each engine here is a real :class:`carpd.engine.control.ControlServer` on a unix socket, served
+from a
 thread, answering with a status reply as docs/HACKING.md documents it."""
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from ctlserver import Served
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from carpd import carpctl, control, metrics, wire
+from carpd.core import wire
+from carpd.debian import carpctl
+from carpd.engine import control, metrics
 
 # a check's name is its command line: quotes, a backslash and a line break must survive
 ODD_CHECK = '/usr/local/bin/check "a b" c\\d\ne'

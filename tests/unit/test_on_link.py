@@ -6,7 +6,7 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from carpd.netlink import InterfaceInfo
+from carpd.engine.netlink import InterfaceInfo
 
 INFO = InterfaceInfo(
     index=2, mac=bytes(6), carrier=True,

@@ -1,4 +1,4 @@
-"""The option table (carpd.options) is the one place an option is declared: the command line,
+"""The option table (carpd.config.options) is the one place an option is declared: the command line,
 the stanza options, the error names, the per-engine keys and the man pages' option lists all
 follow it, and a test fails when any of them drifts from it."""
 
@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from pydantic_core import PydanticUndefined
 
-from carpd import config, options
-from carpd.ifupdown import groups, runtime
-from carpd.ifupdown import stanza as ucarp
-from carpd.options import ROWS, Kind
-from carpd.settings import Settings, settings_from_plain, settings_to_plain
+from carpd.config import load, options
+from carpd.config.options import ROWS, Kind
+from carpd.debian.ifupdown import groups, runtime
+from carpd.debian.ifupdown import stanza as ucarp
+from carpd.engine.settings import Settings, settings_from_plain, settings_to_plain
 
 DEBIAN = Path(__file__).resolve().parents[2] / "debian"
 HELP = {"-h", "--help"}
@@ -58,7 +58,7 @@ def table_flags() -> set[str]:
 
 
 def parser_flags() -> set[str]:
-    return {s for action in config.parser()._actions for s in action.option_strings} - HELP
+    return {s for action in load.parser()._actions for s in action.option_strings} - HELP
 
 
 # -- the man pages, both ways -----------------------------------------------------------------
@@ -102,14 +102,14 @@ def test_ucarps_command_line_flags_are_all_there() -> None:
 
 
 def test_each_flag_stores_under_its_fields_name() -> None:
-    dests = {s: a.dest for a in config.parser()._actions for s in a.option_strings}
+    dests = {s: a.dest for a in load.parser()._actions for s in a.option_strings}
     for row in ROWS:
         for flag in row.cli.flags if row.cli else ():
             assert dests[flag] == row.name, flag
 
 
 def test_every_field_is_a_row_and_every_other_row_an_input() -> None:
-    fields = set(config.Options.model_fields)
+    fields = set(load.Options.model_fields)
     assert {row.name for row in ROWS if row.is_field} == fields
     assert {row.name for row in ROWS if not row.is_field} == {i.name for i in options.INPUTS}
 
@@ -133,18 +133,18 @@ def test_stanza_booleans_are_the_flag_options() -> None:
     assert booleans == ucarp.BOOLEANS
     for row in ROWS:
         if row.stanza is not None and row.stanza.kind is Kind.FLAG:
-            assert config.Options.model_fields[row.name].annotation is bool
+            assert load.Options.model_fields[row.name].annotation is bool
 
 
 def test_error_names_come_from_the_flags() -> None:
-    assert config.FLAGS["vhid"] == "-v/--vhid"
-    assert config.FLAGS["password"] == "-p/--pass or -o/--passfile"
-    assert config.FLAGS["replay_check"] == "--no-replay-check"
-    assert config.FLAGS["script_interface"] == "script_interface"  # in a --config file only
+    assert load.FLAGS["vhid"] == "-v/--vhid"
+    assert load.FLAGS["password"] == "-p/--pass or -o/--passfile"
+    assert load.FLAGS["replay_check"] == "--no-replay-check"
+    assert load.FLAGS["script_interface"] == "script_interface"  # in a --config file only
 
 
 def test_per_engine_keys_are_the_same_for_the_engine_and_the_hook() -> None:
-    assert set(config.INTERFACE_KEYS) == set(runtime.INTERFACE_KEYS)
+    assert set(load.INTERFACE_KEYS) == set(runtime.INTERFACE_KEYS)
     assert set(groups.INTERFACE_OPTIONS) == {"mcast", "nomcast", "ignoreifstate", "facility",
                                              "debug"}
 
@@ -160,7 +160,7 @@ def test_the_drain_connections_option_is_everywhere_an_option_is() -> None:
                                  "ucarp-downscript": "/bin/true",
                                  "ucarp-drain-connections": "30"}, interface="lo")
     assert opts.drain_connections == 30.0
-    given = vars(config.parser().parse_args(["--drain-connections", "45"]))
+    given = vars(load.parser().parse_args(["--drain-connections", "45"]))
     assert given == {"drain_connections": "45"}
 
 
@@ -171,22 +171,22 @@ def test_the_drain_connections_option_is_everywhere_an_option_is() -> None:
      "--drain-connections: '86401': Input should be less than or equal to 86400"),
 ])
 def test_drain_connections_out_of_range_is_refused_by_name(argv: list[str], message: str) -> None:
-    with pytest.raises(config.ConfigError) as caught:
-        config.from_command_line(["-i", "lo", "-a", "10.0.0.1", "-p", "x", *argv])
+    with pytest.raises(load.ConfigError) as caught:
+        load.from_command_line(["-i", "lo", "-a", "10.0.0.1", "-p", "x", *argv])
     assert str(caught.value) == message
 
 
 def test_help_of_every_flag_is_shown() -> None:
-    text = " ".join(config.parser().format_help().split())
+    text = " ".join(load.parser().format_help().split())
     for row in ROWS:
         if row.cli is not None:
             assert " ".join(row.cli.help.split()) in text, row.name
 
 
 def test_the_table_builds_a_parser_that_refuses_an_unknown_flag() -> None:
-    with pytest.raises(config.ConfigError):
-        config.parser().parse_args(["--frobnicate"])
-    assert isinstance(config.parser(), argparse.ArgumentParser)
+    with pytest.raises(load.ConfigError):
+        load.parser().parse_args(["--frobnicate"])
+    assert isinstance(load.parser(), argparse.ArgumentParser)
 
 
 def _every_field_given() -> options.Options:

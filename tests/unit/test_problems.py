@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from carpd import carpctl, config
-from carpd.ifupdown import interfaces
-from carpd.ifupdown import stanza as ucarp
-from carpd.problems import HIDDEN, Problem
+from carpd.config import load
+from carpd.config.problems import HIDDEN, Problem
+from carpd.debian import carpctl
+from carpd.debian.ifupdown import interfaces
+from carpd.debian.ifupdown import stanza as ucarp
 
 SCRIPTS = {"ucarp-upscript": "/bin/true", "ucarp-downscript": "/bin/true"}
 BASE = {"ucarp-vid": "3", "ucarp-vip": "10.0.0.1", "ucarp-password": "secret", **SCRIPTS}
@@ -25,9 +26,9 @@ def _stanza_problems(raw: dict[str, str], **where: object) -> list[Problem]:
     return caught.value.problems
 
 
-def _refusal(*argv: str) -> config.ConfigError:
-    with pytest.raises(config.ConfigError) as caught:
-        config.engine_config(list(argv))
+def _refusal(*argv: str) -> load.ConfigError:
+    with pytest.raises(load.ConfigError) as caught:
+        load.engine_config(list(argv))
     return caught.value
 
 
@@ -117,10 +118,10 @@ def test_an_interface_not_there_yet_is_taken_as_given_not_checked_against_anothe
 
 
 def test_the_model_alone_accepts_a_script_this_machine_lacks() -> None:
-    options = config.Options(interface="nosuch0", addr="10.0.0.1",  # type: ignore[arg-type]
+    options = load.Options(interface="nosuch0", addr="10.0.0.1",  # type: ignore[arg-type]
                              password=b"x", upscript=Path("/nonexistent/up"))
     assert options.upscript == Path("/nonexistent/up")
-    assert [p.message for p in config.validate(options.model_dump())[1]] == [
+    assert [p.message for p in load.validate(options.model_dump())[1]] == [
         "-i/--interface: 'nosuch0': no such network interface",
         "-u/--upscript: '/nonexistent/up': must be an existing executable file"]
 
@@ -129,12 +130,12 @@ def test_the_model_alone_accepts_a_script_this_machine_lacks() -> None:
 
 def test_a_password_on_the_command_line_is_how_the_options_arrived_not_an_option(
         tmp_path: Path) -> None:
-    assert "password_on_command_line" not in config.Options.model_fields
-    assert config.engine_config([*ARGV, "-p", "x"]).password_on_command_line
+    assert "password_on_command_line" not in load.Options.model_fields
+    assert load.engine_config([*ARGV, "-p", "x"]).password_on_command_line
     passfile = tmp_path / "pw"
     passfile.touch(mode=0o600)
     passfile.write_text("x\n")
-    assert not config.engine_config([*ARGV, "-o", str(passfile)]).password_on_command_line
+    assert not load.engine_config([*ARGV, "-o", str(passfile)]).password_on_command_line
 
 
 def test_a_readable_password_is_a_warning_at_its_line_whatever_the_file_is_called(

@@ -18,8 +18,8 @@ class Elsewhere:
         return None
 
 sys.meta_path.insert(0, Elsewhere())
-from carpd import netlink
-from carpd._pyroute2 import is_complete
+from carpd.engine import netlink
+from carpd.engine._pyroute2 import is_complete
 assert is_complete(sys.modules["pyroute2"]), "fell back to the whole package"
 print(netlink.IPRoute.__module__, netlink.interface_info("lo").index)
 """

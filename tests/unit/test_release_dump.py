@@ -1,4 +1,5 @@
-"""carpd.release reads an interface's addresses with netlink messages of its own (the standard
+"""carpd.engine.release reads an interface's addresses with netlink messages of its own (the
+standard
 library only, for the watchdog): how it reads a dump."""
 
 from __future__ import annotations
@@ -7,7 +8,7 @@ import socket
 import struct
 from ipaddress import IPv4Address
 
-from carpd import release
+from carpd.engine import release
 
 
 def _attribute(kind: int, value: bytes) -> bytes:

@@ -10,17 +10,17 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from carpd import config
-from carpd.ifupdown import stanza
-from carpd.ifupdown.runtime import env_text
+from carpd.config import load
+from carpd.debian.ifupdown import stanza
+from carpd.debian.ifupdown.runtime import env_text
 
 SECRET = "Pa55-w0rd-xyz"
 BASE = ["-i", "lo", "-a", "10.0.0.1", "-s", "127.0.0.1"]
 
 
 def _refusal(argv: list[str]) -> str:
-    with pytest.raises(config.ConfigError) as caught:
-        config.from_command_line(argv)
+    with pytest.raises(load.ConfigError) as caught:
+        load.from_command_line(argv)
     return str(caught.value)
 
 
@@ -62,7 +62,7 @@ def test_a_passfile_not_owned_by_root_is_refused(tmp_path: Path) -> None:
 
 def test_a_root_only_passfile_is_read(tmp_path: Path) -> None:
     passfile = _private_file(tmp_path / "pass", SECRET + "\n", 0o400)
-    assert config.from_command_line([*BASE, "-o", str(passfile)]).password == SECRET.encode()
+    assert load.from_command_line([*BASE, "-o", str(passfile)]).password == SECRET.encode()
 
 
 def test_a_config_file_not_owned_by_root_is_refused(tmp_path: Path) -> None:
@@ -93,7 +93,7 @@ def test_a_stanza_passfile_others_can_read_is_refused_under_its_option_name(
 
 
 def test_neither_the_options_nor_the_password_show_it_in_repr_or_str() -> None:
-    options = config.from_command_line([*BASE, "-p", SECRET])
+    options = load.from_command_line([*BASE, "-p", SECRET])
     shown = [repr(options), str(options), repr(options.password), str(options.password),
              f"{options.password}", repr(options.model_dump()), str(vars(options))]
     assert not [text for text in shown if SECRET in text]
@@ -102,7 +102,7 @@ def test_neither_the_options_nor_the_password_show_it_in_repr_or_str() -> None:
 
 def _validation_error(**given: object) -> ValidationError:
     with pytest.raises(ValidationError) as caught:
-        config.Options(**{"interface": "lo", "addr": "10.0.0.1", **given})  # type: ignore[arg-type]
+        load.Options(**{"interface": "lo", "addr": "10.0.0.1", **given})  # type: ignore[arg-type]
     return caught.value
 
 

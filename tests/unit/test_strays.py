@@ -1,4 +1,4 @@
-"""carpd.strays, the pure parts: our own connections from /proc/net/tcp, the neighbour table,
+"""carpd.engine.strays, the pure parts: our own connections from /proc/net/tcp, the neighbour table,
 and the forwarding rules' text (the rules themselves run in tests/engine/test_drain_forwarding)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import sys
 from ipaddress import IPv4Address
 from pathlib import Path
 
-from carpd.strays import Flow, forward_ruleset, neighbour_mac, parse_open_connections
+from carpd.engine.strays import Flow, forward_ruleset, neighbour_mac, parse_open_connections
 
 VIP = IPv4Address("10.9.1.100")
 

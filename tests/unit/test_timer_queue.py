@@ -1,4 +1,5 @@
-"""The engine's timer handling on a fake clock, with real election cores: carpd.daemon.TimerQueue
+"""The engine's timer handling on a fake clock, with real election cores:
+carpd.engine.daemon.TimerQueue
 (the groups' timer instants, soonest first) and the schedule it runs MASTERs on (each a few ms
 early, spread by vhid, so that 255 groups due at one instant do not go out in one burst)."""
 
@@ -9,7 +10,8 @@ import random
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
-from carpd import daemon, election, wire
+from carpd.core import election, wire
+from carpd.engine import daemon
 
 VHIDS = range(1, 256)
 INTERVALS = 60
@@ -21,7 +23,7 @@ whole milliseconds and up to 1 ms of timer slack (0.1 % of the sleep)."""
 
 @dataclass
 class FakeGroup:
-    """What the loop sees of a carpd.group.Group: its core, its vhid, its timers; the adverts
+    """What the loop sees of a carpd.engine.group.Group: its core, its vhid, its timers; the adverts
     its core asks for are noted with the (fake) time the loop ran them."""
 
     host: election.VirtualHost

@@ -11,17 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from carpd import config
+from carpd.config import load
 
 BASE = ["-i", "lo", "-a", "10.0.0.1", "-s", "127.0.0.1", "-p", "x"]
 
 
-def parse(*extra: str) -> config.Options:
-    return config.from_command_line([*BASE, *extra])
+def parse(*extra: str) -> load.Options:
+    return load.from_command_line([*BASE, *extra])
 
 
 def refusal(*extra: str) -> str:
-    with pytest.raises(config.ConfigError) as caught:
+    with pytest.raises(load.ConfigError) as caught:
         parse(*extra)
     return str(caught.value)
 
@@ -119,7 +119,7 @@ def test_of_several_tracked_interfaces_the_bad_one_is_named() -> None:
 
 
 def test_carpd_refuses_a_missing_track_script_before_starting() -> None:
-    src = Path(config.__file__).parents[1]
+    src = Path(load.__file__).parents[2]
     result = subprocess.run([sys.executable, "-m", "carpd", *BASE, "--track-script",
                              "/nonexistent/check-nginx"], capture_output=True, text=True,
                             timeout=30, env={**os.environ, "PYTHONPATH": str(src)})
@@ -142,7 +142,7 @@ def test_config_file_gives_track_scripts_as_lists_of_words(tmp_path: Path) -> No
         "track_script": [[str(check), "80", "a b"], ["/bin/true"]],
         "track_interface": ["eth1", "eth2"], "track_interval": 0.5, "track_fall": 4,
         "persist_dir": str(tmp_path)})
-    options = config.from_command_line(["--config", str(conf)])
+    options = load.from_command_line(["--config", str(conf)])
     assert options.track_script == ((str(check), "80", "a b"), ("/bin/true",))
     assert options.track_interface == ("eth1", "eth2")
     assert (options.track_interval, options.track_fall, options.persist_dir) == (
@@ -153,7 +153,7 @@ def test_track_scripts_on_the_command_line_replace_those_of_the_config_file(
         tmp_path: Path) -> None:
     conf = _config_file(tmp_path, {"interface": "lo", "addr": "10.0.0.1", "password": "x",
                                    "track_script": [["/bin/false"]]})
-    options = config.from_command_line(["--config", str(conf), "--track-script", "/bin/true"])
+    options = load.from_command_line(["--config", str(conf), "--track-script", "/bin/true"])
     assert options.track_script == (("/bin/true",),)
 
 
@@ -161,8 +161,8 @@ def test_config_file_track_script_of_another_shape_says_what_is_allowed(
         tmp_path: Path) -> None:
     conf = _config_file(tmp_path, {"interface": "lo", "addr": "10.0.0.1", "password": "x",
                                    "track_script": 7})
-    with pytest.raises(config.ConfigError) as caught:
-        config.from_command_line(["--config", str(conf)])
+    with pytest.raises(load.ConfigError) as caught:
+        load.from_command_line(["--config", str(conf)])
     assert str(caught.value) == ("--track-script: 7: allowed: a list of commands, each a "
                                  "command line (a string) or its words (a list of strings)")
 
@@ -175,11 +175,11 @@ def test_options_dumped_as_json_read_back_the_same(tmp_path: Path) -> None:
     data = options.model_dump(mode="json", exclude={"password"})
     assert data["track_script"] == [[str(check), "a b"]]
     conf = _config_file(tmp_path, {**data, "password": "x"})
-    assert config.from_command_line(["--config", str(conf)]) == options
+    assert load.from_command_line(["--config", str(conf)]) == options
 
 
 def test_help_names_every_track_option() -> None:
-    words = config.parser().format_help().split()
+    words = load.parser().format_help().split()
     for flag in ("--track-script", "--track-interval", "--track-timeout", "--track-fall",
                  "--track-rise", "--track-interface", "--persist-dir"):
         assert flag in words
@@ -188,4 +188,4 @@ def test_help_names_every_track_option() -> None:
 def test_every_new_field_has_its_flag_for_error_messages() -> None:
     for name in ("track_script", "track_interval", "track_timeout", "track_fall",
                  "track_rise", "track_interface", "persist_dir"):
-        assert config.FLAGS[name] == "--" + name.replace("_", "-")
+        assert load.FLAGS[name] == "--" + name.replace("_", "-")

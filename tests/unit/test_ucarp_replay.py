@@ -13,8 +13,8 @@ from ipaddress import IPv4Address
 
 from frames import CarpCase, carp_cases, vector_frames
 
-from carpd import wire
-from carpd.election import (
+from carpd.core import wire
+from carpd.core.election import (
     Action,
     Params,
     RunScript,

@@ -13,13 +13,15 @@ from typing import Any
 import pytest
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 
-from carpd import carpctl, config, netlink
-from carpd.config import ConfigError
-from carpd.election import Script
-from carpd.group import script_argv
-from carpd.ifupdown import groups, hook, interfaces, runtime
-from carpd.ifupdown import stanza as ucarp
-from carpd.ifupdown.stanza import StanzaError
+from carpd.config import load
+from carpd.config.load import ConfigError
+from carpd.core.election import Script
+from carpd.debian import carpctl
+from carpd.debian.ifupdown import groups, hook, interfaces, runtime
+from carpd.debian.ifupdown import stanza as ucarp
+from carpd.debian.ifupdown.stanza import StanzaError
+from carpd.engine import netlink
+from carpd.engine.group import script_argv
 
 SCRIPTS = {"ucarp-upscript": "/bin/true", "ucarp-downscript": "/bin/true"}
 BASE = {"ucarp-vid": "1", "ucarp-vip": "10.0.0.101", "ucarp-password": "secret", **SCRIPTS}
@@ -118,7 +120,7 @@ def test_the_hook_reads_the_option_from_ifupdowns_environment() -> None:
 # -- the command line ---------------------------------------------------------------------------
 
 def test_the_command_line_takes_vip_interface() -> None:
-    options = config.from_command_line(["-i", "lo", "-p", "x", "-a", "10.0.0.1",
+    options = load.from_command_line(["-i", "lo", "-p", "x", "-a", "10.0.0.1",
                                         "--vip-interface", "lo"])
     assert options.vip_on == "lo"
 
@@ -130,7 +132,7 @@ def test_the_command_line_takes_vip_interface() -> None:
 def test_a_bad_vip_interface_on_the_command_line_names_the_flag_and_value(
         value: str, why: str) -> None:
     with pytest.raises(ConfigError) as caught:
-        config.from_command_line(["-i", "lo", "-p", "x", "-a", "10.0.0.1",
+        load.from_command_line(["-i", "lo", "-p", "x", "-a", "10.0.0.1",
                                   "--vip-interface", value])
     assert str(caught.value) == f"--vip-interface: {value!r}: {why}"
 
@@ -275,7 +277,7 @@ def test_the_same_vhid_on_two_engines_whose_vips_share_an_interface_is_fine(
 
 
 def test_the_scripts_of_a_command_line_group_get_the_vip_interface() -> None:
-    options = config.from_command_line(["-i", "lo", "-p", "x", "-a", "10.0.0.1",
+    options = load.from_command_line(["-i", "lo", "-p", "x", "-a", "10.0.0.1",
                                         "--vip-interface", "lo", "-u", "/bin/true"])
     moved = options.model_copy(update={"interface": "eth1", "vip_interface": "eth0"})
     up = script_argv(moved)[Script.UP]

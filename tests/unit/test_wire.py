@@ -1,4 +1,4 @@
-"""carpd.wire against the frames captured from Debian's ucarp 1.5.2.
+"""carpd.core.wire against the frames captured from Debian's ucarp 1.5.2.
 
 One table (frames.carp_cases: every CARP frame of the three vectors, its decoded fields next to its
 bytes) drives the encoder tests, the decoder tests and the corruption tests.
@@ -27,7 +27,7 @@ from frames import (
     with_ip_checksum,
 )
 
-from carpd import wire
+from carpd.core import wire
 
 CARP_CASES = carp_cases()
 ARP_CASES = arp_cases()
@@ -323,7 +323,7 @@ def test_digest_is_compared_with_hmac_compare_digest(monkeypatch: pytest.MonkeyP
         calls.append((a, b))
         return verdict["equal"]
 
-    monkeypatch.setattr(hmac, "compare_digest", spy)  # the function carpd.wire calls
+    monkeypatch.setattr(hmac, "compare_digest", spy)  # the function carpd.core.wire calls
     wrong_key = CASE.expect(key=b"not the password")
     # The verdict comes from compare_digest alone: a wrong digest it calls equal is accepted...
     assert isinstance(wire.inspect(PACKET, wrong_key), wire.Received)

@@ -1,4 +1,5 @@
-"""carpd.wire.AdvertFrames, the send path's encoder, against the reference encoder and the frames
+"""carpd.core.wire.AdvertFrames, the send path's encoder, against the reference encoder and the
+frames
 captured from ucarp 1.5.2: not one byte may differ."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from ipaddress import IPv4Address
 import pytest
 from frames import CarpCase, carp_cases
 
-from carpd import wire
+from carpd.core import wire
 
 CARP_CASES = carp_cases()
 RANDOM_FRAMES = 5000

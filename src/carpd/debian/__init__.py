@@ -1,0 +1,2 @@
+"""The Debian glue: ifupdown hooks and stanzas, carpctl, dpkg status, migration
+from ucarp."""
