@@ -45,7 +45,7 @@ class CarpCase:
         """What a receiver configured like the capture's nodes accepts."""
         fields: dict[str, Any] = {
             "vhid": self.vhid, "key": self.password, "vip": self.vip,
-            "own_address": RECEIVER, "group": self.group,
+            "source": RECEIVER, "group": self.group,
         }
         fields.update(changes)
         return wire.Expect(**fields)

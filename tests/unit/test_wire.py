@@ -200,7 +200,7 @@ def test_other_protocol_is_rejected_as_not_carp() -> None:
 
 
 def test_our_own_advert_is_rejected_as_own() -> None:
-    assert wire.inspect(PACKET, CASE.expect(own_address=CASE.source)) is wire.Reject.OWN
+    assert wire.inspect(PACKET, CASE.expect(source=CASE.source)) is wire.Reject.OWN
 
 
 def test_ttl_below_255_is_rejected_as_bad_ttl() -> None:

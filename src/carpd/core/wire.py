@@ -241,12 +241,13 @@ def encode_gratuitous_arp(mac: bytes, address: IPv4Address) -> bytes:
 
 @dataclass(frozen=True)
 class Expect:
-    """What a receiver accepts: its vhid, key, VIP, group and its own address."""
+    """What a receiver accepts: its vhid, key, VIP (`vip`), group and our own address (`source`)."""
 
     vhid: int
     key: bytes
     vip: IPv4Address
-    own_address: IPv4Address
+    source: IPv4Address
+    """Our own address (the adverts we send come from it: dropped as OWN)."""
     group: IPv4Address = DEFAULT_GROUP
 
 
@@ -262,7 +263,7 @@ def inspect(packet: bytes, expect: Expect) -> Received | Reject:
     if ihl < IP_HEADER_LEN or len(packet) < ihl + CARP_HEADER_LEN:
         return Reject.SHORT
     source = IPv4Address(packet[12:16])
-    if source == expect.own_address:
+    if source == expect.source:
         return Reject.OWN
     return _check_carp(packet, ihl, source, expect)
 
