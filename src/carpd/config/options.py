@@ -13,12 +13,17 @@ table, and nowhere else written down:
 - the stanza model and mapping (:class:`carpd.debian.ifupdown.stanza.UcarpStanza`,
   ``OPTION_NAMES``, ``KNOWN``: ``carpctl check``'s list of known options);
 - the per-engine keys of a ``--config`` with groups, and the interface-wide stanza options;
+- what the engine (which never loads pydantic) reads: :class:`carpd.engine.settings.Settings`
+  and ``PER_ENGINE_KEYS``, written from this table by ``make settings``
+  (:mod:`carpd.config.write_settings`; a field's engine type is its annotation's, or the class
+  of an ``AfterValidator`` that is one, as ``Secret``);
 - the man pages' option lists are checked against it (tests/unit/test_option_table.py).
 
-Adding an option is one field here (plus its test).  The model holds only what a person gives:
-how it arrived (the password on the command line) is :class:`carpd.config.load.EngineConfig`'s, and
-what depends on this machine (does the interface exist, is the script executable) is checked
-after the model, by :func:`environment_problems`.
+Adding an option is one field here, then ``make settings`` (plus its test and its man page
+entries: tests/unit/test_option_table.py fails until each is there).  The model holds only what
+a person gives: how it arrived (the password on the command line) is
+:class:`carpd.config.load.EngineConfig`'s, and what depends on this machine (does the interface
+exist, is the script executable) is checked after the model, by :func:`environment_problems`.
 """
 
 from __future__ import annotations

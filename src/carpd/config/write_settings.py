@@ -63,9 +63,10 @@ def type_source(kind: Any) -> str:
 
 def value_source(value: Any) -> str:
     """A default as source text."""
-    if isinstance(value, IPv4Address | Path):
-        return f'{type_source(type(value) if isinstance(value, IPv4Address) else Path)}' \
-               f'("{value}")'
+    if isinstance(value, IPv4Address):
+        return f'IPv4Address("{value}")'
+    if isinstance(value, Path):
+        return f'Path("{value}")'
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return repr(value)

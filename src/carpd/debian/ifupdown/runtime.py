@@ -32,7 +32,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 from carpd.engine import release as _release
 from carpd.engine.identity import RUN_DIR
@@ -67,7 +67,14 @@ class _RunFile:
     def __init__(self, suffix: str) -> None:
         self.suffix = suffix
 
-    def __get__(self, paths: Paths, owner: type[Paths] | None = None) -> Path:
+    @overload
+    def __get__(self, paths: None, owner: type[Paths]) -> _RunFile: ...
+    @overload
+    def __get__(self, paths: Paths, owner: type[Paths] | None = None) -> Path: ...
+
+    def __get__(self, paths: Paths | None, owner: type[Paths] | None = None) -> Path | _RunFile:
+        if paths is None:  # on the class itself
+            return self
         return paths.run_dir / f"{paths.interface}.{self.suffix}"
 
 
