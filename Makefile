@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := $(shell grep -v '^\s*\#' .ci/apt-packages)
 
-.PHONY: deps venv lint unit test demo bench fuzz clean pyroute2-08
+.PHONY: deps venv lint unit test demo bench fuzz clean pyroute2-08 settings
 
 FUZZ_FRAMES ?= 1000000
 FUZZ_SEED ?= 20261201
@@ -29,6 +29,13 @@ PY_SCRIPTS := debian/carpd-engines debian/carpd-migrate share/checks/http-url sh
 lint: venv
 	$(VENV)/bin/ruff check src tests bench demo lab fuzz $(PY_SCRIPTS)
 	$(VENV)/bin/mypy
+
+# The engine's side of the option table, written from it: src/carpd/engine/settings.py's
+# Settings and PER_ENGINE_KEYS (the engine never loads pydantic, so it cannot read the table).
+# Adding an option is a field in src/carpd/config/options.py, then `make settings`
+# (tests/unit/test_option_table.py fails until then).  This tree's sources, not the venv's.
+settings: venv
+	PYTHONPATH=src $(PY) -m carpd.config.write_settings
 
 unit: venv
 	$(PY) -m pytest -q tests/unit

@@ -89,3 +89,24 @@ def test_a_request_answered_later_gets_its_reply_when_the_server_has_it(tmp_path
             assert server.waiting == []
     finally:
         server.close()
+
+
+STOP_BUDGET_IMPORTS = r'''
+import json, sys
+from pathlib import Path
+from carpd.debian.ifupdown import runtime
+budget = runtime.stop_budget(Path(sys.argv[1]))
+print(json.dumps([budget, sorted(m for m in sys.modules if m.split(".")[0] == "pydantic")]))
+'''
+
+
+def test_how_long_a_confs_engine_may_take_to_stop_is_known_without_pydantic(
+        tmp_path: Path) -> None:
+    """ifdown waits on it (the hook stopping an engine): the plain settings' budget."""
+    conf = _config(tmp_path, {"interface": "eth0", "groups": [
+        {"vhid": 1, "addr": "10.1.2.3", "drain": 5, "script_timeout": 10},
+        {"vhid": 2, "addr": "10.1.2.4", "drain_connections": 40}]})
+    out = subprocess.run([sys.executable, "-c", STOP_BUDGET_IMPORTS, conf], check=True,
+                         capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert json.loads(out.stdout) == [40 + 30 + 15, []]

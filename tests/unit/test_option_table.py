@@ -6,18 +6,24 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import re
 import sys
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
+from types import ModuleType
+from typing import Annotated
 
 import pytest
+from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from carpd.config import load, options
+from carpd.config import load, options, write_settings
 from carpd.config.options import ROWS, Kind
 from carpd.debian.ifupdown import groups, runtime
 from carpd.debian.ifupdown import stanza as ucarp
+from carpd.engine import settings as engine_settings
 from carpd.engine.settings import Settings, settings_from_plain, settings_to_plain
 
 DEBIAN = Path(__file__).resolve().parents[2] / "debian"
@@ -224,11 +230,68 @@ def test_every_field_reaches_the_engine_through_json_as_the_model_made_it() -> N
         assert value != options.Options.model_fields[name].default, f"{name} left at default"
 
 
+def _properties(model: type) -> set[str]:
+    return {name for name in dir(model) if isinstance(getattr(model, name, None), property)}
+
+
 def test_the_engines_settings_offer_every_property_of_the_model() -> None:
-    properties = [n for n, v in vars(options.Options).items() if isinstance(v, property)]
-    assert {"vip_on", "scripts_interface"} <= set(properties)
+    properties = _properties(options.Options) - _properties(BaseModel)
+    assert {"vip_on", "scripts_interface"} <= properties
     bare = options.Options(interface="lo", addr="10.1.2.3", password=b"p")
     for given in (_every_field_given(), bare):
         settings = settings_from_plain(settings_to_plain(given))
         for name in properties:
             assert getattr(settings, name) == getattr(given, name), name
+
+
+# -- the engine's side, written from the table --------------------------------------------------
+
+def test_the_engines_settings_are_what_the_generator_writes_from_the_table() -> None:
+    text = Path(engine_settings.__file__).read_text()
+    assert write_settings.rewritten(text) == text, "run `make settings`"
+    assert write_settings.main(["--check"]) == 0
+
+
+class _Grown(options.Options):
+    """The table with two made-up options, as one would add them: a field each."""
+
+    knob: Annotated[Path | None, options.PER_ENGINE, options.cli(
+        "--knob", help="a made-up per-engine option")] = None
+    peers: Annotated[tuple[IPv4Address, ...], options.Stanza("ucarp-peers", Kind.LINES),
+                     options.cli("--peer", action="append", help="a made-up group option")] = ()
+
+
+def _settings_module(model: type[BaseModel], folder: Path,
+                     monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """carpd/engine/settings.py as the generator writes it for ``model``, imported."""
+    path = folder / "grown_settings.py"
+    path.write_text(write_settings.rewritten(Path(engine_settings.__file__).read_text(), model))
+    spec = importlib.util.spec_from_file_location("grown_settings", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "grown_settings", module)  # dataclasses look it up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_an_option_added_to_the_table_reaches_the_engine_with_no_other_edit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    grown = _settings_module(_Grown, tmp_path, monkeypatch)
+    names = [f.name for f in dataclasses.fields(grown.Settings)]
+    assert names == [*options.Options.model_fields, "knob", "peers"]
+    per_engine = grown.PER_ENGINE_KEYS
+    assert per_engine == (*engine_settings.PER_ENGINE_KEYS, "knob")
+    given = _Grown(interface="lo", addr="10.1.2.3", password=b"p", knob="/etc/knob",
+                   peers=["10.1.2.4", "10.1.2.5"])
+    settings = grown.settings_from_plain(json.loads(json.dumps(grown.settings_to_plain(given))))
+    assert settings.knob == Path("/etc/knob")
+    assert settings.peers == (IPv4Address("10.1.2.4"), IPv4Address("10.1.2.5"))
+    assert grown.Settings(interface="lo", addr=given.addr, password=given.password).peers == ()
+
+
+def test_the_generator_refuses_a_type_the_engines_settings_cannot_carry() -> None:
+    class Odd(options.Options):
+        net: IPv4Network | None = None
+
+    with pytest.raises(write_settings.UnknownType, match="IPv4Network"):
+        write_settings.render(Odd)

@@ -17,7 +17,6 @@ import json
 import os
 import stat
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,7 @@ from carpd.config.options import (
 )
 from carpd.config.problems import HIDDEN, ConfigError, Problem
 from carpd.engine import identity
-from carpd.engine.settings import STOP_MARGIN, Secret, stop_budget
+from carpd.engine.settings import STOP_MARGIN, EngineGroups, Secret, stop_budget
 
 __all__ = ["FACILITIES", "FLAGS", "HIDDEN", "IFNAMSIZ", "INTERFACE_KEYS", "STOP_MARGIN",
            "ConfigError", "EngineConfig", "Options", "Secret", "build", "engine_config",
@@ -212,27 +211,9 @@ INTERFACE_KEYS = PER_ENGINE_KEYS
 """Keys with one value per engine; every other key belongs to a group."""
 
 
-@dataclass(frozen=True)
-class EngineConfig:
-    """What one engine runs: its groups (each a complete :class:`Options`, the interface-level
-    keys the same in all) and the --config file they came from, if any."""
-
-    groups: tuple[Options, ...]
-    config_file: str | None = None
-    password_on_command_line: bool = False
-    """The password came with -p/--pass: anyone can read it with ps."""
-
-    @property
-    def first(self) -> Options:
-        return self.groups[0]
-
-    @property
-    def interface(self) -> str:
-        return self.groups[0].interface
-
-    @property
-    def vhids(self) -> tuple[int, ...]:
-        return tuple(g.vhid for g in self.groups)
+class EngineConfig(EngineGroups[Options]):
+    """What one engine runs, validated: its groups, each a complete :class:`Options` (the
+    interface-level keys the same in all), and the --config file they came from, if any."""
 
 
 def from_command_line(argv: list[str]) -> Options:

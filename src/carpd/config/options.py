@@ -13,12 +13,17 @@ table, and nowhere else written down:
 - the stanza model and mapping (:class:`carpd.debian.ifupdown.stanza.UcarpStanza`,
   ``OPTION_NAMES``, ``KNOWN``: ``carpctl check``'s list of known options);
 - the per-engine keys of a ``--config`` with groups, and the interface-wide stanza options;
+- what the engine (which never loads pydantic) reads: :class:`carpd.engine.settings.Settings`
+  and ``PER_ENGINE_KEYS``, written from this table by ``make settings``
+  (:mod:`carpd.config.write_settings`; a field's engine type is its annotation's, or the class
+  of an ``AfterValidator`` that is one, as ``Secret``);
 - the man pages' option lists are checked against it (tests/unit/test_option_table.py).
 
-Adding an option is one field here (plus its test).  The model holds only what a person gives:
-how it arrived (the password on the command line) is :class:`carpd.config.load.EngineConfig`'s, and
-what depends on this machine (does the interface exist, is the script executable) is checked
-after the model, by :func:`environment_problems`.
+Adding an option is one field here, then ``make settings`` (plus its test and its man page
+entries: tests/unit/test_option_table.py fails until each is there).  The model holds only what
+a person gives: how it arrived (the password on the command line) is
+:class:`carpd.config.load.EngineConfig`'s, and what depends on this machine (does the interface
+exist, is the script executable) is checked after the model, by :func:`environment_problems`.
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from carpd.config.problems import HIDDEN
 from carpd.core import wire
 from carpd.engine import identity
-from carpd.engine.settings import Secret
+from carpd.engine.settings import Places, Secret
 
 FACILITIES = (
     "auth", "authpriv", "cron", "daemon", "ftp", "kern", "lpr", "mail", "news", "syslog", "user",
@@ -235,9 +240,52 @@ EXISTS = Exists(_interface_exists)
 EXECUTABLE = Exists(_executable)
 
 
+# -- the secret in errors ----------------------------------------------------------------------
+
+def _hidden(value: Any, loc: tuple[int | str, ...], key: str) -> Any:
+    if loc and loc[0] == key:
+        return HIDDEN
+    if isinstance(value, dict) and key in value:
+        return {**value, key: HIDDEN}
+    return value
+
+
+def hiding(key: str) -> Any:
+    """A model validator that keeps the value of ``key`` out of the model's errors.  Assign it
+    last in the class, so that it wraps every other validator, the whole-model ones too."""
+
+    def never_in_errors(cls: type[BaseModel], data: Any,
+                        handler: ValidatorFunctionWrapHandler) -> Any:
+        try:
+            return handler(data)
+        except ValidationError as error:
+            raise without_secret(error, key) from None
+
+    return model_validator(mode="wrap")(classmethod(never_in_errors))  # type: ignore[arg-type]
+
+
+def without_secret(error: ValidationError, key: str) -> ValidationError:
+    """``error`` with the value of ``key`` replaced wherever pydantic kept the input (a field's
+    own error, or a whole-model error whose input is every field).  Each error keeps its type,
+    location, message and context."""
+    details: list[InitErrorDetails] = [
+        {"type": PydanticCustomError(item["type"], item["msg"], _plain_ctx(item.get("ctx"))),
+         "loc": item["loc"], "input": _hidden(item["input"], item["loc"], key)}
+        for item in error.errors(include_url=False)]
+    return ValidationError.from_exception_data(error.title, details, hide_input=True)
+
+
+def _plain_ctx(ctx: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The context of an error that other code reads (a custom error's), not an exception's."""
+    if not ctx:
+        return None
+    plain = {k: v for k, v in ctx.items() if isinstance(v, str | int | float)}
+    return plain or None
+
+
 # -- the table ---------------------------------------------------------------------------------
 
-class Options(BaseModel):
+class Options(BaseModel, Places):
     """What one carpd engine runs with: one field per option (see the module's docstring)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
@@ -351,15 +399,6 @@ class Options(BaseModel):
         help="where demotions that survive a reboot are kept (default /var/lib/carpd)")
     ] = Path("/var/lib/carpd")
 
-    @property
-    def scripts_interface(self) -> str:
-        """The scripts put the VIP where it lives: by default on the VIP's interface."""
-        return self.script_interface or self.vip_on
-
-    @property
-    def vip_on(self) -> str:
-        return self.vip_interface or self.interface
-
     @model_validator(mode="after")
     def _interval_not_zero(self) -> Options:
         if self.advbase == 0 and self.advskew == 0:
@@ -369,16 +408,7 @@ class Options(BaseModel):
                              "stopping, take over\"): lower either")
         return self
 
-    # Defined last, so it wraps every other validator, the whole-model ones too.
-    @model_validator(mode="wrap")
-    @classmethod
-    def _password_never_in_errors(cls, data: Any,
-                                  handler: ValidatorFunctionWrapHandler) -> Options:
-        try:
-            options: Options = handler(data)
-        except ValidationError as error:
-            raise without_secret(error, "password") from None
-        return options
+    _password_never_in_errors = hiding("password")  # last: it wraps every other validator
 
 
 @dataclass(frozen=True)
@@ -449,35 +479,6 @@ def shown_name(name: str) -> str:
     """How an error on the command line or in a --config names the option ``name``."""
     row = BY_NAME.get(name)
     return row.cli.name if row is not None and row.cli is not None else name
-
-
-# -- the secret in errors ----------------------------------------------------------------------
-
-def _hidden(value: Any, loc: tuple[int | str, ...], key: str) -> Any:
-    if loc and loc[0] == key:
-        return HIDDEN
-    if isinstance(value, dict) and key in value:
-        return {**value, key: HIDDEN}
-    return value
-
-
-def without_secret(error: ValidationError, key: str) -> ValidationError:
-    """``error`` with the value of ``key`` replaced wherever pydantic kept the input (a field's
-    own error, or a whole-model error whose input is every field).  Each error keeps its type,
-    location, message and context."""
-    details: list[InitErrorDetails] = [
-        {"type": PydanticCustomError(item["type"], item["msg"], _plain_ctx(item.get("ctx"))),
-         "loc": item["loc"], "input": _hidden(item["input"], item["loc"], key)}
-        for item in error.errors(include_url=False)]
-    return ValidationError.from_exception_data(error.title, details, hide_input=True)
-
-
-def _plain_ctx(ctx: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The context of an error that other code reads (a custom error's), not an exception's."""
-    if not ctx:
-        return None
-    plain = {k: v for k, v in ctx.items() if isinstance(v, str | int | float)}
-    return plain or None
 
 
 # -- this machine ------------------------------------------------------------------------------

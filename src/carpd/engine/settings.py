@@ -3,11 +3,12 @@
 Validation (pydantic, :mod:`carpd.config`) runs in a short-lived process of its own
 (:mod:`carpd.config.validate`) at start and at each reload; the engine reads back what it made as
 JSON (:func:`engine_settings_from_json`), so that its long-running process never loads
-pydantic (issue 9: memory).  :class:`Settings` mirrors :class:`carpd.config.options.Options` field
-for
-field, default for default, with the same computed properties; the option table stays the one
-place an option is declared (tests/unit/test_option_table.py checks that the two agree, and that
-every field survives the trip through JSON).
+pydantic (issue 9: memory).  :class:`Settings` is the option table's
+(:class:`carpd.config.options.Options`) fields, types and defaults, written here by
+``make settings`` (:mod:`carpd.config.write_settings`) between the marked lines: the table stays
+the one place an option is declared, and tests/unit/test_option_table.py fails when this file is
+not what the generator writes.  The conversion to and from JSON follows each field's type, and
+the computed properties (:class:`Places`) are the model's too.
 """
 
 from __future__ import annotations
@@ -19,14 +20,14 @@ import sys
 from dataclasses import dataclass, fields
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, Generic, Protocol, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from carpd.config.problems import HIDDEN, ConfigError
-from carpd.core import wire
-from carpd.engine import identity
 
-__all__ = ["EngineSettings", "NoSettings", "Secret", "Settings", "Validation",
-           "engine_settings_from_json", "engine_settings_to_json", "stop_budget", "validated"]
+__all__ = ["PER_ENGINE_KEYS", "EngineGroups", "EngineSettings", "NoSettings", "Places", "Secret",
+           "Settings", "Validation", "engine_settings_from_json", "engine_settings_to_json",
+           "stop_budget", "validated"]
 
 
 class Secret(bytes):
@@ -52,9 +53,36 @@ def stop_budget(drain: float, script_timeout: float) -> float:
     return drain + script_timeout + STOP_MARGIN
 
 
+class _Where(Protocol):
+    @property
+    def interface(self) -> str: ...
+    @property
+    def script_interface(self) -> str | None: ...
+    @property
+    def vip_interface(self) -> str | None: ...
+
+
+class Places:
+    """Where a group's VIP and scripts are: the computed properties of the model
+    (:class:`carpd.config.options.Options`) and of :class:`Settings` alike."""
+
+    @property
+    def scripts_interface(self: _Where) -> str:
+        """The scripts put the VIP where it lives: by default on the VIP's interface."""
+        return self.script_interface or self.vip_interface or self.interface
+
+    @property
+    def vip_on(self: _Where) -> str:
+        return self.vip_interface or self.interface
+
+
+# -- generated from the option table (carpd.config.options) by `make settings`: edit the table
+
+
 @dataclass(frozen=True, kw_only=True)
-class Settings:
-    """One group's validated options (see :class:`carpd.config.options.Options` for each)."""
+class Settings(Places):
+    """One group's validated options: the option table's fields, types and defaults (see
+    :class:`carpd.config.options.Options` for each)."""
 
     interface: str
     vhid: int = 1
@@ -71,7 +99,7 @@ class Settings:
     facility: str = "daemon"
     neutral: bool = False
     ignoreifstate: bool = False
-    mcast: IPv4Address = wire.DEFAULT_GROUP
+    mcast: IPv4Address = IPv4Address("224.0.0.18")  # noqa: RUF009
     debug: bool = False
     srcip: IPv4Address | None = None
     shutdown: bool = False
@@ -79,7 +107,7 @@ class Settings:
     pidfile: Path | None = None
     ucarp_mac: bool = False
     script_timeout: float = 30.0
-    state_dir: Path = identity.RUN_DIR
+    state_dir: Path = Path("/run/carpd")
     drain: float = 2.0
     drain_connections: float = 0.0
     reannounce: float = 0.0
@@ -94,71 +122,84 @@ class Settings:
     vip_interface: str | None = None
     persist_dir: Path = Path("/var/lib/carpd")
 
-    @property
-    def scripts_interface(self) -> str:
-        """The scripts put the VIP where it lives: by default on the VIP's interface."""
-        return self.script_interface or self.vip_on
 
-    @property
-    def vip_on(self) -> str:
-        return self.vip_interface or self.interface
+PER_ENGINE_KEYS = (
+    "interface",
+    "nomcast",
+    "facility",
+    "ignoreifstate",
+    "mcast",
+    "debug",
+    "daemonize",
+    "pidfile",
+    "state_dir",
+    "persist_dir",
+)
+"""Options with one value per engine (shared by all the groups it runs); every other is a
+group's."""
+
+# -- end of what `make settings` writes
 
 
-ADDRESSES = frozenset({"addr", "mcast", "srcip"})
-PATHS = frozenset({"upscript", "downscript", "pidfile", "state_dir", "persist_dir"})
+_TYPES = get_type_hints(Settings)
+"""Each field's type, which says how its value goes to JSON and back."""
 
 
-def _to_plain(name: str, value: Any) -> Any:
-    if value is None:
-        return None
-    if name == "password":
-        return bytes(value).hex()
-    if name in ADDRESSES or name in PATHS:
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, bytes):  # the password: not always text
+        return value.hex()
+    if isinstance(value, IPv4Address | Path):
         return str(value)
-    if name == "track_script":
-        return [list(command) for command in value]
-    if name == "track_interface":
-        return list(value)
+    if isinstance(value, tuple):
+        return [_to_plain(item) for item in value]
     return value
 
 
-def _from_plain(name: str, value: Any) -> Any:
+def _from_plain(kind: Any, value: Any) -> Any:
     if value is None:
         return None
-    if name == "password":
+    if get_origin(kind) in (Union, UnionType):  # X | None: X
+        kind = next(arm for arm in get_args(kind) if arm is not type(None))
+    if get_origin(kind) is tuple:  # tuple[X, ...]
+        return tuple(_from_plain(get_args(kind)[0], item) for item in value)
+    if kind is Secret:
         return Secret(bytes.fromhex(value))
-    if name in ADDRESSES:
-        return IPv4Address(value)
-    if name in PATHS:
-        return Path(value)
-    if name == "track_script":
-        return tuple(tuple(command) for command in value)
-    if name == "track_interface":
-        return tuple(value)
+    if kind in (IPv4Address, Path, float):
+        return kind(value)
     return value
 
 
 def settings_to_plain(options: Any) -> dict[str, Any]:
     """Every field of ``options`` (a :class:`Settings` or an Options) as JSON-ready data."""
-    return {f.name: _to_plain(f.name, getattr(options, f.name)) for f in fields(Settings)}
+    return {f.name: _to_plain(getattr(options, f.name)) for f in fields(Settings)}
 
 
 def settings_from_plain(data: dict[str, Any]) -> Settings:
-    return Settings(**{f.name: _from_plain(f.name, data[f.name]) for f in fields(Settings)})
+    return Settings(**{name: _from_plain(kind, data[name]) for name, kind in _TYPES.items()})
+
+
+class _Group(Protocol):
+    @property
+    def interface(self) -> str: ...
+    @property
+    def vhid(self) -> int: ...
+
+
+G = TypeVar("G", bound=_Group)
 
 
 @dataclass(frozen=True)
-class EngineSettings:
+class EngineGroups(Generic[G]):
     """What one engine runs: its groups (the interface-level keys the same in all) and the
     --config file they came from, if any."""
 
-    groups: tuple[Settings, ...]
+    groups: tuple[G, ...]
     config_file: str | None = None
     password_on_command_line: bool = False
     """The password came with -p/--pass: anyone can read it with ps."""
 
     @property
-    def first(self) -> Settings:
+    def first(self) -> G:
         return self.groups[0]
 
     @property
@@ -170,7 +211,11 @@ class EngineSettings:
         return tuple(g.vhid for g in self.groups)
 
 
-def engine_settings_to_json(config: Any) -> str:
+class EngineSettings(EngineGroups[Settings]):
+    """The engine's groups as the engine runs them (:class:`Settings`)."""
+
+
+def engine_settings_to_json(config: EngineGroups[Any]) -> str:
     """An EngineConfig (validated Options) or :class:`EngineSettings` as one JSON text."""
     return json.dumps({"groups": [settings_to_plain(g) for g in config.groups],
                        "config_file": config.config_file,

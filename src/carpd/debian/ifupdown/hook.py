@@ -39,12 +39,11 @@ from typing import Any
 from carpd.debian.ifupdown import runtime
 from carpd.debian.ifupdown.runtime import Group, Paths
 from carpd.engine import control, release
+from carpd.engine.settings import STOP_MARGIN
 
 OPTION_PREFIX = "IF_UCARP_"
 PASSWORD_VARIABLE = "IF_UCARP_PASSWORD"
 READY_TIMEOUT = 15.0
-STOP_MARGIN = 15.0
-"""Seconds beyond the engine's script timeout that stopping it may take before it is killed."""
 IFUPDOWN_PROGRAMS = ("ifup", "ifdown", "ifquery", "ifreload")
 ENV_INTERFACES = "CARPD_IFUPDOWN_INTERFACES"
 ENV_STATE_DIR = "CARPD_IFUPDOWN_STATE_DIR"

@@ -32,12 +32,14 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 from carpd.engine import release as _release
 from carpd.engine.identity import RUN_DIR
 from carpd.engine.release import ALIAS
 from carpd.engine.release import alias_label as label
+from carpd.engine.settings import PER_ENGINE_KEYS
+from carpd.engine.settings import stop_budget as engine_stop_budget
 
 if TYPE_CHECKING:
     from carpd.config.load import Options
@@ -48,8 +50,7 @@ DEFAULT_DRAIN = 2.0
 """carpd's --drain default: the conf leaves out what is at its default."""
 # what the engine needs no field of: it runs in the foreground under a supervisor
 _NOT_IN_CONF = {"password", "password_on_command_line", "daemonize", "pidfile"}
-INTERFACE_KEYS = ("interface", "mcast", "nomcast", "ignoreifstate", "facility", "debug",
-                  "daemonize", "pidfile", "state_dir", "persist_dir")
+INTERFACE_KEYS = PER_ENGINE_KEYS
 """The engine's settings that are one per interface: every group of the interface shares them."""
 MAX_LABEL = 15
 """The kernel's limit on an address label (IFNAMSIZ - 1) in bytes."""
@@ -60,37 +61,34 @@ def physical(name: str) -> str:
     return name.split(":", 1)[0]
 
 
+class _RunFile:
+    """A file of the interface in the run folder: ``RUN_DIR/IFACE.SUFFIX``."""
+
+    def __init__(self, suffix: str) -> None:
+        self.suffix = suffix
+
+    @overload
+    def __get__(self, paths: None, owner: type[Paths]) -> _RunFile: ...
+    @overload
+    def __get__(self, paths: Paths, owner: type[Paths] | None = None) -> Path: ...
+
+    def __get__(self, paths: Paths | None, owner: type[Paths] | None = None) -> Path | _RunFile:
+        if paths is None:  # on the class itself
+            return self
+        return paths.run_dir / f"{paths.interface}.{self.suffix}"
+
+
 @dataclass(frozen=True)
 class Paths:
     interface: str
     run_dir: Path = RUN_DIR
 
-    def _file(self, suffix: str) -> Path:
-        return self.run_dir / f"{self.interface}.{suffix}"
-
-    @property
-    def conf(self) -> Path:
-        return self._file("conf")
-
-    @property
-    def env(self) -> Path:
-        return self._file("env")
-
-    @property
-    def supervisor(self) -> Path:
-        return self._file("supervisor")
-
-    @property
-    def log(self) -> Path:
-        return self._file("log")
-
-    @property
-    def hook_lock(self) -> Path:
-        return self._file("hook")
-
-    @property
-    def owners(self) -> Path:
-        return self._file("groups")
+    conf = _RunFile("conf")
+    env = _RunFile("env")
+    supervisor = _RunFile("supervisor")
+    log = _RunFile("log")
+    hook_lock = _RunFile("hook")
+    owners = _RunFile("groups")
 
     def remove(self) -> None:
         """Everything but the log (kept for a look after the fact) and demotions (kept as a
@@ -396,9 +394,7 @@ class ConfGroup:
 
     @property
     def stop_budget(self) -> float:
-        from carpd.config.load import stop_budget
-
-        return stop_budget(max(self.drain, self.drain_connections), self.script_timeout)
+        return engine_stop_budget(max(self.drain, self.drain_connections), self.script_timeout)
 
     def script_argv(self) -> list[str] | None:
         """The down script as the engine runs it."""

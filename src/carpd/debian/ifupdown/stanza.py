@@ -27,7 +27,6 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
-    ValidatorFunctionWrapHandler,
     create_model,
     model_validator,
 )
@@ -35,7 +34,15 @@ from pydantic_core import PydanticCustomError
 
 from carpd.config import load
 from carpd.config.load import ConfigError, Options
-from carpd.config.options import DEFAULT_DOWNSCRIPT, DEFAULT_UPSCRIPT, ROWS, SHARE, Kind, Row
+from carpd.config.options import (
+    DEFAULT_DOWNSCRIPT,
+    DEFAULT_UPSCRIPT,
+    ROWS,
+    SHARE,
+    Kind,
+    Row,
+    hiding,
+)
 from carpd.config.problems import HIDDEN, Problem, Problems
 from carpd.debian.ifupdown.interfaces import Iface, Interfaces
 from carpd.debian.ifupdown.runtime import ALIAS, MAX_LABEL, Group, label, physical
@@ -102,16 +109,7 @@ class _Rules(BaseModel):
                                        "label": "ucarp-password and ucarp-passfile"})
         return self
 
-    # Defined last, so it wraps every other validator, the whole-stanza ones too.
-    @model_validator(mode="wrap")
-    @classmethod
-    def _password_never_in_errors(cls, data: Any,
-                                  handler: ValidatorFunctionWrapHandler) -> _Rules:
-        try:
-            stanza: _Rules = handler(data)
-        except ValidationError as error:
-            raise load.without_secret(error, "ucarp-password") from None
-        return stanza
+    _password_never_in_errors = hiding("ucarp-password")  # last: it wraps every other one
 
 
 def _stanza_field(row: Row) -> tuple[Any, Any]:
