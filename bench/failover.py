@@ -26,7 +26,6 @@ namespace and process this starts is removed at the end (by PID), also on failur
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import signal
 import subprocess
@@ -42,6 +41,7 @@ from bench.common import (
     Deadline,
     Processes,
     Request,
+    can_run,
     finish,
     fmt,
     machine_line,
@@ -264,11 +264,7 @@ def main() -> int:
     if args.quick:
         args.count = min(args.count, 2)
         args.max_seconds = min(args.max_seconds, 58.0)
-    if os.geteuid() != 0:
-        print("needs root (network namespaces, raw sockets)", file=sys.stderr)
-        return 2
-    if not Path(UCARP).exists():
-        print(f"needs Debian's ucarp ({UCARP})", file=sys.stderr)
+    if not can_run(needs=(Path(UCARP),)):
         return 2
     kinds = [args.only] if args.only else ["ucarp", "carpd"]
     results = run_each(kinds, args, "carpd-failover-", run_kind)
