@@ -7,8 +7,8 @@ import select
 import socket
 import struct
 import time
-from dataclasses import dataclass
 from ipaddress import IPv4Address
+from typing import NamedTuple
 
 from lab.netns import Node, in_netns
 
@@ -17,8 +17,7 @@ ETH_P_ARP = b"\x08\x06"
 BROADCAST = b"\xff" * 6
 
 
-@dataclass(frozen=True)
-class Garp:
+class Garp(NamedTuple):
     """An ARP request whose sender and target address are the same (the one it announces)."""
 
     sender_mac: bytes
