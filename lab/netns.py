@@ -25,6 +25,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
@@ -64,6 +65,19 @@ def in_netns(name: str) -> Iterator[None]:
         finally:
             if _libc.setns(home.fileno(), _CLONE_NEWNET) != 0:
                 raise OSError(ctypes.get_errno(), "setns back home")
+
+
+@contextlib.contextmanager
+def veth_namespace(prefix: str) -> Iterator[str]:
+    """A network namespace of its own (``prefix`` and a random tag) with a veth pair v0-v1 in
+    it, both down; deleted on the way out."""
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    run("ip", "netns", "add", name)
+    try:
+        run("ip", "-n", name, "link", "add", "v0", "type", "veth", "peer", "name", "v1")
+        yield name
+    finally:
+        run("ip", "netns", "del", name, check=False)
 
 
 # ---- the wire ---------------------------------------------------------------------------------
