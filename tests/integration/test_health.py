@@ -620,13 +620,29 @@ def carrier(node: Node, interface: str) -> bool:
     return node.exec("cat", f"/sys/class/net/{interface}/carrier", check=False).stdout == "1\n"
 
 
-def test_tracked_interface_losing_carrier_makes_the_master_bow_out_at_once_and_come_back(
-        lab: Network) -> None:
+@dataclass
+class TrackingPair:
+    a: Node
+    b: Node
+    peer: str
+    """The other end of a's eth1, in the switch namespace (tracked_link)."""
+    master: Daemon
+    backup: Daemon
+
+
+def tracking_pair(lab: Network) -> TrackingPair:
+    """a MASTER (preferred, preempting) tracking its eth1, b its BACKUP."""
     a, b = lab.add_node("10.9.1.2"), lab.add_node("10.9.1.3")
     peer = tracked_link(lab, a)
     master = start_master(lab, a, advskew=PREFERRED_SKEW, preempt=True,
                           extra=track(interfaces=("eth1",)))
-    backup = start_backup(lab, b, a)
+    return TrackingPair(a, b, peer, master, start_backup(lab, b, a))
+
+
+def test_tracked_interface_losing_carrier_makes_the_master_bow_out_at_once_and_come_back(
+        lab: Network) -> None:
+    pair = tracking_pair(lab)
+    a, b, peer, master, backup = pair.a, pair.b, pair.peer, pair.master, pair.backup
 
     cut = time.time()
     run("ip", "-n", lab.switch, "link", "set", peer, "down")
@@ -655,11 +671,8 @@ def test_tracked_interface_losing_carrier_makes_the_master_bow_out_at_once_and_c
 
 def test_tracked_interface_deleted_and_created_again_is_followed_by_name(
         lab: Network) -> None:
-    a, b = lab.add_node("10.9.1.2"), lab.add_node("10.9.1.3")
-    peer = tracked_link(lab, a)
-    master = start_master(lab, a, advskew=PREFERRED_SKEW, preempt=True,
-                          extra=track(interfaces=("eth1",)))
-    start_backup(lab, b, a)
+    pair = tracking_pair(lab)
+    a, b, peer, master = pair.a, pair.b, pair.peer, pair.master
 
     deleted = time.time()
     run("ip", "-n", lab.switch, "link", "del", peer)  # both ends of the veth go
