@@ -280,6 +280,15 @@ class Daemon:
     def status(self) -> dict[str, object]:
         return self.control("status")
 
+    def status_if_up(self) -> dict[str, object] | None:
+        """carpd only: its status, or None while its control socket is not up yet; fails if the
+        daemon has died."""
+        assert self.alive(), f"{self} exited {self.process.returncode}:\n{self.log()}"
+        try:
+            return self.status()
+        except OSError:
+            return None
+
     def __str__(self) -> str:
         return f"{self.kind}@{self.node.name}"
 
