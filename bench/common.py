@@ -83,6 +83,11 @@ def machine_line() -> str:
     return f"machine: nproc {m['nproc']}, kernel {m['kernel']}, CPU {m['cpu'] or 'unknown'}"
 
 
+def span(start: float | None, end: float | None) -> float | None:
+    """``end - start``: None while either is unknown."""
+    return None if start is None or end is None else end - start
+
+
 def summary(values: Sequence[float]) -> dict[str, Any]:
     if not values:
         return {"count": 0, "median": None, "min": None, "max": None}

@@ -47,6 +47,7 @@ from bench.common import (
     machine_line,
     read_requests,
     run_each,
+    span,
     start_server,
     summary,
     table,
@@ -78,19 +79,15 @@ class Fault:
 
     @property
     def from_last_advert(self) -> float | None:
-        if self.first_success is None or self.last_advert is None:
-            return None
-        return self.first_success - self.last_advert
+        return span(self.last_advert, self.first_success)
 
     @property
     def from_fault(self) -> float | None:
-        return None if self.first_success is None else self.first_success - self.fault
+        return span(self.fault, self.first_success)
 
     @property
     def election(self) -> float | None:
-        if self.backup_first_advert is None or self.last_advert is None:
-            return None
-        return self.backup_first_advert - self.last_advert
+        return span(self.last_advert, self.backup_first_advert)
 
 
 class Pair(Bed):
