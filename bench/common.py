@@ -83,6 +83,11 @@ def machine_line() -> str:
     return f"machine: nproc {m['nproc']}, kernel {m['kernel']}, CPU {m['cpu'] or 'unknown'}"
 
 
+def span(start: float | None, end: float | None) -> float | None:
+    """``end - start``: None while either is unknown."""
+    return None if start is None or end is None else end - start
+
+
 def summary(values: Sequence[float]) -> dict[str, Any]:
     if not values:
         return {"count": 0, "median": None, "min": None, "max": None}
@@ -594,17 +599,25 @@ def run_each(kinds: Sequence[str], args: argparse.Namespace, prefix: str,
 Report = Callable[[dict[str, dict[str, Any]], argparse.Namespace], None]
 
 
+def can_run(needs: Sequence[Path] = (), root_for: str = "network namespaces, raw sockets") -> bool:
+    """Whether a comparison can run here: as root (for ``root_for``), with Debian's ucarp
+    (``needs``) there; if not, it says why on stderr."""
+    if os.geteuid() != 0:
+        print(f"needs root ({root_for})", file=sys.stderr)
+        return False
+    missing = [str(path) for path in needs if not path.exists()]
+    if missing:
+        print(f"needs Debian's ucarp ({', '.join(missing)})", file=sys.stderr)
+        return False
+    return True
+
+
 def bench_main(benchmark: str, args: argparse.Namespace, run_kind: RunKind, report: Report,
                needs: Sequence[Path] = ()) -> int:
     """A comparison's main: as root, with ``needs`` there, ``run_kind`` for carpd and ucarp
     (or ``args.only``; ``args.runs`` times if given), the table, the JSON and the exit
     status."""
-    if os.geteuid() != 0:
-        print("needs root (network namespaces, raw sockets, mounts)", file=sys.stderr)
-        return 2
-    missing = [str(path) for path in needs if not path.exists()]
-    if missing:
-        print(f"needs Debian's ucarp ({', '.join(missing)})", file=sys.stderr)
+    if not can_run(needs, root_for="network namespaces, raw sockets, mounts"):
         return 2
     kinds = [args.only] if args.only else ["ucarp", "carpd"]
     runs: int = getattr(args, "runs", 1)
@@ -624,10 +637,31 @@ def bench_main(benchmark: str, args: argparse.Namespace, run_kind: RunKind, repo
 def finish(benchmark: str, args: argparse.Namespace, results: dict[str, dict[str, Any]],
            **extra: Any) -> int:
     """The JSON (with ``--json``) and the exit status: 1 if any kind reported an error."""
+    write_results(benchmark, args, results, **extra)
+    return 0 if all(r["error"] is None for r in results.values()) else 1
+
+
+class Outcome(Protocol):
+    """One measured run of a benchmark that keeps its results as objects."""
+
+    @property
+    def error(self) -> str | None: ...
+
+    def as_json(self) -> dict[str, Any]: ...
+
+
+def finish_outcomes(benchmark: str, args: argparse.Namespace, outcomes: Sequence[Outcome]) -> int:
+    """:func:`finish` for results kept as :class:`Outcome` objects, in a list."""
+    write_results(benchmark, args, [outcome.as_json() for outcome in outcomes])
+    return 0 if all(outcome.error is None for outcome in outcomes) else 1
+
+
+def write_results(benchmark: str, args: argparse.Namespace, results: object,
+                  **extra: Any) -> None:
+    """With ``--json``: the benchmark's name, the machine, its options and its results."""
     write_json(args.json, {"benchmark": benchmark, "machine": machine(),
                            "config": {k: v for k, v in vars(args).items() if k != "json"},
                            **extra, "results": results})
-    return 0 if all(r["error"] is None for r in results.values()) else 1
 
 
 # ---- the programs run inside namespaces -------------------------------------------------------

@@ -26,7 +26,6 @@ namespace and process this starts is removed at the end (by PID), also on failur
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import signal
 import subprocess
@@ -42,11 +41,13 @@ from bench.common import (
     Deadline,
     Processes,
     Request,
+    can_run,
     finish,
     fmt,
     machine_line,
     read_requests,
     run_each,
+    span,
     start_server,
     summary,
     table,
@@ -78,19 +79,15 @@ class Fault:
 
     @property
     def from_last_advert(self) -> float | None:
-        if self.first_success is None or self.last_advert is None:
-            return None
-        return self.first_success - self.last_advert
+        return span(self.last_advert, self.first_success)
 
     @property
     def from_fault(self) -> float | None:
-        return None if self.first_success is None else self.first_success - self.fault
+        return span(self.fault, self.first_success)
 
     @property
     def election(self) -> float | None:
-        if self.backup_first_advert is None or self.last_advert is None:
-            return None
-        return self.backup_first_advert - self.last_advert
+        return span(self.last_advert, self.backup_first_advert)
 
 
 class Pair(Bed):
@@ -264,11 +261,7 @@ def main() -> int:
     if args.quick:
         args.count = min(args.count, 2)
         args.max_seconds = min(args.max_seconds, 58.0)
-    if os.geteuid() != 0:
-        print("needs root (network namespaces, raw sockets)", file=sys.stderr)
-        return 2
-    if not Path(UCARP).exists():
-        print(f"needs Debian's ucarp ({UCARP})", file=sys.stderr)
+    if not can_run(needs=(Path(UCARP),)):
         return 2
     kinds = [args.only] if args.only else ["ucarp", "carpd"]
     results = run_each(kinds, args, "carpd-failover-", run_kind)

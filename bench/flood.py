@@ -31,14 +31,21 @@ is removed at the end (by PID), also on failure or Ctrl-C.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.common import fmt, machine, machine_line, run_seconds, summary, table, write_json
+from bench.common import (
+    can_run,
+    finish_outcomes,
+    fmt,
+    machine_line,
+    run_seconds,
+    summary,
+    table,
+)
 from lab.attacker import KINDS as FRAME_KINDS
 from lab.attacker import PASSING_FILTER, Flood, SentBy, Target, bad_frames, gaps
 from lab.netns import UCARP, VIP, Daemon, Network, Node, network, wait_for
@@ -220,11 +227,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.reps = min(args.seconds, 10.0), min(args.reps, 3)
-    if os.geteuid() != 0:
-        print("needs root (network namespaces, raw sockets)", file=sys.stderr)
-        return 2
-    if not Path(UCARP).exists():
-        print(f"needs Debian's ucarp ({UCARP})", file=sys.stderr)
+    if not can_run(needs=(Path(UCARP),)):
         return 2
     kinds = [args.only] if args.only else ["carpd", "ucarp"]
     rates = [args.rate] if args.no_baseline else [0.0, args.rate]
@@ -236,10 +239,7 @@ def main() -> int:
             results.append(run_one(kind, rate, args))
             print(f" {time.monotonic() - began:.0f} s", file=sys.stderr)
     report(results, args)
-    write_json(args.json, {"benchmark": "flood", "machine": machine(),
-                           "config": {k: v for k, v in vars(args).items() if k != "json"},
-                           "results": [r.as_json() for r in results]})
-    return 0 if all(r.error is None for r in results) else 1
+    return finish_outcomes("flood", args, results)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import os
 import subprocess
 import sys
 import time
@@ -44,6 +43,7 @@ from bench.common import (
     Processes,
     Request,
     add_counts,
+    can_run,
     finish,
     listed,
     machine_line,
@@ -204,11 +204,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    if os.geteuid() != 0:
-        print("needs root (network namespaces, raw sockets)", file=sys.stderr)
-        return 2
-    if not Path(UCARP).exists():
-        print(f"needs Debian's ucarp ({UCARP})", file=sys.stderr)
+    if not can_run(needs=(Path(UCARP),)):
         return 2
     kinds = [args.only] if args.only else ["carpd", "ucarp"]
     if "carpd" in kinds and not args.no_track and not carpd_tracks():

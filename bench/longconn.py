@@ -62,6 +62,7 @@ from bench.common import (
     read_closes,
     read_downloads,
     read_requests,
+    span,
     start_download_server,
     start_downloads,
     summary,
@@ -103,15 +104,11 @@ class Round:
 
     @property
     def release_after_last(self) -> float | None:
-        if self.released is None or self.last_end is None:
-            return None
-        return self.released - self.last_end
+        return span(self.last_end, self.released)
 
     @property
     def release_after_last_close(self) -> float | None:
-        if self.released is None or self.last_close is None:
-            return None
-        return self.released - self.last_close
+        return span(self.last_close, self.released)
 
 
 class LongCluster(Cluster):

@@ -39,7 +39,6 @@ import argparse
 import itertools
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -50,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.common import machine, machine_line, table, write_json
+from bench.common import can_run, finish_outcomes, machine_line, table
 from lab.netns import UCARP, Capture, Daemon, Event, Network, Node, network, run, wait_for
 
 ADVBASE = 1
@@ -365,11 +364,7 @@ def main() -> int:
     if args.quick:
         args.seconds = min(args.seconds, 60.0)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up as on Ctrl-C
-    if os.geteuid() != 0:
-        print("needs root (network namespaces, raw sockets)", file=sys.stderr)
-        return 2
-    if not Path(UCARP).exists():
-        print(f"needs Debian's ucarp ({UCARP})", file=sys.stderr)
+    if not can_run(needs=(Path(UCARP),)):
         return 2
     kinds = [args.only] if args.only else ["carpd", "ucarp"]
     results = [Result(kind, loss, args.deadratio, args.loss_with)
@@ -380,10 +375,7 @@ def main() -> int:
     run_all(results, args.seconds)
     print(f" {time.monotonic() - began:.0f} s", file=sys.stderr)
     report(results, args)
-    write_json(args.json, {"benchmark": "lossy", "machine": machine(),
-                           "config": {k: v for k, v in vars(args).items() if k != "json"},
-                           "results": [r.as_json() for r in results]})
-    return 0 if all(r.error is None for r in results) else 1
+    return finish_outcomes("lossy", args, results)
 
 
 if __name__ == "__main__":

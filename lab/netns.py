@@ -25,6 +25,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
@@ -64,6 +65,19 @@ def in_netns(name: str) -> Iterator[None]:
         finally:
             if _libc.setns(home.fileno(), _CLONE_NEWNET) != 0:
                 raise OSError(ctypes.get_errno(), "setns back home")
+
+
+@contextlib.contextmanager
+def veth_namespace(prefix: str) -> Iterator[str]:
+    """A network namespace of its own (``prefix`` and a random tag) with a veth pair v0-v1 in
+    it, both down; deleted on the way out."""
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    run("ip", "netns", "add", name)
+    try:
+        run("ip", "-n", name, "link", "add", "v0", "type", "veth", "peer", "name", "v1")
+        yield name
+    finally:
+        run("ip", "netns", "del", name, check=False)
 
 
 # ---- the wire ---------------------------------------------------------------------------------
@@ -265,6 +279,15 @@ class Daemon:
 
     def status(self) -> dict[str, object]:
         return self.control("status")
+
+    def status_if_up(self) -> dict[str, object] | None:
+        """carpd only: its status, or None while its control socket is not up yet; fails if the
+        daemon has died."""
+        assert self.alive(), f"{self} exited {self.process.returncode}:\n{self.log()}"
+        try:
+            return self.status()
+        except OSError:
+            return None
 
     def __str__(self) -> str:
         return f"{self.kind}@{self.node.name}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,16 @@ def pytest_configure(config: pytest.Config) -> None:
     """A run ended by SIGTERM (``timeout``, a CI job's cancel) stops as on Ctrl-C: pytest then
     tears the fixtures down, so the namespaces and daemons the tests made are removed."""
     signal.signal(signal.SIGTERM, _interrupted)
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """The processes a test starts (append them): killed by their PIDs after it."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for process in started:
+        process.kill()
+        process.wait()
 
 
 @pytest.fixture

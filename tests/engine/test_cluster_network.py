@@ -10,8 +10,6 @@ import json
 import os
 import select
 import signal
-import socket
-import struct
 import subprocess
 import threading
 import time
@@ -21,7 +19,8 @@ from ipaddress import IPv4Address
 import pytest
 
 from carpd.engine import control
-from lab.netns import CARPD, PASSWORD, VIP, Capture, Daemon, Network, Node, in_netns, run, wait_for
+from lab.garp import frame_socket, parse_garp
+from lab.netns import CARPD, PASSWORD, VIP, Capture, Daemon, Network, Node, run, wait_for
 
 pytestmark = pytest.mark.netns
 
@@ -120,10 +119,7 @@ class GarpSniffer:
     """The gratuitous ARP requests (sender address) seen on a node's interface."""
 
     def __init__(self, node: Node, ifname: str) -> None:
-        with in_netns(node.ns):
-            # every frame: a socket of one protocol does not see what the node sends
-            self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
-        self._sock.bind((ifname, 0x0003))
+        self._sock = frame_socket(node, ifname)
         self.seen: list[IPv4Address] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._read, daemon=True)
@@ -133,11 +129,8 @@ class GarpSniffer:
         while not self._stop.is_set():
             if not select.select([self._sock], [], [], 0.1)[0]:
                 continue
-            frame = self._sock.recv(2048)
-            if len(frame) >= 42 and frame[12:14] == b"\x08\x06":
-                op, _sha, spa, _tha, tpa = struct.unpack_from("!6xH6s4s6s4s", frame, 14)
-                if op == 1 and spa == tpa:
-                    self.seen.append(IPv4Address(spa))
+            if (garp := parse_garp(self._sock.recv(2048))) is not None:
+                self.seen.append(garp.address)
 
     def close(self) -> None:
         self._stop.set()

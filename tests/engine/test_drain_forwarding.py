@@ -216,21 +216,17 @@ def test_a_download_survives_a_planned_hand_over_and_new_connections_go_to_the_n
     assert first.alive() and a.has(VIP), "a still drains (30 s)"
 
 
-def test_the_engines_keep_downloads_across_a_hand_over_and_back(
-        net: Network, servers: Servers) -> None:
-    """A -> B -> A with the real engines (demote/promote on the control socket)."""
-    a, b, client, first, second = pair(net, servers)
+def downloads_kept_there_and_back(client: Node, servers: Servers, a: Node, b: Node,
+                                  over: Callable[[], None], back: Callable[[], None]) -> None:
+    """A -> B -> A: a download from a (begun before ``over`` hands the VIP to b) and one from
+    b (begun before ``back`` hands it back to a, while a's drain still runs) both end whole,
+    each from the server it began on, and a new connection goes to a."""
     old = Download(client, seed=1, seconds=20.0).start()
     wait_for(lambda: old.received > SIZE // 10, 10)
-    first.control("demote")  # a bows out and drains
-    wait_for(lambda: _state(second) == "MASTER", 5)
-    first.control("promote")
-    wait_for(lambda: client_points_at(client, b), 5)  # b's gratuitous ARP came
+    over()
     middle = Download(client, seed=2).start()
     wait_for(lambda: middle.received > SIZE // 5, 10)
-    second.control("demote")  # b bows out and drains; a takes over while its drain runs
-    wait_for(lambda: _state(first) == "MASTER", 5)
-    wait_for(lambda: client_points_at(client, a), 5)
+    back()
 
     old.check(25)
     middle.check(SECONDS + 15)
@@ -238,6 +234,25 @@ def test_the_engines_keep_downloads_across_a_hand_over_and_back(
     assert fetch_name(client) == "a"
     ended_cleanly(servers, a, 1)
     ended_cleanly(servers, b, 2)
+
+
+def test_the_engines_keep_downloads_across_a_hand_over_and_back(
+        net: Network, servers: Servers) -> None:
+    """A -> B -> A with the real engines (demote/promote on the control socket)."""
+    a, b, client, first, second = pair(net, servers)
+
+    def over() -> None:
+        first.control("demote")  # a bows out and drains
+        wait_for(lambda: _state(second) == "MASTER", 5)
+        first.control("promote")
+        wait_for(lambda: client_points_at(client, b), 5)  # b's gratuitous ARP came
+
+    def back() -> None:
+        second.control("demote")  # b bows out and drains; a takes over while its drain runs
+        wait_for(lambda: _state(first) == "MASTER", 5)
+        wait_for(lambda: client_points_at(client, a), 5)
+
+    downloads_kept_there_and_back(client, servers, a, b, over, back)
 
 
 # ---- A -> B -> A, the rules driven directly -------------------------------------------------
@@ -323,20 +338,10 @@ def test_downloads_survive_a_hand_over_and_back_while_the_first_drain_runs(
     rules += [on_a, on_b]
     a.exec("ip", "addr", "add", f"{VIP}/32", "dev", "eth0")
     point_client_at(client, a)
-    old = Download(client, seed=1, seconds=20.0).start()
-    wait_for(lambda: old.received > SIZE // 10, 10)
-
-    take_over(on_b, on_a, client)  # a drains
-    middle = Download(client, seed=2).start()
-    wait_for(lambda: middle.received > SIZE // 5, 10)
-    take_over(on_a, on_b, client)  # b drains, a's first drain was still running
-
-    old.check(25)
-    middle.check(SECONDS + 15)
-    assert (old.server, middle.server) == ("a", "b")
-    assert fetch_name(client) == "a"
-    ended_cleanly(servers, a, 1)
-    ended_cleanly(servers, b, 2)
+    downloads_kept_there_and_back(
+        client, servers, a, b,
+        over=lambda: take_over(on_b, on_a, client),  # a drains
+        back=lambda: take_over(on_a, on_b, client))  # b drains, a's first still running
 
 
 # ---- no loops, nothing left behind ---------------------------------------------------------

@@ -3,54 +3,19 @@ signals, the control socket, the drain's ARP rule, and what is left behind when 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import select
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from ipaddress import IPv4Address
 from pathlib import Path
 
 from carpd.engine import control
+from lab.garp import frame_socket, garps
 from lab.netns import CARPD, VIP, Daemon, Network, Node, in_netns, run, wait_for
-
-ETH_P_ARP = 0x0806
-ETH_P_ALL = 0x0003
-
-
-@contextlib.contextmanager
-def arp_listener(node: Node) -> Iterator[socket.socket]:
-    """Every frame on ``node``'s eth0, sent or received, from inside its namespace (frames a
-    host sends reach only ETH_P_ALL listeners)."""
-    with in_netns(node.ns):
-        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-    try:
-        sock.bind(("eth0", ETH_P_ALL))
-        yield sock
-    finally:
-        sock.close()
-
-
-def gratuitous_arps(sock: socket.socket, seconds: float) -> list[tuple[bytes, IPv4Address]]:
-    """(sender MAC, address) of each gratuitous ARP request seen within ``seconds``."""
-    seen = []
-    deadline = time.monotonic() + seconds
-    while (left := deadline - time.monotonic()) > 0:
-        if not select.select([sock], [], [], left)[0]:
-            break
-        frame = sock.recv(2048)
-        if len(frame) < 42 or frame[12:14] != ETH_P_ARP.to_bytes(2, "big"):
-            continue
-        op, sha, spa, tha, tpa = struct.unpack_from("!6xH6s4s6s4s", frame, 14)
-        if op == 1 and spa == tpa and sha == tha and frame[:6] == b"\xff" * 6:
-            seen.append((sha, IPv4Address(spa)))
-    return seen
 
 
 def master(node: Node, **kwargs: object) -> Daemon:
@@ -84,9 +49,11 @@ def test_gratuitous_arp_announces_the_vip_and_every_alias_address(net: Network) 
     up.write_text("#!/bin/sh\nip addr add \"$2\"/32 dev \"$1\" label \"$1\":ucarp\n"
                   f"ip addr add {extra_address}/32 dev \"$1\" label \"$1\":ucarp\n")
     up.chmod(0o755)
-    with arp_listener(node) as sock:
+    with frame_socket(node) as sock:
         node.start("carpd", extra=["-u", str(up)])
-        seen = gratuitous_arps(sock, 5.5)
+        # broadcast, its target MAC its sender's: as ucarp sends them
+        seen = [(g.sender_mac, g.address) for g in garps(sock, 5.5)
+                if g.broadcast and g.target_mac == g.sender_mac]
     assert (node.mac, VIP) in seen
     assert (node.mac, extra_address) in seen
 

@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
-import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -20,7 +17,8 @@ from pathlib import Path
 from groups import VIPS, GroupsEngine, group, start_groups
 
 from carpd.engine import control
-from lab.netns import Network, Node, in_netns, wait_for
+from lab.garp import frame_socket, garps
+from lab.netns import Network, Node, wait_for
 
 
 def holds(node: Node, vhid: int) -> bool:
@@ -224,23 +222,8 @@ def test_carpctl_status_demote_and_promote_reach_one_group_through_the_interface
 
 def garps_seen(node: Node, ifname: str, seconds: float) -> list[tuple[bytes, IPv4Address]]:
     """(sender MAC, address) of each gratuitous ARP request ``node`` sends on ``ifname``."""
-    with in_netns(node.ns):
-        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
-    seen = []
-    try:
-        sock.bind((ifname, 0x0003))
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            if not select.select([sock], [], [], left)[0]:
-                break
-            frame = sock.recv(2048)
-            if len(frame) >= 42 and frame[12:14] == b"\x08\x06":
-                op, sha, spa, _tha, tpa = struct.unpack_from("!6xH6s4s6s4s", frame, 14)
-                if op == 1 and spa == tpa:
-                    seen.append((sha, IPv4Address(spa)))
-    finally:
-        sock.close()
-    return seen
+    with frame_socket(node, ifname) as sock:
+        return [(g.sender_mac, g.address) for g in garps(sock, seconds)]
 
 
 def test_a_group_may_hold_its_vip_on_another_interface_than_its_adverts(net: Network) -> None:

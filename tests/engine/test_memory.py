@@ -9,14 +9,13 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 from groups import group, start_groups
 
 from carpd.engine import control
-from lab.netns import Network, wait_for
+from lab.netns import Network, veth_namespace, wait_for
 
 PACKAGE = Path(__file__).resolve().parents[2] / "src" / "carpd"
 
@@ -59,12 +58,8 @@ print(json.dumps({
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a network namespace")
 def test_the_release_takes_the_vip_whatever_its_prefix_and_the_alias_with_the_stdlib_only() -> None:
     """What the watchdog runs (``python3 -S -I``, no site packages) when the engine is gone."""
-    ns = f"carpd-wd-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    try:
+    with veth_namespace("carpd-wd") as ns:
         ip = ["ip", "-n", ns]
-        subprocess.run([*ip, "link", "add", "v0", "type", "veth", "peer", "name", "v1"],
-                       check=True)
         for address, label in (("10.9.9.1/24", "v0"), ("10.9.9.9/28", "v0:1"),
                                ("10.9.9.20/32", "v0:ucarp"), ("10.9.9.21/32", "v0:ucarp"),
                                ("10.9.9.30/32", "v0:other")):
@@ -75,15 +70,13 @@ def test_the_release_takes_the_vip_whatever_its_prefix_and_the_alias_with_the_st
                              check=True, capture_output=True, text=True).stdout
         left = subprocess.run([*ip, "-4", "-o", "addr", "show", "dev", "v0"], check=True,
                               capture_output=True, text=True).stdout
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], check=False)
     seen = json.loads(out)
     assert seen["removed"] == [1, 0]
     assert (seen["alias"], seen["gone"]) == (["10.9.9.20", "10.9.9.21"], [])
     assert "10.9.9.9/28" not in left and "10.9.9.1/24" in left and "10.9.9.30/32" in left
     assert "10.9.9.20/" not in left and "10.9.9.21/" not in left
     ours = {m for m in seen["modules"] if m.split(".")[0] in ("carpd", "pyroute2", "pydantic")}
-    assert ours == {"carpd", "carpd.engine", "carpd.engine.release"}
+    assert ours == {"carpd", "carpd.engine", "carpd.engine.release"}  # packages: docstrings
 
 
 def mapped_files(pid: int) -> set[str]:

@@ -60,14 +60,24 @@ def started(mark: Path) -> None:
     wait_for(mark.exists, 5, 0.01, what=f"{mark} there")
 
 
-def test_scripts_run_one_at_a_time_in_the_order_asked(tmp_path: Path) -> None:
+def up_running(tmp_path: Path, up: str, down: str | None,
+               timeout: float = 5) -> tuple[ScriptRunner, Path]:
+    """A started runner asked for its up script, once that has begun: the scripts' bodies say
+    ``{log}`` for the log they write to (returned), the up script's first line writes to it."""
     log = tmp_path / "log"
-    up = script(tmp_path, "up", f"echo up-start >> {log}; sleep 0.3; echo up-end >> {log}\n")
-    down = script(tmp_path, "down", f"echo down >> {log}\n")
-    runner = ScriptRunner({Script.UP: [up], Script.DOWN: [down]}, 5)
+    scripts = {Script.UP: [script(tmp_path, "up", up.format(log=log))],
+               Script.DOWN: None if down is None else [script(tmp_path, "down",
+                                                              down.format(log=log))]}
+    runner = ScriptRunner(scripts, timeout)
     runner.start()
     runner.submit(Script.UP)
     started(log)
+    return runner, log
+
+
+def test_scripts_run_one_at_a_time_in_the_order_asked(tmp_path: Path) -> None:
+    runner, log = up_running(tmp_path, "echo up-start >> {log}; sleep 0.3; echo up-end >> {log}\n",
+                             "echo down >> {log}\n")
     runner.submit(Script.DOWN)
     assert wait_finished(runner, 2) == [Finished(Script.UP, 0), Finished(Script.DOWN, 0)]
     assert log.read_text().split() == ["up-start", "up-end", "down"]
@@ -75,13 +85,7 @@ def test_scripts_run_one_at_a_time_in_the_order_asked(tmp_path: Path) -> None:
 
 def test_a_burst_while_a_script_runs_leaves_only_the_latest_request_waiting(
         tmp_path: Path) -> None:
-    log = tmp_path / "log"
-    up = script(tmp_path, "up", f"echo up >> {log}; sleep 0.3\n")
-    down = script(tmp_path, "down", f"echo down >> {log}\n")
-    runner = ScriptRunner({Script.UP: [up], Script.DOWN: [down]}, 5)
-    runner.start()
-    runner.submit(Script.UP)
-    started(log)
+    runner, log = up_running(tmp_path, "echo up >> {log}; sleep 0.3\n", "echo down >> {log}\n")
     for s in (Script.DOWN, Script.UP) * 50 + (Script.DOWN,):
         runner.submit(s)
     done = wait_finished(runner, 102)
@@ -93,13 +97,7 @@ def test_a_burst_while_a_script_runs_leaves_only_the_latest_request_waiting(
 
 
 def test_a_burst_ending_on_the_state_being_reached_runs_nothing_more(tmp_path: Path) -> None:
-    log = tmp_path / "log"
-    up = script(tmp_path, "up", f"echo up >> {log}; sleep 0.3\n")
-    down = script(tmp_path, "down", f"echo down >> {log}\n")
-    runner = ScriptRunner({Script.UP: [up], Script.DOWN: [down]}, 5)
-    runner.start()
-    runner.submit(Script.UP)
-    started(log)
+    runner, log = up_running(tmp_path, "echo up >> {log}; sleep 0.3\n", "echo down >> {log}\n")
     runner.submit(Script.DOWN)
     runner.submit(Script.UP)
     assert wait_finished(runner, 3) == [
@@ -239,13 +237,8 @@ def test_a_child_left_behind_that_writes_on_does_not_hold_up_the_script(tmp_path
 
 def test_an_up_script_that_hangs_is_killed_once_the_node_has_stepped_down(
         tmp_path: Path) -> None:
-    log = tmp_path / "log"
-    up = script(tmp_path, "up", f"echo up >> {log}\nsleep 600\n")
-    down = script(tmp_path, "down", f"echo down >> {log}\n")
-    runner = ScriptRunner({Script.UP: [up], Script.DOWN: [down]}, 600)
-    runner.start()
-    runner.submit(Script.UP)
-    started(log)
+    runner, log = up_running(tmp_path, "echo up >> {log}\nsleep 600\n", "echo down >> {log}\n",
+                             timeout=600)
     asked = time.monotonic()
     runner.submit(Script.DOWN)
     assert wait_finished(runner, 2, timeout=10) == [Finished(Script.UP, None),
@@ -255,12 +248,8 @@ def test_an_up_script_that_hangs_is_killed_once_the_node_has_stepped_down(
 
 
 def test_an_up_script_asked_for_again_is_not_killed_as_obsolete(tmp_path: Path) -> None:
-    log = tmp_path / "log"
-    up = script(tmp_path, "up", f"echo up >> {log}\nsleep 3\necho up-done >> {log}\n")
-    runner = ScriptRunner({Script.UP: [up], Script.DOWN: None}, 600)
-    runner.start()
-    runner.submit(Script.UP)
-    started(log)
+    runner, log = up_running(tmp_path, "echo up >> {log}\nsleep 3\necho up-done >> {log}\n", None,
+                             timeout=600)
     runner.submit(Script.DOWN)
     runner.submit(Script.UP)  # flapped back: the running up script is right again
     done = wait_finished(runner, 3, timeout=10)

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 from ifnodes import VIP, Lab, Node, stanza, wait_for
@@ -40,15 +39,6 @@ conn.settimeout(30)
 conn.recv(1)
 conn.close()
 """
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for process in started:
-        process.kill()
-        process.wait()
 
 
 def _client(lab: Lab) -> Node:

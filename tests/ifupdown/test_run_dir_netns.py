@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 
 from carpd.debian.ifupdown import runtime
 from carpd.engine import control
+from lab.netns import veth_namespace
 from lab.poll import wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a network namespace")
@@ -28,18 +28,12 @@ PRIVATE_RUN = 'mount -t tmpfs carpd-test /run && exec "$@"'
 
 @pytest.fixture
 def namespace() -> Iterator[str]:
-    name = f"carpd-rd-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
+    with veth_namespace("carpd-rd") as name:
         ip = ["ip", "-n", name]
-        subprocess.run([*ip, "link", "add", "v0", "type", "veth", "peer", "name", "v1"],
-                       check=True)
         subprocess.run([*ip, "addr", "add", "10.78.0.2/24", "dev", "v0"], check=True)
         for link in ("lo", "v0", "v1"):
             subprocess.run([*ip, "link", "set", link, "up"], check=True)
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 def _answer(sock: Path) -> dict[str, object] | None:

@@ -61,6 +61,21 @@ class Booted(lab_booted.Booted):
     def state(self, unit: str) -> str:
         return self.unit_state(unit)
 
+    def engine_killed_and_back(self, unit: str, pid: int) -> None:
+        """SIGKILL ``unit``'s engine (``pid``): ExecStopPost releases the VIP, Restart= brings
+        an engine back, which takes the VIP again."""
+        self.inside(f"systemctl kill -s KILL --kill-whom=main {unit}")
+        assert wait_for(lambda: not self.node.holds_vip(), 10.0)
+        assert wait_for(lambda: self.main_pid(unit) not in (0, pid), 15.0)
+        assert wait_for(self.node.holds_vip, ELECTION)
+
+    def networking_stopped(self, unit: str) -> None:
+        """Stop networking.service (its ifdown -a): ``unit`` stops and the VIP goes."""
+        stopped = self.inside("systemctl stop networking.service")
+        assert stopped.returncode == 0, stopped.stderr
+        assert self.state(unit) == "inactive"
+        assert not self.node.holds_vip()
+
 
 def _boot(lab: Lab, tmp_path: Path, interfaces: str, dropin: Path | None = None,
           scripts: dict[str, str] | None = None) -> Iterator[Booted]:
@@ -134,16 +149,10 @@ def test_systemd_runs_one_unit_per_interface_from_boot_to_networking_stop(
         assert PASSWORD.encode() not in cmdline, cmdline
 
     # a killed engine: ExecStopPost releases the VIP, Restart= brings the engine back
-    booted.inside(f"systemctl kill -s KILL --kill-whom=main {unit}")
-    assert wait_for(lambda: not node.holds_vip(), 10.0)
-    assert wait_for(lambda: booted.main_pid(unit) not in (0, pid), 15.0)
-    assert wait_for(node.holds_vip, ELECTION)
+    booted.engine_killed_and_back(unit, pid)
 
     # stopping networking runs ifdown -a: the engine stops first, nothing of it is left
-    stopped = booted.inside("systemctl stop networking.service")
-    assert stopped.returncode == 0, stopped.stderr
-    assert booted.state(unit) == "inactive"
-    assert not node.holds_vip()
+    booted.networking_stopped(unit)
     processes = booted.inside("cat /proc/[0-9]*/cmdline | tr '\\0' ' '").stdout
     assert "carpd" not in processes
     assert booted.inside("ls /run/carpd").stdout.split() in (["eth0.hook"],
@@ -264,13 +273,8 @@ def test_the_strict_drop_in_runs_ip_only_scripts_with_network_capabilities_only(
     assert wait_for(node.holds_vip, ELECTION)
 
     # a killed engine: the sandboxed ExecStopPost still releases the VIP, Restart= returns it
-    booted.inside(f"systemctl kill -s KILL --kill-whom=main {unit}")
-    assert wait_for(lambda: not node.holds_vip(), 10.0)
-    assert wait_for(lambda: booted.main_pid(unit) not in (0, pid), 15.0)
-    assert wait_for(node.holds_vip, ELECTION)
-    stopped = booted.inside("systemctl stop networking.service")
-    assert stopped.returncode == 0, stopped.stderr
-    assert booted.state(unit) == "inactive" and not node.holds_vip()
+    booted.engine_killed_and_back(unit, pid)
+    booted.networking_stopped(unit)
 
 
 FAST_RESTARTS = "[Service]\nRestartMaxDelaySec=2\n"

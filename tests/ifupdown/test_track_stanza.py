@@ -25,11 +25,28 @@ def _problems(extra: dict[str, str]) -> list[str]:
     return [p.message for p in caught.value.problems]
 
 
-def _check(folder: Path, body: str) -> list[str]:
+# A stanza with every option it needs (lines 1-7 of the file); a test adds its track options.
+STANZA = """\
+iface eth0 inet static
+    address 10.0.0.2/24
+    ucarp-vid 3
+    ucarp-vip 10.0.0.1
+    ucarp-password secret
+    ucarp-upscript /bin/true
+    ucarp-downscript /bin/true
+"""
+
+
+def _interfaces(folder: Path, track: str) -> Path:
+    """An interfaces file (mode 0600) of STANZA with the ``track`` lines (from line 8) added."""
     path = folder / "interfaces"
-    path.write_text(textwrap.dedent(body))
+    path.write_text(STANZA + textwrap.indent(textwrap.dedent(track), "    "))
     path.chmod(0o600)
-    problems, _count = carpctl.check(path)
+    return path
+
+
+def _check(folder: Path, track: str) -> list[str]:
+    problems, _count = carpctl.check(_interfaces(folder, track))
     return problems
 
 
@@ -132,13 +149,6 @@ def test_if_ucarp_track_variables_become_the_track_options() -> None:
 
 def test_check_reports_a_bad_track_script_at_its_own_line(tmp_path: Path) -> None:
     problems = _check(tmp_path, """\
-        iface eth0 inet static
-            address 10.0.0.2/24
-            ucarp-vid 3
-            ucarp-vip 10.0.0.1
-            ucarp-password secret
-            ucarp-upscript /bin/true
-            ucarp-downscript /bin/true
             ucarp-track-script /bin/true
             ucarp-track-script /nonexistent/check-nginx
             ucarp-track-script /bin/true 80
@@ -154,13 +164,6 @@ def test_check_reports_a_bad_track_script_at_its_own_line(tmp_path: Path) -> Non
 
 def test_check_reports_a_bad_tracked_interface_at_its_line(tmp_path: Path) -> None:
     problems = _check(tmp_path, """\
-        iface eth0 inet static
-            address 10.0.0.2/24
-            ucarp-vid 3
-            ucarp-vip 10.0.0.1
-            ucarp-password secret
-            ucarp-upscript /bin/true
-            ucarp-downscript /bin/true
             ucarp-track-interface eth1 a/b
             ucarp-track-interface eth2
             ucarp-track-interval 0.5
@@ -172,13 +175,6 @@ def test_check_reports_a_bad_tracked_interface_at_its_line(tmp_path: Path) -> No
 
 def test_check_accepts_good_track_options(tmp_path: Path) -> None:
     assert _check(tmp_path, """\
-        iface eth0 inet static
-            address 10.0.0.2/24
-            ucarp-vid 3
-            ucarp-vip 10.0.0.1
-            ucarp-password secret
-            ucarp-upscript /bin/true
-            ucarp-downscript /bin/true
             ucarp-track-script /bin/true
             ucarp-track-script /bin/true 80
             ucarp-track-interface eth1 eth2
@@ -197,13 +193,6 @@ Version: 3.0.0-1.2
 """
 
 REPEATED = """\
-    iface eth0 inet static
-        address 10.0.0.2/24
-        ucarp-vid 3
-        ucarp-vip 10.0.0.1
-        ucarp-password secret
-        ucarp-upscript /bin/true
-        ucarp-downscript /bin/true
         ucarp-track-script /bin/true
         ucarp-track-interface eth1
         ucarp-track-script /bin/true 80
@@ -217,9 +206,7 @@ def test_check_under_ifupdown2_refuses_what_it_would_drop_of_repeated_track_opti
     # ifupdown2 hands a hook the first value of an option given several times, and only that
     status = tmp_path / "status"
     status.write_text(IFUPDOWN2_STATUS)
-    path = tmp_path / "interfaces"
-    path.write_text(textwrap.dedent(REPEATED))
-    path.chmod(0o600)
+    path = _interfaces(tmp_path, REPEATED)
     assert carpctl.main(["--dpkg-status", str(status), "check", str(path)]) == 1
     assert capsys.readouterr().out.splitlines() == [
         f"{path}:10: iface eth0 inet static: ucarp-track-script: given 3 times, but ifupdown2 "
@@ -231,9 +218,7 @@ def test_check_under_ifupdown2_refuses_what_it_would_drop_of_repeated_track_opti
 
 def test_check_under_ifupdown_accepts_repeated_track_options(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = tmp_path / "interfaces"
-    path.write_text(textwrap.dedent(REPEATED))
-    path.chmod(0o600)
+    path = _interfaces(tmp_path, REPEATED)
     assert carpctl.main(["--dpkg-status", "/nonexistent", "check", str(path)]) == 0
     assert capsys.readouterr().out == f"{path}: OK (1 ucarp stanza(s))\n"
 

@@ -50,18 +50,9 @@ def nodes(net: Network) -> tuple[Node, Node, Node]:
     return net.add_node("10.9.1.2"), net.add_node("10.9.1.3"), net.add_node(str(ATTACKER), "x")
 
 
-def carpd_status(daemon: Daemon) -> dict[str, object] | None:
-    """Its status, or None while its control socket is not up yet; fails if it died."""
-    assert daemon.alive(), f"{daemon} exited {daemon.process.returncode}:\n{daemon.log()}"
-    try:
-        return daemon.status()
-    except OSError:
-        return None
-
-
 def hears(daemon: Daemon, master: Node) -> bool:
     """A carpd BACKUP has accepted an advert of ``master``."""
-    status = carpd_status(daemon)
+    status = daemon.status_if_up()
     return status is not None and status["state"] == "BACKUP" and status["master"] == str(
         master.address)
 

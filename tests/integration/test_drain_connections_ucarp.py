@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -31,15 +30,6 @@ def hold(conn):
 while True:
     threading.Thread(target=hold, args=(server.accept()[0],), daemon=True).start()
 """
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for process in started:
-        process.kill()
-        process.wait()
 
 
 def signals_on_the_bridge(net: Network, stop: threading.Event, seen: list[int]) -> None:

@@ -103,17 +103,8 @@ def track(check: Check | None = None, *, interfaces: tuple[str, ...] = (), rise:
     return options
 
 
-def status(daemon: Daemon) -> dict[str, Any] | None:
-    """Its status, or None while its control socket is not up yet; fails if it died."""
-    assert daemon.alive(), f"{daemon} exited {daemon.process.returncode}:\n{daemon.log()}"
-    try:
-        return daemon.status()
-    except OSError:
-        return None
-
-
 def field(daemon: Daemon, name: str) -> Any:
-    reply = status(daemon)
+    reply = daemon.status_if_up()
     return None if reply is None else reply.get(name)
 
 
@@ -179,7 +170,7 @@ def script_entry(reply: dict[str, Any], check: Check) -> dict[str, Any]:
 
 def assert_unhealthy_because_of(daemon: Daemon, check: Check, state: str = "BACKUP") -> None:
     """Its status says: ``state``, unhealthy, and why (the check, failing with exit 7)."""
-    reply = status(daemon)
+    reply = daemon.status_if_up()
     assert reply is not None
     assert reply["state"] == state, reply
     assert reply["healthy"] is False, reply
@@ -530,13 +521,13 @@ def hung_checks(node: Node) -> int:
 
 def answers_at_once(daemon: Daemon) -> bool:
     asked = time.monotonic()
-    reply = status(daemon)
+    reply = daemon.status_if_up()
     return reply is not None and time.monotonic() - asked < 0.5
 
 
 def test_hung_check_on_the_backup_makes_it_unhealthy_and_moves_nothing(lab: Network) -> None:
     a, b, _, check_b, master, backup = pair(lab)
-    before = status(master)
+    before = master.status_if_up()
     assert before is not None
 
     hung = check_b.hang()
@@ -548,7 +539,7 @@ def test_hung_check_on_the_backup_makes_it_unhealthy_and_moves_nothing(lab: Netw
     assert answers_at_once(backup)
     time.sleep(MASTER_DOWN + 1)
     assert lab.holders() == [a]
-    after = status(master)
+    after = master.status_if_up()
     assert after is not None and after["state"] == "MASTER" and after["since"] == before["since"]
     assert field(backup, "state") == "BACKUP" and healthy(backup) is False
     assert str(field(backup, "why")).startswith(
@@ -576,7 +567,7 @@ def test_hung_check_on_the_master_keeps_its_adverts_on_time_until_it_bows_out(
     assert bow.time <= first.time < bow.time + SLACK, "the peer took over before the bow-out"
     wait_for(lambda: lab.holders() == [b], DRAIN + SLACK + 1)
     assert answers_at_once(master)
-    reply = status(master)
+    reply = master.status_if_up()
     assert reply is not None and reply["state"] == "BACKUP" and reply["healthy"] is False
     assert str(check_a.path) in str(reply["why"])
     time.sleep(2)
@@ -620,13 +611,29 @@ def carrier(node: Node, interface: str) -> bool:
     return node.exec("cat", f"/sys/class/net/{interface}/carrier", check=False).stdout == "1\n"
 
 
-def test_tracked_interface_losing_carrier_makes_the_master_bow_out_at_once_and_come_back(
-        lab: Network) -> None:
+@dataclass
+class TrackingPair:
+    a: Node
+    b: Node
+    peer: str
+    """The other end of a's eth1, in the switch namespace (tracked_link)."""
+    master: Daemon
+    backup: Daemon
+
+
+def tracking_pair(lab: Network) -> TrackingPair:
+    """a MASTER (preferred, preempting) tracking its eth1, b its BACKUP."""
     a, b = lab.add_node("10.9.1.2"), lab.add_node("10.9.1.3")
     peer = tracked_link(lab, a)
     master = start_master(lab, a, advskew=PREFERRED_SKEW, preempt=True,
                           extra=track(interfaces=("eth1",)))
-    backup = start_backup(lab, b, a)
+    return TrackingPair(a, b, peer, master, start_backup(lab, b, a))
+
+
+def test_tracked_interface_losing_carrier_makes_the_master_bow_out_at_once_and_come_back(
+        lab: Network) -> None:
+    pair = tracking_pair(lab)
+    a, b, peer, master, backup = pair.a, pair.b, pair.peer, pair.master, pair.backup
 
     cut = time.time()
     run("ip", "-n", lab.switch, "link", "set", peer, "down")
@@ -636,7 +643,7 @@ def test_tracked_interface_losing_carrier_makes_the_master_bow_out_at_once_and_c
     first = first_advert(lab, b, cut, MASTER_DOWN + 2)
     assert first.time - bow.time < SLACK, "the peer did not take over at the bow-out"
     wait_for(lambda: lab.holders() == [b], DRAIN + SLACK + 1)
-    reply = status(master)
+    reply = master.status_if_up()
     assert reply is not None and reply["state"] == "BACKUP" and reply["healthy"] is False
     assert str(reply["why"]).startswith("unhealthy: interface eth1 down since "), reply["why"]
     assert str(reply["why"]).endswith(": no carrier"), reply["why"]
@@ -655,11 +662,8 @@ def test_tracked_interface_losing_carrier_makes_the_master_bow_out_at_once_and_c
 
 def test_tracked_interface_deleted_and_created_again_is_followed_by_name(
         lab: Network) -> None:
-    a, b = lab.add_node("10.9.1.2"), lab.add_node("10.9.1.3")
-    peer = tracked_link(lab, a)
-    master = start_master(lab, a, advskew=PREFERRED_SKEW, preempt=True,
-                          extra=track(interfaces=("eth1",)))
-    start_backup(lab, b, a)
+    pair = tracking_pair(lab)
+    a, b, peer, master = pair.a, pair.b, pair.peer, pair.master
 
     deleted = time.time()
     run("ip", "-n", lab.switch, "link", "del", peer)  # both ends of the veth go
@@ -774,7 +778,7 @@ def reboot(daemon: Daemon, **options: Any) -> Daemon:
     assert daemon.wait_exit(10) == 0
     shutil.rmtree(daemon.directory / "state")
     again = daemon.node.start("carpd", **options)
-    wait_for(lambda: status(again) is not None, 5)
+    wait_for(lambda: again.status_if_up() is not None, 5)
     return again
 
 
@@ -791,7 +795,7 @@ def test_persistent_demotion_survives_a_reboot_until_promoted_and_a_plain_one_do
     demote = carpctl(first, "demote", "eth0", *(["--persistent"] if persistent else []))
     assert demote.returncode == 0, demote.stderr
     wait_for(lambda: lab.holders() == [b], ADVBASE + DRAIN + SLACK + 1)
-    reply = status(first)
+    reply = first.status_if_up()
     assert reply is not None and reply["demoted"] is True
     assert reply["demotion"]["persistent"] is persistent
     assert 0 <= time.time() - reply["demotion"]["since"] < 60, reply["demotion"]
@@ -808,7 +812,7 @@ def test_persistent_demotion_survives_a_reboot_until_promoted_and_a_plain_one_do
         return
     time.sleep(MASTER_DOWN + 2)
     assert lab.holders() == [b], "the persistent demotion did not survive the reboot"
-    reply = status(second)
+    reply = second.status_if_up()
     assert reply is not None and reply["state"] == "BACKUP" and reply["demoted"] is True
     assert reply["demotion"]["persistent"] is True
     assert "demoted (persistent)" in str(reply["why"])
@@ -817,6 +821,6 @@ def test_persistent_demotion_survives_a_reboot_until_promoted_and_a_plain_one_do
     assert promote.returncode == 0, promote.stderr
     wait_for(lambda: lab.holders() == [a], ADVBASE + DRAIN + SLACK + 2)
     assert not marker.exists()
-    reply = status(second)
+    reply = second.status_if_up()
     assert reply is not None and reply["demoted"] is False and reply["demotion"] is None
     assert reply["why"] is None

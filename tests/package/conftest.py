@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from pkgtools import (
     CLEAN_PATH,
     NEEDS,
     NET,
+    PASSWORD,
     STAGES,
     Built,
     Installed,
@@ -173,11 +175,17 @@ class Lab:
 
 
 def chroot_node(lab: Lab, installed: Installed, base: Path, name: str, host: int,
-                advskew: int, preempt: bool) -> Node:
+                advskew: int, preempt: bool, extra: Sequence[str] = ()) -> Node:
+    """A node of ``installed`` in a namespace of ``lab``'s, its root an overlay under
+    ``base``/``name``, the stanza of interfaces_file in /etc/network/interfaces with the
+    ``extra`` lines after its password; nothing is up yet."""
     overlay = Overlay(base / name, installed.lowers)
     node = Node(name, lab.node_netns(name), overlay, f"{NET}.{host}", installed.deb_in_root)
-    (node.root / "etc/network/interfaces").write_text(
-        interfaces_file(node.address, advskew, preempt))
+    stanza = interfaces_file(node.address, advskew, preempt)
+    password = f"    ucarp-password {PASSWORD}\n"
+    assert password in stanza
+    added = "".join(f"    {line}\n" for line in extra)
+    (node.root / "etc/network/interfaces").write_text(stanza.replace(password, password + added))
     (node.root / "run/network").mkdir(parents=True, exist_ok=True)
     # A node is a running system, not an image being built: maintainer scripts may (re)start
     # what they must.
@@ -185,19 +193,29 @@ def chroot_node(lab: Lab, installed: Installed, base: Path, name: str, host: int
     return node
 
 
-@pytest.fixture
-def pair(installed: Installed, tmp_path: Path) -> Iterator[Pair]:
-    """Two trixie nodes (chroots) with the package installed, each in its own network
-    namespace with eth0 on a shared bridge, and the ucarp stanza in /etc/network/interfaces:
-    a (advskew 0, ucarp-master yes) should end up MASTER, b (advskew 100) BACKUP. Nothing is up
-    yet: ifup runs the installed hooks, which start the engines under carpd's supervisor (no
-    systemd)."""
+def plugged(lab: Lab, name: str, address: str) -> str:
+    """A namespace of ``lab``'s whose eth0 (on the bridge) is up with ``address``/24."""
+    netns = lab.node_netns(name)
+    run(["ip", "-n", netns, "addr", "add", f"{address}/24", "dev", "eth0"])
+    run(["ip", "-n", netns, "link", "set", "eth0", "up"])
+    return netns
+
+
+NodeMaker = Callable[[Lab, str, int, int, bool], Node]
+"""Makes a node in a lab: (lab, name, host, advskew, preempt)."""
+
+
+@contextlib.contextmanager
+def chroot_pair(make: NodeMaker, a_preempts: bool = True) -> Iterator[tuple[Lab, Node, Node]]:
+    """A lab with node a (host .11, advskew 0, preempting as asked) and b (host .12, advskew
+    100, no preempt) made by ``make``; on the way out their engines (and every process in their
+    roots) are stopped, the lab's namespaces removed and their overlays unmounted."""
     lab = Lab()
     nodes: list[Node] = []
     try:
-        nodes.append(chroot_node(lab, installed, tmp_path, "a", 11, 0, True))
-        nodes.append(chroot_node(lab, installed, tmp_path, "b", 12, 100, False))
-        yield Pair(nodes[0], nodes[1])
+        for name, host, advskew, preempt in (("a", 11, 0, a_preempts), ("b", 12, 100, False)):
+            nodes.append(make(lab, name, host, advskew, preempt))
+        yield lab, nodes[0], nodes[1]
     finally:
         for node in nodes:
             node.stop_everything()
@@ -207,27 +225,49 @@ def pair(installed: Installed, tmp_path: Path) -> Iterator[Pair]:
 
 
 @pytest.fixture
+def pair(installed: Installed, tmp_path: Path) -> Iterator[Pair]:
+    """Two trixie nodes (chroots) with the package installed, each in its own network
+    namespace with eth0 on a shared bridge, and the ucarp stanza in /etc/network/interfaces:
+    a (advskew 0, ucarp-master yes) should end up MASTER, b (advskew 100) BACKUP. Nothing is up
+    yet: ifup runs the installed hooks, which start the engines under carpd's supervisor (no
+    systemd)."""
+    with chroot_pair(lambda lab, *node: chroot_node(lab, installed, tmp_path, *node)) as (
+            _, a, b):
+        yield Pair(a, b)
+
+
+@pytest.fixture
 def systemd_pair(built: Built, installed: Installed, trixie_systemd: Path,
                  tmp_path: Path) -> Iterator[Pair]:
     """a: a trixie booted with systemd (systemd-nspawn) with the package installed, eth0 up at
     boot by networking.service, so the hook runs the engine as carpd@eth0.service (advskew 0,
     ucarp-master yes: it ends up MASTER); b: a chroot node as in `pair` (advskew 100), not up
     yet."""
-    lab = Lab()
-    overlay = Overlay(tmp_path / "a", [trixie_systemd])
-    a: Booted | None = None
-    b: Node | None = None
-    try:
-        root = overlay.root
+    def install(root: Path) -> str:
         deb = f"/root/{built.deb.name}"  # trixie's systemd mounts a tmpfs on /tmp
         shutil.copy2(built.deb, root / deb.lstrip("/"))
-        forbid_service_starts(root)
         with Stage("apt-get install ./carpd_*.deb in booted-to-be trixie (deps already there)"):
             in_root(root, ["apt-get", "install", "-y", "-q", "--no-install-recommends",
                            deb])
-        a = boot_node_a(overlay, lab.node_netns("a"), tmp_path / "console.log", "carpd-a",
-                        deb)
-        b = chroot_node(lab, installed, tmp_path, "b", 12, 100, False)
+        return deb
+
+    yield from booted_pair(install, installed, trixie_systemd, tmp_path)
+
+
+def booted_pair(install: Callable[[Path], str], installed: Installed, trixie_systemd: Path,
+                base: Path) -> Iterator[Pair]:
+    """systemd_pair's a and b, with what ``install`` (given the root, service starts
+    forbidden) installs on a, from the .deb whose path in the root it returns; b has
+    ``installed``'s package. Powered off, stopped and removed on the way out."""
+    lab = Lab()
+    overlay = Overlay(base / "a", [trixie_systemd])
+    a: Booted | None = None
+    b: Node | None = None
+    try:
+        forbid_service_starts(overlay.root)
+        deb = install(overlay.root)
+        a = boot_node_a(overlay, lab.node_netns("a"), base / "console.log", "carpd-a", deb)
+        b = chroot_node(lab, installed, base, "b", 12, 100, False)
         yield Pair(a, b)
     finally:
         if b is not None:

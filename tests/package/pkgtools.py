@@ -28,6 +28,7 @@ by PID.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -38,7 +39,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from lab import booted
 from lab import netns as lab_netns
@@ -409,6 +410,12 @@ def ifup_both(pair: Pair) -> Node:
 # A booted trixie (systemd as PID 1)
 
 
+UNIT = "carpd@eth0.service"
+"""The unit the hook runs eth0's engine as under systemd."""
+BOOT = 120.0
+"""How long a booted trixie may take until networking.service is active."""
+
+
 @dataclass
 class Booted(booted.Booted):
     """A trixie booted with systemd-nspawn in network namespace netns, its root an overlay."""
@@ -416,6 +423,13 @@ class Booted(booted.Booted):
     name: str
     overlay: Overlay
     deb_in_root: str
+
+    def wait_booted(self, what: str = "networking.service active") -> None:
+        """Wait until networking.service is active: eth0 is up and the hook has run."""
+        self.wait(lambda: self.unit_state("networking.service") == "active", BOOT, what)
+
+    def wait_unit(self, unit: str = UNIT, timeout: float = 30) -> None:
+        self.wait(lambda: self.unit_state(unit) == "active", timeout, f"{unit} active")
 
     def holds(self, address: str = VIP) -> bool:
         return netns_holds(self.netns, address)
@@ -431,6 +445,27 @@ class Booted(booted.Booted):
         return [line for line in out.splitlines()
                 if "/usr/sbin/carpd" in line or "carpd.debian.ifupdown" in line
                 or "carpd-ifupdown" in line]
+
+
+def ctl_status(node: Node | Booted) -> dict[str, Any]:
+    """`carpctl status eth0 --json` on the node: its one engine's reply."""
+    result = node.run("carpctl", "status", "eth0", "--json", check=False)
+    replies = json.loads(result.output[result.output.index("["):])
+    assert len(replies) == 1, replies
+    reply: dict[str, Any] = replies[0]
+    return reply
+
+
+def up_with_a_master(pair: Pair, stage: str) -> tuple[Booted, Node]:
+    """systemd_pair's a booted until its engine's unit is active, then b up: a MASTER."""
+    a, b = pair.a, pair.b
+    assert isinstance(a, Booted) and isinstance(b, Node)
+    with Stage(stage):
+        a.wait_booted()
+        a.wait_unit()
+    b.run("ifup", "eth0")
+    pair.wait_holder(a, timeout=20)
+    return a, b
 
 
 def boot_node_a(overlay: Overlay, netns: str, console: Path, hostname: str,

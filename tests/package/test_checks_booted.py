@@ -9,16 +9,13 @@ import time
 from pkgtools import Booted, Node, Pair, Stage, record
 
 CHECKS = "/usr/share/carpd/checks"
-UNIT = "carpd@eth0.service"
-BOOT = 120.0
 
 
 def booted(pair: Pair) -> tuple[Booted, Node]:
     a, b = pair.a, pair.b
     assert isinstance(a, Booted) and isinstance(b, Node)
     with Stage("checks: boot until networking.service is active"):
-        a.wait(lambda: a.unit_state("networking.service") == "active", BOOT,
-               "networking.service active")
+        a.wait_booted()
     return a, b
 
 
@@ -86,7 +83,7 @@ def test_under_systemd_the_vip_leaves_the_master_whose_tracked_unit_stops_and_co
     interfaces.write_text(stanza.replace("    ucarp-master yes\n",
                                          "    ucarp-master yes\n" + TRACKING))
     a.run("systemctl", "restart", "networking.service")
-    a.wait(lambda: a.unit_state(UNIT) == "active", 30, f"{UNIT} active")
+    a.wait_unit()
     b.run("ifup", "eth0")
     systemd_pair.wait_holder(a, timeout=20)
 

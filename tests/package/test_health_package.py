@@ -8,7 +8,6 @@ preempt, and with it (web1 of the document) the VIP comes back by a planned hand
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -17,7 +16,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from pkgtools import (
@@ -31,15 +29,15 @@ from pkgtools import (
     Pair,
     Stage,
     VipWatch,
+    ctl_status,
     forbid_service_starts,
     ifup_both,
     in_root,
-    interfaces_file,
     record,
     run,
 )
 
-from conftest import Lab
+from conftest import Lab, chroot_node, chroot_pair, plugged
 from lab.poll import wait_for
 
 PORT = 80  # Debian's default site
@@ -78,22 +76,19 @@ def with_nginx(installed: Installed, tmp_path_factory: pytest.TempPathFactory) -
 def web_node(lab: Lab, layers: Installed, base: Path, name: str, host: int,
              advskew: int, preempt: bool) -> Node:
     """A node with the VIP's stanza tracking its nginx, which serves its name."""
-    overlay = Overlay(base / name, layers.lowers)
-    node = Node(name, lab.node_netns(name), overlay, f"{NET}.{host}", layers.deb_in_root)
-    stanza = interfaces_file(node.address, advskew, preempt)
-    master = f"    ucarp-master {'yes' if preempt else 'no'}\n"
-    password = f"    ucarp-password {PASSWORD}\n"
-    assert master in stanza and password in stanza
+    node = chroot_node(lab, layers, base, name, host, advskew, preempt,
+                       extra=[line.strip() for line in TRACK.splitlines()])
     # the password in a file readable by root alone, as docs/nginx-pair.md makes it
     folder = node.root / "etc/carpd"
     folder.mkdir(mode=0o700)
     (folder / "eth0.pass").write_text(PASSWORD + "\n")
     (folder / "eth0.pass").chmod(0o600)
-    stanza = stanza.replace(password, "    ucarp-passfile /etc/carpd/eth0.pass\n")
-    (node.root / "etc/network/interfaces").write_text(stanza.replace(master, master + TRACK))
-    (node.root / "run/network").mkdir(parents=True, exist_ok=True)
+    interfaces = node.root / "etc/network/interfaces"
+    stanza = interfaces.read_text()
+    password = f"    ucarp-password {PASSWORD}\n"
+    assert password in stanza
+    interfaces.write_text(stanza.replace(password, "    ucarp-passfile /etc/carpd/eth0.pass\n"))
     (node.root / "var/www/html/index.html").write_text(f"{name}\n")
-    (node.root / "usr/sbin/policy-rc.d").unlink()
     return node
 
 
@@ -108,23 +103,13 @@ class Web:
 def web_pair(layers: Installed, base: Path, preempt: bool) -> Iterator[Web]:
     """a (advskew 0, preempt as asked) and b (advskew 100, no preempt), each with its nginx
     running, and a client namespace on the same bridge; nothing is up yet."""
-    lab = Lab()
-    nodes: list[Node] = []
-    try:
-        for name, host, advskew, first in (("a", 11, 0, preempt), ("b", 12, 100, False)):
-            nodes.append(web_node(lab, layers, base, name, host, advskew, first))
-        client = lab.node_netns("client")
-        run(["ip", "-n", client, "addr", "add", f"{CLIENT}/24", "dev", "eth0"])
-        run(["ip", "-n", client, "link", "set", "eth0", "up"])
-        for node in nodes:
+    # stopped on the way out: the engines, their checks and nginx
+    with chroot_pair(lambda lab, *node: web_node(lab, layers, base, *node),
+                     a_preempts=preempt) as (lab, a, b):
+        client = plugged(lab, "client", CLIENT)
+        for node in (a, b):
             start_nginx(node)
-        yield Web(Pair(nodes[0], nodes[1]), nodes[0], nodes[1], client)
-    finally:
-        for node in nodes:
-            node.stop_everything()  # the engines, their checks and nginx
-        lab.close()
-        for node in nodes:
-            node.overlay.unmount()
+        yield Web(Pair(a, b), a, b, client)
 
 
 @pytest.fixture
@@ -270,17 +255,8 @@ def client(netns: str, log: Path) -> Iterator[Client]:
 # Waiting and the engine's status
 
 
-def status(node: Node) -> dict[str, Any]:
-    """`carpctl status eth0 --json` on the node: its one engine's reply."""
-    result = node.run("carpctl", "status", "eth0", "--json", check=False)
-    replies = json.loads(result.output[result.output.index("["):])
-    assert len(replies) == 1, replies
-    reply: dict[str, Any] = replies[0]
-    return reply
-
-
 def healthy(node: Node) -> bool:
-    return status(node).get("healthy") is True
+    return ctl_status(node).get("healthy") is True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -293,11 +269,11 @@ def fail_over(web: Web, asking: Client) -> None:
     a, b, pair = web.a, web.b, web.pair
     assert ifup_both(pair) is a
     wait_for(lambda: healthy(a) and healthy(b), 10, what="both nodes healthy",
-             detail=lambda: (status(a), status(b)))
-    checks = status(a)["health"]
+             detail=lambda: (ctl_status(a), ctl_status(b)))
+    checks = ctl_status(a)["health"]
     assert [(c["kind"], c["name"], c["healthy"]) for c in checks] == [
         ("script", CHECK, True)], checks
-    assert status(a)["why"] is None
+    assert ctl_status(a)["why"] is None
     wait_for(lambda: asking.first(a.name, 0.0) is not None, 10, what="the client served by a")
 
     with VipWatch(pair) as watch:
@@ -316,7 +292,7 @@ def fail_over(web: Web, asking: Client) -> None:
     assert served - killed <= MOVE_WITHIN, f"served by b {served - killed:.3f} s after"
     assert watch.longest_gap() <= HANDOVER, f"VIP on no node for {watch.longest_gap():.3f}"
 
-    shown = status(a)
+    shown = ctl_status(a)
     assert shown["state"] == "BACKUP" and shown["healthy"] is False, shown
     assert shown["why"].startswith(f"unhealthy: check '{CHECK}' failing since"), shown
     assert shown["health"][0]["rc"] == 1, shown
@@ -338,9 +314,9 @@ def test_the_nginx_pair_from_the_package_the_vip_follows_nginx_and_stays_when_it
             back = time.monotonic()
             start_nginx(a)
             wait_for(lambda: healthy(a), RISE * INTERVAL + 5, what="a healthy again",
-                     detail=lambda: status(a))
+                     detail=lambda: ctl_status(a))
             time.sleep(4.0)  # a few advertisements: time for a wrong move to show
-        assert status(a)["why"] is None and status(a)["state"] == "BACKUP"
+        assert ctl_status(a)["why"] is None and ctl_status(a)["state"] == "BACKUP"
         assert not any(held_a for _, held_a, _ in watch.samples), "the VIP went back to a"
         assert pair.holders() == [b]
         since = {r.answer for r in asking.requests(back)}
@@ -374,7 +350,7 @@ def test_the_nginx_pair_as_documented_the_vip_comes_back_by_a_planned_hand_over(
                max(r.latency for r in during))
         record("nginx back on the preferred node: longest time the VIP was on no node",
                watch.longest_gap())
-        assert status(a)["state"] == "MASTER" and status(a)["why"] is None
+        assert ctl_status(a)["state"] == "MASTER" and ctl_status(a)["why"] is None
         assert watch.longest_gap() <= HANDOVER, f"VIP on no node for {watch.longest_gap():.3f}"
         assert len(during) >= 100 * (until - back) * 0.9, "the client did not ask 100 times a s"
         assert lost == [], f"requests without an answer (sent so many seconds after a took " \

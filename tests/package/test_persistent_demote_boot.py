@@ -6,29 +6,16 @@ the container, until `carpctl promote`; a purge removes the state under /var/lib
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any
 
-from pkgtools import VHID, Booted, Built, Node, Pair, Stage, VipWatch, run
+from pkgtools import UNIT, VHID, Booted, Built, Node, Pair, Stage, VipWatch, ctl_status, run
 
-UNIT = "carpd@eth0.service"
-BOOT = 120.0
 PERSISTED = f"var/lib/carpd/demoted/eth0.{VHID}"
 # a has advskew 0 and preempt: undemoted, it takes the VIP back from b within its master-down
 # interval (3 x advbase 1 s) of starting; watching this long shows that it does not.
 WATCH = 5.0
-
-
-def status(a: Booted) -> dict[str, Any]:
-    """`carpctl status eth0 --json` in the container: its one engine's reply."""
-    result = a.run("carpctl", "status", "eth0", "--json", check=False)
-    replies = json.loads(result.output[result.output.index("["):])
-    assert len(replies) == 1, replies
-    reply: dict[str, Any] = replies[0]
-    return reply
 
 
 def wait_engine(a: Booted, other_than: int = 0) -> int:
@@ -42,7 +29,7 @@ def wait_engine(a: Booted, other_than: int = 0) -> int:
 
 def answers(a: Booted) -> bool:
     try:
-        return "error" not in status(a)
+        return "error" not in ctl_status(a)
     except (AssertionError, ValueError):  # no engine yet, or no JSON
         return False
 
@@ -54,7 +41,7 @@ def assert_still_demoted(pair: Pair, a: Booted, b: Node, when: str) -> None:
         time.sleep(WATCH)
     assert not any(held_a for _, held_a, _ in watch.samples), f"{when}: the VIP went to a"
     assert pair.holders() == [b], f"{when}: the VIP is on {[n.name for n in pair.holders()]}"
-    shown = status(a)
+    shown = ctl_status(a)
     assert shown["state"] == "BACKUP" and shown["demoted"] is True, (when, shown)
     assert shown["demotion"]["persistent"] is True, (when, shown)
     assert str(shown["why"]).startswith("demoted (persistent)"), (when, shown)
@@ -87,12 +74,11 @@ def test_a_persistent_demotion_survives_unit_restart_upgrade_and_reboot_until_pr
     # the fixture powers a off, as it runs then: rebooted or not (Booted.power_off)
     assert isinstance(a, Booted) and isinstance(b, Node)
     with Stage("persistent demotion: boot until carpd@eth0.service answers"):
-        a.wait(lambda: a.unit_state("networking.service") == "active", BOOT,
-               "networking.service active")
+        a.wait_booted()
         pid = wait_engine(a)
     b.run("ifup", "eth0")
     pair.wait_holder(a, timeout=20)
-    assert status(a)["demotion"] is None and status(a)["why"] is None
+    assert ctl_status(a)["demotion"] is None and ctl_status(a)["why"] is None
 
     demoted = a.run("carpctl", "demote", "eth0", "--persistent", check=False)
     assert demoted.returncode == 0, demoted.output
@@ -123,8 +109,7 @@ def test_a_persistent_demotion_survives_unit_restart_upgrade_and_reboot_until_pr
     a.run("touch", "/run/before-reboot")
     with Stage("persistent demotion: reboot (power off, boot the same root)"):
         a.reboot()
-        a.wait(lambda: a.unit_state("networking.service") == "active", BOOT,
-               "networking.service active after the reboot")
+        a.wait_booted("networking.service active after the reboot")
         wait_engine(a)
     assert a.run("test", "-e", "/run/before-reboot", check=False).returncode == 1, \
         "not a new boot: /run was kept"
@@ -133,7 +118,7 @@ def test_a_persistent_demotion_survives_unit_restart_upgrade_and_reboot_until_pr
     promoted = a.run("carpctl", "promote", "eth0", check=False)
     assert promoted.returncode == 0, promoted.output
     pair.wait_holder(a, timeout=10)  # advskew 0 and preempt: it takes the VIP back
-    shown = status(a)
+    shown = ctl_status(a)
     assert shown["demoted"] is False and shown["demotion"] is None, shown
     assert shown["why"] is None and shown["state"] == "MASTER", shown
     assert not persisted.exists()

@@ -14,6 +14,7 @@ connection."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import random
@@ -24,26 +25,23 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pkgtools import (
     NET,
-    PASSWORD,
     VIP,
     Installed,
     Node,
-    Overlay,
     Pair,
     Result,
     Stage,
     ifup_both,
-    interfaces_file,
     record,
-    run,
 )
 from test_health_package import nginx_master, with_nginx
 
-from conftest import Lab
+from conftest import Lab, chroot_node, chroot_pair, plugged
 from lab.poll import wait_for
 
 __all__ = ["with_nginx"]  # the fixture, shared with the nginx pair's test
@@ -130,19 +128,12 @@ def proxy_node(lab: Lab, layers: Installed, base: Path, name: str, host: int,
                advskew: int, preempt: bool) -> Node:
     """A node with the VIP's stanza (plus ``ucarp-drain``) and nginx proxying to the
     backend."""
-    overlay = Overlay(base / name, layers.lowers)
-    node = Node(name, lab.node_netns(name), overlay, f"{NET}.{host}", layers.deb_in_root)
-    stanza = interfaces_file(node.address, advskew, preempt)
-    password = f"    ucarp-password {PASSWORD}\n"
-    assert password in stanza
-    stanza = stanza.replace(password, password + f"    ucarp-drain {DRAIN:g}\n")
-    (node.root / "etc/network/interfaces").write_text(stanza)
-    (node.root / "run/network").mkdir(parents=True, exist_ok=True)
+    node = chroot_node(lab, layers, base, name, host, advskew, preempt,
+                       extra=(f"ucarp-drain {DRAIN:g}",))
     sites = node.root / "etc/nginx/sites-enabled"
     for site in sites.iterdir():
         site.unlink()
     (sites / "proxy").write_text(PROXY_SITE)
-    (node.root / "usr/sbin/policy-rc.d").unlink()
     return node
 
 
@@ -159,33 +150,22 @@ def in_netns(netns: str, *argv: str) -> list[str]:
 def proxies(with_nginx: Installed, tmp_path: Path) -> Iterator[ProxyPair]:
     """a (advskew 0, preempt) and b (advskew 100), each with nginx proxying to a backend
     namespace, and a client namespace, all on one bridge; nothing is up yet."""
-    lab = Lab()
-    nodes: list[Node] = []
     backend_proc: subprocess.Popen[bytes] | None = None
-    try:
-        for name, host, advskew, preempt in (("a", 11, 0, True), ("b", 12, 100, False)):
-            nodes.append(proxy_node(lab, with_nginx, tmp_path, name, host, advskew,
-                                    preempt))
-        client, backend = lab.node_netns("client"), lab.node_netns("backend")
-        for netns, address in ((client, CLIENT), (backend, BACKEND)):
-            run(["ip", "-n", netns, "addr", "add", f"{address}/24", "dev", "eth0"])
-            run(["ip", "-n", netns, "link", "set", "eth0", "up"])
-        with (tmp_path / "backend.log").open("wb") as log:
-            backend_proc = subprocess.Popen(
-                in_netns(backend, sys.executable, "-c", BACKEND_SERVER, str(BACKEND_PORT)),
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-        for node in nodes:
-            start_proxy(node)
-        yield ProxyPair(Pair(nodes[0], nodes[1]), nodes[0], nodes[1], client, backend)
-    finally:
-        for node in nodes:
-            node.stop_everything()  # the engines and nginx
-        if backend_proc is not None:
-            backend_proc.kill()  # by its PID: the one process this started there
-            backend_proc.wait()
-        lab.close()
-        for node in nodes:
-            node.overlay.unmount()
+    with chroot_pair(lambda lab, *node: proxy_node(lab, with_nginx, tmp_path, *node)) as (
+            lab, a, b):  # stopped on the way out: the engines and nginx
+        try:
+            client, backend = plugged(lab, "client", CLIENT), plugged(lab, "backend", BACKEND)
+            with (tmp_path / "backend.log").open("wb") as log:
+                backend_proc = subprocess.Popen(
+                    in_netns(backend, sys.executable, "-c", BACKEND_SERVER, str(BACKEND_PORT)),
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+            for node in (a, b):
+                start_proxy(node)
+            yield ProxyPair(Pair(a, b), a, b, client, backend)
+        finally:
+            if backend_proc is not None:
+                backend_proc.kill()  # by its PID: the one process this started there
+                backend_proc.wait()
 
 
 class Background:
@@ -211,32 +191,52 @@ def expected_sha256(seed: int = SEED, size: int = SIZE) -> str:
     return hashlib.sha256(random.Random(seed).randbytes(size)).hexdigest()
 
 
-def test_a_long_download_through_nginx_survives_a_planned_hand_over_unbroken(
-        proxies: ProxyPair, tmp_path: Path) -> None:
-    a, b, pair = proxies.a, proxies.b, proxies.pair
-    assert ifup_both(pair) is a
-    path = f"/{SIZE}/{SECONDS:g}/{SEED}"
-    with (tmp_path / "fetch.log").open("wb") as err:
-        fetch = subprocess.Popen(in_netns(proxies.client, sys.executable, "-c", FETCH,
-                                          VIP, path, str(STALL)),
+@dataclass
+class Download:
+    process: subprocess.Popen[bytes]
+    began: float  # time.monotonic()
+    seconds: float
+
+    def outcome(self) -> dict[str, Any]:
+        """FETCH's JSON line, once the download has ended (however it ends)."""
+        out, _ = self.process.communicate(timeout=self.seconds + 2 * STALL)
+        outcome: dict[str, Any] = json.loads(out)
+        return outcome
+
+
+@contextlib.contextmanager
+def download_under_way(client: str, log: Path, seed: int = SEED, size: int = SIZE,
+                       seconds: float = SECONDS) -> Iterator[Download]:
+    """FETCH downloading /size/seconds/seed from the VIP in network namespace ``client``, for
+    HAND_OVER_AFTER seconds already; killed (by its PID) on the way out if still running."""
+    with log.open("wb") as err:
+        fetch = subprocess.Popen(in_netns(client, sys.executable, "-c", FETCH, VIP,
+                                          f"/{size}/{seconds:g}/{seed}", str(STALL)),
                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
     try:
         began = time.monotonic()
         time.sleep(HAND_OVER_AFTER)
         assert fetch.poll() is None, "the download ended before the hand-over"
-        with Stage(f"ifdown eth0 on the MASTER mid-download (ucarp-drain {DRAIN:g})"):
-            ifdown = Background(a, "ifdown", "eth0")
-            # the peer takes over at the bow-out while the old MASTER keeps the VIP, draining
-            wait_for(b.holds, 5, what="the VIP on b")
-            drained = a.holds()
-            out, _ = fetch.communicate(timeout=SECONDS + 2 * STALL)
+        yield Download(fetch, began, seconds)
     finally:
         if fetch.poll() is None:
-            fetch.kill()  # by its PID
+            fetch.kill()
             fetch.wait()
-    outcome = json.loads(out)
+
+
+def test_a_long_download_through_nginx_survives_a_planned_hand_over_unbroken(
+        proxies: ProxyPair, tmp_path: Path) -> None:
+    a, b, pair = proxies.a, proxies.b, proxies.pair
+    assert ifup_both(pair) is a
+    with download_under_way(proxies.client, tmp_path / "fetch.log") as download, \
+            Stage(f"ifdown eth0 on the MASTER mid-download (ucarp-drain {DRAIN:g})"):
+        ifdown = Background(a, "ifdown", "eth0")
+        # the peer takes over at the bow-out while the old MASTER keeps the VIP, draining
+        wait_for(b.holds, 5, what="the VIP on b")
+        drained = a.holds()
+        outcome = download.outcome()
     record("long download through nginx across a hand-over: its length",
-           outcome["ended"] - began)
+           outcome["ended"] - download.began)
     assert outcome["error"] is None, outcome
     assert outcome["received"] == SIZE, outcome
     assert outcome["sha256"] == expected_sha256(), outcome

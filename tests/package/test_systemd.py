@@ -8,23 +8,14 @@ import shutil
 import time
 from pathlib import Path
 
-from pkgtools import HANDOVER, Booted, Built, Node, Pair, Stage, VipWatch, record
+from pkgtools import HANDOVER, UNIT, Built, Pair, Stage, VipWatch, record, up_with_a_master
 from test_upgrade import newer
-
-UNIT = "carpd@eth0.service"
-BOOT = 120.0
 
 
 def test_under_systemd_upgrade_restarts_the_unit_and_remove_stops_it(
         systemd_pair: Pair, built: Built, tmp_path: Path) -> None:
-    a, b = systemd_pair.a, systemd_pair.b
-    assert isinstance(a, Booted) and isinstance(b, Node)
-    with Stage("systemd: boot until networking.service and carpd@eth0.service are active"):
-        a.wait(lambda: a.unit_state("networking.service") == "active", BOOT,
-               "networking.service active")
-        a.wait(lambda: a.unit_state(UNIT) == "active", 30, f"{UNIT} active")
-    b.run("ifup", "eth0")
-    systemd_pair.wait_holder(a, timeout=20)
+    a, b = up_with_a_master(
+        systemd_pair, "systemd: boot until networking.service and carpd@eth0.service are active")
     first = a.main_pid(UNIT)
 
     # a newer version: a reinstall of the same one restarts nothing (test_upgrade.py)

@@ -34,6 +34,7 @@ from pkgtools import (
     HANDOVER,
     NET,
     REPO,
+    UNIT,
     Booted,
     Built,
     Installed,
@@ -42,23 +43,19 @@ from pkgtools import (
     Pair,
     Stage,
     VipWatch,
-    boot_node_a,
-    forbid_service_starts,
     in_root,
-    power_off,
     record,
     run,
+    up_with_a_master,
 )
 
-from conftest import Lab, chroot_node
+from conftest import booted_pair, chroot_node, chroot_pair
 from lab.poll import wait_for
 
 OLD_COMMIT = "3e95c8dec05b4d18c504e9fec99774859149d4de"
 """carpd 0.1.0 as released (debian/changelog 0.1.0-1)."""
-UNIT = "carpd@eth0.service"
 CONF = "run/carpd/eth0.conf"
 DRAIN = 2.0  # ucarp-drain's default: a MASTER handing over keeps the VIP this long, ARP dropped
-BOOT = 120.0
 OBSOLETE = "obsolete_option"
 
 
@@ -156,18 +153,9 @@ def old_installed(installed: Installed, old_deb: Path, new_deb: Path,
 @pytest.fixture
 def old_pair(old_installed: Installed, tmp_path: Path) -> Iterator[Pair]:
     """As conftest's `pair`, with 0.1.0 installed: a (advskew 0, preempt), b (advskew 100)."""
-    lab = Lab()
-    nodes: list[Node] = []
-    try:
-        nodes.append(chroot_node(lab, old_installed, tmp_path, "a", 11, 0, True))
-        nodes.append(chroot_node(lab, old_installed, tmp_path, "b", 12, 100, False))
-        yield Pair(nodes[0], nodes[1])
-    finally:
-        for node in nodes:
-            node.stop_everything()
-        lab.close()
-        for node in nodes:
-            node.overlay.unmount()
+    with chroot_pair(lambda lab, *node: chroot_node(lab, old_installed, tmp_path, *node)) as (
+            _, a, b):
+        yield Pair(a, b)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -409,31 +397,14 @@ def old_systemd_pair(old_deb: Path, new_deb: Path, installed: Installed, trixie_
                      tmp_path: Path) -> Iterator[Pair]:
     """As conftest's `systemd_pair`, with 0.1.0 installed on the booted a (MASTER); b a chroot
     node with this tree's package (a cluster mid-upgrade), not up yet."""
-    lab = Lab()
-    overlay = Overlay(tmp_path / "a", [trixie_systemd])
-    nspawn: subprocess.Popen[bytes] | None = None
-    b: Node | None = None
-    try:
-        root = overlay.root
+    def install(root: Path) -> str:
         shutil.copy2(old_deb, root / OLD_IN_ROOT.lstrip("/"))
         shutil.copy2(new_deb, root / NEW_IN_ROOT.lstrip("/"))
-        forbid_service_starts(root)
         with Stage("upgrade: dpkg -i 0.1.0 in booted-to-be trixie"):
             in_root(root, ["dpkg", "-i", OLD_IN_ROOT])
-        a = boot_node_a(overlay, lab.node_netns("a"), tmp_path / "console.log", "carpd-a",
-                        OLD_IN_ROOT)
-        nspawn = a.nspawn
-        b = chroot_node(lab, installed, tmp_path, "b", 12, 100, False)
-        yield Pair(a, b)
-    finally:
-        if b is not None:
-            b.stop_everything()
-        if nspawn is not None:
-            power_off(nspawn)
-        lab.close()
-        if b is not None:
-            b.overlay.unmount()
-        overlay.unmount()
+        return OLD_IN_ROOT
+
+    yield from booted_pair(install, installed, trixie_systemd, tmp_path)
 
 
 UNATTENDED = f"""\
@@ -460,14 +431,8 @@ def unit_property(a: Booted, name: str) -> str:
 
 def test_upgrade_from_apt_daily_upgrade_service_restarts_the_unit_which_outlives_it(
         old_systemd_pair: Pair) -> None:
-    a, b = old_systemd_pair.a, old_systemd_pair.b
-    assert isinstance(a, Booted) and isinstance(b, Node)
-    with Stage("upgrade: boot 0.1.0 until carpd@eth0.service is active"):
-        a.wait(lambda: a.unit_state("networking.service") == "active", BOOT,
-               "networking.service active")
-        a.wait(lambda: a.unit_state(UNIT) == "active", 30, f"{UNIT} active")
-    b.run("ifup", "eth0")
-    old_systemd_pair.wait_holder(a, timeout=20)
+    a, b = up_with_a_master(old_systemd_pair,
+                            "upgrade: boot 0.1.0 until carpd@eth0.service is active")
     wait_heard(b, f"{NET}.11")
     first = a.main_pid(UNIT)
     a.run("python3", "-c", AGE_CONF)

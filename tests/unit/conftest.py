@@ -6,9 +6,9 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import pytest
-from ctlserver import Served
 
 # The helper modules hold assertions too (the simulated link checks every timer it fires).
 pytest.register_assert_rewrite("cluster", "frames")
@@ -27,10 +27,15 @@ def state_dir() -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+class Closes(Protocol):
+    def close(self) -> None: ...
+
+
 @pytest.fixture
-def engines() -> Iterator[list[Served]]:
-    """The control sockets a test serves (append them), closed after it."""
-    started: list[Served] = []
+def engines() -> Iterator[list[Closes]]:
+    """The control sockets a test serves (append them: ctlserver's Served, or a test's own
+    fake engine), closed after it."""
+    started: list[Closes] = []
     try:
         yield started
     finally:

@@ -9,7 +9,6 @@ import os
 import secrets
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -82,25 +81,6 @@ def namespace() -> Iterator[str]:
         yield name
     finally:
         run("ip", "netns", "del", name, check=False)
-
-
-@pytest.fixture
-def state_dir() -> Iterator[Path]:
-    folder = Path(tempfile.mkdtemp(prefix="carps-"))  # short: unix socket paths are short
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-@pytest.fixture
-def engines() -> Iterator[list[Engine]]:
-    started: list[Engine] = []
-    try:
-        yield started
-    finally:
-        for engine in started:
-            engine.close()
 
 
 def status_in(namespace: str, state_dir: Path, capsys: pytest.CaptureFixture[str],

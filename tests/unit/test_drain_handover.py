@@ -123,6 +123,16 @@ def handed_over(a: dict[str, Any] | None = None, b: dict[str, Any] | None = None
     return pair
 
 
+def silenced_at(at: float) -> tuple[Pair, list[bytes]]:
+    """handed_over with a 30 s drain, then a dead from ``at`` on: the pair, and the drain
+    signals a sent until then (to replay)."""
+    pair = handed_over({"drain": 30.0})
+    pair.run_until(at)
+    signals = [a.data for _, a in pair["a"].log if isinstance(a, SendDrainSignal)]
+    pair.dead.add("a")
+    return pair, signals
+
+
 def forwarding(node: Node) -> bool:
     starts, stops = node.got(ForwardStrays), node.got(StopForwarding)
     return bool(starts) and (not stops or max(stops) < max(starts))
@@ -159,10 +169,7 @@ def test_silence_of_the_old_master_stops_forwarding_within_a_second() -> None:
 
 
 def test_a_forged_or_replayed_signal_does_not_extend_forwarding() -> None:
-    pair = handed_over({"drain": 30.0})
-    pair.run_until(11.0)
-    signals = [a.data for _, a in pair["a"].log if isinstance(a, SendDrainSignal)]
-    pair.dead.add("a")
+    pair, signals = silenced_at(11.0)
     b = pair["b"].host
     stranger = drainsignal.Beacon(1, VIP, A, drainsignal.derive_key(b"not the password"))
     stranger.start(0, pair.now)
@@ -178,10 +185,7 @@ def test_a_forged_or_replayed_signal_does_not_extend_forwarding() -> None:
 
 
 def test_a_signal_from_another_address_does_not_extend_forwarding() -> None:
-    pair = handed_over({"drain": 30.0})
-    pair.run_until(10.5)
-    signals = [a.data for _, a in pair["a"].log if isinstance(a, SendDrainSignal)]
-    pair.dead.add("a")
+    pair, signals = silenced_at(10.5)
     b = pair["b"].host
     assert b.drain_signal(signals[-1], IPv4Address("10.0.0.66"), pair.now) == []
     pair.run_until(12.0)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections.abc import Callable
 from ipaddress import IPv4Address
 from typing import Any
 
@@ -220,11 +221,13 @@ def test_preempting_backup_does_not_take_over_from_an_equal_interval() -> None:
     assert cluster.masters() == ["m"]
 
 
-def backup_hearing(master: str = "10.0.0.9", **settings: Any) -> VirtualHost:
-    """A started BACKUP that has accepted one advert from ``master``."""
+def backup_hearing(master: str = "10.0.0.9", counter: int | None = None,
+                   **settings: Any) -> VirtualHost:
+    """A started BACKUP that has accepted one advert from ``master`` (with ``counter``, if
+    given: else a fresh one), at 0.5."""
     backup = host(settings.pop("source", "10.0.0.1"), **settings)
     backup.start(0.0)
-    backup.receive(packet_from(master), 0.5)
+    backup.receive(packet_from(master, counter=counter), 0.5)
     assert backup.state is State.BACKUP
     return backup
 
@@ -262,16 +265,22 @@ def test_backup_waits_for_a_master_exactly_at_its_master_down_interval() -> None
 # ---- bow-out, demotion --------------------------------------------------------------------------
 
 
+def released_at_10_5(cluster: Cluster, release: Callable[[str], object]) -> None:
+    """m, MASTER from the start, is released at 10.5 (``release("m")``: stopped or demoted): it
+    sends a bow-out advert and runs its down script at once."""
+    cluster.start()
+    cluster.run_until(10.5)
+    release("m")
+    _, bow_out = cluster.adverts("m")[-1]
+    assert (bow_out.advbase, bow_out.advskew) == (255, 255)
+    assert cluster.scripts("m")[-1] == (10.5, Script.DOWN)
+
+
 def test_stopping_master_bows_out_and_backup_takes_over_at_once() -> None:
     delay = 1 / 256
     cluster = Cluster({"m": params("10.0.0.1"), "b": params("10.0.0.2", advskew=100)},
                       delay=delay)
-    cluster.start()
-    cluster.run_until(10.5)
-    cluster.stop("m")
-    _, bow_out = cluster.adverts("m")[-1]
-    assert (bow_out.advbase, bow_out.advskew) == (255, 255)
-    assert cluster.scripts("m")[-1] == (10.5, Script.DOWN)
+    released_at_10_5(cluster, cluster.stop)
     cluster.run_until(30)
     assert cluster.became_master_at("b") == [10.5 + delay]
     assert cluster.masters() == ["b"]
@@ -297,12 +306,7 @@ def test_stopped_host_ignores_carrier_changes() -> None:
 def test_demoted_master_bows_out_and_stays_backup_until_promoted() -> None:
     cluster = Cluster({"m": params("10.0.0.1", preempt=True),
                        "b": params("10.0.0.2", advskew=100)})
-    cluster.start()
-    cluster.run_until(10.5)
-    cluster.demote("m")
-    _, bow_out = cluster.adverts("m")[-1]
-    assert (bow_out.advbase, bow_out.advskew) == (255, 255)
-    assert cluster.scripts("m")[-1] == (10.5, Script.DOWN)
+    released_at_10_5(cluster, cluster.demote)
     cluster.run_until(10.5)  # the bow-out is delivered
     assert cluster.became_master_at("b") == [10.5]
     cluster.run_until(100)
@@ -516,9 +520,7 @@ def test_counter_wraps_at_64_bits() -> None:
 
 
 def test_counter_wrapped_past_zero_is_still_newer() -> None:
-    backup = host()
-    backup.start(0.0)
-    backup.receive(packet_from("10.0.0.9", counter=2**64 - 1), 0.5)
+    backup = backup_hearing("10.0.0.9", counter=2**64 - 1)
     assert backup.receive(packet_from("10.0.0.9", advbase=255, advskew=255, counter=0), 1.0)
     assert backup.state is State.MASTER
 
@@ -534,9 +536,7 @@ def test_rejected_advert_does_not_set_the_counter() -> None:
 
 
 def test_replayed_advert_turned_into_a_bow_out_is_dropped_as_stale() -> None:
-    backup = host()
-    backup.start(0.0)
-    backup.receive(packet_from("10.0.0.9", counter=500), 0.5)
+    backup = backup_hearing("10.0.0.9", counter=500)
     actions = backup.receive(packet_from("10.0.0.9", advbase=255, advskew=255, counter=500), 1.0)
     assert actions == [Dropped(wire.Reject.STALE, IPv4Address("10.0.0.9"))]
     assert backup.state is State.BACKUP
@@ -545,9 +545,7 @@ def test_replayed_advert_turned_into_a_bow_out_is_dropped_as_stale() -> None:
 
 
 def test_older_counter_from_the_master_is_stale() -> None:
-    backup = host()
-    backup.start(0.0)
-    backup.receive(packet_from("10.0.0.9", counter=500), 0.5)
+    backup = backup_hearing("10.0.0.9", counter=500)
     assert backup.receive(packet_from("10.0.0.9", counter=499), 1.0) == [
         Dropped(wire.Reject.STALE, IPv4Address("10.0.0.9"))]
 
@@ -588,26 +586,20 @@ def test_lone_ucarp_master_with_a_random_counter_in_every_advert_keeps_the_backu
 
 
 def test_random_counter_from_another_address_than_the_master_is_stale() -> None:
-    backup = host()
-    backup.start(0.0)
-    backup.receive(packet_from("10.0.0.9", counter=2**62), 0.5)
+    backup = backup_hearing("10.0.0.9", counter=2**62)
     assert backup.receive(packet_from("10.0.0.66", counter=5), 1.0) == [
         Dropped(wire.Reject.STALE, IPv4Address("10.0.0.66"))]
 
 
 def test_exact_replay_of_a_random_counter_is_stale() -> None:
-    backup = host()
-    backup.start(0.0)
-    backup.receive(packet_from("10.0.0.9", counter=5), 0.5)
+    backup = backup_hearing("10.0.0.9", counter=5)
     backup.receive(packet_from("10.0.0.9", counter=2**62), 1.5)
     assert backup.receive(packet_from("10.0.0.9", counter=5), 2.0) == [
         Dropped(wire.Reject.STALE, IPv4Address("10.0.0.9"))]
 
 
 def test_random_counter_cannot_carry_a_bow_out() -> None:
-    backup = host()
-    backup.start(0.0)
-    backup.receive(packet_from("10.0.0.9", counter=2**62), 0.5)
+    backup = backup_hearing("10.0.0.9", counter=2**62)
     actions = backup.receive(packet_from("10.0.0.9", advbase=255, advskew=255, counter=9), 1.0)
     assert actions == [Dropped(wire.Reject.STALE, IPv4Address("10.0.0.9"))]
     assert backup.state is State.BACKUP
