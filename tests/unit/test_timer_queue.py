@@ -37,8 +37,8 @@ class FakeGroup:
     def next_deadline(self) -> float | None:
         return self.host.next_deadline()
 
-    def on_timer(self, now: float) -> None:
-        for action in self.host.handle_timer(now):
+    def on_timer(self, now: float, lead: float = 0.0) -> None:
+        for action in self.host.handle_timer(now, lead):
             if isinstance(action, election.SendAdvert):
                 self.sent.append((self.clock[0], action.advert))
 
@@ -77,7 +77,7 @@ def run_loop(groups: list[FakeGroup], start: float, until: float, wake_late: flo
         due = queue.pop_due(now)
         for group in due:
             group.clock[0] = now
-            group.on_timer(now + daemon.timer_lead(group))
+            group.on_timer(now, daemon.timer_lead(group))
             queue.push(group)
         turns.append(len(due))
 
@@ -96,16 +96,79 @@ def test_queue_gives_the_due_groups_soonest_first_and_ties_in_order() -> None:
     assert queue.soonest() is None
 
 
-def test_an_invalidated_queue_is_rebuilt_from_every_group() -> None:
-    deadlines: dict[str, float | None] = {"a": 1.0, "b": 2.0}
-    queue: daemon.TimerQueue[str] = daemon.TimerQueue(deadlines.get)
-    assert not queue.valid
+class CountingDeadlines(dict[str, float | None]):
+    """Each item's instant; counts how often the queue asks for one."""
+
+    asked = 0
+
+    def due_at(self, item: str) -> float | None:
+        self.asked += 1
+        return self.get(item)
+
+
+def test_a_touched_item_whose_deadline_moved_later_is_not_given_out_at_its_old_one() -> None:
+    deadlines = CountingDeadlines(a=1.0, b=2.0)
+    queue: daemon.TimerQueue[str] = daemon.TimerQueue(deadlines.due_at)
     queue.rebuild(deadlines)
-    deadlines["b"] = 0.5  # fed a frame, say: the loop invalidates
-    queue.invalidate()
-    assert not queue.valid
+    deadlines["a"] = 5.0  # fed a frame, say: its master-down timer restarts
+    queue.touch("a")
+    assert queue.soonest() == 2.0
+    assert queue.pop_due(3.0) == ["b"]
+    assert queue.pop_due(4.9) == []
+    assert queue.pop_due(5.0) == ["a"]
+
+
+def test_a_touched_item_whose_deadline_moved_earlier_is_given_out_then() -> None:
+    deadlines = CountingDeadlines(a=1.0, b=2.0)
+    queue: daemon.TimerQueue[str] = daemon.TimerQueue(deadlines.due_at)
     queue.rebuild(deadlines)
+    deadlines["b"] = 0.5
+    queue.touch("b")
     assert queue.pop_due(0.75) == ["b"]
+    assert queue.pop_due(10.0) == ["a"]
+
+
+def test_a_touched_item_without_timers_leaves_the_queue_and_a_discarded_one_never_comes(
+) -> None:
+    deadlines = CountingDeadlines(a=1.0, b=2.0, c=3.0)
+    queue: daemon.TimerQueue[str] = daemon.TimerQueue(deadlines.due_at)
+    queue.rebuild(deadlines)
+    deadlines["a"] = None
+    queue.touch("a")
+    queue.discard("b")
+    assert len(queue) == 1
+    assert queue.pop_due(10.0) == ["c"]
+
+
+def test_after_a_turn_only_the_groups_it_touched_are_asked_for_their_instant() -> None:
+    """The queue is no longer rebuilt from all 255 groups after a turn that had input."""
+    names = [f"g{v}" for v in VHIDS]
+    deadlines = CountingDeadlines({name: 100.0 + v for v, name in zip(VHIDS, names, strict=True)})
+    queue: daemon.TimerQueue[str] = daemon.TimerQueue(deadlines.due_at)
+    queue.rebuild(names)
+    deadlines.asked = 0
+    for name in (names[6], names[8]):
+        deadlines[name] = 50.0
+        queue.touch(name)
+    assert queue.pop_due(60.0) == ["g7", "g9"]
+    assert deadlines.asked == 2
+
+
+def test_stale_entries_do_not_pile_up_in_the_heap() -> None:
+    """A BACKUP hearing its MASTER every second moves its deadline each time: the entries it
+    leaves behind are swept, the heap stays in proportion to the groups."""
+    names = [f"g{v}" for v in range(10)]  # items are told apart by identity, as groups are
+    deadlines = CountingDeadlines({name: 3.0 for name in names})
+    queue: daemon.TimerQueue[str] = daemon.TimerQueue(deadlines.due_at)
+    queue.rebuild(names)
+    for step in range(10_000):
+        deadlines[names[1]] = 3.0 + step
+        queue.touch(names[1])
+        queue.soonest()
+    assert len(queue) == len(names)
+    assert len(queue._heap) <= 2 * len(names) + daemon.COMPACT_SLACK + 1
+    assert queue.pop_due(2.5) == []
+    assert queue.pop_due(3.0) == [n for n in names if n != names[1]]
 
 
 def test_255_groups_due_together_advertise_in_bursts_of_at_most_32() -> None:

@@ -420,12 +420,20 @@ class VirtualHost:
         self._shorten_handover(max(now, h.floor))
         return self.handle_timer(now)
 
-    def handle_timer(self, now: float) -> list[Action]:
+    def handle_timer(self, now: float, lead: float = 0.0) -> list[Action]:
+        """Run the timers due at ``now``.  A MASTER also runs those due up to ``lead`` later,
+        each as at its deadline (the shell's loop wakes late by a millisecond or two, and an
+        advert early is harmless where a late one is not; the next interval is counted from
+        the deadline, so the schedule never moves).  A master-down timer never runs early."""
         actions: list[Action] = []
         for timer in Timer:  # each looked at after the ones before it ran
             at = self._timers.get(timer)
-            if at is not None and now >= at:
-                actions += self._expired(timer, now)
+            if at is None:
+                continue
+            early = lead if self.state is State.MASTER and timer is not Timer.MASTER_DOWN \
+                else 0.0
+            if now + early >= at:
+                actions += self._expired(timer, max(now, at))
         return self._emit(actions)
 
     def _expired(self, timer: Timer, now: float) -> list[Action]:

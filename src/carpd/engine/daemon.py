@@ -6,7 +6,10 @@ one netlink monitor, one control socket and one watchdog (this module); per vhid
 :class:`~carpd.engine.group.Group` with its ``VirtualHost`` and its own script queue.  Frames are
 handed to the group of their vhid.  Inputs: frames, netlink link events, finished scripts,
 health verdicts, control requests and signals (through a wakeup pipe).  Time is
-``time.monotonic()``, read here and passed in.
+``monotonic()`` (of ``io``), read here and passed in.
+
+Every bit of I/O goes through ``Engine.io`` (:mod:`carpd.engine.engine_io`: the real world by
+default), so the unit tests run the engine's own logic on fakes.
 """
 
 from __future__ import annotations
@@ -18,8 +21,6 @@ import logging
 import os
 import selectors
 import signal
-import socket
-import time
 from collections.abc import Callable, Iterable, Iterator
 from ipaddress import IPv4Address
 from typing import Any, Generic, TypeVar
@@ -27,11 +28,10 @@ from typing import Any, Generic, TypeVar
 from carpd.config.problems import ConfigError
 from carpd.core import wire
 from carpd.core.election import State
-from carpd.engine import _memory, control, drainsock, identity, netlink, sdnotify
+from carpd.engine import _memory, control, drainsock, engine_io, identity, netlink, sdnotify
+from carpd.engine.engine_io import EngineIO, WatchdogLike
 from carpd.engine.group import Group
-from carpd.engine.link import Link
 from carpd.engine.settings import EngineSettings, NoSettings, Settings, Validation, stop_budget
-from carpd.engine.watchdog import Watchdog
 
 log = logging.getLogger("carpd")
 
@@ -45,12 +45,14 @@ __all__ = ["EXIT_SIGNALS", "Engine", "source_address"]
 T = TypeVar("T")
 
 
-def source_address(options: Settings) -> IPv4Address:
+def source_address(options: Settings,
+                   interface_info: Callable[[str], netlink.InterfaceInfo] = netlink.interface_info,
+                   ) -> IPv4Address:
     """The group's -s/--srcip, or the interface's primary address (ConfigError if none)."""
     if options.srcip is not None:
         return options.srcip
     try:
-        primary = netlink.interface_info(options.interface).primary_address()
+        primary = interface_info(options.interface).primary_address()
     except LookupError:
         primary = None
     if primary is None:
@@ -88,58 +90,103 @@ def timer_lead(group: Group) -> float:
 
 
 def timers_due_at(group: Group) -> float | None:
-    """When the loop runs ``group``'s timers, handing its core the time it is due (``now`` plus
-    :func:`timer_lead`): the core counts the next interval from the deadline, not from when the
-    loop got to it, so running early never moves the schedule."""
+    """When the loop runs ``group``'s timers: its core's deadline less :func:`timer_lead` (the
+    loop hands the core that lead; the core counts the next interval from the deadline, not
+    from when the loop got to it, so running early never moves the schedule)."""
     deadline = group.next_deadline()
     return None if deadline is None else deadline - timer_lead(group)
 
 
-class TimerQueue(Generic[T]):
-    """The instants at which the loop runs each group's timers, soonest first: a turn that
-    only runs timers pays for the groups it runs, not for all 255.
+COMPACT_SLACK = 64
+"""Stale entries the timer queue tolerates beyond one per live item before it sweeps them."""
 
-    Only the loop changes a group's timers by running them (it then :meth:`push`-es the group
-    again); anything else that feeds a group (a frame, a link event, a request, a signal, a
-    group stopping) may change them too, and the loop then :meth:`invalidate`-s the queue,
-    which is rebuilt from every group before it is used again."""
+
+class TimerQueue(Generic[T]):
+    """The instants at which the loop runs each group's timers, soonest first: a turn pays
+    for the groups it ran or fed, not for all 255.
+
+    The loop :meth:`push`-es a group after running its timers; anything else that feeds a
+    group (a frame, a link event, a request, a signal, a group stopping) :meth:`touch`-es it,
+    and it is queued again at its new instant before the queue is next read.  Its earlier
+    entry stays in the heap, stale (each item's live entry is known by its sequence number),
+    and is skipped when it comes up: a group whose deadline moved later never runs early.
+    :meth:`discard` forgets an item for good.  Items are told apart by identity (``id``)."""
 
     def __init__(self, due_at: Callable[[T], float | None]) -> None:
         self._due_at = due_at
-        self._heap: list[tuple[float, int, T]] | None = None
+        self._heap: list[tuple[float, int, T]] = []
+        self._live: dict[int, tuple[float, int]] = {}
+        """id(item) -> (instant, sequence number) of its one live entry."""
+        self._touched: dict[int, T] = {}
         self._order = itertools.count()  # ties in time go first in, first out; T is not compared
 
-    @property
-    def valid(self) -> bool:
-        return self._heap is not None
-
-    def invalidate(self) -> None:
-        self._heap = None
-
     def rebuild(self, items: Iterable[T]) -> None:
-        self._heap = []
+        """Queue exactly ``items``, each at its instant now."""
+        self._heap, self._live, self._touched = [], {}, {}
         for item in items:
             self.push(item)
 
     def push(self, item: T) -> None:
         """Queue ``item`` at its instant now (nothing if it has none)."""
-        assert self._heap is not None
+        key = id(item)
+        self._touched.pop(key, None)
         due = self._due_at(item)
-        if due is not None:
-            heapq.heappush(self._heap, (due, next(self._order), item))
+        live = self._live.get(key)
+        if due is None:
+            self._live.pop(key, None)
+        elif live is None or live[0] != due:
+            order = next(self._order)
+            self._live[key] = (due, order)
+            heapq.heappush(self._heap, (due, order, item))
+            if len(self._heap) > 2 * len(self._live) + COMPACT_SLACK:
+                self._compact()
+
+    def touch(self, item: T) -> None:
+        """``item``'s instant may have changed: queue it again before the next read."""
+        self._touched[id(item)] = item
+
+    def discard(self, item: T) -> None:
+        """Forget ``item`` (a group gone): it is never given out again unless pushed."""
+        self._touched.pop(id(item), None)
+        self._live.pop(id(item), None)
 
     def soonest(self) -> float | None:
-        assert self._heap is not None
+        self._refresh()
+        self._drop_stale()
         return self._heap[0][0] if self._heap else None
 
     def pop_due(self, now: float) -> list[T]:
         """Every item due at ``now``, soonest first, taken off the queue (push each back once
         its timers have run)."""
-        assert self._heap is not None
+        self._refresh()
         due = []
         while self._heap and self._heap[0][0] <= now:
-            due.append(heapq.heappop(self._heap)[2])
+            _at, order, item = heapq.heappop(self._heap)
+            if self._is_live(item, order):
+                del self._live[id(item)]
+                due.append(item)
         return due
+
+    def __len__(self) -> int:
+        """Items queued (live entries)."""
+        self._refresh()
+        return len(self._live)
+
+    def _refresh(self) -> None:
+        while self._touched:
+            self.push(next(iter(self._touched.values())))
+
+    def _is_live(self, item: T, order: int) -> bool:
+        live = self._live.get(id(item))
+        return live is not None and live[1] == order
+
+    def _drop_stale(self) -> None:
+        while self._heap and not self._is_live(self._heap[0][2], self._heap[0][1]):
+            heapq.heappop(self._heap)
+
+    def _compact(self) -> None:
+        self._heap = [e for e in self._heap if self._is_live(e[2], e[1])]
+        heapq.heapify(self._heap)
 
 
 def vhid_of(packet: bytes) -> int | None:
@@ -151,34 +198,38 @@ def vhid_of(packet: bytes) -> int | None:
 
 
 class Engine:
-    """Every group of one interface, wired to the real world."""
+    """Every group of one interface, wired to the world through ``io`` (the real one unless a
+    test hands it fakes: :mod:`carpd.engine.engine_io`)."""
 
     def __init__(self, config: EngineSettings, sources: dict[int, IPv4Address],
                  argv: list[str] | None = None,
-                 locks: dict[int, identity.GroupLock] | None = None) -> None:
+                 locks: dict[int, identity.GroupLock] | None = None,
+                 io: EngineIO | None = None) -> None:
         first = config.first
+        self.io = io = engine_io.REAL if io is None else io
         self.config = config
         self.argv = argv
         self.ifname = first.interface
-        self.info = netlink.interface_info(first.interface)
+        self._timer_queue: TimerQueue[Group] = TimerQueue(timers_due_at)
+        self.info = io.interface_info(first.interface)
         self.mac = self.info.mac
         self.tagged = config.config_file is not None
         """Log lines of a group name its vhid (an engine run from --config may have several)."""
-        self.link = Link(first.interface, None if first.nomcast else first.mcast,
-                         group=first.mcast, vhids=config.vhids)
-        self.monitor = None if first.ignoreifstate else netlink.LinkMonitor(self.info.index)
-        self.signals = drainsock.SignalSocket.open(first.interface)
+        self.link = io.open_link(first.interface, None if first.nomcast else first.mcast,
+                                 first.mcast, config.vhids)
+        self.monitor = None if first.ignoreifstate else io.open_monitor(self.info.index)
+        self.signals = io.open_signals(first.interface)
         self._carrier = self.info.carrier
         self.groups = {o.vhid: Group(o, sources[o.vhid], self, self.tagged)
                        for o in config.groups}
         self.retiring: dict[int, Group] = {}
         """Groups removed (or changed) by a reload, or stopping: bowing out, draining, down."""
         self._replacements: dict[int, tuple[Settings, IPv4Address]] = {}
-        self._locks = dict(locks or {})
+        self._locks: dict[int, engine_io.GroupLockLike] = dict(locks or {})
         path = control.socket_path(first.state_dir, self.ifname,
                                    None if self.tagged else first.vhid)
-        self.control = control.ControlServer(path, self._control_request)
-        self._selector = selectors.DefaultSelector()
+        self.control = io.open_control(path, self._control_request)
+        self._selector = io.selector()
         self._watched: dict[int, list[Any]] = {}
         self._signals: list[int] = []
         self._stopping = False
@@ -186,10 +237,9 @@ class Engine:
         self._filtered = sorted(config.vhids)
         self._infos: dict[str, netlink.InterfaceInfo] = {}
         """Interface info read during this loop turn (forgotten at the next)."""
-        self.watchdog: Watchdog | None = None
+        self.watchdog: WatchdogLike | None = None
         self._validation: Validation | None = None
         """The --config file of a reload being validated (see :meth:`reload`)."""
-        self._timer_queue: TimerQueue[Group] = TimerQueue(timers_due_at)
 
     # ---- what groups see of the interface (carpd.engine.group.Port) -----------------------------
 
@@ -203,8 +253,11 @@ class Engine:
     def interface_info(self, ifname: str) -> netlink.InterfaceInfo:
         info = self._infos.get(ifname)
         if info is None:
-            info = self._infos[ifname] = netlink.interface_info(ifname)
+            info = self._infos[ifname] = self.io.interface_info(ifname)
         return info
+
+    def touched(self, group: Group) -> None:
+        self._timer_queue.touch(group)
 
     @property
     def host(self) -> Any:
@@ -219,27 +272,31 @@ class Engine:
 
     def run(self, signals_ready: Callable[[], None] | None = None) -> int:
         # before any thread
-        self.watchdog = Watchdog((g.options.vip_on, g.vip) for g in self.groups.values())
+        self.watchdog = self.io.watchdog((g.options.vip_on, g.vip) for g in self.groups.values())
         wakeup_read = self._install_signals()
         if signals_ready is not None:
             signals_ready()
+        self._selector.register(wakeup_read, selectors.EVENT_READ, self._on_signal_pipe)
+        self.start()
+        sdnotify.notify("READY=1", f"STATUS={self.status_summary()}")
+        _memory.settle()
+        self._loop()
+        code = self.shut_down()
+        self.watchdog.disarm()
+        return code
+
+    def start(self) -> None:
+        """Watch the link, the control socket and the monitors; start every group."""
         sel = self._selector
         sel.register(self.link, selectors.EVENT_READ, self._on_frames)
         sel.register(self.control, selectors.EVENT_READ, self._on_control)
-        sel.register(wakeup_read, selectors.EVENT_READ, self._on_signal_pipe)
         if self.monitor is not None:
             sel.register(self.monitor, selectors.EVENT_READ, self._on_link_event)
         if self.signals is not None:
             sel.register(self.signals, selectors.EVENT_READ, self._on_drain_signals)
-        now = time.monotonic()
+        now = self.io.monotonic()
         for group in self.groups.values():
             self._start_group(group, now)
-        sdnotify.notify("READY=1", f"STATUS={self.status_summary()}")
-        _memory.settle()
-        self._loop()
-        code = self._shut_down()
-        self.watchdog.disarm()
-        return code
 
     def _start_group(self, group: Group, now: float) -> None:
         carrier = self.monitor is None or self._carrier
@@ -267,38 +324,41 @@ class Engine:
         return read_fd
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
+        self.deliver_signal(signum)
+
+    def deliver_signal(self, signum: int) -> None:
+        """``signum`` arrived: handled at the end of this loop turn (see :meth:`turn`)."""
         self._signals.append(signum)
 
     # ---- the loop -----------------------------------------------------------------------------
 
     def _loop(self) -> None:
         while not self._stopping:
-            self._loop_once()
-            self._handle_signals()
+            self.turn()
+
+    def turn(self) -> None:
+        """One turn of the loop: wait for input or the soonest deadline, feed the groups, run
+        the timers due, then handle the signals that came meanwhile."""
+        self._loop_once()
+        self._handle_signals()
 
     def _loop_once(self) -> None:
         timers = self._timer_queue
-        if not timers.valid:
-            timers.rebuild(self.all_groups())
         deadlines = [d for d in (timers.soonest(), self.control.next_deadline(), self._exit_by)
                      if d is not None]
-        timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+        timeout = max(0.0, min(deadlines) - self.io.monotonic()) if deadlines else None
         ready = self._selector.select(timeout)
         self._infos.clear()
-        for key, _events in ready:
+        for key, _events in ready:  # each group a handler feeds is touched (re-queued)
             handler: Callable[[Any], None] = key.data
             handler(key.fileobj)
-        if ready:  # the handlers may have fed any group
-            timers.rebuild(self.all_groups())
-        now = time.monotonic()
+        now = self.io.monotonic()
         for group in timers.pop_due(now):
-            group.on_timer(now + timer_lead(group))
+            group.on_timer(now, timer_lead(group))
             timers.push(group)
         self._finish_retired(now)
         for idle in self.control.expire():
             self._drop_client(idle)
-        if self.retiring or self._signals:  # groups stopping, or signals to be handled
-            timers.invalidate()
 
     def _on_frames(self, _fileobj: Any) -> None:
         try:
@@ -315,7 +375,7 @@ class Engine:
                 continue
             group = self._group_for(packet)
             if group is not None:
-                group.receive(frame, packet, time.monotonic())
+                group.receive(frame, packet, self.io.monotonic())
 
     def _on_drain_signals(self, _fileobj: Any) -> None:
         assert self.signals is not None
@@ -324,7 +384,7 @@ class Engine:
             # a group being restarted by a reload may still forward: both instances hear it
             for group in (self.groups.get(vhid or 0), self.retiring.get(vhid or 0)):
                 if group is not None:
-                    group.drain_signal(data, source, time.monotonic())
+                    group.drain_signal(data, source, self.io.monotonic())
 
     def _group_for(self, packet: bytes) -> Group | None:
         vhid = vhid_of(packet)
@@ -346,7 +406,7 @@ class Engine:
             with contextlib.suppress(KeyError, ValueError):
                 self._selector.unregister(before[0])
             self._selector.register(self.monitor, selectors.EVENT_READ, self._on_link_event)
-        now = time.monotonic()
+        now = self.io.monotonic()
         if events.carrier is not None:
             self._carrier = events.carrier
             for group in list(self.all_groups()):
@@ -388,7 +448,7 @@ class Engine:
         else:
             self._drop_client(conn)
 
-    def _drop_client(self, conn: socket.socket) -> None:
+    def _drop_client(self, conn: Any) -> None:
         with contextlib.suppress(KeyError, ValueError):
             self._selector.unregister(conn)
         conn.close()
@@ -400,7 +460,7 @@ class Engine:
     def _handle_signals(self) -> None:
         while self._signals:
             signum = self._signals.pop(0)
-            now = time.monotonic()
+            now = self.io.monotonic()
             if signum == signal.SIGUSR1:
                 for group in self.groups.values():
                     group.log.info("%s", group.status_line())
@@ -430,7 +490,7 @@ class Engine:
         groups = self._addressed(request.get("vhid"))
         if isinstance(groups, str):
             return {"ok": False, "error": groups}
-        now = time.monotonic()
+        now = self.io.monotonic()
         for group in groups:
             error = None
             if cmd == "demote":
@@ -496,12 +556,19 @@ class Engine:
     def _reload_with(self, validation: Validation) -> dict[str, Any]:
         try:
             new = validation.result()
+        except (ConfigError, NoSettings) as error:
+            return _refused(error)
+        return self.reload_settings(new)
+
+    def reload_settings(self, new: EngineSettings) -> dict[str, Any]:
+        """Run the groups of ``new`` (validated settings) instead: the second half of
+        :meth:`reload`, and the reply to its client."""
+        try:
             self._check_fixed(new)
-            sources = {o.vhid: source_address(o) for o in new.groups}
+            sources = {o.vhid: source_address(o, self.io.interface_info) for o in new.groups}
             self._lock_new(new)
-        except (ConfigError, NoSettings, identity.GroupTaken) as error:
-            log.error("reload refused, nothing changed: %s", error)
-            return {"ok": False, "error": f"reload refused, nothing changed: {error}"}
+        except (ConfigError, identity.GroupTaken) as error:
+            return _refused(error)
         wanted = {o.vhid: (o, sources[o.vhid]) for o in new.groups}
         plan = self._plan(wanted)
         self._apply(plan, wanted)
@@ -521,11 +588,11 @@ class Engine:
     def _lock_new(self, new: EngineSettings) -> None:
         """Take the identity of each group not run yet (GroupTaken if another engine runs
         one: then none is taken)."""
-        taken: dict[int, identity.GroupLock] = {}
+        taken: dict[int, engine_io.GroupLockLike] = {}
         try:
             for vhid in new.vhids:
                 if vhid not in self._locks:
-                    taken[vhid] = identity.GroupLock(self.ifname, vhid)
+                    taken[vhid] = self.io.lock_group(self.ifname, vhid)
         except identity.GroupTaken as error:
             for lock in taken.values():
                 lock.release()
@@ -546,7 +613,7 @@ class Engine:
 
     def _apply(self, plan: dict[str, list[int]],
                wanted: dict[int, tuple[Settings, IPv4Address]]) -> None:
-        now = time.monotonic()
+        now = self.io.monotonic()
         for vhid in plan["stopped"]:
             self._retire(vhid, now)
         for vhid in plan["restarted"]:
@@ -579,6 +646,7 @@ class Engine:
             if not group.stopped():
                 continue
             del self.retiring[vhid]
+            self._timer_queue.discard(group)
             self._unwatch(group)
             group.scripts.finish()
             group.scripts.join(1.0)
@@ -602,26 +670,27 @@ class Engine:
 
     # ---- shutting down ------------------------------------------------------------------------
 
-    def _shut_down(self) -> int:
+    def shut_down(self) -> int:
+        """Stop every group (bow out, drain, down script, release) and close what the
+        engine holds; the exit code."""
         groups = list(self.all_groups())
         drain = max(max(g.options.drain, g.options.drain_connections) for g in groups)
         script_timeout = max(g.options.script_timeout for g in groups)
         # The drain and the down script may take longer than the unit's TimeoutStopSec.
         budget = stop_budget(drain, script_timeout)
         sdnotify.notify("STOPPING=1", f"EXTEND_TIMEOUT_USEC={int(budget * 1_000_000)}")
-        now = time.monotonic()
+        now = self.io.monotonic()
         for vhid in list(self.groups):
             self._retire(vhid, now)
         self._replacements.clear()
         self._stopping = False
         self._exit_by = now + drain + script_timeout + SCRIPT_DRAIN_SLACK
         self._finish_retired(now)
-        while self.retiring and time.monotonic() < self._exit_by:
+        while self.retiring and self.io.monotonic() < self._exit_by:
             if self._stopping:  # another exit signal cuts the drains short
                 for group in self.retiring.values():
-                    group.cut_drain_short(time.monotonic())
-            self._loop_once()
-            self._handle_signals()
+                    group.cut_drain_short(self.io.monotonic())
+            self.turn()
         for group in self.retiring.values():
             group.log.error("scripts still running at exit")
             group.release()
@@ -634,6 +703,11 @@ class Engine:
         if self.monitor is not None:
             self.monitor.close()
         return 0
+
+
+def _refused(error: Exception) -> dict[str, Any]:
+    log.error("reload refused, nothing changed: %s", error)
+    return {"ok": False, "error": f"reload refused, nothing changed: {error}"}
 
 
 def _vhids(vhids: list[int]) -> str:

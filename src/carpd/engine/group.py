@@ -23,20 +23,21 @@ from typing import Any, Protocol
 from carpd.core import election, wire
 from carpd.core.election import Action, Script, State
 from carpd.engine import health, netlink, release, scripts, sdnotify, strays
-from carpd.engine.arpguard import ArpGuard, StrayForwarder
+from carpd.engine.engine_io import EngineIO
 from carpd.engine.link import random_counter, random_ident
 from carpd.engine.logs import RateLimiter
-from carpd.engine.scripts import ScriptRunner
 from carpd.engine.settings import Settings
 
 log = logging.getLogger("carpd")
 
 
 class Port(Protocol):
-    """What a group needs of its engine's interface."""
+    """What a group needs of its engine's interface, and the world it runs in (``io``: the
+    scripts, the nftables rules, the clocks, ...: :mod:`carpd.engine.engine_io`)."""
 
     ifname: str
     mac: bytes
+    io: EngineIO
 
     def send(self, frame: bytes) -> None: ...
 
@@ -47,6 +48,10 @@ class Port(Protocol):
     def interface_info(self, ifname: str) -> netlink.InterfaceInfo:
         """What the kernel says of ``ifname`` (read once per loop turn: 255 groups announcing
         at once must not dump the addresses 255 times)."""
+        ...
+
+    def touched(self, group: Group) -> None:
+        """``group``'s core was fed something: its timers may have moved."""
         ...
 
 
@@ -80,15 +85,16 @@ class Group:
         self.options = options
         self.source = source
         self.port = port
+        self.io = io = port.io
         self.log = _VhidLog(log, {"prefix": f"vhid {options.vhid}: " if tagged else ""})
         self.host = election.VirtualHost(params(options, source), random_counter)
-        self.scripts = ScriptRunner(script_argv(options), options.script_timeout)
-        self.arp_guard = ArpGuard(options.vip_on, options.vhid, options.addr)
-        self.forwarder = StrayForwarder(options.vip_on, options.vhid, options.addr)
+        self.scripts = io.scripts(script_argv(options), options.script_timeout)
+        self.arp_guard = io.arp_rule(options.vip_on, options.vhid, options.addr)
+        self.forwarder = io.forwarder(options.vip_on, options.vhid, options.addr)
         self.health = health.Health(
             options.track_script, options.track_interval, options.track_timeout,
-            options.track_fall, options.track_rise, _tracked(options))
-        self._drops = RateLimiter(time.monotonic)
+            options.track_fall, options.track_rise, _tracked(options), io.monotonic)
+        self._drops = RateLimiter(io.monotonic)
         self._dest_mac = wire.BROADCAST_MAC if options.nomcast else \
             wire.multicast_mac(options.mcast)
         self._ucarp_mac = wire.ucarp_source_mac(options.vhid)
@@ -151,8 +157,9 @@ class Group:
     def drain_signal(self, data: bytes, source: IPv4Address, now: float) -> None:
         self.carry_out(self.host.drain_signal(data, source, now))
 
-    def on_timer(self, now: float) -> None:
-        self.carry_out(self.host.handle_timer(now))
+    def on_timer(self, now: float, lead: float = 0.0) -> None:
+        """Run the timers due at ``now`` (a MASTER's up to ``lead`` early)."""
+        self.carry_out(self.host.handle_timer(now, lead))
 
     def next_deadline(self) -> float | None:
         return self.host.next_deadline()
@@ -179,17 +186,17 @@ class Group:
             self.log.warning("healthy again: every check passes")
         else:
             self.log.warning("unhealthy: %s", self.health.why())
-        self.carry_out(self.host.set_health(healthy, time.monotonic()))
+        self.carry_out(self.host.set_health(healthy, self.io.monotonic()))
 
     def _holds_vip(self) -> bool:
         try:
-            return netlink.interface_info(self.options.vip_on).has(self.vip)
+            return self.io.interface_info(self.options.vip_on).has(self.vip)
         except (LookupError, OSError):
             return False
 
     def on_scripts(self) -> None:
         for finished in self.scripts.finished():
-            self.carry_out(self.host.script_finished(finished.script, time.monotonic()))
+            self.carry_out(self.host.script_finished(finished.script, self.io.monotonic()))
 
     def step_down(self, now: float) -> None:
         self.log.info("SIGUSR2: stepping down")
@@ -198,6 +205,7 @@ class Group:
     # ---- actions ------------------------------------------------------------------------------
 
     def carry_out(self, actions: list[Action]) -> None:
+        self.port.touched(self)
         # Adverts first: starting a script forks this process and logging writes, which would
         # delay a takeover on the wire by milliseconds.
         for action in actions:
@@ -237,7 +245,7 @@ class Group:
     def _start_drain(self, count: bool) -> None:
         o = self.options
         if count:
-            self._drain_flows = strays.open_connections(self.vip)
+            self._drain_flows = self.io.open_connections(self.vip)
             self.log.info("draining until the %d TCP connections to %s have closed (at least "
                           "%.1f s, at most %.1f s), without answering ARP for it",
                           len(self._drain_flows), self.vip, o.drain,
@@ -248,11 +256,11 @@ class Group:
         self.arp_guard.engage()
 
     def _count_connections(self) -> None:
-        self._drain_flows &= strays.open_connections(self.vip)
+        self._drain_flows &= self.io.open_connections(self.vip)
         left = len(self._drain_flows)
         if not left:
             self.log.info("the last connection to %s open at the hand-over has closed", self.vip)
-        self.carry_out(self.host.connections_left(left, time.monotonic()))
+        self.carry_out(self.host.connections_left(left, self.io.monotonic()))
 
     def _stop_forwarding(self) -> None:
         to = self.forwarder.forwarding_to
@@ -266,7 +274,7 @@ class Group:
         subnet, never to an address a forged advert could pick (broadcast, elsewhere)."""
         ifname = self.options.vip_on
         try:
-            info = netlink.interface_info(ifname)
+            info = self.io.interface_info(ifname)
         except (LookupError, OSError) as error:
             self.log.warning("not forwarding to %s: cannot read %s: %s", to, ifname, error)
             return
@@ -301,8 +309,8 @@ class Group:
 
     def status(self) -> dict[str, Any]:
         h = self.host
-        now = time.monotonic()
-        wall = time.time() - now
+        now = self.io.monotonic()
+        wall = self.io.time() - now
         core = h.status(now)
         return {
             "interface": self.options.interface, "vhid": h.params.vhid,
@@ -344,12 +352,12 @@ class Group:
     def summary(self) -> str:
         """One line for `systemctl status`: ``MASTER of 10.0.0.1 (vhid 3) since 12:03:04``."""
         h = self.host
-        since = time.strftime("%H:%M:%S", time.localtime(time.time() - time.monotonic()
-                                                          + h.since))
+        now = self.io.monotonic()
+        since = time.strftime("%H:%M:%S", time.localtime(self.io.time() - now + h.since))
         line = f"{h.state.value} of {h.params.vip} (vhid {h.params.vhid}) since {since}"
         if not h.healthy:
             line += " (unhealthy" + (": last resort)" if h.last_resort else ")")
-        elif h.demotion_in_force(time.monotonic()):
+        elif h.demotion_in_force(now):
             line += " (demoted)"
         return line
 
@@ -427,7 +435,7 @@ class Group:
         ifname = self.options.vip_on
         try:
             # the VIP alone: groups of one engine may share a label (several on eth0)
-            removed = release.release(ifname, self.vip)
+            removed = self.io.release_vip(ifname, self.vip)
         except OSError as error:
             self.log.debug("could not check for the VIP at exit: %s", error)
             return
