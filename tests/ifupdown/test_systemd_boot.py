@@ -64,9 +64,16 @@ class Booted(lab_booted.Booted):
     def engine_killed_and_back(self, unit: str, pid: int) -> None:
         """SIGKILL ``unit``'s engine (``pid``): ExecStopPost releases the VIP, Restart= brings
         an engine back, which takes the VIP again."""
+        restarts = self.inside(f"systemctl show -p NRestarts --value {unit}").stdout.strip()
         self.inside(f"systemctl kill -s KILL --kill-whom=main {unit}")
         assert wait_for(lambda: not self.node.holds_vip(), 10.0)
-        assert wait_for(lambda: self.main_pid(unit) not in (0, pid), 15.0)
+        # RestartSteps= grows the delay with each restart since the unit started (1 s, then
+        # up to RestartMaxDelaySec=30): wait that delay, as systemd reports it, and the start
+        delay = self.inside(f"systemctl show -p RestartUSecNext --value {unit}").stdout.strip()
+        wait_for(lambda: self.main_pid(unit) not in (0, pid), 15.0 + _seconds(delay),
+                 what=f"{unit} restarted (restarts before: {restarts}, next delay {delay})",
+                 detail=lambda: self.inside(f"systemctl status --no-pager {unit}; "
+                                            "journalctl -b --no-pager | tail -40").stdout)
         assert wait_for(self.node.holds_vip, ELECTION)
 
     def networking_stopped(self, unit: str) -> None:
@@ -75,6 +82,12 @@ class Booted(lab_booted.Booted):
         assert stopped.returncode == 0, stopped.stderr
         assert self.state(unit) == "inactive"
         assert not self.node.holds_vip()
+
+
+def _seconds(span: str) -> float:
+    """A systemd time span as `systemctl show` prints it ("1s", "2.3s", "5min 30s"), in s."""
+    units = {"ms": 0.001, "s": 1.0, "min": 60.0, "h": 3600.0}
+    return sum(float(n) * units[u] for n, u in re.findall(r"([\d.]+)(ms|s|min|h)\b", span))
 
 
 def _boot(lab: Lab, tmp_path: Path, interfaces: str, dropin: Path | None = None,
