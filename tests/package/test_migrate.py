@@ -14,6 +14,7 @@ import contextlib
 import datetime
 import json
 import os
+import re
 import select
 import shutil
 import signal
@@ -654,6 +655,9 @@ def migrate_node_by_node(pair: Pair, client: str, preempt: bool, tag: str,
     record(f"migrate ({tag}): most CARP daemons on one node at once", max(counting.most.values()))
     timeline = "\n".join(f"{since - vip.started:8.3f} s  {held}" for since, held in
                           vip.timeline())
+    took = re.search(r"took over after (\d+) ms", outputs["a"])
+    record(f"migrate ({tag}): a's peer took over after its bow-out",
+           int(took.group(1)) / 1000 if took else float("nan"))
     print(f"{tag}:\n{timeline}")
     assert counting.samples > 50 and len(arp.rounds(vip.started)) > 500
     assert counting.most == {"a": 1, "b": 1}, \
