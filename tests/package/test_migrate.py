@@ -37,7 +37,6 @@ from pkgtools import (
     VIP,
     Booted,
     Built,
-    Installed,
     Node,
     Overlay,
     Pair,
@@ -48,6 +47,7 @@ from pkgtools import (
     power_off,
     record,
 )
+from pkgtools import Installed as UcarpLayer
 
 from carpd.core import wire
 from carpd.debian.ifupdown import migrate
@@ -274,7 +274,7 @@ def test_migrate_keeps_the_masters_vip_until_the_peer_advertises_then_removes_it
 
 @pytest.fixture(scope="session")
 def ucarp_layer(trixie: Path, built: Built,
-                tmp_path_factory: pytest.TempPathFactory) -> Installed:
+                tmp_path_factory: pytest.TempPathFactory) -> UcarpLayer:
     """trixie with Debian's ucarp installed and carpd's .deb in /tmp, its dependencies in apt's
     cache only (the nodes have no network to fetch them): carpd is installed once to fetch
     them, then removed by installing ucarp, purged, and its dependencies autoremoved (carpd is
@@ -293,28 +293,35 @@ def ucarp_layer(trixie: Path, built: Built,
                 in_root(overlay.root, argv, timeout=900)
     finally:
         overlay.unmount()
-    return Installed(overlay.upper, (overlay.upper, trixie), deb)
+    return UcarpLayer(overlay.upper, (overlay.upper, trixie), deb)
+
+
+@contextlib.contextmanager
+def ucarp_lab(layer: UcarpLayer, base: Path,
+              *specs: tuple[str, int, int, bool]) -> Iterator[tuple[Lab, list[Node]]]:
+    """A Lab with a chroot node of Debian's ucarp for each (name, host, advskew, preempt), not
+    up yet; each undone, last made first, however far the set-up got."""
+    with contextlib.ExitStack() as undo:
+        lab = Lab()
+        undo.callback(lab.close)
+        nodes = []
+        for name, host, advskew, preempt in specs:
+            nodes.append(chroot_node(lab, layer, base, name, host, advskew, preempt))
+            undo.callback(nodes[-1].overlay.unmount)
+            undo.callback(nodes[-1].stop_everything)
+        yield lab, nodes
 
 
 @pytest.fixture(params=[False, True], ids=["a-no-preempt", "a-preempts"])
-def ucarp_pair(request: pytest.FixtureRequest, ucarp_layer: Installed,
+def ucarp_pair(request: pytest.FixtureRequest, ucarp_layer: UcarpLayer,
                tmp_path: Path) -> Iterator[tuple[Pair, str]]:
     """a (advskew 0) and b (advskew 100, ucarp-master no), Debian's ucarp on both, not up yet;
     a with ucarp-master yes (preempt) or no; and a client's namespace on the same bridge."""
-    lab = Lab()
-    nodes: list[Node] = []
-    try:
-        nodes.append(chroot_node(lab, ucarp_layer, tmp_path, "a", 11, 0, request.param))
-        nodes.append(chroot_node(lab, ucarp_layer, tmp_path, "b", 12, 100, False))
+    specs = (("a", 11, 0, request.param), ("b", 12, 100, False))
+    with ucarp_lab(ucarp_layer, tmp_path, *specs) as (lab, (a, b)):
         client = lab.node_netns("c")
         subprocess.run(["ip", "-n", client, "link", "set", "eth0", "up"], check=True)
-        yield Pair(nodes[0], nodes[1]), client
-    finally:
-        for node in nodes:
-            node.stop_everything()
-        lab.close()
-        for node in nodes:
-            node.overlay.unmount()
+        yield Pair(a, b), client
 
 
 # -- watching the daemons -------------------------------------------------------------------
@@ -710,19 +717,10 @@ def test_a_ucarp_pair_migrated_node_by_node_keeps_the_vip_on_exactly_one_node(
 
 
 @pytest.fixture
-def ucarp_node(ucarp_layer: Installed, tmp_path: Path) -> Iterator[Node]:
+def ucarp_node(ucarp_layer: UcarpLayer, tmp_path: Path) -> Iterator[Node]:
     """One node with Debian's ucarp, alone on its bridge, not up yet."""
-    lab = Lab()
-    node: Node | None = None
-    try:
-        node = chroot_node(lab, ucarp_layer, tmp_path, "a", 11, 0, False)
+    with ucarp_lab(ucarp_layer, tmp_path, ("a", 11, 0, False)) as (_lab, (node,)):
         yield node
-    finally:
-        if node is not None:
-            node.stop_everything()
-        lab.close()
-        if node is not None:
-            node.overlay.unmount()
 
 
 def test_a_stanza_carpd_refuses_keeps_its_ucarp_until_fixed_and_migrate_runs_again(
@@ -767,7 +765,7 @@ BOOT = 120.0
 
 
 @pytest.fixture
-def ucarp_systemd_pair(built: Built, trixie_systemd: Path, ucarp_layer: Installed,
+def ucarp_systemd_pair(built: Built, trixie_systemd: Path, ucarp_layer: UcarpLayer,
                        tmp_path: Path) -> Iterator[tuple[Pair, str]]:
     """a: a trixie booted with systemd, Debian's ucarp installed and eth0 `auto`, so
     networking.service starts ucarp at boot (advskew 0, ucarp-master yes: it ends up MASTER);
