@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from carpd.core import wire
 from carpd.debian.ifupdown import migrate
 from lab.netns import PASSWORD, VIP, Daemon, Network, Node, in_netns, wait_for
 
@@ -79,3 +80,24 @@ def test_a_carpd_peer_takes_over_on_the_bow_out_and_counts_its_copies_as_replays
         status
     replay_lines = [line for line in peer.log().splitlines() if "stale counter" in line]
     assert len(replay_lines) <= 2, peer.log()
+
+
+def test_a_full_transmit_queue_cuts_the_burst_short_without_failing_the_bow_out(
+        net: Network) -> None:
+    a = net.add_node("10.9.1.2")
+    # a slow link: its queue holds a few copies, the kernel refuses the rest (ENOBUFS)
+    a.exec("tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", "1mbit", "burst", "4k",
+           "limit", "8k")
+    with in_netns(a.ns):
+        tap = migrate.CarpTap("eth0", 1, False)
+    try:
+        advert = wire.Advert(1, wire.BOW_OUT, wire.BOW_OUT, 1)
+        packet = wire.encode_packet(advert, PASSWORD, VIP, a.address, 1, tap.group)
+        began = time.monotonic()
+        sent = tap.send(packet, migrate.BOW_OUT_COPIES)
+        took = time.monotonic() - began
+    finally:
+        tap.close()
+    assert 0 < sent < migrate.BOW_OUT_COPIES
+    assert took < migrate.BURST_WAIT + 0.1, took
+    wait_for(lambda: net.capture.frames(source=a.address), 5, what="the first copy on the wire")

@@ -85,9 +85,10 @@ LISTEN_AT_MOST = 3.0
 FIRST_BOW_OUT_WAIT = 0.02
 """Seconds to wait for a peer to take over after the first bow-out before sending the second."""
 TAKEOVER_WAIT = 1.5
-"""Seconds the VIP stays after the bow-outs while no peer advertises: a ucarp peer acts on a
-bow-out up to 1 s late, then runs its up script; less than a carpd peer's master-down interval
-(3 advert intervals at least), after which it would take over with the VIP still here."""
+"""Seconds the VIP stays (its ARP dropped) after the bow-outs while no peer advertises: a ucarp
+peer that read none of the copies (cut short by a full transmit queue) acts on the bow-out up
+to 1 s late, then runs its up script; less than a carpd peer's master-down interval (3 advert
+intervals at least), after which it would take over with the VIP still here."""
 BOW_OUT_COPIES = 1700
 """Copies of the first bow-out, sent back to back.  libpcap 1.10 (bookworm, trixie) gives
 ucarp's capture a TPACKET_V3 ring of 8 blocks of 256 KiB (262144, 8, 1000 ms asked of the
