@@ -16,11 +16,21 @@ For each stanza with ``ucarp-*`` options (those carpd takes over first):
    counts; only then is its command line read, for ``-i/-v/-a/-s/-b/-k/-M`` (never the
    password);
 3. it is MASTER if it is heard advertising (its own adverts, for one interval, 3 s at most) or
-   its VIP is on the interface.  A MASTER is frozen (SIGSTOP: it sends nothing more), its
-   addresses are removed (first, so the VIP is never on two nodes), and the bow-out advert
-   ucarp never sends goes out for it (advbase 255, advskew 255, its source address, vhid and
-   VIP, signed with the stanza's password), so that the peer takes over at once rather than
-   after the master-down interval;
+   its VIP is on the interface.  A MASTER is frozen (SIGSTOP: it sends nothing more) and the
+   bow-out advert ucarp never sends goes out for it (advbase 255, advskew 255, its source
+   address, vhid and VIP, signed with the stanza's password), so that the peer takes over at
+   once rather than after the master-down interval.  A ucarp peer hears through libpcap
+   (``pcap_open_live``, 1 s timeout): its TPACKET_V3 ring of 8 blocks of 256 KiB hands frames
+   over only when a block is retired, by a 1 s timer ticking at its own phase or when the
+   block is full.  So the first bow-out goes out in BOW_OUT_COPIES identical copies, enough to
+   fill any block: the peer reads it at once rather than up to 1 s late (a carpd peer takes
+   the first copy and rejects the others as replays).  While the bow-out is out, the node
+   keeps the VIP but neither answers ARP for it nor sends ARP from it (the engine's drain
+   rule, :class:`carpd.engine.arpguard.ArpGuard`), so traffic already headed here is served
+   and the LAN learns only the peer: a ucarp peer adds the VIP in its up script before it
+   advertises.  Once the peer's advert is heard (TAKEOVER_WAIT at most) the VIP goes, then
+   the rule; on any failure both go too (the rule also dies with this process).  Where
+   nftables cannot be used, the VIP goes before the bow-out instead;
 4. it is stopped (SIGTERM, SIGKILL if it lingers) and waited for;
 5. then, if ifupdown has the interface up and no carpd engine runs for it, the engine is started
    exactly as the if-up hook starts it.  So there are never two daemons for one vhid.
@@ -37,6 +47,7 @@ carries that counter plus 2**63: of two counters half a circle apart one is alwa
 from __future__ import annotations
 
 import contextlib
+import errno
 import getopt
 import os
 import select
@@ -57,6 +68,7 @@ from carpd.debian.ifupdown import groups, hook, interfaces, runtime
 from carpd.debian.ifupdown import stanza as ucarp
 from carpd.debian.ifupdown.runtime import Paths
 from carpd.engine import link, netlink, release
+from carpd.engine.arpguard import ArpGuard
 
 UCARP = "/usr/sbin/ucarp"
 DELETED = " (deleted)"
@@ -72,12 +84,25 @@ LISTEN_AT_MOST = 3.0
 """Seconds of an advert interval listened to at most (a MASTER also holds the VIP)."""
 FIRST_BOW_OUT_WAIT = 0.02
 """Seconds to wait for a peer to take over after the first bow-out before sending the second."""
-TAKEOVER_WAIT = 1.0
-"""Seconds to wait for a peer's advert after the bow-outs (only to say what happened)."""
+TAKEOVER_WAIT = 1.5
+"""Seconds the VIP stays (its ARP dropped) after the bow-outs while no peer advertises: a ucarp
+peer that read none of the copies (cut short by a full transmit queue) acts on the bow-out up
+to 1 s late, then runs its up script; less than a carpd peer's master-down interval (3 advert
+intervals at least), after which it would take over with the VIP still here."""
+BOW_OUT_COPIES = 1700
+"""Copies of the first bow-out, sent back to back.  libpcap 1.10 (bookworm, trixie) gives
+ucarp's capture a TPACKET_V3 ring of 8 blocks of 256 KiB (262144, 8, 1000 ms asked of the
+kernel); the bow-out (70 bytes) takes 160 bytes of a block with its headers, so 1639 copies
+fill the open block whatever it held, and the kernel hands it to ucarp at once."""
+BURST_WAIT = 0.05
+"""Seconds the copies may wait for a full transmit queue (ENOBUFS) before the rest are dropped:
+they only hurry a ucarp peer, the first copy is what counts."""
 STOP_WAIT = 10.0
 """Seconds a ucarp daemon may take to exit on SIGTERM (it runs its down script) before SIGKILL."""
 HALF_CIRCLE = wire.COUNTER_MODULUS // 2
 ETH_P_ALL = 0x0003
+SOL_PACKET = 263
+PACKET_IGNORE_OUTGOING = 23
 PACKET_OUTGOING = 4
 IP_ADD_MEMBERSHIP = 35
 PREFIX = "carpd-migrate"
@@ -340,9 +365,27 @@ class CarpTap:
             if packet is not None:
                 yield packet, address[2] == PACKET_OUTGOING
 
-    def send(self, packet: bytes) -> None:
+    def ignore_own(self) -> None:
+        """From now on, not the frames this host sends (such as the bow-out's copies)."""
+        self._sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+
+    def send(self, packet: bytes, copies: int = 1) -> int:
+        """Send ``packet`` ``copies`` times back to back; how many went (at least the first, or
+        OSError): a full transmit queue gets BURST_WAIT to drain, then the rest are dropped."""
         frame = wire.encode_ethernet(self.destination, self.mac, wire.ETH_P_IP, packet)
-        self._sock.sendto(frame, (self.interface, wire.ETH_P_IP))
+        sent, deadline = 0, time.monotonic() + BURST_WAIT
+        while sent < copies:
+            try:
+                self._sock.sendto(frame, (self.interface, wire.ETH_P_IP))
+            except OSError as error:
+                if error.errno != errno.ENOBUFS or (sent and time.monotonic() > deadline):
+                    if sent:
+                        return sent
+                    raise
+                time.sleep(0.001)
+                continue
+            sent += 1
+        return sent
 
     def close(self) -> None:
         self._sock.close()
@@ -389,21 +432,24 @@ def peer_took_over(tap: CarpTap, args: UcarpArgs, key: bytes, source: IPv4Addres
 
 
 def bow_out(tap: CarpTap, args: UcarpArgs, key: bytes, source: IPv4Address,
-            last: int | None) -> str:
-    """Send the bow-out (two if no peer answers the first); what happened, for the log."""
+            last: int | None, copies: int = BOW_OUT_COPIES) -> str:
+    """Send the bow-out (``copies`` of it; a second if no peer answers the first); what
+    happened, for the log."""
     first = (last + 1) % wire.COUNTER_MODULUS if last is not None \
         else int.from_bytes(os.urandom(8), "big")
+    tap.ignore_own()
     started = time.monotonic()
     for counter in (first, (first + HALF_CIRCLE) % wire.COUNTER_MODULUS):
         advert = wire.Advert(args.vhid, wire.BOW_OUT, wire.BOW_OUT, counter)
         tap.send(wire.encode_packet(advert, key, args.vip, source,
-                                    int.from_bytes(os.urandom(2), "big"), tap.group))
+                                    int.from_bytes(os.urandom(2), "big"), tap.group),
+                 copies if counter == first else 1)
         wait = FIRST_BOW_OUT_WAIT if counter == first else TAKEOVER_WAIT
         peer = peer_took_over(tap, args, key, source, wait)
         if peer is not None:
             return f"{peer} took over after {(time.monotonic() - started) * 1000:.0f} ms"
-    return (f"no peer advertised within {TAKEOVER_WAIT + FIRST_BOW_OUT_WAIT:g} s (a ucarp peer "
-            "may hear it up to 1 s late; else carpd takes over after the master-down interval)")
+    return (f"no peer advertised within {TAKEOVER_WAIT + FIRST_BOW_OUT_WAIT:g} s (a peer "
+            "takes over after its master-down interval)")
 
 
 # -- one stanza -----------------------------------------------------------------------------
@@ -429,11 +475,29 @@ def _open_tap(args: UcarpArgs, where: str) -> CarpTap | None:
         return None
 
 
+def _remove(args: UcarpArgs, where: str) -> None:
+    gone = ", ".join(str(a) for a in _release(args.interface, args.vip)) or "nothing"
+    say(f"{where}: removed {gone} from {args.interface}")
+
+
+def _guard(args: UcarpArgs, where: str) -> ArpGuard | None:
+    """The VIP's ARP dropped on this node (the engine's drain rule); None if it cannot be."""
+    guard = ArpGuard(runtime.physical(args.interface), args.vhid, args.vip)
+    if guard.engage():
+        say(f"{where}: ARP for {args.vip} dropped here until the peer takes over")
+        return guard
+    say(f"{where}: ARP for {args.vip} cannot be dropped here (nftables): it goes first")
+    return None
+
+
 def hand_over(daemon: UcarpDaemon, key: bytes, source: IPv4Address | None,
               where: str) -> None:
-    """If the daemon is MASTER: freeze it, remove its addresses, bow out for it."""
+    """If the daemon is MASTER: freeze it, bow out for it, and remove its addresses once a
+    peer advertises (TAKEOVER_WAIT at most), meanwhile answering no ARP for the VIP: so the
+    VIP is on some node all the while and never answered for by two."""
     args = daemon.args
     tap = _open_tap(args, where) if source is not None else None
+    guard: ArpGuard | None = None
     try:
         heard = listen_to_own(tap, args, key, source) if tap and source else Heard()
         if heard.foreign_key:
@@ -444,15 +508,21 @@ def hand_over(daemon: UcarpDaemon, key: bytes, source: IPv4Address | None,
             say(f"{where} is BACKUP")
             return
         daemon.signal(signal.SIGSTOP)  # silent from now on, as if it had died
-        _release(args.interface, args.vip)
-        gone = ", ".join(str(a) for a in held) or "nothing"
-        say(f"{where} is MASTER: frozen; removed {gone} from {args.interface}")
+        say(f"{where} is MASTER: frozen")
         if tap and source:
+            guard = _guard(args, where) if held else None
+            if guard is None:
+                _remove(args, where)
             say(f"{where}: bow-out sent from {source}: "
                 f"{bow_out(tap, args, key, source, heard.counter)}")
+        if guard is not None or not (tap and source):
+            _remove(args, where)  # then the rule (finally)
     except OSError as error:
         say(f"{where}: hand-over failed ({error}): stopping it all the same")
     finally:
+        if guard is not None:  # the VIP first: never answered for here once the rule goes
+            _release(args.interface, args.vip)
+            guard.release()
         if tap is not None:
             tap.close()
 
@@ -527,11 +597,19 @@ def migrate_stanza(takeover: Takeover, parsed: interfaces.Interfaces,
     return start_engine(takeover, run_dir)
 
 
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    """SIGTERM or SIGHUP: exit as on an error, so no frozen daemon, ARP rule or VIP of a
+    hand-over under way is left behind."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None, run_dir: Path = runtime.RUN_DIR) -> int:
     del argv  # no options
     if os.geteuid() != 0:
         say("must run as root")
         return 1
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _exit_on_signal)
     parsed = interfaces.parse(interfaces.DEFAULT_FILE)
     daemons, unreadable = find_daemons()
     try:
