@@ -53,28 +53,30 @@ def _bow_out_at(net: Network, a: Node, master: Daemon, when: float) -> float:
     return bows[0].time
 
 
-def test_a_ucarp_peer_acts_on_the_bow_out_burst_at_once_even_just_after_its_ring_timer_ticked(
-        net: Network) -> None:
-    a, master, _b, peer, started = _pair(net, "ucarp")
+def _peer_up_after_the_bow_out(net: Network, kind: str) -> tuple[Daemon, float]:
+    """a's bow-out sent AFTER_TICK after b (``kind``) started: b, and how long after the
+    bow-out b's up script ran."""
+    a, master, _b, peer, started = _pair(net, kind)
     try:
         sent = _bow_out_at(net, a, master, started + AFTER_TICK)
         up = wait_for(peer.ups, 3, what="b's up script").pop(0).time
     finally:
         master.signal(signal.SIGCONT)
-    assert up - sent < AT_ONCE, \
-        f"b's up script ran {(up - sent) * 1000:.0f} ms after the bow-out (its ring waited)"
+    return peer, up - sent
+
+
+def test_a_ucarp_peer_acts_on_the_bow_out_burst_at_once_even_just_after_its_ring_timer_ticked(
+        net: Network) -> None:
+    _peer, took = _peer_up_after_the_bow_out(net, "ucarp")
+    assert took < AT_ONCE, \
+        f"b's up script ran {took * 1000:.0f} ms after the bow-out (its ring waited)"
 
 
 def test_a_carpd_peer_takes_over_on_the_bow_out_and_counts_its_copies_as_replays_quietly(
         net: Network) -> None:
-    a, master, _b, peer, started = _pair(net, "carpd")
-    try:
-        sent = _bow_out_at(net, a, master, started + AFTER_TICK)
-        up = wait_for(peer.ups, 3, what="b's up script").pop(0).time
-    finally:
-        master.signal(signal.SIGCONT)
+    peer, took = _peer_up_after_the_bow_out(net, "carpd")
     status = peer.status()
-    assert status["state"] == "MASTER" and up - sent < AT_ONCE, (up - sent, status)
+    assert status["state"] == "MASTER" and took < AT_ONCE, (took, status)
     rejected = status["rejected"]
     assert isinstance(rejected, dict) and set(rejected) == {"stale"} and rejected["stale"] > 0, \
         status
