@@ -12,7 +12,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import selectors
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -25,10 +25,12 @@ from carpd.engine.engine_io import (
     ControlSocket,
     Forwarder,
     GroupLockLike,
+    HealthChecks,
     LinkEventSource,
     PacketLink,
     Scripts,
     SignalChannel,
+    VipSender,
     WatchdogLike,
 )
 from carpd.engine.netlink import InterfaceInfo, LinkEvents
@@ -317,6 +319,97 @@ class FakeRule:
         self.engaged, self.to = False, None
 
 
+class FakeVipPort:
+    """The VIP's own interface (``vip_interface``): the frames sent there are kept."""
+
+    def __init__(self, io: FakeIO, ifname: str) -> None:
+        self._io = io
+        self.ifname = ifname
+        self.mac = io.interface_info(ifname).mac
+        self.sent: list[bytes] = []
+        self.closed = False
+
+    def send(self, frame: bytes) -> None:
+        self.sent.append(frame)
+        self._io.note("vip frame", (self.ifname, frame))
+
+    def close(self) -> None:
+        self.closed = True
+        self._io.note("close vip port", self.ifname)
+
+
+class FakeHealth(Readable):
+    """A group's checks without threads: its tracked interfaces follow the carrier of
+    :attr:`FakeIO.interfaces` (a missing one fails), its scripts pass until the test says
+    otherwise (:meth:`scripts_pass`).  Readable once started and again after each change, as
+    the real one's wake pipe is."""
+
+    def __init__(self, io: FakeIO, scripts: Sequence[Sequence[str]],
+                 interfaces: Sequence[str]) -> None:
+        super().__init__()
+        self._io = io
+        self.scripts = [list(argv) for argv in scripts]
+        self.interfaces = list(dict.fromkeys(interfaces))
+        self._scripts_pass = True
+        self._healthy = True
+        self._woken = False
+        self.started = self.closed = False
+        self.reads = 0
+
+    @property
+    def active(self) -> bool:
+        return bool(self.scripts or self.interfaces)
+
+    @property
+    def healthy(self) -> bool:
+        return self._healthy
+
+    def scripts_pass(self, passing: bool) -> None:
+        """Every check script passes (or fails) from now on; the loop is woken."""
+        self._scripts_pass = passing
+        self.wake()
+
+    def wake(self) -> None:
+        if self.started and not self.closed:
+            self._woken = True
+
+    def ready(self) -> bool:
+        return self._woken
+
+    def start(self) -> None:
+        self.started = True
+        self.wake()
+
+    def read(self) -> bool:
+        self.reads += 1
+        self._woken = False
+        healthy = self._verdict()
+        changed, self._healthy = healthy != self._healthy, healthy
+        return changed
+
+    def _verdict(self) -> bool:
+        links = self._io.interfaces
+        return self._scripts_pass and all(
+            name in links and links[name].carrier for name in self.interfaces)
+
+    def status(self, wall_offset: float) -> list[dict[str, Any]]:
+        return [{"kind": "script", "name": " ".join(a), "healthy": self._scripts_pass}
+                for a in self.scripts] + \
+            [{"kind": "interface", "name": n, "healthy": self._verdict()}
+             for n in self.interfaces]
+
+    def why(self) -> str | None:
+        if not self._scripts_pass:
+            return "a check script fails"
+        links = self._io.interfaces
+        down = [n for n in self.interfaces if n not in links or not links[n].carrier]
+        return f"interface {down[0]} down" if down else None
+
+    def close(self) -> None:
+        self.closed = True
+        self._woken = False
+
+
 @dataclass
 class FakeWatchdog:
     io: FakeIO
@@ -369,6 +462,8 @@ class FakeIO:
         self.locks: dict[str, FakeLock] = {}
         self.connections: set[strays.Flow] = set()
         self.released: list[tuple[str, IPv4Address]] = []
+        self.vip_ports: list[FakeVipPort] = []
+        self.healths: list[FakeHealth] = []
 
     def note(self, what: str, detail: Any) -> None:
         self.events.append((self.clock.now, what, detail))
@@ -379,12 +474,24 @@ class FakeIO:
 
     # ---- what a test does to the world --------------------------------------------------
 
-    def set_carrier(self, up: bool) -> None:
-        """The interface loses (or gets back) its carrier; netlink says so."""
-        info = self.interfaces[self.ifname]
-        self.interfaces[self.ifname] = replace(info, carrier=up)
-        assert self.monitor is not None
-        self.monitor.pending.append(LinkEvents(up, ifindex=info.index))
+    def add_interface(self, ifname: str, index: int, mac: str, address: str) -> None:
+        """Another interface (with carrier), say the VIP's own (``vip_interface``)."""
+        host, prefix = address.split("/")
+        self.interfaces[ifname] = InterfaceInfo(index, bytes.fromhex(mac), True,
+                                                ((IPv4Address(host), int(prefix), ifname),))
+
+    def set_carrier(self, up: bool, ifname: str = "") -> None:
+        """An interface (the engine's by default) loses (or gets back) its carrier; netlink
+        says so: the engine's monitor for its own, and every health check tracking it."""
+        ifname = ifname or self.ifname
+        info = self.interfaces[ifname]
+        self.interfaces[ifname] = replace(info, carrier=up)
+        if ifname == self.ifname:
+            assert self.monitor is not None
+            self.monitor.pending.append(LinkEvents(up, ifindex=info.index))
+        for checks in self.healths:
+            if ifname in checks.interfaces:
+                checks.wake()
 
     def add_address(self, address: IPv4Address, prefix: int = 24, ifname: str = "") -> None:
         ifname = ifname or self.ifname
@@ -473,3 +580,15 @@ class FakeIO:
     def lock_group(self, ifname: str, vhid: int) -> GroupLockLike:
         lock = self.locks[f"{ifname}/{vhid}"] = FakeLock(self, f"{ifname}/{vhid}")
         return lock
+
+    def open_vip_port(self, ifname: str) -> VipSender:
+        port = FakeVipPort(self, ifname)
+        self.vip_ports.append(port)
+        return port
+
+    def health(self, scripts: Sequence[Sequence[str]], interval: float, timeout: float | None,
+               fall: int, rise: int, interfaces: Sequence[str],
+               clock: Callable[[], float]) -> HealthChecks:
+        checks = FakeHealth(self, scripts, interfaces)
+        self.healths.append(checks)
+        return checks

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_io import FakeIO, FakeScripts, FakeWatchdog
+from fake_io import FakeHealth, FakeIO, FakeScripts, FakeVipPort, FakeWatchdog
 
 from carpd.core import wire
 from carpd.core.election import Script, State
@@ -25,6 +25,9 @@ PEER = IPv4Address("10.0.0.2")
 PEER_MAC = bytes.fromhex("020000000002")
 UP, DOWN = "/etc/carpd/up", "/etc/carpd/down"
 _COUNTERS = itertools.count(10**12, 1000)
+MAX_TURNS = 20_000
+"""More turns than any test needs: a loop that spins (something ready that is never read)
+fails instead of hanging."""
 
 
 def vip(vhid: int) -> IPv4Address:
@@ -41,9 +44,12 @@ class Rig:
     """An engine of several groups on a FakeIO, started; scripts end at once unless
     ``scripts_wait``."""
 
-    def __init__(self, folder: Path, *groups: Settings, scripts_wait: bool = False) -> None:
+    def __init__(self, folder: Path, *groups: Settings, scripts_wait: bool = False,
+                 world: Callable[[FakeIO], None] | None = None) -> None:
         self.io = FakeIO()
         self.io.scripts_end_at_once = not scripts_wait
+        if world is not None:
+            world(self.io)  # what else the machine has (another interface, ...)
         config = EngineSettings(groups, config_file=str(folder / "carpd.conf"))
         self.engine = Engine(config, {g.vhid: SOURCE for g in groups}, io=self.io)
         self.engine.start()
@@ -66,14 +72,20 @@ class Rig:
 
     def run_until(self, done: Callable[[], bool], within: float = 30.0) -> None:
         deadline = self.now + within
-        while not done():
+        for _ in range(MAX_TURNS):
+            if done():
+                return
             assert self.now <= deadline, "not within the time given"
             self.turn()
+        raise AssertionError(f"{MAX_TURNS} turns without time moving: input never read?")
 
     def run_for(self, seconds: float) -> None:
         until = self.now + seconds
-        while self.now < until:
+        for _ in range(MAX_TURNS):
+            if self.now >= until:
+                return
             self.turn()
+        raise AssertionError(f"{MAX_TURNS} turns without time moving: input never read?")
 
     def all_masters(self) -> None:
         self.run_until(lambda: all(g.host.state is State.MASTER
@@ -91,6 +103,14 @@ class Rig:
         for k in range(times):
             self.io.clock.at(self.now + k * every,
                              lambda: link.inbox.append(self.advert_from_peer(vhid, advskew)))
+
+    def health(self, vhid: int) -> FakeHealth:
+        checks = self.engine.groups[vhid].health
+        assert isinstance(checks, FakeHealth)
+        return checks
+
+    def bow_outs(self, vhid: int) -> list[float]:
+        return [at for at, v, skew in self.adverts_sent() if v == vhid and skew == wire.BOW_OUT]
 
     def adverts_sent(self) -> list[tuple[float, int, int]]:
         """(time, vhid, advskew) of each advert the engine sent."""
@@ -399,3 +419,131 @@ def test_stopping_waits_for_a_hung_down_script_no_longer_than_its_timeout(
     rig.engine.shut_down()
     assert rig.now - stopping == pytest.approx(4.0 + 5.0)  # SCRIPT_DRAIN_SLACK
     assert [what for _t, what, _d in rig.io.events if what == "release vip"] == ["release vip"]
+
+
+# ---- the VIP on another interface than the adverts (vip_interface) ---------------------------
+
+SERVICE = "svc0"
+SERVICE_MAC = bytes.fromhex("020000000099")
+SERVICE_VIP = IPv4Address("192.168.1.100")
+
+
+def service_lan(io: FakeIO) -> None:
+    io.add_interface(SERVICE, 3, SERVICE_MAC.hex(), "192.168.1.1/24")
+
+
+def on_service_lan(folder: Path, vhid: int, **options: Any) -> Settings:
+    """A group advertising on eth0 (the cluster LAN) whose VIP is on svc0 (the service LAN)."""
+    return Settings(interface="eth0", vhid=vhid, addr=SERVICE_VIP, password=Secret(KEY),
+                    vip_interface=SERVICE, upscript=Path(UP), downscript=Path(DOWN),
+                    state_dir=folder / "run", persist_dir=folder / "lib", **options)
+
+
+def arp_senders(frames: list[bytes]) -> list[tuple[bytes, IPv4Address]]:
+    """(source MAC, sender IP) of each gratuitous ARP among ``frames``."""
+    return [(f[6:12], IPv4Address(f[28:32])) for f in frames if f[12:14] == b"\x08\x06"]
+
+
+def test_gratuitous_arp_goes_out_on_the_vip_interface_and_the_adverts_on_the_engine_s(
+        tmp_path: Path) -> None:
+    rig = Rig(tmp_path, on_service_lan(tmp_path, 1), group(tmp_path, 2), world=service_lan)
+    rig.all_masters()
+    rig.run_for(1.0)  # the up scripts have ended: ARP was held back until then
+    [port] = rig.io.vip_ports
+    assert isinstance(port, FakeVipPort) and port.ifname == SERVICE
+    assert port.sent and set(arp_senders(port.sent)) == {(SERVICE_MAC, SERVICE_VIP)}
+    assert len(arp_senders(port.sent)) == len(port.sent)  # nothing but ARP on the VIP's LAN
+    assert rig.io.link is not None
+    eth0_mac = rig.io.interfaces["eth0"].mac
+    assert set(arp_senders(rig.io.link.sent)) == {(eth0_mac, vip(2))}  # vhid 2's VIP is on eth0
+    assert {v for _t, v, _s in rig.adverts_sent()} == {1, 2}  # every advert on the engine's
+
+
+def test_stopping_releases_the_vip_from_the_vip_interface_and_closes_its_port(
+        tmp_path: Path) -> None:
+    rig = Rig(tmp_path, on_service_lan(tmp_path, 1), world=service_lan)
+    rig.all_masters()
+    rig.io.add_address(SERVICE_VIP, ifname=SERVICE)  # what the up script did
+    rig.io.released.clear()
+    assert rig.engine.shut_down() == 0
+    assert rig.io.released == [(SERVICE, SERVICE_VIP)]
+    assert not rig.io.interfaces[SERVICE].has(SERVICE_VIP)
+    assert rig.io.vip_ports[0].closed
+    assert rig.io.happened("close vip port") == [("close vip port", SERVICE)]
+
+
+def test_a_master_bows_out_when_the_vip_interface_loses_carrier_and_the_engine_s_still_counts(
+        tmp_path: Path) -> None:
+    rig = Rig(tmp_path, on_service_lan(tmp_path, 1, track_interface=("eth7",)),
+              world=lambda io: (service_lan(io), io.add_interface("eth7", 4, "020000000007",
+                                                                   "172.16.0.1/24")))
+    assert rig.health(1).interfaces == ["eth7", SERVICE]  # the VIP's own tracked too
+    rig.all_masters()
+    rig.io.set_carrier(False, SERVICE)
+    lost = rig.now
+    rig.turn()
+    assert rig.state(1) is State.BACKUP and not rig.engine.groups[1].host.healthy
+    assert rig.bow_outs(1) == [lost]
+    assert "svc0" in (request(rig, cmd="status")["why"] or "")
+    rig.io.set_carrier(True, SERVICE)
+    rig.turn()
+    assert rig.engine.groups[1].host.healthy
+    rig.io.set_carrier(False)  # the adverts' own interface: the engine's netlink monitor
+    rig.turn()
+    assert rig.state(1) is State.INIT
+
+
+# ---- health: tracked interfaces and check scripts ----------------------------------------------
+
+CHECK = ("/usr/local/bin/check", "--quick")
+
+
+def test_each_group_s_checks_are_made_from_its_own_options_and_closed_at_its_stop(
+        tmp_path: Path) -> None:
+    rig = Rig(tmp_path, group(tmp_path, 1, track_script=(CHECK,), track_interface=("eth0",)),
+              group(tmp_path, 2))
+    assert (rig.health(1).scripts, rig.health(1).interfaces) == ([list(CHECK)], ["eth0"])
+    assert not rig.health(2).active and not rig.health(2).started
+    rig.turn()
+    assert rig.health(1).started and rig.health(1).reads == 1  # the loop watches it
+    checks = rig.health(1)
+    rig.engine.shut_down()
+    assert checks.closed
+
+
+def test_an_unhealthy_verdict_reaches_only_its_own_group(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, *(group(tmp_path, v, track_script=(CHECK,)) for v in (1, 2, 3)))
+    rig.all_masters()
+    rig.health(2).scripts_pass(False)
+    failed = rig.now
+    rig.turn()
+    assert [rig.state(v) for v in (1, 2, 3)] == [State.MASTER, State.BACKUP, State.MASTER]
+    assert [rig.engine.groups[v].host.healthy for v in (1, 2, 3)] == [True, False, True]
+    assert (rig.bow_outs(1), rig.bow_outs(2), rig.bow_outs(3)) == ([], [failed], [])
+    status = request(rig, cmd="status")
+    assert [g["healthy"] for g in status["groups"]] == [True, False, True]
+    assert "check script fails" in status["groups"][1]["why"]
+
+
+def test_a_failing_check_is_acted_on_the_moment_it_wakes_the_loop(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, group(tmp_path, 1, track_script=(CHECK,)))
+    rig.all_masters()
+    rig.run_for(0.2)
+    fails_at = rig.now + 0.37  # between two adverts: no timer would wake the loop then
+    assert rig.engine.groups[1].next_deadline() != pytest.approx(fails_at)
+    rig.io.clock.at(fails_at, lambda: rig.health(1).scripts_pass(False))
+    rig.run_until(lambda: rig.state(1) is State.BACKUP, within=5.0)
+    assert rig.bow_outs(1) == [fails_at]
+    assert rig.now == fails_at
+
+
+def test_an_unhealthy_backup_does_not_preempt_and_preempts_once_healthy(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, group(tmp_path, 1, preempt=True, track_script=(CHECK,)))
+    rig.health(1).scripts_pass(False)
+    rig.turn()
+    assert not rig.engine.groups[1].host.healthy
+    rig.peer_advertises(1, every=1.0, times=30, advskew=100)  # a worse master than us
+    rig.run_for(10.0)
+    assert rig.state(1) is State.BACKUP
+    rig.health(1).scripts_pass(True)
+    rig.run_until(lambda: rig.state(1) is State.MASTER, within=3.0)

@@ -4,28 +4,32 @@
 :class:`RealIO` (the default) is the world: the packet socket (:mod:`carpd.engine.link`),
 netlink (:mod:`carpd.engine.netlink`), the drain-signal socket (:mod:`carpd.engine.drainsock`),
 the control socket, the scripts' runner, the nftables rules of a hand-over, the watchdog, the
-release of a VIP, the selector the loop waits in and the clocks.  The unit tests hand the
+release of a VIP, the gratuitous ARP on the VIP's own interface, the health checks (tracked
+interfaces, check scripts), the selector the loop waits in and the clocks.  The unit tests hand the
 engine fakes of all of them (``tests/unit/fake_io.py``) and so test its own logic without
 root, namespaces or sockets.  Each protocol names only what the engine and the groups call.
 """
 
 from __future__ import annotations
 
+import contextlib
 import selectors
+import socket
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any, Protocol
 
 from carpd.core.election import Script
-from carpd.engine import arpguard, control, drainsock, identity, netlink, release, strays
+from carpd.engine import arpguard, control, drainsock, health, identity, netlink, release, strays
 from carpd.engine.link import Link
 from carpd.engine.scripts import Finished, ScriptRunner
 from carpd.engine.watchdog import Watchdog
 
 __all__ = ["REAL", "ArpRule", "ControlSocket", "EngineIO", "Forwarder", "GroupLockLike",
-           "LinkEventSource", "PacketLink", "RealIO", "Scripts", "SignalChannel", "WatchdogLike"]
+           "HealthChecks", "LinkEventSource", "PacketLink", "RealIO", "Scripts", "SignalChannel",
+           "VipPort", "VipSender", "WatchdogLike"]
 
 
 class PacketLink(Protocol):
@@ -115,6 +119,33 @@ class GroupLockLike(Protocol):
     def release(self) -> None: ...
 
 
+class VipSender(Protocol):
+    """The VIP's own interface when the adverts go out on another (``vip_interface``):
+    gratuitous ARP goes out there (:class:`VipPort`)."""
+
+    ifname: str
+    mac: bytes
+
+    def send(self, frame: bytes) -> None: ...
+    def close(self) -> None: ...
+
+
+class HealthChecks(Protocol):
+    """A group's check scripts and tracked interfaces (:class:`carpd.engine.health.Health`):
+    :meth:`fileno` is readable when the verdict may have changed, :meth:`read` takes it in."""
+
+    @property
+    def active(self) -> bool: ...
+    @property
+    def healthy(self) -> bool: ...
+    def start(self) -> None: ...
+    def fileno(self) -> int: ...
+    def read(self) -> bool: ...
+    def status(self, wall_offset: float) -> list[dict[str, Any]]: ...
+    def why(self) -> str | None: ...
+    def close(self) -> None: ...
+
+
 class EngineIO(Protocol):
     """The world an engine runs in."""
 
@@ -135,6 +166,10 @@ class EngineIO(Protocol):
     def open_connections(self, vip: IPv4Address) -> set[strays.Flow]: ...
     def release_vip(self, ifname: str, vip: IPv4Address) -> list[IPv4Address]: ...
     def lock_group(self, ifname: str, vhid: int) -> GroupLockLike: ...
+    def open_vip_port(self, ifname: str) -> VipSender: ...
+    def health(self, scripts: Sequence[Sequence[str]], interval: float, timeout: float | None,
+               fall: int, rise: int, interfaces: Sequence[str],
+               clock: Callable[[], float]) -> HealthChecks: ...
 
 
 class RealIO:
@@ -186,6 +221,31 @@ class RealIO:
 
     def lock_group(self, ifname: str, vhid: int) -> GroupLockLike:
         return identity.GroupLock(ifname, vhid)
+
+    def open_vip_port(self, ifname: str) -> VipSender:
+        return VipPort(ifname)
+
+    def health(self, scripts: Sequence[Sequence[str]], interval: float, timeout: float | None,
+               fall: int, rise: int, interfaces: Sequence[str],
+               clock: Callable[[], float]) -> HealthChecks:
+        return health.Health(scripts, interval, timeout, fall, rise, interfaces, clock)
+
+
+class VipPort:
+    """Gratuitous ARP on the VIP's own interface, when the adverts go out on another
+    (a dedicated cluster network, ``vip_interface``): a raw socket that only sends."""
+
+    def __init__(self, ifname: str) -> None:
+        self.ifname = ifname
+        self.mac = netlink.interface_info(ifname).mac
+        self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)  # receives nothing
+
+    def send(self, frame: bytes) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.sendto(frame, (self.ifname, int.from_bytes(frame[12:14], "big")))
+
+    def close(self) -> None:
+        self._sock.close()
 
 
 REAL = RealIO()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
 import time
 from collections.abc import MutableMapping
 from ipaddress import IPv4Address
@@ -22,8 +21,8 @@ from typing import Any, Protocol
 
 from carpd.core import election, wire
 from carpd.core.election import Action, Script, State
-from carpd.engine import health, netlink, release, scripts, sdnotify, strays
-from carpd.engine.engine_io import EngineIO
+from carpd.engine import netlink, release, scripts, sdnotify, strays
+from carpd.engine.engine_io import EngineIO, VipSender
 from carpd.engine.link import random_counter, random_ident
 from carpd.engine.logs import RateLimiter
 from carpd.engine.settings import Settings
@@ -55,23 +54,6 @@ class Port(Protocol):
         ...
 
 
-class VipPort:
-    """Gratuitous ARP on the VIP's own interface, when the adverts go out on another
-    (a dedicated cluster network, ``vip_interface``): a raw socket that only sends."""
-
-    def __init__(self, ifname: str) -> None:
-        self.ifname = ifname
-        self.mac = netlink.interface_info(ifname).mac
-        self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)  # receives nothing
-
-    def send(self, frame: bytes) -> None:
-        with contextlib.suppress(OSError):
-            self._sock.sendto(frame, (self.ifname, int.from_bytes(frame[12:14], "big")))
-
-    def close(self) -> None:
-        self._sock.close()
-
-
 class _VhidLog(logging.LoggerAdapter):  # type: ignore[type-arg]
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
         return f"{self.extra['prefix'] if self.extra else ''}{msg}", kwargs
@@ -91,7 +73,7 @@ class Group:
         self.scripts = io.scripts(script_argv(options), options.script_timeout)
         self.arp_guard = io.arp_rule(options.vip_on, options.vhid, options.addr)
         self.forwarder = io.forwarder(options.vip_on, options.vhid, options.addr)
-        self.health = health.Health(
+        self.health = io.health(
             options.track_script, options.track_interval, options.track_timeout,
             options.track_fall, options.track_rise, _tracked(options), io.monotonic)
         self._drops = RateLimiter(io.monotonic)
@@ -104,8 +86,10 @@ class Group:
                                                 self._src_mac)
         self._persistent_demotion = False
         self._was_master = False
-        self._vip_port: Port | VipPort = port if options.vip_on == port.ifname else \
-            VipPort(options.vip_on)
+        self._own_vip_port: VipSender | None = None if options.vip_on == port.ifname else \
+            io.open_vip_port(options.vip_on)
+        """The VIP's own interface, when the adverts go out on another: its ARP goes there."""
+        self._vip_port: Port | VipSender = self._own_vip_port or port
         self._drain_flows: set[strays.Flow] = set()
         """The TCP connections to the VIP open at the hand-over and not closed since."""
 
@@ -427,8 +411,8 @@ class Group:
         self._release_vip()
         self.arp_guard.release()
         self.forwarder.release()
-        if isinstance(self._vip_port, VipPort):
-            self._vip_port.close()
+        if self._own_vip_port is not None:
+            self._own_vip_port.close()
 
     def _release_vip(self) -> None:
         """No VIP may stay behind on an interface whose group is gone."""
