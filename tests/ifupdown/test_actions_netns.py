@@ -31,7 +31,8 @@ def test_master_sends_gratuitous_arp_for_every_address_the_alias_added(lab: Lab)
     reader.start()
     assert node.ifup("eth0").returncode == 0, node.log()
     assert wait_for(node.holds_vip, ELECTION), node.log()
-    assert node.addresses()[EXTRA] == "eth0:ucarp"
+    # ifup adds the VIP (the alias's address) before it runs the alias's up commands
+    assert wait_for(lambda: node.addresses().get(EXTRA) == "eth0:ucarp", 5.0), node.addresses()
 
     def announced(address: str) -> bool:
         quoted = re.escape(address)
