@@ -37,8 +37,7 @@ For each stanza with ``ucarp-*`` options (those carpd takes over first):
 
 The counter of the bow-out: ucarp peers accept any authentic advert, carpd peers only one whose
 counter is newer than the newest they accepted (see :mod:`carpd.core.election`).  A ucarp MASTER
-that
-never heard a peer draws a fresh random counter for every advert, so what a carpd peer holds as
+that never heard a peer draws a fresh random counter for every advert, so what a carpd peer holds as
 newest cannot be known; the first bow-out carries the counter after the MASTER's last one (newer
 whenever the peer took that one as news), and if no peer takes over within a moment, a second
 carries that counter plus 2**63: of two counters half a circle apart one is always newer.
