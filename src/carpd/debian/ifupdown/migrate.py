@@ -508,20 +508,22 @@ def hand_over(daemon: UcarpDaemon, key: bytes, source: IPv4Address | None,
             return
         daemon.signal(signal.SIGSTOP)  # silent from now on, as if it had died
         say(f"{where} is MASTER: frozen")
+        guard = _guard(args, where) if tap and source and held else None
+        if guard is None:
+            _remove(args, where)  # no rule to keep it quiet: it goes before the bow-out
         if tap and source:
-            guard = _guard(args, where) if held else None
-            if guard is None:
-                _remove(args, where)
             say(f"{where}: bow-out sent from {source}: "
                 f"{bow_out(tap, args, key, source, heard.counter)}")
-        if guard is not None or not (tap and source):
-            _remove(args, where)  # then the rule (finally)
     except OSError as error:
         say(f"{where}: hand-over failed ({error}): stopping it all the same")
     finally:
-        if guard is not None:  # the VIP first: never answered for here once the rule goes
-            _release(args.interface, args.vip)
-            guard.release()
+        if guard is not None:
+            # after the wait (or a failure): the VIP first, never answered for here once the
+            # rule goes
+            try:
+                _remove(args, where)
+            finally:
+                guard.release()
         if tap is not None:
             tap.close()
 
