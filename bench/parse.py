@@ -23,8 +23,7 @@ system runs it; without them each stanza stops at "must be an existing executabl
 For each version and size: ``parse`` is the best of REPS in-process runs of
 ``interfaces.parse``; ``carpctl check`` is the best of REPS wall times of the whole command
 (``python -m carpd.debian.carpctl check FILE``: start-up, parse, check every stanza, password
-warnings)
-as a user runs it.  0.1.0 runs once per size (it is quadratic: minutes at 20,000).
+warnings) as a user runs it.  0.1.0 runs once per size (it is quadratic: minutes at 20,000).
 
 ucarp has no counterpart: Debian's ucarp hook reads no interfaces file (ifupdown hands it the
 stanza as IF_* variables) and has no checker, so the table says "n/a".

@@ -1,5 +1,5 @@
-"""The frames the fuzzer drives through carpd.core.wire and carpd.core.election, one generator per
-kind.
+"""The frames the fuzzer drives through carpd.core.wire and carpd.core.election,
+one generator per kind.
 
 Every generator returns raw bytes: an IPv4 packet (what ``VirtualHost.receive`` takes) or, for a
 share of them, a whole Ethernet frame that goes through ``wire.strip_ethernet`` first.  Valid

@@ -2,11 +2,11 @@
 environment, working folder) must never make them signal a process or run code as root.
 
 Bait: processes of user nobody that look like carpd's own, one `python3 -m
-carpd.debian.ifupdown.main
-supervise eth9` with PYTHONPATH leading to a module of the user's own, one whose argv[0] is
-/usr/sbin/carpd. Each writes a marker naming its uid when it runs, and another when it gets a
-signal. Installing, upgrading and removing the package must leave them running, untouched, and
-never run the module as root, while carpd's own supervisor is still restarted and stopped."""
+carpd.debian.ifupdown.main supervise eth9` with PYTHONPATH leading to a module of the user's own,
+one whose argv[0] is /usr/sbin/carpd. Each writes a marker naming its uid when it runs, and another
+when it gets a signal. Installing, upgrading and removing the package must leave them running,
+untouched, and never run the module as root, while carpd's own supervisor is still restarted and
+stopped."""
 
 from __future__ import annotations
 

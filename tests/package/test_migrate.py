@@ -172,10 +172,26 @@ HAND_OVER = """
 import signal, sys
 from ipaddress import IPv4Address
 from carpd.debian.ifupdown import migrate
-if sys.argv[3:] == ["fail-waiting"]:
+if "fail-waiting" in sys.argv[3:]:
     def failing(*_):
         raise OSError("the tap failed")
     migrate.peer_took_over = failing
+if "watch-release" in sys.argv[3:]:  # each release of the VIP and of the rule, as it starts
+    import subprocess
+    from carpd.engine.arpguard import table_name
+    def seen():
+        vip = "on" if migrate._held(daemon.args.interface, daemon.args.vip) else "gone"
+        listed = subprocess.run(["nft", "list", "table", "arp", table_name("v0", 9)],
+                                capture_output=True)
+        return f"vip {vip}, rule {'in' if listed.returncode == 0 else 'out'}"
+    real_release, real_lift = migrate._release, migrate.ArpGuard.release
+    def release(interface, vip):
+        print("WATCH release the VIP:", seen(), flush=True)
+        return real_release(interface, vip)
+    def lift(guard):
+        print("WATCH lift the rule:", seen(), flush=True)
+        real_lift(guard)
+    migrate._release, migrate.ArpGuard.release = release, lift
 signal.signal(signal.SIGTERM, migrate._exit_on_signal)  # as main() does
 (daemon,), _ = migrate.find_daemons()
 migrate.hand_over(daemon, sys.argv[1].encode(), IPv4Address(sys.argv[2]), "ucarp")
@@ -353,6 +369,33 @@ def test_migrate_interrupted_while_waiting_for_the_peer_leaves_neither_the_vip_n
         assert not _arp_table(mine), output
         if how == "fail-waiting":
             assert "hand-over failed (the tap failed)" in output, output
+
+
+@pytest.mark.parametrize("how", ["peer-answers", "fail-waiting", "sigterm"])
+def test_migrate_releases_the_masters_vip_once_and_before_it_lifts_the_arp_rule(
+        two_netns: tuple[str, str], tmp_path: Path, how: str) -> None:
+    mine, _other = two_netns
+    answers = how == "peer-answers"
+    peer = LatePeer(mine, HAND_OVER_VIP, HAND_OVER_SECRET.encode(), answers) if answers \
+        else contextlib.nullcontext()
+    with ucarp_master(mine, tmp_path), peer:
+        handing = _hand_over(mine, "watch-release", *([] if answers else [how]))
+        try:
+            if how == "sigterm":
+                wait_for(lambda: _arp_table(mine), 5, 0.02, what="the ARP rule during the wait")
+                handing.send_signal(signal.SIGTERM)
+            output, _ = handing.communicate(timeout=30)
+        finally:
+            if handing.poll() is None:
+                handing.kill()
+                handing.wait()
+    assert handing.returncode == (128 + signal.SIGTERM if how == "sigterm" else 0), output
+    watched = [line.removeprefix("WATCH ") for line in output.splitlines()
+               if line.startswith("WATCH ")]
+    assert watched == ["release the VIP: vip on, rule in", "lift the rule: vip gone, rule in"], \
+        output
+    assert str(HAND_OVER_VIP) not in _addresses(mine, "v0"), output
+    assert not _arp_table(mine), output
 
 
 # -- the pair -------------------------------------------------------------------------------

@@ -2,11 +2,10 @@
 
 A :class:`Cluster` wires N :class:`~carpd.core.election.VirtualHost` s to one simulated Ethernet
 segment.  Every ``SendAdvert`` is encoded with :func:`carpd.core.wire.encode_packet` and delivered
-to
-every other node's ``receive()`` after ``delay`` seconds; the clock jumps to the earliest pending
-event (a delivery or a node's ``next_deadline()``), so a simulated minute takes milliseconds.
-Nodes can crash, be restarted, stopped, unplugged (carrier loss, ``link_changed``) or isolated
-(a silent partition: carrier stays up), demoted and promoted.
+to every other node's ``receive()`` after ``delay`` seconds; the clock jumps to the earliest pending
+event (a delivery or a node's ``next_deadline()``), so a simulated minute takes milliseconds.  Nodes
+can crash, be restarted, stopped, unplugged (carrier loss, ``link_changed``) or isolated (a silent
+partition: carrier stays up), demoted and promoted.
 
 Timers are checked as they run: ``handle_timer`` is called exactly at ``next_deadline()`` and
 must then move the deadline, so a timer that does not fire at its deadline fails the test.

@@ -1,6 +1,6 @@
 """Unit tests of the pure core: carpd.core.wire against captured ucarp frames, carpd.core.election
-on a fake
-clock and an in-memory link.  Nothing here touches the network, the clock or /work/shared."""
+on a fake clock and an in-memory link.  Nothing here touches the network, the clock or
+/work/shared."""
 
 import shutil
 import tempfile

@@ -1,9 +1,8 @@
 """carpctl against real control sockets: demote --persistent, promote and status of one group,
 and why a group is BACKUP.
 
-Each engine here is a real :class:`carpd.engine.control.ControlServer` on a unix socket, served
-from a
-thread, answering with the replies the control protocol documents."""
+Each engine here is a real :class:`carpd.engine.control.ControlServer` on a unix socket, served from
+a thread, answering with the replies the control protocol documents."""
 
 from __future__ import annotations
 

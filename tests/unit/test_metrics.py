@@ -1,9 +1,8 @@
 """`carpctl metrics`: the engines' status as Prometheus text, read back by prometheus_client's
 parser; and `--textfile DIR`, the atomic write node-exporter's textfile collector reads.
 
-Each engine here is a real :class:`carpd.engine.control.ControlServer` on a unix socket, served
-from a
-thread, answering with a status reply as docs/HACKING.md documents it."""
+Each engine here is a real :class:`carpd.engine.control.ControlServer` on a unix socket, served from
+a thread, answering with a status reply as docs/HACKING.md documents it."""
 
 from __future__ import annotations
 

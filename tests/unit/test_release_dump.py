@@ -1,6 +1,5 @@
 """carpd.engine.release reads an interface's addresses with netlink messages of its own (the
-standard
-library only, for the watchdog): how it reads a dump."""
+standard library only, for the watchdog): how it reads a dump."""
 
 from __future__ import annotations
 

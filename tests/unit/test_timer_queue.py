@@ -1,7 +1,7 @@
 """The engine's timer handling on a fake clock, with real election cores:
-carpd.engine.daemon.TimerQueue
-(the groups' timer instants, soonest first) and the schedule it runs MASTERs on (each a few ms
-early, spread by vhid, so that 255 groups due at one instant do not go out in one burst)."""
+carpd.engine.daemon.TimerQueue (the groups' timer instants, soonest first) and the schedule it runs
+MASTERs on (each a few ms early, spread by vhid, so that 255 groups due at one instant do not go out
+in one burst)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
 """carpd.core.wire.AdvertFrames, the send path's encoder, against the reference encoder and the
-frames
-captured from ucarp 1.5.2: not one byte may differ."""
+frames captured from ucarp 1.5.2: not one byte may differ."""
 
 from __future__ import annotations
 

@@ -2,8 +2,7 @@
 
 The options themselves (types, ranges, defaults, flags, help) are declared once, in
 :mod:`carpd.config.options`; this module derives the command line from them, reads the files that
-may
-hold the password and validates: first the model (what a person gave), then this machine (the
+may hold the password and validates: first the model (what a person gave), then this machine (the
 interfaces exist, the scripts are executable files).  Every problem is a
 :class:`carpd.config.problems.Problem` naming the option, the value and what is allowed; all are
 raised at once, before anything starts.

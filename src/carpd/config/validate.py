@@ -2,13 +2,11 @@
 process of its own (:class:`carpd.engine.settings.Validation` runs it, on the carpd it imported).
 
 The engine (:mod:`carpd.engine.cli`, :mod:`carpd.engine.daemon`) never loads pydantic: at start and
-at each
-reload it runs this module (:func:`carpd.engine.settings.validated`), writes its command line as
-JSON to
-its stdin (never in argv: it may hold the password), and reads from the pipe ``RESULT_FD`` one
-JSON object: ``{"ok": true, "config": <the engine's settings>}`` or ``{"ok": false, "error":
-TEXT}``, TEXT the problems as :class:`carpd.config.load.ConfigError` words them.  ``--help`` is
-printed on stdout, which the engine shares, and no result written.
+at each reload it runs this module (:func:`carpd.engine.settings.validated`), writes its command
+line as JSON to its stdin (never in argv: it may hold the password), and reads from the pipe
+``RESULT_FD`` one JSON object: ``{"ok": true, "config": <the engine's settings>}`` or
+``{"ok": false, "error": TEXT}``, TEXT the problems as :class:`carpd.config.load.ConfigError`
+words them.  ``--help`` is printed on stdout, which the engine shares, and no result written.
 """
 
 from __future__ import annotations

@@ -8,10 +8,9 @@ libnftables' own netlink socket, which this process holds open: if carpd dies, e
 the kernel deletes the table with the socket.  So the rule never outlives the engine.
 
 The new MASTER's table (:class:`StrayForwarder`, rules in :mod:`carpd.engine.strays`) is owned the
-same
-way: it tells the old MASTER's connections from its own (conntrack and its own sockets, a flow
-first seen mid-stream is the old one's for its whole life), passes every segment of them on,
-never back to where they came from, and goes with :meth:`StrayForwarder.release` or the process.
+same way: it tells the old MASTER's connections from its own (conntrack and its own sockets, a flow
+first seen mid-stream is the old one's for its whole life), passes every segment of them on, never
+back to where they came from, and goes with :meth:`StrayForwarder.release` or the process.
 """
 
 from __future__ import annotations

@@ -255,8 +255,7 @@ def _interpreter_flags() -> list[str]:
 
 class Validation:
     """:mod:`carpd.config.validate` run on ``argv`` (carpd's command line), in a process of its own
-    so
-    that this one never loads pydantic; its answer read as it comes (:meth:`read`, the loop
+    so that this one never loads pydantic; its answer read as it comes (:meth:`read`, the loop
     watches :meth:`fileno`), then :meth:`result`."""
 
     def __init__(self, argv: list[str]) -> None:
@@ -312,8 +311,8 @@ class Validation:
 
 
 def validated(argv: list[str]) -> EngineSettings:
-    """``argv`` validated by :mod:`carpd.config.validate` (see :class:`Validation`), waiting for
-    it."""
+    """``argv`` validated by :mod:`carpd.config.validate` (see :class:`Validation`),
+    waiting for it."""
     validation = Validation(argv)
     while not validation.read():
         pass

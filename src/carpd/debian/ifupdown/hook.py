@@ -11,8 +11,7 @@ is allowed, and the hook fails (so does ``ifup``) with nothing started.  One eng
 of an interface (a group of the alias stanza ``eth0:1`` runs in eth0's): the group is added to
 ``/run/carpd/IFACE.conf`` (0600) and the engine started (as the systemd unit
 ``carpd@IFACE.service`` when systemd is PID 1, else under :mod:`carpd.debian.ifupdown.supervisor`),
-or,
-if it runs, asked to reload (``{"cmd": "reload"}``): the new group starts, the others are left
+or, if it runs, asked to reload (``{"cmd": "reload"}``): the new group starts, the others are left
 alone.  ``IFACE.groups`` records which stanza brought each group up.
 
 Stopping (``MODE=stop``, before the address goes): the groups that stanza (``LOGICAL``) brought up

@@ -37,8 +37,7 @@ For each stanza with ``ucarp-*`` options (those carpd takes over first):
 
 The counter of the bow-out: ucarp peers accept any authentic advert, carpd peers only one whose
 counter is newer than the newest they accepted (see :mod:`carpd.core.election`).  A ucarp MASTER
-that
-never heard a peer draws a fresh random counter for every advert, so what a carpd peer holds as
+that never heard a peer draws a fresh random counter for every advert, so what a carpd peer holds as
 newest cannot be known; the first bow-out carries the counter after the MASTER's last one (newer
 whenever the peer took that one as news), and if no peer takes over within a moment, a second
 carries that counter plus 2**63: of two counters half a circle apart one is always newer.
@@ -509,20 +508,22 @@ def hand_over(daemon: UcarpDaemon, key: bytes, source: IPv4Address | None,
             return
         daemon.signal(signal.SIGSTOP)  # silent from now on, as if it had died
         say(f"{where} is MASTER: frozen")
+        guard = _guard(args, where) if tap and source and held else None
+        if guard is None:
+            _remove(args, where)  # no rule to keep it quiet: it goes before the bow-out
         if tap and source:
-            guard = _guard(args, where) if held else None
-            if guard is None:
-                _remove(args, where)
             say(f"{where}: bow-out sent from {source}: "
                 f"{bow_out(tap, args, key, source, heard.counter)}")
-        if guard is not None or not (tap and source):
-            _remove(args, where)  # then the rule (finally)
     except OSError as error:
         say(f"{where}: hand-over failed ({error}): stopping it all the same")
     finally:
-        if guard is not None:  # the VIP first: never answered for here once the rule goes
-            _release(args.interface, args.vip)
-            guard.release()
+        if guard is not None:
+            # after the wait (or a failure): the VIP first, never answered for here once the
+            # rule goes
+            try:
+                _remove(args, where)
+            finally:
+                guard.release()
         if tap is not None:
             tap.close()
 

@@ -17,8 +17,7 @@ Per interface ``IFACE`` (beside the engine's own ``IFACE.VHID.sock``):
 
 This module is on the path of ``ifdown`` (a hand-over waits for it): it never imports pyroute2
 (addresses go through :mod:`carpd.engine.release`, the standard library's netlink) and imports
-pydantic
-only when it must.
+pydantic only when it must.
 """
 
 from __future__ import annotations

@@ -8,8 +8,7 @@ vip and a password: Debian's hook quietly starts nothing without them, carpd say
 names, the booleans and what must not be given together; then :func:`carpd.config.validate` checks
 every value's range, under the stanza's option names, and this machine (the interfaces exist, the
 scripts are executable).  Each problem (:class:`carpd.config.problems.Problem`) names the option,
-the value
-(never the password) and what is allowed; whoever shows it adds the place.
+the value (never the password) and what is allowed; whoever shows it adds the place.
 """
 
 from __future__ import annotations
