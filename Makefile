@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := $(shell grep -v '^\s*\#' .ci/apt-packages)
 
-.PHONY: deps venv lint unit test demo bench fuzz clean pyroute2-08 settings
+.PHONY: deps venv lint unit test demo bench fuzz clean pyroute2-08 settings man
 
 FUZZ_FRAMES ?= 1000000
 FUZZ_SEED ?= 20261201
@@ -32,10 +32,15 @@ lint: venv
 
 # The engine's side of the option table, written from it: src/carpd/engine/settings.py's
 # Settings and PER_ENGINE_KEYS (the engine never loads pydantic, so it cannot read the table).
-# Adding an option is a field in src/carpd/config/options.py, then `make settings`
+# Adding an option is a field in src/carpd/config/options.py, then `make settings man`
 # (tests/unit/test_option_table.py fails until then).  This tree's sources, not the venv's.
 settings: venv
 	PYTHONPATH=src $(PY) -m carpd.config.write_settings
+
+# The man pages' option lists, written from the same table: debian/carpd.8's and
+# debian/carpd-interfaces.5's OPTIONS entries (committed: the package's build never runs this).
+man: venv
+	PYTHONPATH=src $(PY) -m carpd.config.write_man
 
 unit: venv
 	$(PY) -m pytest -q tests/unit

@@ -1,6 +1,7 @@
 """The option table (carpd.config.options) is the one place an option is declared: the command line,
 the stanza options, the error names, the per-engine keys and the man pages' option lists all
-follow it, and a test fails when any of them drifts from it."""
+follow it (the engine's settings and the man pages' lists written from it by `make settings` and
+`make man`), and a test fails when any of them drifts from it."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import pytest
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from carpd.config import load, options, write_settings
+from carpd.config import load, options, write_man, write_settings
 from carpd.config.options import ROWS, Kind
 from carpd.debian.ifupdown import groups, runtime
 from carpd.debian.ifupdown import stanza as ucarp
@@ -257,8 +258,13 @@ class _Grown(options.Options):
 
     knob: Annotated[Path | None, options.PER_ENGINE, options.cli(
         "--knob", help="a made-up per-engine option")] = None
-    peers: Annotated[tuple[IPv4Address, ...], options.Stanza("ucarp-peers", Kind.LINES),
-                     options.cli("--peer", action="append", help="a made-up group option")] = ()
+    peers: Annotated[
+        tuple[IPv4Address, ...],
+        options.Stanza("ucarp-peers", Kind.LINES, man=r"""
+            The peers' addresses; as
+            .BR \-\-peer .
+            """),
+        options.cli("--peer", action="append", help="a made-up group option")] = ()
 
 
 def _settings_module(model: type[BaseModel], folder: Path,
@@ -295,3 +301,51 @@ def test_the_generator_refuses_a_type_the_engines_settings_cannot_carry() -> Non
 
     with pytest.raises(write_settings.UnknownType, match="IPv4Network"):
         write_settings.render(Odd)
+
+
+# -- the man pages' option lists, written from the table ------------------------------------------
+
+@pytest.mark.parametrize("page", write_man.PAGES, ids=lambda page: page.path.name)
+def test_the_man_pages_option_lists_are_what_the_generator_writes_from_the_table(
+        page: write_man.Page) -> None:
+    text = (DEBIAN / page.path.name).read_text()
+    assert page.rewritten(text) == text, "run `make man`"
+
+
+def test_the_man_page_generator_finds_nothing_to_write() -> None:
+    assert write_man.main(["--check"]) == 0
+
+
+def test_an_entry_edited_by_hand_is_written_back_and_the_rest_of_the_page_kept() -> None:
+    text = (DEBIAN / "carpd.8").read_text()
+    edited = text.replace("Network interface to run on (required).",
+                          "Network interface to run on.").replace(
+        "CARP virtual IP failover daemon", "A CARP virtual IP failover daemon")
+    assert edited.count("Network interface to run on.") == 1
+    assert write_man.CARPD.rewritten(edited) == \
+        text.replace("CARP virtual IP failover daemon", "A CARP virtual IP failover daemon")
+
+
+def test_an_option_added_to_the_table_gets_an_entry_on_both_man_pages() -> None:
+    carpd, interfaces = ((DEBIAN / page.path.name).read_text() for page in write_man.PAGES)
+    knob = '.TP\n.BI \\-\\-knob " knob"\nA made\\-up per\\-engine option.\n'
+    peer = '.TP\n.BI \\-\\-peer " peers"\nA made\\-up group option.\n'
+    peers = '.TP\n.BI ucarp\\-peers " peers"\nThe peers\' addresses; as\n.BR \\-\\-peer .\n'
+    grown = write_man.CARPD.rewritten(carpd, _Grown)
+    assert grown == carpd.replace(write_man.END, knob + peer + write_man.END)
+    grown = write_man.INTERFACES.rewritten(interfaces, _Grown)
+    assert grown == interfaces.replace(write_man.END, peers + write_man.END)
+
+
+def test_a_stanza_option_with_no_text_and_no_help_is_refused() -> None:
+    class Mute(options.Options):
+        mute: Annotated[bool, options.Stanza("ucarp-mute", Kind.FLAG)] = False
+
+    with pytest.raises(ValueError, match=r"mute: give ucarp-mute its text \(Stanza\(man="):
+        write_man.INTERFACES.render(Mute)
+
+
+def test_a_man_page_order_naming_no_option_of_the_table_is_refused() -> None:
+    page = dataclasses.replace(write_man.CARPD, first=("interface", "frobnicate"))
+    with pytest.raises(ValueError, match="carpd.8: no such option in the table: .'frobnicate'."):
+        page.render()

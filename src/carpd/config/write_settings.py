@@ -101,30 +101,38 @@ def render(model: type[BaseModel] = Options) -> str:
         "PER_ENGINE_KEYS = (", *(f'    "{key}",' for key in keys), ")", *KEYS_DOC, "", END])
 
 
+def replaced(text: str, start: str, end: str, new: str, where: Path) -> str:
+    """``text`` with what lies from its line ``start`` to its line ``end`` replaced by ``new``
+    (which holds both lines)."""
+    head, found, rest = text.partition(start)
+    _, ended, tail = rest.partition(end)
+    if not (found and ended):
+        raise ValueError(f"{where}: the lines {start!r} and {end!r} are gone")
+    return head + new + tail
+
+
 def rewritten(text: str, model: type[BaseModel] = Options) -> str:
     """``text`` (carpd/engine/settings.py) with what lies between its :data:`START` and
     :data:`END` lines written again."""
-    head, start, rest = text.partition(START)
-    _, end, tail = rest.partition(END)
-    if not (start and end):
-        raise ValueError(f"{TARGET}: the lines {START!r} and {END!r} are gone")
-    return head + render(model) + tail
+    return replaced(text, START, END, render(model), TARGET)
+
+
+def refresh(path: Path, wanted: str, check: bool, target: str) -> int:
+    """Write ``wanted`` to ``path`` if it holds something else; with ``check`` write nothing,
+    but 1 if it does (``target``: the make target that writes it)."""
+    if wanted == path.read_text():
+        return 0
+    if check:
+        print(f"{path} is not what the option table makes: run `make {target}`", file=sys.stderr)
+        return 1
+    path.write_text(wanted)
+    print(f"wrote {path}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    text = TARGET.read_text()
-    wanted = rewritten(text)
-    if "--check" in args:
-        if wanted != text:
-            print(f"{TARGET} is not what the option table makes: run `make settings`",
-                  file=sys.stderr)
-            return 1
-        return 0
-    if wanted != text:
-        TARGET.write_text(wanted)
-        print(f"wrote {TARGET}")
-    return 0
+    return refresh(TARGET, rewritten(TARGET.read_text()), "--check" in args, "settings")
 
 
 if __name__ == "__main__":
