@@ -20,7 +20,7 @@ PACKAGES = sorted(p.name for p in SRC.iterdir() if (p / "__init__.py").is_file()
 
 VALIDATION_ONLY = ("pydantic", "pydantic_core", "debian", "carpd.debian",
                    "carpd.config.options", "carpd.config.load", "carpd.config.validate",
-                   "carpd.config.write_settings")
+                   "carpd.config.write_settings", "carpd.config.write_man")
 """What the engine's processes must never import (issue 9: memory; the glue is the hook's)."""
 CONFIG_MAY_USE_FROM_ENGINE = ("carpd.engine.identity", "carpd.engine.settings")
 """config's defaults are the run folders of this namespace; it writes the engine's settings."""
