@@ -118,10 +118,13 @@ INTERFACES = Page(DEBIAN / "carpd-interfaces.5", stanza_entry, (
 PAGES = (CARPD, INTERFACES)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, debian: Path = DEBIAN) -> int:
+    """Write the pages in ``debian`` (the source tree's); ``--check``: write nothing, exit 1
+    if one is not what the table gives."""
     check = "--check" in (sys.argv[1:] if argv is None else argv)
-    return max([refresh(page.path, page.rewritten(page.path.read_text()), check, "man")
-                for page in PAGES])
+    paths = [debian / page.path.name for page in PAGES]
+    return max([refresh(path, page.rewritten(path.read_text()), check, "man")
+                for page, path in zip(PAGES, paths, strict=True)])
 
 
 if __name__ == "__main__":
