@@ -100,9 +100,6 @@ def test_the_chance_of_a_protocol_flap_in_this_test_is_below_half_a_percent() ->
     assert SECONDS * (1 - loss) * loss**in_a_row < 0.005
 
 
-@pytest.mark.xfail(strict=True, reason="carpd keeps one newest counter for every sender (and its "
-                   "own adverts): the takeover advert of a BACKUP that missed the MASTER's last "
-                   "adverts carries a counter behind them, and the MASTER drops it as a replay")
 def test_master_hears_the_takeover_advert_of_a_backup_that_missed_its_adverts(
     net: Network,
 ) -> None:

@@ -532,6 +532,46 @@ def test_rejected_advert_does_not_set_the_counter() -> None:
     assert sent_counters(vh, (3.0, 4.0)) == [11, 12]
 
 
+def timed_adverts(vh: VirtualHost, until: float) -> list[tuple[float, wire.Advert]]:
+    """Every advert ``vh`` sends on its timers up to ``until``, with when."""
+    sent = []
+    while (deadline := vh.next_deadline()) is not None and deadline <= until:
+        sent += [(deadline, a.advert) for a in vh.handle_timer(deadline)
+                 if isinstance(a, SendAdvert)]
+    return sent
+
+
+def advert_packet(source: str, advert: wire.Advert) -> bytes:
+    return packet_from(source, advert.advbase, advert.advskew, counter=advert.counter)
+
+
+@pytest.mark.parametrize("master_advskew", [0, 1])
+def test_master_hears_the_takeover_advert_of_a_backup_that_missed_its_adverts(
+    master_advskew: int,
+) -> None:
+    """On a lossy link a BACKUP stops hearing a MASTER that lives on and counts on.  Its
+    takeover advert must be newer than every advert that MASTER sent meanwhile: else the MASTER
+    drops it as a replay, and both hold the VIP until the MASTER's next advert."""
+    master = started_master("10.0.0.1", advskew=master_advskew)
+    backup = host("10.0.0.2", advskew=100)
+    backup.start(3.0)
+    heard = timed_adverts(master, 6.0)
+    for at, advert in heard:
+        backup.receive(advert_packet("10.0.0.1", advert), at)
+    unheard = timed_adverts(master, 9.0)  # lost on the way to the BACKUP
+    assert len(unheard) == 3 and backup.next_deadline() == heard[-1][0] + 3 + skew(100)
+    takeover = [a.advert for a in backup.handle_timer(backup.next_deadline() or INF)
+                if isinstance(a, SendAdvert)]
+    assert backup.state is State.MASTER and len(takeover) == 1
+    answer = [a.advert for a in master.receive(advert_packet("10.0.0.2", takeover[0]), 9.5)
+              if isinstance(a, SendAdvert)]
+    assert master.rejected[wire.Reject.STALE] == 0
+    assert master.state is State.MASTER and len(answer) == 1  # answered at once
+    backup.receive(advert_packet("10.0.0.1", answer[0]), 9.5)
+    assert backup.state is State.BACKUP
+
+
+
 # ---- replay check -------------------------------------------------------------------------------
 
 

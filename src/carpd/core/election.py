@@ -9,6 +9,7 @@ to call :meth:`VirtualHost.handle_timer` next.  Names follow OpenBSD's ``ip_carp
 from __future__ import annotations
 
 import enum
+import math
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ VIP_LOSS_WINDOW = 10.0
 """The VIP deleted under a MASTER this often within this many seconds: hand over instead."""
 STEP_DOWN_HOLD = 3.0
 """After a step-down (SIGUSR2, a VIP that keeps going), stay BACKUP at least this long."""
+MAX_COUNTER_SKIP = 256
+"""A MASTER that drops a not-newer advert skips its counter ahead by 1 to this many."""
 ANSWER_SPACING = 0.5
 """A MASTER answers other masters' adverts at once, at most once per this part of its interval."""
 TRANSITION_BURST = 4
@@ -686,7 +689,7 @@ class VirtualHost:
         each drops the other's as not newer: a random skip ahead breaks the tie, so the one
         ahead is heard.  (A replay that provokes a skip costs nothing: no advert, no timer.)"""
         if self.state is State.MASTER and not self.params.ucarp_counter:
-            self._counter_skip = 1 + self.random_counter() % 256
+            self._counter_skip = 1 + self.random_counter() % MAX_COUNTER_SKIP
 
     def _transition_allowed(self, source: IPv4Address, now: float) -> list[Action] | None:
         """Adverts may move this host only a few times a second: a flood of them cannot flap
@@ -800,7 +803,21 @@ class VirtualHost:
         reason = "master down timer expired"
         if not self.healthy:
             reason += " (unhealthy: holding the VIP as a last resort)"
+        self._counter_skip = self._missed_counters()
         return self._take_over(reason, now)
+
+    def _missed_counters(self) -> int:
+        """A master we stopped hearing may live on and count on (a lossy link): our takeover
+        advert must carry a counter past every one it can have sent since, or it drops ours as
+        a replay and neither hears the other until its next advert.  Since the last advert we
+        heard, at most master-down (plus one interval while unhealthy) went by; in that time it
+        sent at most one advert per interval and two answers, each at most a skip ahead."""
+        if self.master is None or self._newest is None:
+            return 0
+        theirs = max(1, self.master.advbase * TICKS_PER_SECOND + self.master.advskew)
+        waited = self.params.master_down_interval + self.params.advert_interval
+        adverts = math.ceil(waited * TICKS_PER_SECOND / theirs) + 1
+        return adverts * (1 + math.ceil(1 / ANSWER_SPACING)) * (1 + MAX_COUNTER_SKIP)
 
     def _take_over(self, reason: str, now: float) -> list[Action]:
         actions = self._end_drain(now, release=False) + self._set_state(State.MASTER, reason, now)
@@ -829,13 +846,14 @@ class VirtualHost:
         that changes masters keeps counting up (receivers drop what is not newer)."""
         if self.params.ucarp_counter:
             return self._next_ucarp_counter()
+        ahead = 1 + self._counter_skip
+        self._counter_skip = 0
         if self._counter is None:
             counter = self.random_counter() % wire.COUNTER_MODULUS
         else:
-            counter = (self._counter + 1 + self._counter_skip) % wire.COUNTER_MODULUS
-        self._counter_skip = 0
+            counter = (self._counter + ahead) % wire.COUNTER_MODULUS
         if self._newest is not None and not wire.counter_newer(counter, self._newest):
-            counter = (self._newest + 1) % wire.COUNTER_MODULUS
+            counter = (self._newest + ahead) % wire.COUNTER_MODULUS
         self._counter = counter
         self._newest = counter
         return counter
