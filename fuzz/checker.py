@@ -70,7 +70,10 @@ class Invariant(enum.Enum):
         "rate-limited)"
     REJECT_MATCHES = "a frame wire.inspect rejects is counted under that reason"
     ACCEPT_COUNTED = "every frame is counted once: accepted or one reject reason"
-    NOT_NEWER_IGNORED = "an advert not newer than the newest is never acted on"
+    NOT_NEWER_IGNORED = "an advert not newer than the newest is never acted on (but one from the "\
+        "master a takeover on master-down followed, inside the counters the takeover skipped)"
+    MISSED_TAKEN = "an advert inside the counters a takeover skipped, from the master followed, " \
+        "never seen before, is not dropped STALE"
     RECENT_STALE = "a replay of one of the last 256 accepted counters is dropped STALE"
     NEWER_NOT_STALE = "an advert newer than the newest is never dropped STALE"
     RATE_LIMIT = "adverts cause at most 4 transitions at once, 2 a second after (a bucket)"
@@ -104,6 +107,16 @@ def snapshot(vh: VirtualHost) -> Snapshot:
 
 
 @dataclass
+class Skipped:
+    """The counters a takeover on master-down skipped past (``low``, the newest then, to
+    ``high``, the takeover advert's), and the master it followed: its adverts there count."""
+
+    master: IPv4Address
+    low: int
+    high: int
+
+
+@dataclass
 class HostChecker:
     """One host under test, the models kept beside it, and what went wrong."""
 
@@ -118,6 +131,7 @@ class HostChecker:
     budget_at: float = 0.0
     transitions: Counter[str] = field(default_factory=Counter)
     _keepalive: bool = False
+    missed: Skipped | None = None
     _expect: wire.Expect = field(init=False)
 
     def __post_init__(self) -> None:
@@ -129,10 +143,26 @@ class HostChecker:
     def call(self, name: str, now: float, run: Callable[[], list[Action]]) -> list[Action]:
         """Run one operation on the host and check every invariant that applies to it."""
         before = snapshot(self.vh)
+        followed, newest = self.vh.master, self.newest
         actions = self._run(name, now, run)
         if actions is not None:
             self._check_all(name, now, before, actions)
+            if name == "handle_timer":
+                self._model_takeover(followed.address if followed else None, newest, actions)
         return actions or []
+
+    def _model_takeover(self, followed: IPv4Address | None, newest: int | None,
+                        actions: list[Action]) -> None:
+        took_over = any(isinstance(a, Transition) and a.new is State.MASTER
+                        and a.reason.startswith("master down timer expired") for a in actions)
+        if not took_over:
+            return
+        sent = [a.advert.counter for a in actions if isinstance(a, SendAdvert)]
+        p = self.vh.params
+        self.missed = None
+        if followed is not None and newest is not None and sent and p.replay_check \
+                and not p.ucarp_counter:
+            self.missed = Skipped(followed, newest, sent[0])
 
     def receive(self, packet: bytes, now: float) -> tuple[list[Action], str]:
         """Deliver one packet; also returns what happened to it ("accepted" or a reject)."""
@@ -343,7 +373,11 @@ class HostChecker:
         stale = [Dropped(wire.Reject.STALE, received.source)]
         checked = vh.params.replay_check and self.newest is not None
         newer = not checked or wire.counter_newer(counter, self.newest or 0)
-        if not newer:
+        missed = not newer and self._in_missed(received)
+        if missed:
+            self._check(actions != stale, Invariant.MISSED_TAKEN, "receive", now,
+                        lambda: f"counter {counter} from {received.source}, {self.missed}")
+        elif not newer:
             ok = actions in ([], stale) and vh.state is before.state
             self._check(ok, Invariant.NOT_NEWER_IGNORED, "receive", now,
                         lambda: f"counter {counter} (newest {self.newest}) gave {actions}")
@@ -355,9 +389,17 @@ class HostChecker:
                         lambda: f"counter {counter} newer than {self.newest}, dropped")
         if vh.accepted > before.accepted:
             self.recent.append(counter)
-            self._keepalive = not newer
+            self._keepalive = not newer and not missed
             if newer:
                 self.newest = counter
+                self.missed = None
+            elif missed and self.missed is not None:
+                self.missed.low = counter
+
+    def _in_missed(self, received: wire.Received) -> bool:
+        gap, counter = self.missed, received.advert.counter
+        return (gap is not None and received.source == gap.master and counter not in self.recent
+                and wire.counter_newer(counter, gap.low) and wire.counter_newer(gap.high, counter))
 
     def _check_rate_limit(self, actions: list[Action], now: float) -> None:
         """At most TRANSITION_BURST transitions at once, refilled at TRANSITIONS_PER_SECOND: in

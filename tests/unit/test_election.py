@@ -572,6 +572,45 @@ def test_master_hears_the_takeover_advert_of_a_backup_that_missed_its_adverts(
 
 
 
+def backup_that_missed_three_adverts() -> tuple[VirtualHost, VirtualHost, list[wire.Advert]]:
+    """A MASTER (10.0.0.1) and a BACKUP (10.0.0.2) that heard it until 6.0, missed its next
+    three adverts and has just taken over; with the BACKUP's takeover advert."""
+    master = started_master("10.0.0.1")
+    backup = host("10.0.0.2", advskew=100)
+    backup.start(3.0)
+    for at, advert in timed_adverts(master, 6.0):
+        backup.receive(advert_packet("10.0.0.1", advert), at)
+    assert len(timed_adverts(master, 9.0)) == 3
+    takeover = [a.advert for a in backup.handle_timer(backup.next_deadline() or INF)
+                if isinstance(a, SendAdvert)]
+    assert backup.state is State.MASTER
+    return master, backup, takeover
+
+
+def test_backup_that_took_over_still_steps_down_at_the_masters_next_advert() -> None:
+    """The MASTER missed the takeover advert too: its next advert, behind the BACKUP's jumped
+    counter but from the master it followed and never heard before, still sends it back."""
+    master, backup, _ = backup_that_missed_three_adverts()
+    ((at, advert),) = timed_adverts(master, 10.0)
+    backup.receive(advert_packet("10.0.0.1", advert), at)
+    assert backup.state is State.BACKUP and backup.rejected[wire.Reject.STALE] == 0
+    ((at, later),) = timed_adverts(master, 11.0)  # and it follows that master on
+    backup.receive(advert_packet("10.0.0.1", later), at)
+    assert backup.rejected[wire.Reject.STALE] == 0 and backup.next_deadline() == at + 3 + skew(100)
+
+
+@pytest.mark.parametrize("source", ["10.0.0.1", "10.0.0.66"])
+def test_counters_the_takeover_skipped_are_taken_once_and_only_from_the_old_master(
+    source: str,
+) -> None:
+    master, backup, _ = backup_that_missed_three_adverts()
+    ((_, advert),) = timed_adverts(master, 10.0)
+    replayed = advert_packet(source, advert)
+    if source == "10.0.0.1":
+        assert backup.receive(replayed, 10.0)[-1] == RunScript(Script.DOWN)
+    assert backup.receive(replayed, 10.1) == [Dropped(wire.Reject.STALE, IPv4Address(source))]
+
+
 # ---- replay check -------------------------------------------------------------------------------
 
 

@@ -238,12 +238,32 @@ class Peer:
     since: float
 
 
+@dataclass
+class MissedGap:
+    """We took over from ``master`` after hearing nothing from it for master-down, and our
+    counter jumped from ``low`` (the newest we had) to ``high``.  That master may live on (a
+    lossy link) and count in between: its adverts there are as genuine to us as they were
+    before the jump.  Each is taken once, only forward, only from its address; the gap closes
+    when we accept any newer counter, or the next takeover replaces it."""
+
+    master: IPv4Address
+    low: int
+    high: int
+
+    def holds(self, received: wire.Received) -> bool:
+        counter = received.advert.counter
+        return (received.source == self.master and wire.counter_newer(counter, self.low)
+                and wire.counter_newer(self.high, counter))
+
+
 class Freshness(enum.Enum):
     """How an authenticated advert's counter relates to what this host has seen."""
 
     NEW = "newer than any accepted or sent: acted on"
     KEEPALIVE = "a lone ucarp MASTER's random counter: only shows that the master lives"
     STALE = "not newer: a replay, dropped"
+    MISSED = ("from the master we took over from, between its newest we had and our takeover's "
+              "jump: it lived on and counted while we missed it, acted on")
 
 
 @dataclass
@@ -310,6 +330,8 @@ class VirtualHost:
     _newest: int | None = None
     """The newest counter accepted or sent, for the replay check."""
     _counter_skip: int = 0
+    _missed: MissedGap | None = None
+    """The counters a master we stopped hearing may have sent meanwhile (see _missed_counters)."""
     _farewell: int | None = None
     """The counter of the advert we sent as we stepped down to a preferred master."""
     _answered_at: float | None = None
@@ -653,6 +675,9 @@ class VirtualHost:
             return Freshness.NEW
         if wire.counter_newer(counter, self._newest):
             return Freshness.NEW
+        if self._missed is not None and self._missed.holds(received) \
+                and counter not in self._recent:
+            return Freshness.MISSED
         if counter not in self._recent and self._random_counter_of_master(received):
             return Freshness.KEEPALIVE
         if counter == self._farewell and counter not in self._recent \
@@ -681,6 +706,9 @@ class VirtualHost:
         if freshness is Freshness.NEW:
             self._newest = counter
             self._farewell = None
+            self._missed = None
+        elif freshness is Freshness.MISSED and self._missed is not None:
+            self._missed.low = counter
         if self.params.ucarp_counter:
             self._counter = counter
 
@@ -803,8 +831,13 @@ class VirtualHost:
         reason = "master down timer expired"
         if not self.healthy:
             reason += " (unhealthy: holding the VIP as a last resort)"
+        followed, newest = self.master, self._newest
         self._counter_skip = self._missed_counters()
-        return self._take_over(reason, now)
+        actions = self._take_over(reason, now)
+        self._missed = None
+        if followed is not None and newest is not None:
+            self._missed = MissedGap(followed.address, newest, self._last_sent)
+        return actions
 
     def _missed_counters(self) -> int:
         """A master we stopped hearing may live on and count on (a lossy link): our takeover
