@@ -350,6 +350,7 @@ class HostChecker:
         self._check(counted == 1, Invariant.ACCEPT_COUNTED, "receive", now,
                     lambda: f"authenticated frame counted {counted} times")
         if before.state is State.INIT:
+            self._follow_init(verdict)
             return
         self._check_freshness(verdict, before, actions, now)
         self._check_rate_limit(actions, now)
@@ -366,6 +367,16 @@ class HostChecker:
         unchanged = vh.state is before.state and vh.next_deadline() == before.deadline
         self._check(actions == expected and unchanged, Invariant.DROP_ALONE, "receive", now,
                     lambda: f"{reason.name}: {actions}, {before.state.name}->{vh.state.name}")
+
+    def _follow_init(self, received: wire.Received) -> None:
+        """In INIT an advert is acted on only during our own hand-over, which the model does not
+        follow: nothing is judged there, and the model takes the host's newest counter after
+        it (a newer one also ends the takeover's skipped counters, as a newer advert does)."""
+        newest = self.vh.newest
+        if newest != self.newest:
+            self.newest = newest
+            self.missed = None
+            self.recent.append(received.advert.counter)
 
     def _check_freshness(self, received: wire.Received, before: Snapshot,
                          actions: list[Action], now: float) -> None:

@@ -901,6 +901,11 @@ class VirtualHost:
     # ---- state and timers -----------------------------------------------------------------
 
     @property
+    def newest(self) -> int | None:
+        """The newest counter accepted or sent: the replay check drops what is not newer."""
+        return self._newest
+
+    @property
     def draining(self) -> bool:
         return Timer.DRAIN in self._timers
 
