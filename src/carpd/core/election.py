@@ -669,7 +669,9 @@ class VirtualHost:
         """ucarp's counters count up in a healthy cluster (each node adopts the last it heard,
         plus one), so anything not newer is a replay -- except from a lone ucarp MASTER, which
         draws a fresh random counter for every advert until it hears a peer: a never-seen
-        counter far behind, from the master we hear, with its timing, only keeps it alive."""
+        counter far behind, from the master we hear, with its timing, only keeps it alive --
+        and except the counters our last takeover skipped, from the master we took over from
+        (:class:`MissedGap`): it may have lived on and counted while we missed it."""
         counter = received.advert.counter
         if not self.params.replay_check or self._newest is None:
             return Freshness.NEW
